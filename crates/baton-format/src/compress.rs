@@ -1,0 +1,91 @@
+//! zstd compression of blobs and metadata, skipped when it does not pay.
+
+use crate::FormatError;
+
+/// A reusable compressor (keeps its zstd context between calls).
+pub struct Compressor {
+    level: i32,
+    inner: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    /// `level` 0 disables compression.
+    pub fn new(level: i32) -> Self {
+        let inner = if level == 0 {
+            None
+        } else {
+            zstd::bulk::Compressor::new(level).ok()
+        };
+        Compressor { level, inner }
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Returns the compressed bytes, or `None` when compression is off or does
+    /// not save at least 1/32 of the input (then the blob is stored raw).
+    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        let c = self.inner.as_mut()?;
+        if data.len() < 64 {
+            return None;
+        }
+        let out = c.compress(data).ok()?;
+        (out.len() + data.len() / 32 < data.len()).then_some(out)
+    }
+}
+
+/// Decompresses a blob whose plaintext length is known.
+pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
+    let out = zstd::bulk::decompress(data, raw_len)
+        .map_err(|e| FormatError::Decompress(e.to_string()))?;
+    if out.len() != raw_len {
+        return Err(FormatError::Decompress(format!(
+            "expected {raw_len} bytes, got {}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Decompresses data of unknown length (metadata objects), bounded to `limit`.
+pub fn decompress_unknown(data: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
+    let mut out = Vec::new();
+    let mut dec = zstd::stream::read::Decoder::new(data)
+        .map_err(|e| FormatError::Decompress(e.to_string()))?;
+    use std::io::Read;
+    (&mut dec)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| FormatError::Decompress(e.to_string()))?;
+    if out.len() > limit {
+        return Err(FormatError::Decompress(format!("more than {limit} bytes")));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(0u8..4, 0..20000)) {
+            let mut c = Compressor::new(3);
+            match c.compress(&data) {
+                Some(z) => prop_assert_eq!(decompress(&z, data.len()).unwrap(), data),
+                None => prop_assert!(data.len() < 64),
+            }
+        }
+    }
+
+    #[test]
+    fn incompressible_is_skipped_and_zero_level_is_off() {
+        let mut rnd = vec![0u8; 4096];
+        crate::random_bytes(&mut rnd);
+        assert!(Compressor::new(3).compress(&rnd).is_none());
+        assert!(Compressor::new(0).compress(&[0u8; 4096]).is_none());
+        assert!(decompress(b"not zstd", 10).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! Encryption and keys.
+//!
+//! Every stored object and every blob is sealed with XChaCha20-Poly1305 under
+//! the repository's encryption key: `nonce (24 random bytes) || ciphertext ||
+//! tag (16)`. Random 24-byte nonces are safe across many concurrent writers.
+//! Chunk ids are BLAKE3 in keyed mode with a second repository secret. The two
+//! secrets form the master key, which is stored only wrapped (sealed) under a
+//! key derived from a password with Argon2id, once per key file.
+
+use crate::FormatError;
+use baton_types::{Id, KdfParams, hex_decode, hex_encode};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+/// Bytes added to a plaintext by sealing it.
+pub const OVERHEAD: usize = NONCE_LEN + 16;
+const NONCE_LEN: usize = 24;
+
+/// The repository secrets: the encryption key and the chunk-id (MAC) key.
+#[derive(Clone)]
+pub struct MasterKey {
+    enc: [u8; 32],
+    mac: [u8; 32],
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MasterKeyJson {
+    encrypt: String,
+    mac: String,
+}
+
+impl MasterKey {
+    pub fn from_parts(enc: [u8; 32], mac: [u8; 32]) -> Self {
+        let cipher = XChaCha20Poly1305::new(&enc.into());
+        MasterKey { enc, mac, cipher }
+    }
+
+    pub fn generate() -> Self {
+        let mut enc = [0u8; 32];
+        let mut mac = [0u8; 32];
+        crate::random_bytes(&mut enc);
+        crate::random_bytes(&mut mac);
+        Self::from_parts(enc, mac)
+    }
+
+    /// Seals `plain`: nonce || ciphertext || tag.
+    pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
+        seal(&self.cipher, plain)
+    }
+
+    /// Opens what [`MasterKey::encrypt`] sealed.
+    pub fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+        open(&self.cipher, sealed)
+    }
+
+    /// The keyed hash that names a blob with this plaintext.
+    pub fn blob_id(&self, plain: &[u8]) -> Id {
+        Id::from_bytes(*blake3::keyed_hash(&self.mac, plain).as_bytes())
+    }
+
+    /// A hasher for computing a blob id incrementally.
+    pub fn blob_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.mac)
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&MasterKeyJson {
+            encrypt: hex_encode(&self.enc),
+            mac: hex_encode(&self.mac),
+        })
+        .expect("serializing two strings cannot fail")
+    }
+
+    fn from_json(b: &[u8]) -> Result<Self, FormatError> {
+        let j: MasterKeyJson = serde_json::from_slice(b).map_err(|source| FormatError::Json {
+            what: "master key",
+            source,
+        })?;
+        let part = |s: &str| {
+            hex_decode(s)
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(|| FormatError::malformed("master key", "key part is not 32 hex bytes"))
+        };
+        Ok(Self::from_parts(part(&j.encrypt)?, part(&j.mac)?))
+    }
+
+    /// Wraps this master key under `password`, returning the hex of the sealed
+    /// key for a [`baton_types::KeyFile`].
+    pub fn wrap(&self, password: &[u8], kdf: &KdfParams) -> Result<String, FormatError> {
+        let kek = derive_key(password, kdf)?;
+        let cipher = XChaCha20Poly1305::new(&kek.into());
+        Ok(hex_encode(&seal(&cipher, &self.to_json())))
+    }
+
+    /// Unwraps a master key sealed by [`MasterKey::wrap`]. A wrong password
+    /// gives [`FormatError::Decrypt`].
+    pub fn unwrap(data_hex: &str, password: &[u8], kdf: &KdfParams) -> Result<Self, FormatError> {
+        let sealed = hex_decode(data_hex)
+            .ok_or_else(|| FormatError::malformed("key file", "data is not hex"))?;
+        let kek = derive_key(password, kdf)?;
+        let cipher = XChaCha20Poly1305::new(&kek.into());
+        Self::from_json(&open(&cipher, &sealed)?)
+    }
+}
+
+fn seal(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    crate::random_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(&XNonce::from(nonce), plain)
+        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn open(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    if sealed.len() < OVERHEAD {
+        return Err(FormatError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| FormatError::Decrypt)?;
+    cipher
+        .decrypt(&XNonce::from(nonce), ct)
+        .map_err(|_| FormatError::Decrypt)
+}
+
+/// Default Argon2id parameters: 64 MiB, 3 passes, 1 lane (OWASP's guidance).
+pub fn default_kdf_params() -> KdfParams {
+    kdf_params(64 * 1024, 3)
+}
+
+/// Argon2id parameters with a fresh random salt.
+pub fn kdf_params(memory_kib: u32, iterations: u32) -> KdfParams {
+    let mut salt = [0u8; 16];
+    crate::random_bytes(&mut salt);
+    KdfParams {
+        algorithm: "argon2id".into(),
+        memory_kib,
+        iterations,
+        parallelism: 1,
+        salt: hex_encode(&salt),
+    }
+}
+
+/// Derives a 32-byte key from a password.
+pub fn derive_key(password: &[u8], p: &KdfParams) -> Result<[u8; 32], FormatError> {
+    if p.algorithm != "argon2id" {
+        return Err(FormatError::Kdf(format!(
+            "unknown algorithm {:?}",
+            p.algorithm
+        )));
+    }
+    let salt = hex_decode(&p.salt).ok_or_else(|| FormatError::Kdf("salt is not hex".into()))?;
+    let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
+        .map_err(|e| FormatError::Kdf(e.to_string()))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    a.hash_password_into(password, &salt, &mut out)
+        .map_err(|e| FormatError::Kdf(e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seal_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let k = MasterKey::generate();
+            let s = k.encrypt(&data);
+            prop_assert_eq!(s.len(), data.len() + OVERHEAD);
+            prop_assert_eq!(k.decrypt(&s).unwrap(), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_detected(data in proptest::collection::vec(any::<u8>(), 1..256), pos in any::<usize>(), bit in 0u8..8) {
+            let k = MasterKey::generate();
+            let mut s = k.encrypt(&data);
+            let i = pos % s.len();
+            s[i] ^= 1 << bit;
+            prop_assert!(k.decrypt(&s).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_key_and_short_input_fail() {
+        let a = MasterKey::generate();
+        let b = MasterKey::generate();
+        assert!(b.decrypt(&a.encrypt(b"x")).is_err());
+        assert!(a.decrypt(&[0u8; 10]).is_err());
+    }
+
+    #[test]
+    fn wrap_unwrap_with_password() {
+        let k = MasterKey::generate();
+        let p = kdf_params(1024, 1);
+        let w = k.wrap(b"secret", &p).unwrap();
+        let u = MasterKey::unwrap(&w, b"secret", &p).unwrap();
+        assert_eq!(u.blob_id(b"a"), k.blob_id(b"a"));
+        assert!(matches!(
+            MasterKey::unwrap(&w, b"wrong", &p),
+            Err(FormatError::Decrypt)
+        ));
+    }
+
+    #[test]
+    fn ids_are_keyed() {
+        let a = MasterKey::generate();
+        let b = MasterKey::generate();
+        assert_ne!(a.blob_id(b"same"), b.blob_id(b"same"));
+        let mut h = a.blob_hasher();
+        h.update(b"sa");
+        h.update(b"me");
+        assert_eq!(Id::from_bytes(*h.finalize().as_bytes()), a.blob_id(b"same"));
+    }
+}

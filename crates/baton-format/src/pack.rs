@@ -1,0 +1,266 @@
+//! Pack files: many sealed blobs followed by a sealed header that lists them.
+//!
+//! ```text
+//! pack   = blob* sealed_header header_len:u32le
+//! blob   = sealed(payload)                  payload = zstd(chunk) or chunk
+//! header = sealed("BTNPACK1" count:u32le entry*)
+//! entry  = type:u8 flags:u8 length:u32le raw_length:u32le id:[32]   (42 bytes)
+//! ```
+//! Blob offsets are implicit: blobs are stored back to back in header order
+//! starting at offset 0. `flags` bit 0 means the payload is zstd-compressed;
+//! `raw_length` is the plaintext length after decompression. Because each pack
+//! carries its own header, the index can always be rebuilt from the packs.
+
+use crate::FormatError;
+use crate::crypto::{MasterKey, OVERHEAD};
+use baton_types::{BlobType, Id};
+
+/// Magic at the start of a decrypted pack header. Chosen once; never changes.
+pub const HEADER_MAGIC: &[u8; 8] = b"BTNPACK1";
+const ENTRY_LEN: usize = 42;
+/// Largest header accepted when reading (about 400k blobs).
+pub const MAX_HEADER: usize = 16 << 20;
+
+/// One blob of a pack as listed in its header, with its offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub blob_type: BlobType,
+    pub id: Id,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+    pub compressed: bool,
+}
+
+/// Accumulates sealed blobs into a pack in memory.
+#[derive(Default)]
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a sealed blob.
+    pub fn add(
+        &mut self,
+        blob_type: BlobType,
+        id: Id,
+        sealed: &[u8],
+        raw_length: u32,
+        compressed: bool,
+    ) {
+        self.entries.push(PackEntry {
+            blob_type,
+            id,
+            offset: self.buf.len() as u32,
+            length: sealed.len() as u32,
+            raw_length,
+            compressed,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    /// Bytes of blob data so far.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Appends the sealed header and returns the pack bytes and its entries.
+    pub fn finish(mut self, key: &MasterKey) -> (Vec<u8>, Vec<PackEntry>) {
+        let mut h = Vec::with_capacity(12 + self.entries.len() * ENTRY_LEN);
+        h.extend_from_slice(HEADER_MAGIC);
+        h.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            h.push(e.blob_type.as_byte());
+            h.push(e.compressed as u8);
+            h.extend_from_slice(&e.length.to_le_bytes());
+            h.extend_from_slice(&e.raw_length.to_le_bytes());
+            h.extend_from_slice(e.id.as_bytes());
+        }
+        let sealed = key.encrypt(&h);
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        (self.buf, self.entries)
+    }
+}
+
+/// Length of the sealed header, read from the last 4 bytes of a pack.
+pub fn header_length(pack_len: u64, tail: &[u8]) -> Result<u32, FormatError> {
+    let t: [u8; 4] = tail
+        .try_into()
+        .map_err(|_| FormatError::malformed("pack", "tail is not 4 bytes"))?;
+    let n = u32::from_le_bytes(t);
+    if (n as usize) < OVERHEAD + 12 || n as u64 + 4 > pack_len || n as usize > MAX_HEADER {
+        return Err(FormatError::malformed(
+            "pack",
+            format!("header length {n} impossible for a pack of {pack_len} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
+/// Decodes a sealed header and checks it against the pack's length.
+pub fn parse_header(
+    key: &MasterKey,
+    sealed_header: &[u8],
+    pack_len: u64,
+) -> Result<Vec<PackEntry>, FormatError> {
+    let h = key.decrypt(sealed_header)?;
+    if h.len() < 12 || &h[..8] != HEADER_MAGIC {
+        return Err(FormatError::malformed("pack header", "bad magic"));
+    }
+    let count = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+    let body = &h[12..];
+    if body.len() != count * ENTRY_LEN {
+        return Err(FormatError::malformed(
+            "pack header",
+            format!(
+                "{count} entries need {} bytes, have {}",
+                count * ENTRY_LEN,
+                body.len()
+            ),
+        ));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut offset: u64 = 0;
+    for e in body.chunks_exact(ENTRY_LEN) {
+        let blob_type = BlobType::from_byte(e[0]).ok_or_else(|| {
+            FormatError::malformed("pack header", format!("unknown blob type {}", e[0]))
+        })?;
+        if e[1] > 1 {
+            return Err(FormatError::malformed(
+                "pack header",
+                format!("unknown flags {}", e[1]),
+            ));
+        }
+        let length = u32::from_le_bytes(e[2..6].try_into().expect("4 bytes"));
+        let raw_length = u32::from_le_bytes(e[6..10].try_into().expect("4 bytes"));
+        let id = Id::from_slice(&e[10..42]).expect("32 bytes");
+        if (length as usize) < OVERHEAD {
+            return Err(FormatError::malformed(
+                "pack header",
+                "blob shorter than its seal",
+            ));
+        }
+        entries.push(PackEntry {
+            blob_type,
+            id,
+            offset: offset as u32,
+            length,
+            raw_length,
+            compressed: e[1] == 1,
+        });
+        offset += length as u64;
+    }
+    let expected = offset + sealed_header.len() as u64 + 4;
+    if expected != pack_len {
+        return Err(FormatError::malformed(
+            "pack",
+            format!("blobs and header cover {expected} bytes but the pack has {pack_len}"),
+        ));
+    }
+    Ok(entries)
+}
+
+/// Reads the header of a whole pack held in memory.
+pub fn read_header(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+    if pack.len() < 4 {
+        return Err(FormatError::malformed("pack", "shorter than 4 bytes"));
+    }
+    let n = header_length(pack.len() as u64, &pack[pack.len() - 4..])? as usize;
+    let start = pack.len() - 4 - n;
+    parse_header(key, &pack[start..pack.len() - 4], pack.len() as u64)
+}
+
+/// Opens one blob's sealed bytes: decrypts, decompresses, and verifies that the
+/// plaintext hashes to the expected id.
+pub fn open_blob(
+    key: &MasterKey,
+    id: &Id,
+    sealed: &[u8],
+    raw_length: u32,
+    compressed: bool,
+) -> Result<Vec<u8>, FormatError> {
+    let plain = key.decrypt(sealed)?;
+    let data = if compressed {
+        crate::compress::decompress(&plain, raw_length as usize)?
+    } else {
+        plain
+    };
+    let actual = key.blob_id(&data);
+    if &actual != id {
+        return Err(FormatError::malformed(
+            "blob",
+            format!(
+                "content hashes to {} instead of {}",
+                actual.short(),
+                id.short()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Compressor;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn pack_round_trip(blobs in proptest::collection::vec(proptest::collection::vec(0u8..5, 0..3000), 1..12)) {
+            let key = MasterKey::generate();
+            let mut c = Compressor::new(3);
+            let mut w = PackWriter::new();
+            for b in &blobs {
+                let id = key.blob_id(b);
+                match c.compress(b) {
+                    Some(z) => w.add(BlobType::Data, id, &key.encrypt(&z), b.len() as u32, true),
+                    None => w.add(BlobType::Tree, id, &key.encrypt(b), b.len() as u32, false),
+                }
+            }
+            let (pack, entries) = w.finish(&key);
+            let parsed = read_header(&key, &pack).unwrap();
+            prop_assert_eq!(&parsed, &entries);
+            for (e, b) in parsed.iter().zip(&blobs) {
+                let sealed = &pack[e.offset as usize..(e.offset + e.length) as usize];
+                prop_assert_eq!(&open_blob(&key, &e.id, sealed, e.raw_length, e.compressed).unwrap(), b);
+            }
+        }
+
+        #[test]
+        fn damaged_packs_never_panic(cut in 0usize..2000, flip in any::<usize>()) {
+            let key = MasterKey::generate();
+            let mut w = PackWriter::new();
+            w.add(BlobType::Data, key.blob_id(b"abc"), &key.encrypt(b"abc"), 3, false);
+            let (pack, _) = w.finish(&key);
+            let mut p = pack.clone();
+            let i = flip % p.len();
+            p[i] ^= 0x40;
+            prop_assert!(read_header(&key, &p).is_err() || i < 43);
+            let _ = read_header(&key, &pack[..cut.min(pack.len())]);
+        }
+    }
+
+    #[test]
+    fn blob_with_wrong_id_is_rejected() {
+        let key = MasterKey::generate();
+        let sealed = key.encrypt(b"data");
+        assert!(open_blob(&key, &key.blob_id(b"other"), &sealed, 4, false).is_err());
+        assert!(open_blob(&key, &key.blob_id(b"data"), &sealed, 4, false).is_ok());
+    }
+}

@@ -1,0 +1,49 @@
+//! Snapshots: the commit record of one backup, written last.
+
+use crate::Id;
+
+/// One entry of the snapshot's error list: a path that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupErrorEntry {
+    pub path: String,
+    pub message: String,
+}
+
+/// Statistics of the backup that made a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotSummary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs: u64,
+    /// Sum of the sizes of all files in the snapshot.
+    pub bytes_total: u64,
+    /// Bytes actually read from the source.
+    pub bytes_read: u64,
+    /// Bytes added to the repository (packs, index, snapshot).
+    pub bytes_stored: u64,
+    pub blobs_new: u64,
+    pub backup_start: String,
+    pub backup_end: String,
+    pub duration_s: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<BackupErrorEntry>,
+}
+
+/// The decrypted content of a `snapshots/<id>` object.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// RFC 3339 time in UTC, nanosecond precision.
+    pub time: String,
+    pub tree: Id,
+    pub paths: Vec<String>,
+    pub hostname: String,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Id>,
+    pub program_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<SnapshotSummary>,
+}

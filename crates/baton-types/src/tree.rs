@@ -1,0 +1,87 @@
+//! Trees: the metadata of one directory, stored as a blob whose id is the keyed
+//! hash of its canonical JSON. Two identical directories have the same tree id,
+//! so unchanged subtrees deduplicate and identical snapshots share a root.
+
+use crate::{FsName, Id};
+
+/// The kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Chardev,
+    Blockdev,
+}
+
+/// One extended attribute; the value is hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Xattr {
+    pub name: FsName,
+    pub value: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// One directory entry with all its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    pub name: FsName,
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    pub atime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub device_id: u64,
+    pub links: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// Device number of character and block device nodes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    /// Chunk ids of a regular file's content, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Id>,
+    /// Tree id of a directory's entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<FsName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+}
+
+/// A directory's entries, sorted by name bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Finds an entry by exact name (binary search: nodes are sorted).
+    pub fn find(&self, name: &[u8]) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.0.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// Sorts nodes by name, the canonical order every writer must use.
+    pub fn sort(&mut self) {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+}
