@@ -1,1 +1,42 @@
-//! baton-repo
+//! A Baton repository and the operations on it: init and keys, backup,
+//! restore, browsing (ls, diff, dump, find), and locks. Storage comes in as a
+//! `dyn Storage`; progress goes out through [`Progress`]; long operations take
+//! a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
+//!
+//! ```no_run
+//! use baton_repo::{Repository, InitOptions, BackupOptions, NoProgress, Cancel};
+//! use baton_storage::LocalStorage;
+//! use std::sync::Arc;
+//! let storage = Arc::new(LocalStorage::new("/tmp/repo"));
+//! let mut repo = Repository::init(storage, b"password", &InitOptions::default())?;
+//! let opts = BackupOptions { paths: vec!["/etc".into()], ..Default::default() };
+//! let result = baton_repo::backup(&mut repo, &opts, None, &NoProgress, &Cancel::new())?;
+//! println!("snapshot {:?}", result.snapshot_id);
+//! # Ok::<(), baton_repo::RepoError>(())
+//! ```
+
+mod backup;
+mod browse;
+mod dump;
+mod error;
+mod filter;
+mod index;
+mod lock;
+mod meta;
+mod progress;
+mod repo;
+mod restore;
+
+pub use backup::{BackupOptions, BackupResult, backup};
+pub use baton_format::crypto::{default_kdf_params, kdf_params};
+pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
+pub use baton_format::random_id;
+pub use browse::{DiffChange, DiffEntry, diff, find_node, walk_tree};
+pub use dump::dump;
+pub use error::{RepoError, Result};
+pub use filter::PatternSet;
+pub use index::Index;
+pub use lock::{LockGuard, LockInfo};
+pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
+pub use repo::{InitOptions, Repository};
+pub use restore::{RestoreOptions, RestoreSummary, restore};

@@ -1,1 +1,111 @@
-//! baton-storage
+//! The storage seam of a Baton repository.
+//!
+//! A repository is a set of immutable, named objects of a few kinds. Storage
+//! only needs to: create an object atomically and durably (never a torn or
+//! half-visible object, never an overwrite), read a whole object or a byte range
+//! of it, list the objects of a kind, and delete one. That is exactly what a
+//! local directory and an S3 bucket (with `If-None-Match: *`) both offer, so the
+//! repository format works unchanged on either. Wrappers for tests (fault
+//! injection, crash simulation) implement the same trait.
+//!
+//! ```
+//! use baton_storage::{LocalStorage, ObjectKind, Storage};
+//! let dir = tempfile::tempdir().unwrap();
+//! let s = LocalStorage::new(dir.path().join("repo"));
+//! s.create().unwrap();
+//! s.put(ObjectKind::Snapshot, "ab12", b"bytes").unwrap();
+//! assert_eq!(s.get(ObjectKind::Snapshot, "ab12").unwrap(), b"bytes");
+//! assert!(s.put(ObjectKind::Snapshot, "ab12", b"other").unwrap_err().is_already_exists());
+//! ```
+
+mod error;
+mod fault;
+mod local;
+
+pub use error::{ErrorKind, StorageError};
+pub use fault::{FaultPlan, FaultyStorage};
+pub use local::LocalStorage;
+
+/// The kinds of objects in a repository; each lives in its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    /// The single `config` object (name is ignored).
+    Config,
+    Key,
+    Pack,
+    Index,
+    Snapshot,
+    Lock,
+    /// Backup journal records, named `<job id>/<record id>`.
+    Journal,
+}
+
+impl ObjectKind {
+    /// Directory (or key prefix) of this kind.
+    pub fn dir(self) -> &'static str {
+        match self {
+            ObjectKind::Config => "",
+            ObjectKind::Key => "keys",
+            ObjectKind::Pack => "data",
+            ObjectKind::Index => "index",
+            ObjectKind::Snapshot => "snapshots",
+            ObjectKind::Lock => "locks",
+            ObjectKind::Journal => "journal",
+        }
+    }
+
+    pub const ALL: [ObjectKind; 7] = [
+        ObjectKind::Config,
+        ObjectKind::Key,
+        ObjectKind::Pack,
+        ObjectKind::Index,
+        ObjectKind::Snapshot,
+        ObjectKind::Lock,
+        ObjectKind::Journal,
+    ];
+}
+
+/// A listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Object storage: small, synchronous and usable as `dyn Storage`.
+pub trait Storage: Send + Sync {
+    /// Human-readable location (a path or URL) for messages.
+    fn location(&self) -> String;
+
+    /// Whether a repository (its `config` object) exists here.
+    fn exists(&self) -> Result<bool, StorageError>;
+
+    /// Prepares an empty location for a new repository.
+    fn create(&self) -> Result<(), StorageError>;
+
+    /// Creates an object atomically and durably. Fails with
+    /// [`ErrorKind::AlreadyExists`] if the name is taken; callers of
+    /// content-addressed objects treat that as success.
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError>;
+
+    /// Reads a whole object.
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError>;
+
+    /// Reads `len` bytes at `offset`; fails if the object is shorter.
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StorageError>;
+
+    /// Size of an object.
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError>;
+
+    /// Lists the objects of a kind (for `Journal`, names include the job prefix).
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError>;
+}

@@ -61,7 +61,7 @@ pub fn hex_encode(b: &[u8]) -> String {
 /// Hex decoding; `None` on odd length or a non-hex character.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     fn nibble(c: u8) -> Option<u8> {

@@ -1,0 +1,256 @@
+//! Command-line definitions (the raw stage of argument parsing).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Baton: deduplicating, compressed, encrypted backups.
+///
+/// A backup never starts over, a restore never makes you wait, and every copy
+/// is proven.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+pub const EXIT_CODES: &str = "\
+Environment:
+  BATON_REPOSITORY       repository location (like --repo)
+  BATON_PASSWORD         repository password
+  BATON_PASSWORD_FILE    file holding the password (like --password-file)
+  BATON_PASSWORD_COMMAND command printing the password (like --password-command)
+  BATON_NEW_PASSWORD     new password for `key add` and `key passwd`
+
+Exit codes:
+  0   done
+  1   failed
+  2   wrong usage (bad arguments)
+  3   backup done, but some files could not be read
+  10  no repository at the given location
+  11  repository is locked
+  12  wrong password";
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository directory [default: ~/.local/share/baton/repo, created by
+    /// `backup` on first use]
+    #[arg(short = 'r', long = "repo", env = "BATON_REPOSITORY", global = true)]
+    pub repo: Option<PathBuf>,
+
+    /// Read the password from this file
+    #[arg(long, env = "BATON_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+
+    /// Run this shell command and use its output as the password
+    #[arg(long, env = "BATON_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print more (repeat for even more)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up files and directories (or standard input)
+    Backup(BackupArgs),
+    /// Restore a snapshot, or a path in it, into a directory
+    Restore(RestoreArgs),
+    /// List snapshots
+    Snapshots(SnapshotsArgs),
+    /// List the entries of a snapshot
+    Ls(LsArgs),
+    /// Show the differences between two snapshots
+    Diff(DiffArgs),
+    /// Write a file of a snapshot to stdout (a directory as a tar archive)
+    Dump(DumpArgs),
+    /// Print a repository object as JSON
+    Cat(CatArgs),
+    /// Manage the keys (passwords) of the repository
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks
+    Unlock(UnlockArgs),
+}
+
+/// Key-derivation settings (hidden: for tests that create many keys).
+#[derive(Args, Debug, Clone)]
+pub struct KdfArgs {
+    /// Argon2id memory in KiB
+    #[arg(long, default_value_t = 65536, hide = true)]
+    pub kdf_memory: u32,
+    /// Argon2id passes
+    #[arg(long, default_value_t = 3, hide = true)]
+    pub kdf_iterations: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd compression level (0 = off, 1..=22)
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Target pack size in MiB
+    #[arg(long, default_value_t = 16)]
+    pub pack_size: u64,
+    /// Chunker minimum/average/maximum sizes in bytes, as MIN,AVG,MAX
+    #[arg(long, hide = true, value_delimiter = ',', num_args = 3)]
+    pub chunker: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(required_unless_present = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Exclude paths matching this pattern (a name, or a path when it has a '/')
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file (one per line)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Skip the contents of directories holding a valid CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross filesystem boundaries
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Read all files again, ignoring the parent snapshot
+    #[arg(short, long)]
+    pub force: bool,
+    /// Compare with this snapshot instead of the latest one of the same host and paths
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub parent: Option<String>,
+    /// Add a tag to the snapshot (repeat or separate with commas)
+    #[arg(long, value_delimiter = ',')]
+    pub tag: Vec<String>,
+    /// Record this host name instead of the machine's
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Do everything except writing to the repository
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Back up standard input as one file
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin: bool,
+    /// File name for --stdin
+    #[arg(long, default_value = "stdin", requires = "stdin")]
+    pub stdin_filename: String,
+    /// Create the repository if it does not exist yet
+    #[arg(long)]
+    pub init: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot to restore: `latest`, an id or prefix, optionally `:PATH` inside it
+    pub snapshot: String,
+    /// Directory to restore into (created if missing)
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Restore only paths matching this pattern (repeatable)
+    #[arg(short, long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Do not restore paths matching this pattern (repeatable)
+    #[arg(short, long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Re-read restored files and compare them with the snapshot
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots with these tags (comma-separated: all of them; repeat for alternatives)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Only snapshots of this host (repeatable)
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only snapshots that include this path (repeatable)
+    #[arg(long)]
+    pub path: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot (`latest`, an id or a unique prefix)
+    pub snapshot: String,
+    /// Path inside the snapshot (default: everything)
+    pub path: Option<String>,
+    /// Long listing: mode, owner, size, time
+    #[arg(short, long)]
+    pub long: bool,
+    /// With a path: list everything below it, not just its entries
+    #[arg(long)]
+    pub recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    pub snapshot1: String,
+    pub snapshot2: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    /// Path inside the snapshot
+    pub path: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    /// config | snapshot | tree | index | key | pack | blob | lock
+    pub kind: String,
+    /// Object id (for `tree`: a tree id, or SNAPSHOT[:PATH])
+    pub id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List keys
+    List,
+    /// Add a key with a new password
+    Add(NewPasswordArgs),
+    /// Remove a key (not the one in use)
+    Remove { id: String },
+    /// Change the password of the key in use
+    Passwd(NewPasswordArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewPasswordArgs {
+    /// Read the new password from this file
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove all locks, even those that are not stale
+    #[arg(long)]
+    pub remove_all: bool,
+}

@@ -1,0 +1,86 @@
+use crate::cli::{BackupArgs, Global};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::Result;
+use baton_repo::{BackupOptions, Cancel, InitOptions};
+use std::io::Read;
+
+pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
+    let (location, is_default) = context::repo_location(g);
+    let storage = context::storage(g);
+    let mut repo = if (is_default || a.init) && !storage.exists()? {
+        let r = super::init::create(g, storage, &InitOptions::default())?;
+        if !g.quiet {
+            eprintln!("created new repository at {}", location.display());
+        }
+        r
+    } else {
+        context::open(g)?
+    };
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        stdin_filename: a.stdin.then(|| a.stdin_filename.clone()),
+        excludes: a.exclude.clone(),
+        exclude_files: a.exclude_file.clone(),
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        force: a.force,
+        parent: a.parent.clone(),
+        tags: a.tag.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        host: a.host.clone(),
+        dry_run: a.dry_run,
+    };
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let mut stdin = std::io::stdin();
+    let input: Option<&mut (dyn Read + Send)> = if a.stdin { Some(&mut stdin) } else { None };
+    let result = baton_repo::backup(&mut repo, &opts, input, &progress, &Cancel::new());
+    progress.finish();
+    let result = result?;
+    let s = result.summary();
+    if g.json {
+        super::print_json(&serde_json::json!({
+            "message_type": "summary",
+            "snapshot_id": result.snapshot_id.map(|i| i.to_hex()),
+            "tree_id": result.snapshot.tree.to_hex(),
+            "parent": result.snapshot.parent.map(|i| i.to_hex()),
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "dirs": s.dirs,
+            "bytes_total": s.bytes_total,
+            "bytes_read": s.bytes_read,
+            "bytes_stored": s.bytes_stored,
+            "blobs_new": s.blobs_new,
+            "errors": s.errors.len(),
+            "error_list": s.errors,
+            "duration_s": s.duration_s,
+            "dry_run": a.dry_run,
+        }));
+    } else if !g.quiet {
+        println!(
+            "Files:  {} new, {} changed, {} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!("Dirs:   {}", s.dirs);
+        println!(
+            "Read {} of {}, added {} to the repository",
+            super::bytes(s.bytes_read),
+            super::bytes(s.bytes_total),
+            super::bytes(s.bytes_stored)
+        );
+        match result.snapshot_id {
+            Some(id) => println!("snapshot {} saved in {:.1}s", id.short(), s.duration_s),
+            None => println!("dry run: nothing was written"),
+        }
+    }
+    if !s.errors.is_empty() {
+        if !g.json {
+            eprintln!(
+                "warning: {} path(s) could not be read; they are listed in the snapshot summary",
+                s.errors.len()
+            );
+        }
+        return Ok(crate::exit::PARTIAL);
+    }
+    Ok(crate::exit::OK)
+}

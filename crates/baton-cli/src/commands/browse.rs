@@ -1,0 +1,324 @@
+use super::restore::split_ref;
+use crate::cli::{CatArgs, DiffArgs, DumpArgs, Global, LsArgs, SnapshotFilter, SnapshotsArgs};
+use crate::context;
+use anyhow::{Context, Result, bail};
+use baton_repo::{DiffChange, Repository};
+use baton_storage::ObjectKind;
+use baton_types::{Id, Node, NodeKind, Snapshot};
+use std::io::Write;
+
+fn short_time(rfc3339: &str) -> String {
+    humantime::parse_rfc3339_weak(rfc3339)
+        .map(|t| {
+            humantime::format_rfc3339_seconds(t)
+                .to_string()
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_string()
+        })
+        .unwrap_or_else(|_| rfc3339.to_string())
+}
+
+fn matches(f: &SnapshotFilter, s: &Snapshot) -> bool {
+    let tags_ok = f.tag.is_empty()
+        || f.tag.iter().any(|group| {
+            group
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .all(|t| s.tags.iter().any(|x| x == t))
+        });
+    let host_ok = f.host.is_empty() || f.host.iter().any(|h| h == &s.hostname);
+    let path_ok = f.path.is_empty()
+        || f.path.iter().all(|p| {
+            let p = p.trim_end_matches('/');
+            s.paths.iter().any(|x| x == p)
+        });
+    tags_ok && host_ok && path_ok
+}
+
+fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("snapshots serialize");
+    v["id"] = id.to_hex().into();
+    v["short_id"] = id.short().into();
+    v
+}
+
+pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
+    let repo = context::open(g)?;
+    let list: Vec<_> = repo
+        .list_snapshots()?
+        .into_iter()
+        .filter(|(_, s)| matches(&a.filter, s))
+        .collect();
+    if g.json {
+        let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(crate::exit::OK);
+    }
+    println!(
+        "{:<8}  {:<19}  {:<16}  {:<16}  Paths",
+        "ID", "Time (UTC)", "Host", "Tags"
+    );
+    for (id, s) in &list {
+        println!(
+            "{:<8}  {:<19}  {:<16}  {:<16}  {}",
+            id.short(),
+            short_time(&s.time),
+            s.hostname,
+            s.tags.join(","),
+            s.paths.join(", ")
+        );
+    }
+    if !g.quiet {
+        println!("{} snapshots", list.len());
+    }
+    Ok(crate::exit::OK)
+}
+
+fn mode_string(n: &Node) -> String {
+    let t = match n.kind {
+        NodeKind::File => '-',
+        NodeKind::Dir => 'd',
+        NodeKind::Symlink => 'l',
+        NodeKind::Fifo => 'p',
+        NodeKind::Chardev => 'c',
+        NodeKind::Blockdev => 'b',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let bits = (n.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn node_json(path: &str, n: &Node) -> serde_json::Value {
+    serde_json::json!({
+        "path": path,
+        "name": n.name.lossy(),
+        "type": n.kind,
+        "mode": n.mode,
+        "uid": n.uid,
+        "gid": n.gid,
+        "user": n.user,
+        "group": n.group,
+        "size": n.size,
+        "mtime_ns": n.mtime_ns,
+        "link_target": n.link_target.as_ref().map(|t| t.lossy()),
+        "inode": n.inode,
+        "links": n.links,
+    })
+}
+
+fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
+    if g.json {
+        super::print_json(&node_json(path, n));
+    } else if long {
+        let time = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.mtime_ns.max(0) as u64),
+        );
+        let target = n
+            .link_target
+            .as_ref()
+            .map(|t| format!(" -> {}", t.lossy()))
+            .unwrap_or_default();
+        println!(
+            "{} {:>6} {:>6} {:>12} {} {}{}",
+            mode_string(n),
+            n.user.clone().unwrap_or_else(|| n.uid.to_string()),
+            n.group.clone().unwrap_or_else(|| n.gid.to_string()),
+            n.size,
+            time,
+            path,
+            target
+        );
+    } else {
+        println!("{path}");
+    }
+}
+
+pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
+    let repo = context::open_indexed(g)?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let path = a.path.as_deref().unwrap_or("/");
+    let (node, subtree) = baton_repo::find_node(&repo, &snap.tree, path)?;
+    let prefix = if path.is_empty() { "/" } else { path };
+    let prefix = if prefix.len() > 1 {
+        prefix.trim_end_matches('/')
+    } else {
+        prefix
+    };
+    if let Some(n) = &node {
+        print_node(g, a.long, prefix, n);
+    }
+    let Some(tree) = subtree else {
+        return Ok(crate::exit::OK);
+    };
+    let recursive = a.recursive || a.path.is_none();
+    if recursive {
+        baton_repo::walk_tree(&repo, &tree, prefix, &mut |p, n| {
+            print_node(g, a.long, p, n);
+            Ok(())
+        })?;
+    } else {
+        for n in &repo.load_tree(&tree)?.nodes {
+            let p = if prefix.ends_with('/') {
+                format!("{prefix}{}", n.name.lossy())
+            } else {
+                format!("{prefix}/{}", n.name.lossy())
+            };
+            print_node(g, a.long, &p, n);
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
+    let repo = context::open_indexed(g)?;
+    let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
+    let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
+    let changes = baton_repo::diff(&repo, &s1.tree, &s2.tree)?;
+    let count = |c: DiffChange| changes.iter().filter(|e| e.change == c).count();
+    if g.json {
+        super::print_json(&serde_json::json!({
+            "snapshot1": id1.to_hex(),
+            "snapshot2": id2.to_hex(),
+            "changes": changes,
+            "added": count(DiffChange::Added),
+            "removed": count(DiffChange::Removed),
+            "modified": count(DiffChange::Modified),
+            "metadata": count(DiffChange::Metadata),
+            "type_changed": count(DiffChange::Type),
+        }));
+        return Ok(crate::exit::OK);
+    }
+    println!("comparing snapshot {} to {}:", id1.short(), id2.short());
+    for c in &changes {
+        println!("{}    {}", c.change.symbol(), c.path);
+    }
+    println!(
+        "\n{} added, {} removed, {} modified, {} metadata changed, {} type changed",
+        count(DiffChange::Added),
+        count(DiffChange::Removed),
+        count(DiffChange::Modified),
+        count(DiffChange::Metadata),
+        count(DiffChange::Type)
+    );
+    Ok(crate::exit::OK)
+}
+
+pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
+    let repo = context::open_indexed(g)?;
+    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    baton_repo::dump(&repo, &snap, &a.path, &mut out)?;
+    out.flush().context("writing to stdout")?;
+    Ok(crate::exit::OK)
+}
+
+fn need_id(a: &CatArgs) -> Result<&str> {
+    a.id.as_deref()
+        .with_context(|| format!("`baton cat {}` needs an id", a.kind))
+}
+
+fn full_name(repo: &Repository, kind: ObjectKind, prefix: &str) -> Result<String> {
+    let names: Vec<String> = repo
+        .storage()
+        .list(kind)?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no {} object with id {prefix}", kind.dir()),
+        _ => bail!("id prefix {prefix} is ambiguous"),
+    }
+}
+
+pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
+    let _ = g.json; // cat always prints JSON (or raw bytes for blobs)
+    let mut repo = context::open(g)?;
+    let value: serde_json::Value = match a.kind.as_str() {
+        "config" => serde_json::to_value(repo.config())?,
+        "snapshot" => {
+            let (id, s) = repo.find_snapshot(need_id(a)?)?;
+            snapshot_json(&id, &s)
+        }
+        "key" => {
+            let name = full_name(&repo, ObjectKind::Key, need_id(a)?)?;
+            serde_json::from_slice(&repo.storage().get(ObjectKind::Key, &name)?)?
+        }
+        "lock" => {
+            let name = full_name(&repo, ObjectKind::Lock, need_id(a)?)?;
+            serde_json::from_slice(&repo.load_object(ObjectKind::Lock, &name)?)?
+        }
+        "index" => {
+            let name = full_name(&repo, ObjectKind::Index, need_id(a)?)?;
+            let f = repo.read_index(&name)?;
+            index_json(&f.supersedes, f.packs.iter().map(|p| (p.id, &p.blobs[..])))
+        }
+        "pack" => {
+            let name = full_name(&repo, ObjectKind::Pack, need_id(a)?)?;
+            let bytes = repo.storage().get(ObjectKind::Pack, &name)?;
+            let entries =
+                baton_format_read_header(&repo, &bytes).with_context(|| format!("pack {name}"))?;
+            index_json(&[], std::iter::once((Id::from_hex(&name)?, &entries[..])))
+        }
+        "tree" => {
+            repo.load_index()?;
+            let arg = need_id(a)?;
+            let id = match Id::from_hex(arg) {
+                Ok(id) => id,
+                Err(_) => {
+                    let (snap, path) = split_ref(arg);
+                    let (_, s) = repo.find_snapshot(snap)?;
+                    let (_, sub) = baton_repo::find_node(&repo, &s.tree, path.unwrap_or("/"))?;
+                    sub.with_context(|| format!("{arg} is not a directory"))?
+                }
+            };
+            serde_json::to_value(&*repo.load_tree(&id)?)?
+        }
+        "blob" => {
+            repo.load_index()?;
+            let id = Id::from_hex(need_id(a)?)?;
+            let data = repo.load_blob(&id)?;
+            std::io::stdout().write_all(&data)?;
+            return Ok(crate::exit::OK);
+        }
+        other => bail!(
+            "unknown object kind {other:?}: use config, snapshot, tree, index, key, pack, blob or lock"
+        ),
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(crate::exit::OK)
+}
+
+fn baton_format_read_header(repo: &Repository, pack: &[u8]) -> Result<Vec<baton_repo::PackEntry>> {
+    Ok(baton_repo::read_pack_header(repo.key(), pack)?)
+}
+
+fn index_json<'a>(
+    supersedes: &[Id],
+    packs: impl Iterator<Item = (Id, &'a [baton_repo::PackEntry])>,
+) -> serde_json::Value {
+    let packs: Vec<_> = packs
+        .map(|(id, blobs)| {
+            serde_json::json!({
+                "id": id.to_hex(),
+                "blobs": blobs.iter().map(|b| serde_json::json!({
+                    "id": b.id.to_hex(),
+                    "type": b.blob_type,
+                    "offset": b.offset,
+                    "length": b.length,
+                    "raw_length": b.raw_length,
+                    "compressed": b.compressed,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "supersedes": supersedes, "packs": packs })
+}

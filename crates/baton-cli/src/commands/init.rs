@@ -1,0 +1,62 @@
+use crate::cli::{Global, InitArgs};
+use crate::context;
+use anyhow::{Result, bail};
+use baton_repo::{InitOptions, Repository};
+use baton_types::ChunkerParams;
+
+pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
+    let storage = context::storage(g);
+    let chunker = match &a.chunker {
+        Some(v) => {
+            let mut seed = [0u8; 8];
+            getrandom_seed(&mut seed);
+            Some(ChunkerParams {
+                min_size: v[0],
+                avg_size: v[1],
+                max_size: v[2],
+                seed: u64::from_le_bytes(seed),
+            })
+        }
+        None => None,
+    };
+    let opts = InitOptions {
+        compression: a.compression,
+        pack_size: a.pack_size.saturating_mul(1 << 20),
+        chunker,
+        kdf: context::kdf(&a.kdf),
+    };
+    let repo = create(g, storage, &opts)?;
+    if g.json {
+        super::print_json(&serde_json::json!({
+            "message_type": "initialized",
+            "id": repo.config().id.to_hex(),
+            "repository": repo.storage().location(),
+        }));
+    } else if !g.quiet {
+        println!(
+            "created baton repository {} at {}",
+            repo.config().id.short(),
+            repo.storage().location()
+        );
+        println!("Keep the password safe: without it the data cannot be recovered.");
+    }
+    Ok(crate::exit::OK)
+}
+
+/// Creates a repository, asking for a new password if none is configured.
+pub fn create(
+    g: &Global,
+    storage: std::sync::Arc<dyn baton_storage::Storage>,
+    opts: &InitOptions,
+) -> Result<Repository> {
+    let pw = context::password(g, true)?;
+    if pw.is_empty() {
+        bail!("an empty password is not allowed");
+    }
+    Ok(Repository::init(storage, pw.as_bytes(), opts)?)
+}
+
+fn getrandom_seed(buf: &mut [u8]) {
+    let id = baton_repo::random_id();
+    buf.copy_from_slice(&id.as_bytes()[..buf.len()]);
+}

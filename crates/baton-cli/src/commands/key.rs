@@ -1,0 +1,74 @@
+use crate::cli::{Global, KeyCommand, UnlockArgs};
+use crate::context;
+use anyhow::Result;
+
+pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
+    let mut repo = context::open(g)?;
+    match cmd {
+        KeyCommand::List => {
+            let keys = repo.list_keys()?;
+            if g.json {
+                let v: Vec<_> = keys
+                    .iter()
+                    .map(|(id, k)| {
+                        serde_json::json!({
+                            "id": id, "current": id == repo.key_name(), "created": k.created,
+                            "hostname": k.hostname, "username": k.username,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("  {:<8}  {:<16}  {:<16}  Created", "ID", "User", "Host");
+                for (id, k) in &keys {
+                    let mark = if id == repo.key_name() { '*' } else { ' ' };
+                    println!(
+                        "{mark} {:<8}  {:<16}  {:<16}  {}",
+                        &id[..8.min(id.len())],
+                        k.username,
+                        k.hostname,
+                        k.created
+                    );
+                }
+            }
+        }
+        KeyCommand::Add(a) => {
+            let _lock = repo.lock(false)?;
+            let pw = context::new_password(a.new_password_file.as_ref())?;
+            let id = repo.add_key(pw.as_bytes(), &context::kdf(&a.kdf))?;
+            report(g, "key_added", &id);
+        }
+        KeyCommand::Remove { id } => {
+            let _lock = repo.lock(true)?;
+            repo.remove_key(&id)?;
+            report(g, "key_removed", &id);
+        }
+        KeyCommand::Passwd(a) => {
+            let lock = repo.lock(true)?;
+            let pw = context::new_password(a.new_password_file.as_ref())?;
+            let id = repo.change_password(pw.as_bytes(), &context::kdf(&a.kdf))?;
+            drop(lock);
+            report(g, "password_changed", &id);
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+fn report(g: &Global, what: &str, id: &str) {
+    if g.json {
+        super::print_json(&serde_json::json!({ "message_type": what, "id": id }));
+    } else if !g.quiet {
+        println!("{}: {}", what.replace('_', " "), &id[..8.min(id.len())]);
+    }
+}
+
+pub fn unlock(g: &Global, a: &UnlockArgs) -> Result<i32> {
+    let repo = context::open(g)?;
+    let n = repo.unlock(a.remove_all)?;
+    if g.json {
+        super::print_json(&serde_json::json!({ "message_type": "unlocked", "removed": n }));
+    } else if !g.quiet {
+        println!("removed {n} lock(s)");
+    }
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,52 @@
+//! One module per command; each turns resolved arguments into a library call
+//! and prints the result for people or as JSON.
+
+mod backup;
+mod browse;
+mod init;
+mod key;
+mod restore;
+
+use crate::cli::{Cli, Command};
+use anyhow::Result;
+
+/// Runs the command; returns the exit code on success paths.
+pub fn run(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, &a),
+        Command::Backup(a) => backup::run(g, &a),
+        Command::Restore(a) => restore::run(g, &a),
+        Command::Snapshots(a) => browse::snapshots(g, &a),
+        Command::Ls(a) => browse::ls(g, &a),
+        Command::Diff(a) => browse::diff(g, &a),
+        Command::Dump(a) => browse::dump(g, &a),
+        Command::Cat(a) => browse::cat(g, &a),
+        Command::Key(k) => key::run(g, k),
+        Command::Unlock(a) => key::unlock(g, &a),
+    }
+}
+
+/// Prints one JSON value on a line of stdout.
+pub fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string(v).expect("JSON values serialize")
+    );
+}
+
+/// Human-readable byte counts (binary units).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.3} {}", UNITS[u])
+    }
+}

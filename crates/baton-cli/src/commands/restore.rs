@@ -1,0 +1,65 @@
+use crate::cli::{Global, RestoreArgs};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::Result;
+use baton_repo::{Cancel, RestoreOptions};
+
+/// Splits `SNAPSHOT[:PATH]`.
+pub fn split_ref(s: &str) -> (&str, Option<&str>) {
+    match s.split_once(':') {
+        Some((snap, path)) => (snap, Some(path)),
+        None => (s, None),
+    }
+}
+
+pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
+    let repo = context::open_indexed(g)?;
+    let (snap, path) = split_ref(&a.snapshot);
+    let (id, snapshot) = repo.find_snapshot(snap)?;
+    let opts = RestoreOptions {
+        includes: a.include.clone(),
+        excludes: a.exclude.clone(),
+        verify: a.verify,
+    };
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    if let Some(s) = &snapshot.summary {
+        baton_repo::Progress::set_total(&progress, 0, s.bytes_total);
+    }
+    let summary = baton_repo::restore(
+        &repo,
+        &snapshot,
+        path,
+        &a.target,
+        &opts,
+        &progress,
+        &Cancel::new(),
+    );
+    progress.finish();
+    let summary = summary?;
+    if g.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["message_type"] = "summary".into();
+        v["snapshot_id"] = id.to_hex().into();
+        super::print_json(&v);
+    } else if !g.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
+            id.short(),
+            a.target.display(),
+            summary.files,
+            summary.dirs,
+            summary.other,
+            super::bytes(summary.bytes)
+        );
+        if a.verify {
+            println!("verified {} files", summary.files_verified);
+        }
+    }
+    if !summary.errors.is_empty() {
+        anyhow::bail!(
+            "{} entries could not be restored or verified (see above)",
+            summary.errors.len()
+        );
+    }
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,430 @@
+//! The archiver walks the sources in the journal's order (a directory's files
+//! before its subdirectories, depth first, names in byte order), turns each
+//! entry into a [`Node`], reuses the parent snapshot's content for unchanged
+//! files, chunks and queues the rest, and writes one tree per directory.
+
+use super::BackupOptions;
+use super::pipeline::{Job, Pipeline};
+use crate::filter::PatternSet;
+use crate::meta::{NameCache, kind_of, node_from_metadata, read_xattrs};
+use crate::progress::{Cancel, EntryStatus, Progress};
+use crate::{RepoError, Repository, Result};
+use baton_format::chunker::Chunker;
+use baton_format::object::to_json;
+use baton_types::{BackupErrorEntry, BlobType, FsName, Id, Node, NodeKind, SnapshotSummary, Tree};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Marks a directory whose contents `--exclude-caches` skips.
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+pub(super) struct Archiver<'a, 'p> {
+    repo: &'a Repository,
+    pipe: &'a Pipeline<'p>,
+    filter: &'a PatternSet,
+    opts: &'a BackupOptions,
+    progress: &'a dyn Progress,
+    cancel: &'a Cancel,
+    pending: HashSet<Id>,
+    names: NameCache,
+    summary: SnapshotSummary,
+}
+
+/// Opens a file for reading without updating its access time when allowed.
+fn open_noatime(path: &Path) -> std::io::Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => File::open(path),
+        r => r,
+    }
+}
+
+/// Lists a directory (without touching its access time when allowed), sorted by name.
+fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = match nix::dir::Dir::open(
+        path,
+        flags | OFlag::O_NOATIME,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Err(nix::errno::Errno::EPERM) => {
+            nix::dir::Dir::open(path, flags, nix::sys::stat::Mode::empty())
+        }
+        r => r,
+    }
+    .map_err(std::io::Error::from)?;
+    let mut names = Vec::new();
+    for e in dir {
+        let e = e.map_err(std::io::Error::from)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsString::from(std::ffi::OsStr::from_bytes(n)));
+        }
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+fn is_cache_dir(path: &Path) -> bool {
+    let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
+    File::open(path.join("CACHEDIR.TAG"))
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok()
+        && buf == CACHEDIR_SIGNATURE
+}
+
+impl<'a, 'p> Archiver<'a, 'p> {
+    pub fn new(
+        repo: &'a Repository,
+        pipe: &'a Pipeline<'p>,
+        filter: &'a PatternSet,
+        opts: &'a BackupOptions,
+        progress: &'a dyn Progress,
+        cancel: &'a Cancel,
+    ) -> Self {
+        Archiver {
+            repo,
+            pipe,
+            filter,
+            opts,
+            progress,
+            cancel,
+            pending: HashSet::new(),
+            names: NameCache::default(),
+            summary: SnapshotSummary::default(),
+        }
+    }
+
+    pub fn into_summary(self) -> SnapshotSummary {
+        self.summary
+    }
+
+    fn record_error(&mut self, path: &Path, message: String) {
+        let path = path.to_string_lossy().into_owned();
+        self.progress.error(&path, &message);
+        self.summary.errors.push(BackupErrorEntry { path, message });
+    }
+
+    fn save_blob(&mut self, blob_type: BlobType, data: Vec<u8>) -> Result<Id> {
+        let id = self.repo.key().blob_id(&data);
+        if !self.repo.index().contains(&id) && self.pending.insert(id) {
+            self.summary.blobs_new += 1;
+            if !self.pipe.send(Job {
+                blob_type,
+                id,
+                data,
+            }) {
+                return Err(RepoError::Invalid("storing data failed".into()));
+            }
+        }
+        Ok(id)
+    }
+
+    fn save_tree(&mut self, mut tree: Tree) -> Result<Id> {
+        tree.sort();
+        self.save_blob(BlobType::Tree, to_json(&tree))
+    }
+
+    /// Backs up the sources; returns the root tree id.
+    pub fn run(&mut self, sources: &[PathBuf], parent: Option<Arc<Tree>>) -> Result<Id> {
+        if sources.len() == 1 && sources[0] == Path::new("/") {
+            let m = std::fs::symlink_metadata("/").map_err(|e| RepoError::io("/", e))?;
+            let node = self.dir_node(Path::new("/"), FsName::from("/"), &m, parent, m.dev())?;
+            return Ok(node.subtree.expect("directories have subtrees"));
+        }
+        let tree = self.virtual_level(Path::new("/"), sources, parent.as_deref())?;
+        self.save_tree(tree)
+    }
+
+    /// The tree of `prefix`, holding only the ancestors of the sources and the
+    /// sources themselves, so a snapshot keeps each source at its full path.
+    fn virtual_level(
+        &mut self,
+        prefix: &Path,
+        sources: &[PathBuf],
+        parent: Option<&Tree>,
+    ) -> Result<Tree> {
+        let mut groups: BTreeMap<Vec<u8>, Vec<PathBuf>> = BTreeMap::new();
+        for s in sources {
+            let rest = s
+                .strip_prefix(prefix)
+                .expect("sources lie under their prefix");
+            if let Some(first) = rest.components().next() {
+                groups
+                    .entry(first.as_os_str().as_bytes().to_vec())
+                    .or_default()
+                    .push(s.clone());
+            }
+        }
+        let mut nodes = Vec::new();
+        for (name, group) in groups {
+            self.cancel.check()?;
+            let name = FsName(name);
+            let child = prefix.join(name.as_os());
+            let meta = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.record_error(&child, format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let pnode = parent.and_then(|t| t.find(&name.0)).cloned();
+            if group.iter().any(|s| s == &child) {
+                if let Some(n) = self.entry_node(&child, name, &meta, pnode.as_ref(), meta.dev())? {
+                    nodes.push(n);
+                }
+            } else {
+                let mut node = node_from_metadata(name, NodeKind::Dir, &meta, &mut self.names);
+                node.xattrs = self.xattrs(&child);
+                let sub_parent = self.parent_subtree(pnode.as_ref());
+                let tree = self.virtual_level(&child, &group, sub_parent.as_deref())?;
+                node.subtree = Some(self.save_tree(tree)?);
+                self.summary.dirs += 1;
+                nodes.push(node);
+            }
+        }
+        Ok(Tree { nodes })
+    }
+
+    fn xattrs(&mut self, path: &Path) -> Vec<baton_types::Xattr> {
+        read_xattrs(path).unwrap_or_else(|e| {
+            self.record_error(path, format!("cannot read extended attributes: {e}"));
+            Vec::new()
+        })
+    }
+
+    fn parent_subtree(&self, pnode: Option<&Node>) -> Option<Arc<Tree>> {
+        let id = pnode.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
+        // A parent tree that cannot be loaded only costs re-reading files.
+        self.repo.load_tree(&id).ok()
+    }
+
+    /// Any kind of entry; `None` when it is skipped (socket, unreadable file).
+    fn entry_node(
+        &mut self,
+        path: &Path,
+        name: FsName,
+        meta: &Metadata,
+        pnode: Option<&Node>,
+        root_dev: u64,
+    ) -> Result<Option<Node>> {
+        let Some(kind) = kind_of(meta) else {
+            return Ok(None);
+        };
+        match kind {
+            NodeKind::File => self.file_node(path, name, meta, pnode),
+            NodeKind::Dir => {
+                let sub_parent = self.parent_subtree(pnode);
+                self.dir_node(path, name, meta, sub_parent, root_dev)
+                    .map(Some)
+            }
+            NodeKind::Symlink => {
+                let mut node = node_from_metadata(name, kind, meta, &mut self.names);
+                match std::fs::read_link(path) {
+                    Ok(t) => node.link_target = Some(FsName::from_os(t.as_os_str())),
+                    Err(e) => {
+                        self.record_error(path, format!("cannot read symlink: {e}"));
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(node))
+            }
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                let mut node = node_from_metadata(name, kind, meta, &mut self.names);
+                node.xattrs = self.xattrs(path);
+                Ok(Some(node))
+            }
+        }
+    }
+
+    fn dir_node(
+        &mut self,
+        path: &Path,
+        name: FsName,
+        meta: &Metadata,
+        parent: Option<Arc<Tree>>,
+        root_dev: u64,
+    ) -> Result<Node> {
+        self.cancel.check()?;
+        let mut node = node_from_metadata(name, NodeKind::Dir, meta, &mut self.names);
+        node.xattrs = self.xattrs(path);
+        self.progress.entry(path, EntryStatus::New);
+        let mut names = match read_dir_sorted(path) {
+            Ok(n) => n,
+            Err(e) => {
+                self.record_error(path, format!("cannot list directory: {e}"));
+                Vec::new()
+            }
+        };
+        if self.opts.exclude_caches && is_cache_dir(path) {
+            names.retain(|n| n.as_bytes() == b"CACHEDIR.TAG");
+        }
+        let mut entries = Vec::with_capacity(names.len());
+        for n in names {
+            let child = path.join(&n);
+            if self.filter.matches(&child) {
+                continue;
+            }
+            match std::fs::symlink_metadata(&child) {
+                Ok(m) => entries.push((n, child, m)),
+                Err(e) => self.record_error(&child, format!("cannot read: {e}")),
+            }
+        }
+        let mut nodes = Vec::with_capacity(entries.len());
+        // A directory's files first, then its subdirectories (the journal's order).
+        let (dirs, others): (Vec<_>, Vec<_>) =
+            entries.into_iter().partition(|(_, _, m)| m.is_dir());
+        for (n, child, m) in others.into_iter().chain(dirs) {
+            self.cancel.check()?;
+            if m.is_dir() && self.opts.one_file_system && m.dev() != root_dev {
+                continue;
+            }
+            let fname = FsName::from_os(&n);
+            let pnode = parent.as_deref().and_then(|t| t.find(&fname.0)).cloned();
+            if let Some(c) = self.entry_node(&child, fname, &m, pnode.as_ref(), root_dev)? {
+                nodes.push(c);
+            }
+        }
+        node.subtree = Some(self.save_tree(Tree { nodes })?);
+        self.summary.dirs += 1;
+        Ok(node)
+    }
+
+    fn file_node(
+        &mut self,
+        path: &Path,
+        name: FsName,
+        meta: &Metadata,
+        pnode: Option<&Node>,
+    ) -> Result<Option<Node>> {
+        let mut node = node_from_metadata(name, NodeKind::File, meta, &mut self.names);
+        node.xattrs = self.xattrs(path);
+        if !self.opts.force
+            && let Some(p) = pnode
+            && p.kind == NodeKind::File
+            && p.size == node.size
+            && p.mtime_ns == node.mtime_ns
+            && p.ctime_ns == node.ctime_ns
+            && p.inode == node.inode
+            && p.content.iter().all(|c| self.repo.index().contains(c))
+        {
+            node.content = p.content.clone();
+            self.summary.files_unmodified += 1;
+            self.summary.bytes_total += node.size;
+            self.progress.bytes(node.size);
+            self.progress.entry(path, EntryStatus::Unmodified);
+            return Ok(Some(node));
+        }
+        let file = match open_noatime(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.record_error(path, format!("cannot open: {e}"));
+                return Ok(None);
+            }
+        };
+        let mut read = 0u64;
+        for chunk in Chunker::new(&file, &self.repo.config().chunker) {
+            self.cancel.check()?;
+            let data = match chunk {
+                Ok(d) => d,
+                Err(e) => {
+                    self.summary.bytes_read += read;
+                    self.record_error(path, format!("read failed after {read} bytes: {e}"));
+                    return Ok(None);
+                }
+            };
+            read += data.len() as u64;
+            self.progress.bytes(data.len() as u64);
+            let id = self.save_blob(BlobType::Data, data)?;
+            node.content.push(id);
+        }
+        self.summary.bytes_read += read;
+        if let Ok(after) = file.metadata()
+            && (after.len() != meta.len()
+                || after.mtime() != meta.mtime()
+                || after.mtime_nsec() != meta.mtime_nsec()
+                || read != meta.len())
+        {
+            // Keep what was read, with the metadata from before the read:
+            // the next backup sees a different mtime/size and reads it again.
+            self.record_error(
+                path,
+                format!("file changed while it was read ({read} bytes stored)"),
+            );
+        }
+        node.size = read;
+        self.summary.bytes_total += read;
+        let status = if pnode.is_some() {
+            self.summary.files_changed += 1;
+            EntryStatus::Changed
+        } else {
+            self.summary.files_new += 1;
+            EntryStatus::New
+        };
+        self.progress.entry(path, status);
+        Ok(Some(node))
+    }
+
+    /// The tree of a `--stdin` backup: one file read from `reader`.
+    pub fn stdin_tree(
+        &mut self,
+        name: &str,
+        reader: &mut (dyn Read + Send),
+        parent: Option<&Tree>,
+    ) -> Result<Id> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let mut node = Node {
+            name: FsName::from(name),
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid,
+            gid,
+            user: self.names.user(uid),
+            group: self.names.group(gid),
+            mtime_ns: now,
+            atime_ns: now,
+            ctime_ns: now,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            size: 0,
+            rdev: 0,
+            content: Vec::new(),
+            subtree: None,
+            link_target: None,
+            xattrs: Vec::new(),
+        };
+        for chunk in Chunker::new(reader, &self.repo.config().chunker) {
+            self.cancel.check()?;
+            let data = chunk.map_err(|e| RepoError::io("standard input", e))?;
+            node.size += data.len() as u64;
+            self.progress.bytes(data.len() as u64);
+            let id = self.save_blob(BlobType::Data, data)?;
+            node.content.push(id);
+        }
+        self.summary.bytes_read += node.size;
+        self.summary.bytes_total += node.size;
+        if parent.and_then(|t| t.find(name.as_bytes())).is_some() {
+            self.summary.files_changed += 1;
+        } else {
+            self.summary.files_new += 1;
+        }
+        self.save_tree(Tree { nodes: vec![node] })
+    }
+}

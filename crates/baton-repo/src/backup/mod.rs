@@ -1,0 +1,240 @@
+//! `baton backup`: walk sources, store new content, commit a snapshot.
+//!
+//! Commit protocol (see docs/design.md): packs are stored (each durably) as
+//! they fill; then one index object listing them; then the snapshot object,
+//! which is the commit point. A crash before the snapshot leaves only packs
+//! and maybe an index that nothing references yet: the repository stays valid.
+
+mod archiver;
+mod pipeline;
+mod scan;
+
+use crate::filter::PatternSet;
+use crate::progress::{Cancel, Progress};
+use crate::repo::{hostname, now_rfc3339, username};
+use crate::{RepoError, Repository, Result};
+use archiver::Archiver;
+use baton_format::index::IndexFile;
+use baton_storage::ObjectKind;
+use baton_types::{Id, Snapshot, SnapshotSummary, Tree};
+use pipeline::{Pipeline, PipelineConfig};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Options of `baton backup`.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    /// Back up a stream (passed to [`backup`]) as one file of this name.
+    pub stdin_filename: Option<String>,
+    pub excludes: Vec<String>,
+    pub exclude_files: Vec<PathBuf>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    /// Read every file again, ignoring the parent snapshot.
+    pub force: bool,
+    /// Snapshot to compare against (default: latest with the same host and paths).
+    pub parent: Option<String>,
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+    /// Read and chunk everything but store nothing.
+    pub dry_run: bool,
+}
+
+/// What a backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    /// `None` for a dry run.
+    pub snapshot_id: Option<Id>,
+    pub snapshot: Snapshot,
+}
+
+impl BackupResult {
+    pub fn summary(&self) -> &SnapshotSummary {
+        self.snapshot
+            .summary
+            .as_ref()
+            .expect("backups always record a summary")
+    }
+}
+
+/// Makes a source path absolute and clean without resolving its last
+/// component (a symlink given as a source is backed up as a symlink).
+fn normalize(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| RepoError::io(p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(RepoError::Invalid(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let n = normalize(p)?;
+        if let Err(e) = std::fs::symlink_metadata(&n) {
+            return Err(RepoError::NotFound(format!(
+                "source path {} cannot be read: {e}",
+                p.display()
+            )));
+        }
+        out.push(n);
+    }
+    out.sort();
+    out.dedup();
+    // A source inside another source is already covered.
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
+    Ok(out)
+}
+
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    if opts.force {
+        return Ok(None);
+    }
+    if let Some(p) = &opts.parent {
+        return repo.find_snapshot(p).map(Some);
+    }
+    let mut want = paths.to_vec();
+    want.sort();
+    Ok(repo.list_snapshots()?.into_iter().rev().find(|(_, s)| {
+        let mut have = s.paths.clone();
+        have.sort();
+        s.hostname == host && have == want
+    }))
+}
+
+/// Runs a backup. `stdin` is read when `opts.stdin_filename` is set.
+pub fn backup(
+    repo: &mut Repository,
+    opts: &BackupOptions,
+    stdin: Option<&mut (dyn Read + Send)>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<BackupResult> {
+    let start = Instant::now();
+    let start_time = now_rfc3339();
+    let _lock = repo.lock(false)?;
+    repo.load_index()?;
+
+    let sources = match &opts.stdin_filename {
+        Some(name) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(RepoError::Invalid(format!(
+                    "--stdin-filename {name:?} must be a plain file name"
+                )));
+            }
+            Vec::new()
+        }
+        None => resolve_sources(&opts.paths)?,
+    };
+    let paths: Vec<String> = match &opts.stdin_filename {
+        Some(n) => vec![format!("/{n}")],
+        None => sources
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let mut patterns = opts.excludes.clone();
+    patterns.extend(PatternSet::read_files(&opts.exclude_files)?);
+    let filter = PatternSet::new(&patterns)?;
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let parent = find_parent(repo, opts, &host, &paths)?;
+    let parent_root: Option<Arc<Tree>> = match &parent {
+        Some((_, s)) => Some(repo.load_tree(&s.tree)?),
+        None => None,
+    };
+
+    let repo_ref: &Repository = repo;
+    let cfg = PipelineConfig {
+        storage: &**repo_ref.storage(),
+        key: repo_ref.key(),
+        compression: repo_ref.config().compression,
+        pack_size: repo_ref.config().pack_size,
+        dry_run: opts.dry_run,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let scan_done = Cancel::new();
+    let (walk, packed) = std::thread::scope(|s| {
+        if progress.wants_totals() && opts.stdin_filename.is_none() {
+            let (sources, filter, done) = (&sources, &filter, &scan_done);
+            s.spawn(move || {
+                if let Some((files, bytes)) = scan::scan(sources, filter, opts, done) {
+                    progress.set_total(files, bytes);
+                }
+            });
+        }
+        let pipe = Pipeline::start(s, cfg);
+        let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel);
+        let walk = match stdin {
+            Some(r) if opts.stdin_filename.is_some() => a.stdin_tree(
+                opts.stdin_filename.as_deref().unwrap_or("stdin"),
+                r,
+                parent_root.as_deref(),
+            ),
+            _ => a.run(&sources, parent_root),
+        }
+        .map(|id| (id, a.into_summary()));
+        scan_done.cancel();
+        (walk, pipe.finish())
+    });
+    // The packer's error is the root cause when both failed (e.g. a full disk).
+    let packed = packed?;
+    let (tree, mut summary) = walk?;
+
+    summary.bytes_stored = packed.bytes_stored;
+    if !opts.dry_run && !packed.packs.is_empty() {
+        let idx = IndexFile {
+            supersedes: Vec::new(),
+            packs: packed.packs,
+        };
+        let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
+        summary.bytes_stored += n;
+        repo.index_mut().add_file(&idx);
+    }
+    summary.backup_start = start_time;
+    summary.backup_end = now_rfc3339();
+    summary.duration_s = start.elapsed().as_secs_f64();
+    let mut tags = opts.tags.clone();
+    tags.sort();
+    tags.dedup();
+    let snapshot = Snapshot {
+        time: summary.backup_start.clone(),
+        tree,
+        paths,
+        hostname: host,
+        username: username(),
+        tags,
+        parent: parent.map(|(id, _)| id),
+        program_version: concat!("baton ", env!("CARGO_PKG_VERSION")).to_string(),
+        summary: Some(summary),
+    };
+    let snapshot_id = if opts.dry_run {
+        None
+    } else {
+        Some(repo.save_snapshot(&snapshot)?.0)
+    };
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+    })
+}

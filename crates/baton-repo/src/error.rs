@@ -1,0 +1,62 @@
+//! Errors of repository operations.
+//!
+//! Policy: every error names the object, path or snapshot it concerns and says
+//! what the user can do. The CLI maps the variants below to documented exit
+//! codes; callers branch on [`RepoError::kind`]-like matches, never on text.
+
+use baton_format::FormatError;
+use baton_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no repository at {location} (create one with `baton init`)")]
+    NoRepository { location: String },
+    #[error("a repository already exists at {location}")]
+    AlreadyExists { location: String },
+    #[error("wrong password: no key in the repository opens with it")]
+    WrongPassword,
+    #[error("repository is locked: {holder}; if that process is gone, run `baton unlock`")]
+    Locked { holder: String },
+    #[error(
+        "repository format version {found} is newer than this baton supports ({supported}); upgrade baton"
+    )]
+    NewerFormat { found: u32, supported: u32 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{what}: {source}")]
+    Format {
+        what: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("operation cancelled")]
+    Cancelled,
+}
+
+impl RepoError {
+    pub(crate) fn format(what: impl Into<String>, source: FormatError) -> Self {
+        RepoError::Format {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        RepoError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! Repository locks.
+//!
+//! A lock is an ordinary sealed object `locks/<random id>` holding who took it
+//! (host, user, pid), when, and whether it is exclusive. Shared locks coexist
+//! with each other; an exclusive lock excludes every other lock. To take a
+//! lock, a process checks the existing locks, writes its own, then checks again
+//! (two racing writers both see each other and one backs off). A held lock is
+//! rewritten every [`REFRESH`]; a lock is stale when its time is older than
+//! [`STALE_AFTER`], or when it was taken on this host by a process that no
+//! longer exists. Stale locks are ignored and removed by `baton unlock`.
+
+use crate::repo::{hostname, now_rfc3339, username};
+use crate::{RepoError, Repository, Result};
+use baton_format::compress::Compressor;
+use baton_format::crypto::MasterKey;
+use baton_format::object::{from_json, open_object, seal_object, to_json};
+use baton_format::storage_id;
+use baton_storage::{ObjectKind, Storage};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// How often a held lock is refreshed.
+pub const REFRESH: Duration = Duration::from_secs(5 * 60);
+/// Age after which an unrefreshed lock is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// The content of a lock object.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LockInfo {
+    pub time: String,
+    pub exclusive: bool,
+    pub hostname: String,
+    pub username: String,
+    pub pid: u32,
+}
+
+impl LockInfo {
+    fn new(exclusive: bool) -> Self {
+        LockInfo {
+            time: now_rfc3339(),
+            exclusive,
+            hostname: hostname(),
+            username: username(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Whether this lock no longer protects anything.
+    pub fn is_stale(&self) -> bool {
+        let age = humantime::parse_rfc3339(&self.time)
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        if age > STALE_AFTER {
+            return true;
+        }
+        if self.hostname == hostname() {
+            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(pid, None) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// "exclusive lock held by PID 12 on host h by user u since T".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} lock held by PID {} on host {} by user {} since {}",
+            if self.exclusive {
+                "an exclusive"
+            } else {
+                "a shared"
+            },
+            self.pid,
+            self.hostname,
+            self.username,
+            self.time
+        )
+    }
+}
+
+/// A held lock; released (deleted) on drop.
+pub struct LockGuard {
+    storage: Arc<dyn Storage>,
+    name: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.refresher.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        let name = self.name.lock().expect("lock name").clone();
+        let _ = self.storage.remove(ObjectKind::Lock, &name);
+    }
+}
+
+fn write_lock(storage: &dyn Storage, key: &MasterKey, info: &LockInfo) -> Result<String> {
+    let sealed = seal_object(key, &mut Compressor::new(0), &to_json(info));
+    let name = storage_id(&sealed).to_hex();
+    storage.put(ObjectKind::Lock, &name, &sealed)?;
+    Ok(name)
+}
+
+impl Repository {
+    /// All lock objects that can be read, with their names.
+    pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
+        let mut out = Vec::new();
+        for o in self.storage().list(ObjectKind::Lock)? {
+            let sealed = match self.storage().get(ObjectKind::Lock, &o.name) {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => continue, // released meanwhile
+                Err(e) => return Err(e.into()),
+            };
+            let info = open_object(self.key(), &sealed)
+                .ok()
+                .and_then(|p| from_json::<LockInfo>("lock", &p).ok());
+            match info {
+                Some(i) => out.push((o.name, i)),
+                // An unreadable lock protects nothing we can name; treat as stale.
+                None => out.push((
+                    o.name,
+                    LockInfo {
+                        time: "1970-01-01T00:00:00Z".into(),
+                        exclusive: false,
+                        hostname: "?".into(),
+                        username: "?".into(),
+                        pid: 0,
+                    },
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    fn conflicting(&self, exclusive: bool, own: Option<&str>) -> Result<Option<LockInfo>> {
+        for (name, info) in self.list_locks()? {
+            if Some(name.as_str()) == own || info.is_stale() {
+                continue;
+            }
+            if exclusive || info.exclusive {
+                return Ok(Some(info));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a shared (`exclusive = false`) or exclusive lock.
+    pub fn lock(&self, exclusive: bool) -> Result<LockGuard> {
+        if let Some(h) = self.conflicting(exclusive, None)? {
+            return Err(RepoError::Locked {
+                holder: h.describe(),
+            });
+        }
+        let name = write_lock(&**self.storage(), self.key(), &LockInfo::new(exclusive))?;
+        if let Some(h) = self.conflicting(exclusive, Some(&name))? {
+            let _ = self.storage().remove(ObjectKind::Lock, &name);
+            return Err(RepoError::Locked {
+                holder: h.describe(),
+            });
+        }
+        let name = Arc::new(Mutex::new(name));
+        let stop = Arc::new(AtomicBool::new(false));
+        let refresher = {
+            let (storage, key, name, stop) = (
+                self.storage().clone(),
+                self.key().clone(),
+                name.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("lock-refresh".into())
+                .spawn(move || {
+                    let mut last = std::time::Instant::now();
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        if last.elapsed() < REFRESH || stop.load(Ordering::SeqCst) {
+                            continue;
+                        }
+                        last = std::time::Instant::now();
+                        if let Ok(new) = write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
+                            let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
+                            let _ = storage.remove(ObjectKind::Lock, &old);
+                        }
+                    }
+                })
+                .ok()
+        };
+        Ok(LockGuard {
+            storage: self.storage().clone(),
+            name,
+            stop,
+            refresher,
+        })
+    }
+
+    /// Removes stale locks (or all locks with `all`); returns how many.
+    pub fn unlock(&self, all: bool) -> Result<usize> {
+        let mut n = 0;
+        for (name, info) in self.list_locks()? {
+            if all || info.is_stale() {
+                self.storage().remove(ObjectKind::Lock, &name)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,59 @@
+//! Progress reporting and cancellation for long operations. Library code calls
+//! these; the CLI draws progress bars from them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Receives progress of a backup or restore. All methods have empty defaults.
+pub trait Progress: Send + Sync {
+    /// Whether the caller wants totals (a metadata-only pre-scan runs for them).
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// Totals from the pre-scan, when it finishes.
+    fn set_total(&self, _files: u64, _bytes: u64) {}
+    /// A file or directory is being processed (for verbose listings).
+    fn entry(&self, _path: &Path, _status: EntryStatus) {}
+    /// `n` more bytes of file content were processed (read, or skipped as unchanged).
+    fn bytes(&self, _n: u64) {}
+    /// A path could not be processed; the operation goes on.
+    fn error(&self, _path: &str, _message: &str) {}
+}
+
+/// What happened to one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryStatus {
+    New,
+    Changed,
+    Unmodified,
+    Restored,
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// A cancellation handle: cheap to clone, checked between files and chunks.
+#[derive(Clone, Default, Debug)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Returns `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> crate::Result<()> {
+        if self.is_cancelled() {
+            Err(crate::RepoError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
