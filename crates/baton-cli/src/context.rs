@@ -2,7 +2,7 @@
 
 use crate::cli::{Global, KdfArgs};
 use anyhow::{Context, Result, bail};
-use baton_repo::{RepoError, Repository};
+use baton_repo::{LockGuard, RepoError, Repository};
 use baton_storage::{LocalStorage, Storage};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -118,9 +118,11 @@ pub fn open(g: &Global) -> Result<Repository> {
     Ok(Repository::open(s, pw.as_bytes())?)
 }
 
-/// Opens the repository and loads its index.
-pub fn open_indexed(g: &Global) -> Result<Repository> {
+/// Opens the repository, takes a shared lock (so prune cannot delete what
+/// is being read), then loads the index.
+pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
     let mut r = open(g)?;
+    let lock = r.lock(false)?;
     r.load_index().context("loading the index")?;
-    Ok(r)
+    Ok((r, lock))
 }

@@ -1,7 +1,7 @@
 //! Index objects: which blobs are in which pack, at which offset.
 //!
 //! ```text
-//! index  = sealed_object(payload)    (see object.rs; stored raw, ids do not compress)
+//! index  = sealed_object(payload)    (see object.rs; ids rarely compress, so it is usually raw)
 //! payload = "BTNIDX01" n_supersedes:u32le id* n_packs:u32le pack*
 //! pack   = pack_id:[32] n_blobs:u32le blob*
 //! blob   = type:u8 flags:u8 offset:u32le length:u32le raw_length:u32le id:[32]   (46 bytes)

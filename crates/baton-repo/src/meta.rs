@@ -80,7 +80,14 @@ pub fn node_from_metadata(
         user: names.user(m.uid()),
         group: names.group(m.gid()),
         mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-        atime_ns: ns(m.atime(), m.atime_nsec()),
+        // Reading a symlink (readlink) updates its atime, so a symlink's atime
+        // only says when the last backup ran; recording it would make every
+        // snapshot's trees differ. It is left out (0) for symlinks.
+        atime_ns: if kind == NodeKind::Symlink {
+            0
+        } else {
+            ns(m.atime(), m.atime_nsec())
+        },
         ctime_ns: ns(m.ctime(), m.ctime_nsec()),
         inode: m.ino(),
         device_id: m.dev(),
@@ -150,13 +157,21 @@ pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> Result<(), Str
             note(format!("chmod: {e}"));
         }
     }
-    if let Err(e) = utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &timespec(node.atime_ns),
-        &timespec(node.mtime_ns),
-        UtimensatFlags::NoFollowSymlink,
-    ) {
+    let atime = if symlink {
+        TimeSpec::UTIME_OMIT
+    } else {
+        timespec(node.atime_ns)
+    };
+    // Ancestors of the backed-up paths carry no times (ctime 0): leave them.
+    if node.ctime_ns != 0
+        && let Err(e) = utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &atime,
+            &timespec(node.mtime_ns),
+            UtimensatFlags::NoFollowSymlink,
+        )
+    {
         note(format!("setting times: {e}"));
     }
     match first_err {

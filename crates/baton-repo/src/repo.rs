@@ -408,6 +408,16 @@ impl Repository {
     }
 }
 
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.storage.location())
+            .field("id", &self.config.id)
+            .field("blobs", &self.index.len())
+            .finish()
+    }
+}
+
 fn write_key(
     storage: &dyn Storage,
     key: &MasterKey,

@@ -240,11 +240,7 @@ impl Restorer<'_> {
         for id in &n.content {
             self.cancel.check()?;
             let data = self.repo.load_blob(id)?;
-            // All-zero chunks become holes: sparse files stay sparse.
-            if data.iter().any(|&b| b != 0) {
-                f.write_all_at(&data, offset)
-                    .map_err(|e| RepoError::io(dst, e))?;
-            }
+            write_sparse(&f, &data, offset).map_err(|e| RepoError::io(dst, e))?;
             offset += data.len() as u64;
             self.progress.bytes(data.len() as u64);
         }
@@ -268,6 +264,37 @@ impl Restorer<'_> {
         }
         Ok(())
     }
+}
+
+/// Granularity of hole detection: the usual filesystem block size.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset`, leaving all-zero filesystem blocks unwritten so
+/// they stay holes (the file was just truncated, so they read as zeros).
+/// Sparse source files therefore restore sparse, even when a chunk mixes
+/// data and zeros.
+fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut pos = 0usize;
+    let mut run_start: Option<usize> = None;
+    while pos < data.len() {
+        // Blocks are aligned to the file, not the chunk.
+        let block_end = (((offset + pos as u64) / HOLE_BLOCK + 1) * HOLE_BLOCK - offset) as usize;
+        let end = block_end.min(data.len());
+        let zero = data[pos..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..pos], offset + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(s) = run_start {
+        f.write_all_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
 }
 
 fn make_dir(dst: &Path) -> std::io::Result<()> {
@@ -305,4 +332,29 @@ fn verify_file(repo: &Repository, path: &Path, content: &[Id]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sparse_writes_leave_zero_blocks_as_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let f = File::create(&p).unwrap();
+        // A chunk at an unaligned offset: zeros, 10 data bytes, many zeros, data at the end.
+        let mut data = vec![0u8; 3 << 20];
+        data[100_000..100_010].copy_from_slice(b"0123456789");
+        let n = data.len();
+        data[n - 5..].copy_from_slice(b"tail!");
+        write_sparse(&f, &data, 1234).unwrap();
+        f.set_len(1234 + n as u64).unwrap();
+        let back = std::fs::read(&p).unwrap();
+        assert_eq!(&back[1234..], &data[..]);
+        assert!(back[..1234].iter().all(|&b| b == 0));
+        let allocated = std::fs::metadata(&p).unwrap().blocks() * 512;
+        assert!(allocated <= 4 * HOLE_BLOCK, "{allocated} bytes allocated");
+    }
 }

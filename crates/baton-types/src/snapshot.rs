@@ -20,7 +20,8 @@ pub struct SnapshotSummary {
     pub bytes_total: u64,
     /// Bytes actually read from the source.
     pub bytes_read: u64,
-    /// Bytes added to the repository (packs, index, snapshot).
+    /// Bytes added to the repository (packs and index; in a dry run, what
+    /// would have been added).
     pub bytes_stored: u64,
     pub blobs_new: u64,
     pub backup_start: String,

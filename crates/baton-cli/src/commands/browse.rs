@@ -140,7 +140,7 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
 }
 
 pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
-    let repo = context::open_indexed(g)?;
+    let (repo, _lock) = context::open_indexed(g)?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let path = a.path.as_deref().unwrap_or("/");
     let (node, subtree) = baton_repo::find_node(&repo, &snap.tree, path)?;
@@ -176,7 +176,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
 }
 
 pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
-    let repo = context::open_indexed(g)?;
+    let (repo, _lock) = context::open_indexed(g)?;
     let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
     let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
     let changes = baton_repo::diff(&repo, &s1.tree, &s2.tree)?;
@@ -210,7 +210,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
 }
 
 pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
-    let repo = context::open_indexed(g)?;
+    let (repo, _lock) = context::open_indexed(g)?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -13,7 +13,7 @@ pub fn split_ref(s: &str) -> (&str, Option<&str>) {
 }
 
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
-    let repo = context::open_indexed(g)?;
+    let (repo, _lock) = context::open_indexed(g)?;
     let (snap, path) = split_ref(&a.snapshot);
     let (id, snapshot) = repo.find_snapshot(snap)?;
     let opts = RestoreOptions {

@@ -186,6 +186,11 @@ impl<'a, 'p> Archiver<'a, 'p> {
             } else {
                 let mut node = node_from_metadata(name, NodeKind::Dir, &meta, &mut self.names);
                 node.xattrs = self.xattrs(&child);
+                // An ancestor of the sources keeps its owner and mode, but not
+                // what changes whenever anything else happens in it (times,
+                // link count): those would make snapshots of unchanged data
+                // differ. A zero ctime marks it; restore leaves its times alone.
+                (node.mtime_ns, node.atime_ns, node.ctime_ns, node.links) = (0, 0, 0, 0);
                 let sub_parent = self.parent_subtree(pnode.as_ref());
                 let tree = self.virtual_level(&child, &group, sub_parent.as_deref())?;
                 node.subtree = Some(self.save_tree(tree)?);
@@ -197,10 +202,15 @@ impl<'a, 'p> Archiver<'a, 'p> {
     }
 
     fn xattrs(&mut self, path: &Path) -> Vec<baton_types::Xattr> {
-        read_xattrs(path).unwrap_or_else(|e| {
-            self.record_error(path, format!("cannot read extended attributes: {e}"));
-            Vec::new()
-        })
+        match read_xattrs(path) {
+            Ok(x) => x,
+            // A vanished entry is reported once, by the step that needs it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                self.record_error(path, format!("cannot read extended attributes: {e}"));
+                Vec::new()
+            }
+        }
     }
 
     fn parent_subtree(&self, pnode: Option<&Node>) -> Option<Arc<Tree>> {

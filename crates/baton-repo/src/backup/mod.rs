@@ -60,21 +60,18 @@ impl BackupResult {
     }
 }
 
-/// Makes a source path absolute and clean without resolving its last
+/// Makes a source path absolute, resolving symlinks in its ancestors (so
+/// they are recorded as the directories they lead to) but not in its last
 /// component (a symlink given as a source is backed up as a symlink).
 fn normalize(p: &Path) -> Result<PathBuf> {
     let abs = std::path::absolute(p).map_err(|e| RepoError::io(p, e))?;
-    let mut out = PathBuf::from("/");
-    for c in abs.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+    let name = match abs.components().next_back() {
+        Some(Component::Normal(n)) => n.to_owned(),
+        _ => return std::fs::canonicalize(&abs).map_err(|e| RepoError::io(p, e)),
+    };
+    let parent = abs.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent).map_err(|e| RepoError::io(p, e))?;
+    Ok(parent.join(name))
 }
 
 fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {

@@ -18,6 +18,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 
+/// Blobs per pack at most, so a header stays far below the reader's limit
+/// (`baton_format::pack::MAX_HEADER`) even with tiny chunks.
+const MAX_BLOBS_PER_PACK: usize = 100_000;
+
 /// A new blob to store.
 pub(crate) struct Job {
     pub blob_type: BlobType,
@@ -137,7 +141,7 @@ fn packer(rx: Receiver<Sealed>, cfg: PipelineConfig<'_>) -> Result<PackerOutput>
             BlobType::Tree => &mut trees,
         };
         w.add(s.blob_type, s.id, &s.sealed, s.raw_len, s.compressed);
-        if w.size() as u64 >= cfg.pack_size {
+        if w.size() as u64 >= cfg.pack_size || w.len() >= MAX_BLOBS_PER_PACK {
             let full = std::mem::take(w);
             store_pack(full, &cfg, &mut out)?;
         }

@@ -1,0 +1,68 @@
+//! Keys: several passwords open one repository.
+
+use crate::common::*;
+
+#[test]
+fn add_list_remove_passwd() {
+    let env = Env::new();
+    let kdf = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
+    let added = run(env
+        .cmd()
+        .env("BATON_NEW_PASSWORD", "second")
+        .args(["key", "add", "--json"])
+        .args(kdf))
+    .ok()
+    .json();
+    let second_id = added["id"].as_str().unwrap().to_string();
+    let list: serde_json::Value =
+        serde_json::from_str(&env.run(&["key", "list", "--json"]).ok().stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let first_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The new password opens the repository.
+    run(env.cmd().env("BATON_PASSWORD", "second").arg("snapshots")).ok();
+    // The key in use cannot be removed; the other one can.
+    let r = env.run(&["key", "remove", &first_id[..8]]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    run(env
+        .cmd()
+        .env("BATON_PASSWORD", "second")
+        .args(["key", "remove", &first_id[..8]]))
+    .ok();
+    assert_eq!(
+        env.run(&["snapshots"]).code,
+        12,
+        "the removed password no longer works"
+    );
+    // passwd replaces the key in use.
+    run(env
+        .cmd()
+        .env("BATON_PASSWORD", "second")
+        .env("BATON_NEW_PASSWORD", "third")
+        .args(["key", "passwd"])
+        .args(kdf))
+    .ok();
+    assert_eq!(
+        run(env.cmd().env("BATON_PASSWORD", "second").arg("snapshots")).code,
+        12
+    );
+    run(env.cmd().env("BATON_PASSWORD", "third").arg("snapshots")).ok();
+    let list: serde_json::Value = serde_json::from_str(
+        &run(env
+            .cmd()
+            .env("BATON_PASSWORD", "third")
+            .args(["key", "list", "--json"]))
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_ne!(list[0]["id"].as_str().unwrap(), second_id);
+}

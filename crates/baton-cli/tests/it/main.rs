@@ -1,0 +1,10 @@
+//! End-to-end tests: they run the built `baton` binary on generated trees
+//! and check properties of the result (restored == source, bytes read,
+//! exit codes), never just that a command ran.
+
+mod browse;
+mod cli;
+mod common;
+mod errors;
+mod keys;
+mod roundtrip;

@@ -1,0 +1,222 @@
+use baton_repo::{
+    BackupOptions, Cancel, EntryStatus, InitOptions, NoProgress, Progress, RepoError, Repository,
+    RestoreOptions,
+};
+use baton_storage::{ErrorKind, FaultPlan, FaultyStorage, LocalStorage, Storage};
+use baton_testing::{CompareOptions, compare_trees, write_file};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub fn fast_init() -> InitOptions {
+    InitOptions {
+        pack_size: 1 << 20,
+        kdf: baton_repo::kdf_params(1024, 1),
+        ..InitOptions::default()
+    }
+}
+
+fn opts(paths: &[&Path]) -> BackupOptions {
+    BackupOptions {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        ..BackupOptions::default()
+    }
+}
+
+fn restore_and_compare(repo: &mut Repository, snap: &str, src: &Path, scratch: &Path) {
+    repo.load_index().unwrap();
+    let (_, s) = repo.find_snapshot(snap).unwrap();
+    let target = scratch.join(format!("restore-{snap}"));
+    let sub = src.to_str().unwrap();
+    let r = baton_repo::restore(
+        repo,
+        &s,
+        Some(sub),
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let o = CompareOptions {
+        ownership: false,
+        ..Default::default()
+    };
+    compare_trees(src, &target, &o).unwrap_or_else(|d| panic!("{}", d.join("\n")));
+}
+
+/// A full disk in the middle of a backup: the backup fails with a clear
+/// NoSpace error, no lock is left, every earlier snapshot still restores,
+/// and once space is back the next backup works.
+#[test]
+fn full_disk_mid_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_file(&src.join("small"), 100_000, 1).unwrap();
+    let local = LocalStorage::new(dir.path().join("repo"));
+    let faulty = Arc::new(FaultyStorage::new(local.clone(), FaultPlan::default()));
+    let mut repo = Repository::init(faulty.clone(), b"pw", &fast_init()).unwrap();
+    let first =
+        baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new()).unwrap();
+
+    for i in 0..6 {
+        write_file(&src.join(format!("big{i}")), 1 << 20, 10 + i).unwrap();
+    }
+    for limit in [0, 1, 2, 4] {
+        // The lock object is the first put; packs follow.
+        faulty.set_plan(FaultPlan {
+            fail_puts_after: Some(limit),
+            error: Some(ErrorKind::NoSpace),
+        });
+        let err = baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new())
+            .unwrap_err();
+        match &err {
+            RepoError::Storage(e) => assert_eq!(e.kind, ErrorKind::NoSpace, "{err}"),
+            other => panic!("expected a storage error, got {other}"),
+        }
+        assert!(err.to_string().contains("no space"), "{err}");
+        faulty.set_plan(FaultPlan::default());
+        assert!(
+            local
+                .list(baton_storage::ObjectKind::Lock)
+                .unwrap()
+                .is_empty(),
+            "lock left after failure"
+        );
+        // The repository opens afresh and the earlier snapshot restores.
+        let mut fresh = Repository::open(Arc::new(local.clone()), b"pw").unwrap();
+        assert_eq!(fresh.list_snapshots().unwrap().len(), 1);
+        restore_and_compare_first(&mut fresh, &first, dir.path(), limit);
+    }
+    faulty.set_plan(FaultPlan::default());
+    let ok =
+        baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new()).unwrap();
+    let mut fresh = Repository::open(Arc::new(local), b"pw").unwrap();
+    restore_and_compare(
+        &mut fresh,
+        &ok.snapshot_id.unwrap().to_hex(),
+        &src,
+        dir.path(),
+    );
+}
+
+fn restore_and_compare_first(
+    repo: &mut Repository,
+    first: &baton_repo::BackupResult,
+    scratch: &Path,
+    n: usize,
+) {
+    repo.load_index().unwrap();
+    let (_, s) = repo
+        .find_snapshot(&first.snapshot_id.unwrap().to_hex())
+        .unwrap();
+    let target = scratch.join(format!("first-{n}"));
+    let r = baton_repo::restore(
+        repo,
+        &s,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.files, 1);
+}
+
+/// Deletes one file and grows another while the archiver is between them.
+struct Saboteur {
+    dir: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Progress for Saboteur {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut done = self.done.lock().unwrap();
+        if !*done && path == self.dir.join("a") {
+            *done = true;
+            std::fs::remove_file(self.dir.join("b-vanishes")).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.dir.join("c-grows"))
+                .unwrap();
+            std::io::Write::write_all(&mut f, &[7u8; 5000]).unwrap();
+        }
+    }
+}
+
+#[test]
+fn files_that_vanish_or_change_while_read_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for n in ["a", "b-vanishes", "c-grows", "d"] {
+        write_file(&src.join(n), 10_000, 1).unwrap();
+    }
+    let mut repo = Repository::init(
+        Arc::new(LocalStorage::new(dir.path().join("repo"))),
+        b"pw",
+        &fast_init(),
+    )
+    .unwrap();
+    let sab = Saboteur {
+        dir: src.clone(),
+        done: Mutex::new(false),
+    };
+    let r = baton_repo::backup(&mut repo, &opts(&[&src]), None, &sab, &Cancel::new()).unwrap();
+    let s = r.summary();
+    let errs: Vec<String> = s
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
+    assert_eq!(s.errors.len(), 2, "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("b-vanishes") && e.contains("cannot open")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("c-grows") && e.contains("changed while it was read")),
+        "{errs:?}"
+    );
+    assert_eq!(s.files_new, 3, "the backup went on: a, c and d are in it");
+    // The grown file's content as read is in the snapshot; a second backup reads it again.
+    let again =
+        baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new()).unwrap();
+    assert_eq!(again.summary().files_changed, 1);
+    assert_eq!(again.summary().bytes_read, 15_000);
+    restore_and_compare(
+        &mut repo,
+        &again.snapshot_id.unwrap().to_hex(),
+        &src,
+        dir.path(),
+    );
+}
+
+#[test]
+fn cancelled_backup_leaves_a_valid_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_file(&src.join("f"), 3 << 20, 1).unwrap();
+    let mut repo = Repository::init(
+        Arc::new(LocalStorage::new(dir.path().join("repo"))),
+        b"pw",
+        &fast_init(),
+    )
+    .unwrap();
+    let c = Cancel::new();
+    c.cancel();
+    let e = baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &c).unwrap_err();
+    assert!(matches!(e, RepoError::Cancelled), "{e}");
+    assert!(repo.list_snapshots().unwrap().is_empty());
+    let ok =
+        baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new()).unwrap();
+    restore_and_compare(
+        &mut repo,
+        &ok.snapshot_id.unwrap().to_hex(),
+        &src,
+        dir.path(),
+    );
+}

@@ -1,0 +1,5 @@
+//! Library-level tests of the repository: faults injected through the
+//! storage seam, files that change under the archiver, format versions.
+
+mod faults;
+mod format;
