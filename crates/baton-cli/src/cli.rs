@@ -84,6 +84,22 @@ pub enum Command {
     Key(KeyCommand),
     /// Remove stale locks
     Unlock(UnlockArgs),
+    /// List unfinished (resumable) backup jobs, or forget one
+    Jobs(JobsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// List unfinished jobs (the default)
+    List,
+    /// Drop an unfinished job and its journal; its packs become garbage for prune
+    Forget { id: String },
 }
 
 /// Key-derivation settings (hidden: for tests that create many keys).
@@ -153,6 +169,20 @@ pub struct BackupArgs {
     /// Create the repository if it does not exist yet
     #[arg(long)]
     pub init: bool,
+    /// Continue an interrupted backup of the same host and paths (auto), or
+    /// always start over (never)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub resume: ResumeArg,
+    /// Longest time in seconds between journal records when progress is made
+    /// without new packs (a record is also written after every pack)
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub checkpoint_interval: f64,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeArg {
+    Auto,
+    Never,
 }
 
 #[derive(Args, Debug)]

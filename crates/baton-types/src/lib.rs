@@ -13,6 +13,7 @@
 
 mod config;
 mod id;
+mod journal;
 mod key;
 mod name;
 mod snapshot;
@@ -20,6 +21,7 @@ mod tree;
 
 pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use id::{Id, IdError, hex_decode, hex_encode};
+pub use journal::{CatalogEntry, JobManifest, JournalBlob, JournalPack, JournalRecord};
 pub use key::{KdfParams, KeyFile};
 pub use name::FsName;
 pub use snapshot::{BackupErrorEntry, Snapshot, SnapshotSummary};

@@ -24,6 +24,13 @@ pub struct SnapshotSummary {
     /// would have been added).
     pub bytes_stored: u64,
     pub blobs_new: u64,
+    /// Source bytes not read again because an interrupted run of the same
+    /// job had already stored them.
+    #[serde(default)]
+    pub bytes_resumed: u64,
+    /// The interrupted job this backup resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_job: Option<crate::Id>,
     pub backup_start: String,
     pub backup_end: String,
     pub duration_s: f64,
@@ -45,6 +52,9 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
     pub program_version: String,
+    /// The backup job that made this snapshot (its journal is folded in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SnapshotSummary>,
 }

@@ -29,6 +29,13 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         tags: a.tag.iter().filter(|t| !t.is_empty()).cloned().collect(),
         host: a.host.clone(),
         dry_run: a.dry_run,
+        resume: match a.resume {
+            crate::cli::ResumeArg::Auto => baton_repo::ResumeMode::Auto,
+            crate::cli::ResumeArg::Never => baton_repo::ResumeMode::Never,
+        },
+        checkpoint_interval: Some(std::time::Duration::from_secs_f64(
+            a.checkpoint_interval.max(0.0),
+        )),
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     let mut stdin = std::io::stdin();
@@ -50,7 +57,10 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
             "bytes_total": s.bytes_total,
             "bytes_read": s.bytes_read,
             "bytes_stored": s.bytes_stored,
-            "blobs_new": s.blobs_new,
+                        "blobs_new": s.blobs_new,
+            "resumed": s.resumed_job.is_some(),
+            "resumed_job": s.resumed_job.map(|i| i.to_hex()),
+            "bytes_resumed": s.bytes_resumed,
             "errors": s.errors.len(),
             "error_list": s.errors,
             "duration_s": s.duration_s,
@@ -62,6 +72,13 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
             s.files_new, s.files_changed, s.files_unmodified
         );
         println!("Dirs:   {}", s.dirs);
+        if let Some(job) = s.resumed_job {
+            println!(
+                "Resumed interrupted job {}: {} not read again",
+                job.short(),
+                super::bytes(s.bytes_resumed)
+            );
+        }
         println!(
             "Read {} of {}, added {} to the repository",
             super::bytes(s.bytes_read),

@@ -72,3 +72,69 @@ pub fn unlock(g: &Global, a: &UnlockArgs) -> Result<i32> {
     }
     Ok(crate::exit::OK)
 }
+
+pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
+    let repo = context::open(g)?;
+    match a.command.unwrap_or(crate::cli::JobsCommand::List) {
+        crate::cli::JobsCommand::List => {
+            let jobs = baton_repo::list_jobs(&repo)?;
+            if g.json {
+                let v: Vec<_> = jobs
+                    .iter()
+                    .map(|j| {
+                        serde_json::json!({
+                            "id": j.job.to_hex(),
+                            "hostname": j.manifest.hostname,
+                            "paths": j.manifest.paths,
+                            "tags": j.manifest.tags,
+                            "parent": j.manifest.parent.map(|p| p.to_hex()),
+                            "started": j.manifest.started,
+                            "last_record": j.last_time,
+                            "records": j.records,
+                            "packs": j.packs.len(),
+                            "position": j.position,
+                            "catalog_entries": j.catalog.len(),
+                            "catalog_bytes": j.catalog_bytes(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!(
+                    "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  Paths",
+                    "ID", "Host", "Last record (UTC)", "Packs", "Durable"
+                );
+                for j in &jobs {
+                    println!(
+                        "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  {}",
+                        j.job.short(),
+                        j.manifest.hostname,
+                        j.last_time
+                            .get(..19)
+                            .unwrap_or(&j.last_time)
+                            .replace('T', " "),
+                        j.packs.len(),
+                        super::bytes(j.position),
+                        j.manifest.paths.join(", ")
+                    );
+                }
+                if !g.quiet {
+                    println!("{} unfinished job(s)", jobs.len());
+                }
+            }
+        }
+        crate::cli::JobsCommand::Forget { id } => {
+            let _lock = repo.lock(false)?;
+            let job = baton_repo::find_job(&repo, &id)?;
+            let n = baton_repo::forget_job(&repo, &job)?;
+            if g.json {
+                super::print_json(
+                    &serde_json::json!({ "message_type": "job_forgotten", "id": job.to_hex(), "records": n }),
+                );
+            } else if !g.quiet {
+                println!("forgot job {} ({n} journal records)", job.short());
+            }
+        }
+    }
+    Ok(crate::exit::OK)
+}

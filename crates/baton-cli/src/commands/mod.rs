@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Cat(a) => browse::cat(g, &a),
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),
+        Command::Jobs(a) => key::jobs(g, a),
     }
 }
 

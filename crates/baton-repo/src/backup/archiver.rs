@@ -2,8 +2,15 @@
 //! before its subdirectories, depth first, names in byte order), turns each
 //! entry into a [`Node`], reuses the parent snapshot's content for unchanged
 //! files, chunks and queues the rest, and writes one tree per directory.
+//!
+//! When a job is resumed, the job's catalog comes first: a file it holds is
+//! reused exactly like an unchanged file of the parent snapshot (same size,
+//! mtime, ctime and inode, else it is read again), and a directory it holds
+//! as complete lends its stored subtree as the "parent" of everything below,
+//! so a completed subtree costs one catalog look-up and metadata reads only.
 
 use super::BackupOptions;
+use super::checkpoint::Checkpointer;
 use super::pipeline::{Job, Pipeline};
 use crate::filter::PatternSet;
 use crate::meta::{NameCache, kind_of, node_from_metadata, read_xattrs};
@@ -31,9 +38,32 @@ pub(super) struct Archiver<'a, 'p> {
     opts: &'a BackupOptions,
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
-    pending: HashSet<Id>,
+    /// Blobs queued by this run (for deduplication).
+    queued: HashSet<Id>,
+    /// Blobs queued but not yet in a stored pack.
+    unstored: HashSet<Id>,
     names: NameCache,
     summary: SnapshotSummary,
+    /// File content bytes walked so far (the journal's stream position).
+    stream_pos: u64,
+    checkpoint: Option<Checkpointer>,
+    /// Completed entries of the job being resumed, by snapshot path.
+    resume: Option<BTreeMap<Vec<u8>, Node>>,
+}
+
+/// A tree to compare against: from the parent snapshot, or from the
+/// catalog of the job being resumed.
+#[derive(Clone)]
+pub(super) struct Prev {
+    pub tree: Arc<Tree>,
+    pub resumed: bool,
+}
+
+/// A node to compare against, and where it came from.
+#[derive(Clone)]
+struct PrevNode {
+    node: Node,
+    resumed: bool,
 }
 
 /// Opens a file for reading without updating its access time when allowed.
@@ -99,10 +129,69 @@ impl<'a, 'p> Archiver<'a, 'p> {
             opts,
             progress,
             cancel,
-            pending: HashSet::new(),
+            queued: HashSet::new(),
+            unstored: HashSet::new(),
             names: NameCache::default(),
             summary: SnapshotSummary::default(),
+            stream_pos: 0,
+            checkpoint: None,
+            resume: None,
         }
+    }
+
+    /// Journals progress through `checkpoint`, and reuses `resume`'s entries.
+    pub fn with_journal(
+        mut self,
+        checkpoint: Option<Checkpointer>,
+        resume: Option<BTreeMap<Vec<u8>, Node>>,
+    ) -> Self {
+        self.checkpoint = checkpoint;
+        self.resume = resume;
+        self
+    }
+
+    /// Handles stored packs and writes a journal record when one is due.
+    fn pump(&mut self, force: bool) -> Result<()> {
+        let stored = self.pipe.stored_packs();
+        match &mut self.checkpoint {
+            Some(c) => c.pump(self.repo, stored, &mut self.unstored, force),
+            None => {
+                for p in stored {
+                    for b in p.blobs {
+                        self.unstored.remove(&b.id);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a finished entry for the journal.
+    fn finished(&mut self, path: &Path, node: &Node) -> Result<()> {
+        if node.kind == NodeKind::File {
+            self.stream_pos += node.size;
+        }
+        if let Some(c) = &mut self.checkpoint {
+            let blobs = node.content.iter().chain(node.subtree.iter());
+            let deps: Vec<Id> = blobs
+                .filter(|b| self.unstored.contains(b))
+                .copied()
+                .collect();
+            c.finished(path.as_os_str().as_bytes(), self.stream_pos, node, deps);
+        }
+        self.pump(false)
+    }
+
+    fn resumed_node(&self, path: &Path) -> Option<PrevNode> {
+        let node = self
+            .resume
+            .as_ref()?
+            .get(path.as_os_str().as_bytes())?
+            .clone();
+        Some(PrevNode {
+            node,
+            resumed: true,
+        })
     }
 
     pub fn into_summary(self) -> SnapshotSummary {
@@ -117,7 +206,8 @@ impl<'a, 'p> Archiver<'a, 'p> {
 
     fn save_blob(&mut self, blob_type: BlobType, data: Vec<u8>) -> Result<Id> {
         let id = self.repo.key().blob_id(&data);
-        if !self.repo.index().contains(&id) && self.pending.insert(id) {
+        if !self.repo.index().contains(&id) && self.queued.insert(id) {
+            self.unstored.insert(id);
             self.summary.blobs_new += 1;
             if !self.pipe.send(Job {
                 blob_type,
@@ -137,13 +227,20 @@ impl<'a, 'p> Archiver<'a, 'p> {
 
     /// Backs up the sources; returns the root tree id.
     pub fn run(&mut self, sources: &[PathBuf], parent: Option<Arc<Tree>>) -> Result<Id> {
-        if sources.len() == 1 && sources[0] == Path::new("/") {
+        let parent = parent.map(|tree| Prev {
+            tree,
+            resumed: false,
+        });
+        let root = if sources.len() == 1 && sources[0] == Path::new("/") {
             let m = std::fs::symlink_metadata("/").map_err(|e| RepoError::io("/", e))?;
             let node = self.dir_node(Path::new("/"), FsName::from("/"), &m, parent, m.dev())?;
-            return Ok(node.subtree.expect("directories have subtrees"));
-        }
-        let tree = self.virtual_level(Path::new("/"), sources, parent.as_deref())?;
-        self.save_tree(tree)
+            node.subtree.expect("directories have subtrees")
+        } else {
+            let tree = self.virtual_level(Path::new("/"), sources, parent.as_ref())?;
+            self.save_tree(tree)?
+        };
+        self.pump(true)?;
+        Ok(root)
     }
 
     /// The tree of `prefix`, holding only the ancestors of the sources and the
@@ -152,7 +249,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         &mut self,
         prefix: &Path,
         sources: &[PathBuf],
-        parent: Option<&Tree>,
+        parent: Option<&Prev>,
     ) -> Result<Tree> {
         let mut groups: BTreeMap<Vec<u8>, Vec<PathBuf>> = BTreeMap::new();
         for s in sources {
@@ -178,9 +275,11 @@ impl<'a, 'p> Archiver<'a, 'p> {
                     continue;
                 }
             };
-            let pnode = parent.and_then(|t| t.find(&name.0)).cloned();
+            let prev = self
+                .resumed_node(&child)
+                .or_else(|| Self::prev_node(parent, &name));
             if group.iter().any(|s| s == &child) {
-                if let Some(n) = self.entry_node(&child, name, &meta, pnode.as_ref(), meta.dev())? {
+                if let Some(n) = self.entry_node(&child, name, &meta, prev, meta.dev())? {
                     nodes.push(n);
                 }
             } else {
@@ -191,14 +290,22 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 // link count): those would make snapshots of unchanged data
                 // differ. A zero ctime marks it; restore leaves its times alone.
                 (node.mtime_ns, node.atime_ns, node.ctime_ns, node.links) = (0, 0, 0, 0);
-                let sub_parent = self.parent_subtree(pnode.as_ref());
-                let tree = self.virtual_level(&child, &group, sub_parent.as_deref())?;
+                let sub_parent = self.prev_subtree(prev.as_ref());
+                let tree = self.virtual_level(&child, &group, sub_parent.as_ref())?;
                 node.subtree = Some(self.save_tree(tree)?);
                 self.summary.dirs += 1;
                 nodes.push(node);
             }
         }
         Ok(Tree { nodes })
+    }
+
+    fn prev_node(parent: Option<&Prev>, name: &FsName) -> Option<PrevNode> {
+        let p = parent?;
+        p.tree.find(&name.0).map(|n| PrevNode {
+            node: n.clone(),
+            resumed: p.resumed,
+        })
     }
 
     fn xattrs(&mut self, path: &Path) -> Vec<baton_types::Xattr> {
@@ -213,10 +320,19 @@ impl<'a, 'p> Archiver<'a, 'p> {
         }
     }
 
-    fn parent_subtree(&self, pnode: Option<&Node>) -> Option<Arc<Tree>> {
-        let id = pnode.filter(|n| n.kind == NodeKind::Dir)?.subtree?;
-        // A parent tree that cannot be loaded only costs re-reading files.
-        self.repo.load_tree(&id).ok()
+    fn prev_subtree(&self, prev: Option<&PrevNode>) -> Option<Prev> {
+        let p = prev?;
+        let id = if p.node.kind == NodeKind::Dir {
+            p.node.subtree?
+        } else {
+            return None;
+        };
+        // A tree that cannot be loaded only costs re-reading files.
+        let tree = self.repo.load_tree(&id).ok()?;
+        Some(Prev {
+            tree,
+            resumed: p.resumed,
+        })
     }
 
     /// Any kind of entry; `None` when it is skipped (socket, unreadable file).
@@ -225,36 +341,43 @@ impl<'a, 'p> Archiver<'a, 'p> {
         path: &Path,
         name: FsName,
         meta: &Metadata,
-        pnode: Option<&Node>,
+        prev: Option<PrevNode>,
         root_dev: u64,
     ) -> Result<Option<Node>> {
         let Some(kind) = kind_of(meta) else {
             return Ok(None);
         };
-        match kind {
-            NodeKind::File => self.file_node(path, name, meta, pnode),
+        let node = match kind {
+            NodeKind::File => self.file_node(path, name, meta, prev)?,
             NodeKind::Dir => {
-                let sub_parent = self.parent_subtree(pnode);
-                self.dir_node(path, name, meta, sub_parent, root_dev)
-                    .map(Some)
+                let sub_parent = self.prev_subtree(prev.as_ref());
+                return self
+                    .dir_node(path, name, meta, sub_parent, root_dev)
+                    .map(Some);
             }
             NodeKind::Symlink => {
                 let mut node = node_from_metadata(name, kind, meta, &mut self.names);
                 match std::fs::read_link(path) {
-                    Ok(t) => node.link_target = Some(FsName::from_os(t.as_os_str())),
+                    Ok(t) => {
+                        node.link_target = Some(FsName::from_os(t.as_os_str()));
+                        Some(node)
+                    }
                     Err(e) => {
                         self.record_error(path, format!("cannot read symlink: {e}"));
-                        return Ok(None);
+                        None
                     }
                 }
-                Ok(Some(node))
             }
             NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
                 let mut node = node_from_metadata(name, kind, meta, &mut self.names);
                 node.xattrs = self.xattrs(path);
-                Ok(Some(node))
+                Some(node)
             }
+        };
+        if let Some(n) = &node {
+            self.finished(path, n)?;
         }
+        Ok(node)
     }
 
     fn dir_node(
@@ -262,7 +385,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         path: &Path,
         name: FsName,
         meta: &Metadata,
-        parent: Option<Arc<Tree>>,
+        parent: Option<Prev>,
         root_dev: u64,
     ) -> Result<Node> {
         self.cancel.check()?;
@@ -300,13 +423,20 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 continue;
             }
             let fname = FsName::from_os(&n);
-            let pnode = parent.as_deref().and_then(|t| t.find(&fname.0)).cloned();
-            if let Some(c) = self.entry_node(&child, fname, &m, pnode.as_ref(), root_dev)? {
+            let prev = match parent.as_ref() {
+                // Below a resumed directory the catalog holds nothing more.
+                Some(p) if p.resumed => Self::prev_node(Some(p), &fname),
+                _ => self
+                    .resumed_node(&child)
+                    .or_else(|| Self::prev_node(parent.as_ref(), &fname)),
+            };
+            if let Some(c) = self.entry_node(&child, fname, &m, prev, root_dev)? {
                 nodes.push(c);
             }
         }
         node.subtree = Some(self.save_tree(Tree { nodes })?);
         self.summary.dirs += 1;
+        self.finished(path, &node)?;
         Ok(node)
     }
 
@@ -315,23 +445,31 @@ impl<'a, 'p> Archiver<'a, 'p> {
         path: &Path,
         name: FsName,
         meta: &Metadata,
-        pnode: Option<&Node>,
+        prev: Option<PrevNode>,
     ) -> Result<Option<Node>> {
         let mut node = node_from_metadata(name, NodeKind::File, meta, &mut self.names);
         node.xattrs = self.xattrs(path);
         if !self.opts.force
-            && let Some(p) = pnode
-            && p.kind == NodeKind::File
-            && p.size == node.size
-            && p.mtime_ns == node.mtime_ns
-            && p.ctime_ns == node.ctime_ns
-            && p.inode == node.inode
-            && p.content.iter().all(|c| self.repo.index().contains(c))
+            && let Some(p) = &prev
+            && p.node.kind == NodeKind::File
+            && p.node.size == node.size
+            && p.node.mtime_ns == node.mtime_ns
+            && p.node.ctime_ns == node.ctime_ns
+            && p.node.inode == node.inode
+            && p.node
+                .content
+                .iter()
+                .all(|c| self.repo.index().contains(c) || self.queued.contains(c))
         {
-            node.content = p.content.clone();
+            node.content = p.node.content.clone();
             self.summary.files_unmodified += 1;
             self.summary.bytes_total += node.size;
-            self.progress.bytes(node.size);
+            if p.resumed {
+                // Already counted in the progress when the resume started.
+                self.summary.bytes_resumed += node.size;
+            } else {
+                self.progress.bytes(node.size);
+            }
             self.progress.entry(path, EntryStatus::Unmodified);
             return Ok(Some(node));
         }
@@ -357,6 +495,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             self.progress.bytes(data.len() as u64);
             let id = self.save_blob(BlobType::Data, data)?;
             node.content.push(id);
+            self.pump(false)?;
         }
         self.summary.bytes_read += read;
         if let Ok(after) = file.metadata()
@@ -374,7 +513,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         }
         node.size = read;
         self.summary.bytes_total += read;
-        let status = if pnode.is_some() {
+        let status = if prev.is_some() {
             self.summary.files_changed += 1;
             EntryStatus::Changed
         } else {

@@ -6,19 +6,23 @@
 //! and maybe an index that nothing references yet: the repository stays valid.
 
 mod archiver;
+mod checkpoint;
 mod pipeline;
 mod scan;
 
 use crate::filter::PatternSet;
+use crate::journal::{self, JobState, JournalWriter};
 use crate::progress::{Cancel, Progress};
 use crate::repo::{hostname, now_rfc3339, username};
 use crate::{RepoError, Repository, Result};
 use archiver::Archiver;
 use baton_format::index::IndexFile;
 use baton_storage::ObjectKind;
-use baton_types::{Id, Snapshot, SnapshotSummary, Tree};
+use baton_types::{Id, JobManifest, Snapshot, SnapshotSummary, Tree};
+use checkpoint::Checkpointer;
 use pipeline::{Pipeline, PipelineConfig};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +45,21 @@ pub struct BackupOptions {
     pub host: Option<String>,
     /// Read and chunk everything but store nothing.
     pub dry_run: bool,
+    /// Whether to resume an unfinished job of the same host and paths.
+    pub resume: ResumeMode,
+    /// Longest time between journal records while progress is made without
+    /// new packs (default 5 s). A record is also written after every pack.
+    pub checkpoint_interval: Option<std::time::Duration>,
+}
+
+/// `--resume=auto|never`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Continue the newest unfinished job of the same host and paths.
+    #[default]
+    Auto,
+    /// Always start a new job.
+    Never,
 }
 
 /// What a backup produced.
@@ -99,9 +118,18 @@ fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+fn same_paths(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
 fn find_parent(
     repo: &Repository,
     opts: &BackupOptions,
+    snapshots: &[(Id, Snapshot)],
+    resumed: Option<&JobState>,
     host: &str,
     paths: &[String],
 ) -> Result<Option<(Id, Snapshot)>> {
@@ -111,13 +139,47 @@ fn find_parent(
     if let Some(p) = &opts.parent {
         return repo.find_snapshot(p).map(Some);
     }
-    let mut want = paths.to_vec();
-    want.sort();
-    Ok(repo.list_snapshots()?.into_iter().rev().find(|(_, s)| {
-        let mut have = s.paths.clone();
-        have.sort();
-        s.hostname == host && have == want
-    }))
+    // A resumed job keeps the parent it started with.
+    if let Some(job) = resumed
+        && let Some(pid) = job.manifest.parent
+        && let Some(found) = snapshots.iter().find(|(id, _)| *id == pid)
+    {
+        return Ok(Some(found.clone()));
+    }
+    Ok(snapshots
+        .iter()
+        .rev()
+        .find(|(_, s)| s.hostname == host && same_paths(&s.paths, paths))
+        .cloned())
+}
+
+/// The newest unfinished job of this host and paths. Jobs whose snapshot
+/// was already written (a crash between sealing and deleting the journal)
+/// have their journal deleted here.
+fn find_resumable(
+    repo: &Repository,
+    snapshots: &[(Id, Snapshot)],
+    host: &str,
+    paths: &[String],
+) -> Result<Option<JobState>> {
+    let mut best: Option<JobState> = None;
+    for job in journal::list_job_ids(repo)? {
+        // A damaged journal is not resumed; `baton jobs` shows it.
+        let Ok(st) = journal::load_job(repo, &job) else {
+            continue;
+        };
+        if st.manifest.hostname != host || !same_paths(&st.manifest.paths, paths) {
+            continue;
+        }
+        if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
+            journal::forget_job(repo, &job)?;
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| st.last_time > b.last_time) {
+            best = Some(st);
+        }
+    }
+    Ok(best)
 }
 
 /// Runs a backup. `stdin` is read when `opts.stdin_filename` is set.
@@ -155,7 +217,58 @@ pub fn backup(
     patterns.extend(PatternSet::read_files(&opts.exclude_files)?);
     let filter = PatternSet::new(&patterns)?;
     let host = opts.host.clone().unwrap_or_else(hostname);
-    let parent = find_parent(repo, opts, &host, &paths)?;
+    let snapshots = repo.list_snapshots()?;
+    let journaled = !opts.dry_run && opts.stdin_filename.is_none();
+    let resumed = match (journaled, opts.resume) {
+        (true, ResumeMode::Auto) => find_resumable(repo, &snapshots, &host, &paths)?,
+        _ => None,
+    };
+    let parent = find_parent(repo, opts, &snapshots, resumed.as_ref(), &host, &paths)?;
+    // The packs an interrupted run stored are known from its journal.
+    let mut earlier_packs = Vec::new();
+    if let Some(job) = &resumed {
+        for p in &job.packs {
+            if repo
+                .storage()
+                .size(ObjectKind::Pack, &p.id.to_hex())
+                .is_ok()
+            {
+                let ip = journal::from_journal_pack(p);
+                repo.index_mut().add_pack(&ip);
+                earlier_packs.push(ip);
+            }
+        }
+    }
+    let checkpoint = if journaled {
+        let writer = match &resumed {
+            Some(job) => JournalWriter::resume(job.job, job.next_seq),
+            None => JournalWriter::create(
+                repo,
+                JobManifest {
+                    hostname: host.clone(),
+                    paths: paths.clone(),
+                    tags: opts.tags.clone(),
+                    parent: parent.as_ref().map(|(id, _)| *id),
+                    started: start_time.clone(),
+                },
+            )?,
+        };
+        let interval = opts
+            .checkpoint_interval
+            .unwrap_or(std::time::Duration::from_secs(5));
+        let source_bytes = sources
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect();
+        Some(Checkpointer::new(writer, interval, source_bytes))
+    } else {
+        None
+    };
+    let job_id = checkpoint.as_ref().map(|c| c.job());
+    if let Some(job) = &resumed {
+        progress.bytes(job.catalog_bytes());
+    }
+    let resume_catalog = resumed.as_ref().map(|j| j.catalog.clone());
     let parent_root: Option<Arc<Tree>> = match &parent {
         Some((_, s)) => Some(repo.load_tree(&s.tree)?),
         None => None,
@@ -181,7 +294,8 @@ pub fn backup(
             });
         }
         let pipe = Pipeline::start(s, cfg);
-        let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel);
+        let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel)
+            .with_journal(checkpoint, resume_catalog);
         let walk = match stdin {
             Some(r) if opts.stdin_filename.is_some() => a.stdin_tree(
                 opts.stdin_filename.as_deref().unwrap_or("stdin"),
@@ -199,10 +313,14 @@ pub fn backup(
     let (tree, mut summary) = walk?;
 
     summary.bytes_stored = packed.bytes_stored;
-    if !opts.dry_run && !packed.packs.is_empty() {
+    summary.resumed_job = resumed.as_ref().map(|j| j.job);
+    let mut packs = earlier_packs;
+    packs.extend(packed.packs);
+    if !opts.dry_run && !packs.is_empty() {
+        // The journal's packs are folded into the index here.
         let idx = IndexFile {
             supersedes: Vec::new(),
-            packs: packed.packs,
+            packs,
         };
         let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
         summary.bytes_stored += n;
@@ -223,6 +341,7 @@ pub fn backup(
         tags,
         parent: parent.map(|(id, _)| id),
         program_version: concat!("baton ", env!("CARGO_PKG_VERSION")).to_string(),
+        job: job_id,
         summary: Some(summary),
     };
     let snapshot_id = if opts.dry_run {
@@ -230,6 +349,11 @@ pub fn backup(
     } else {
         Some(repo.save_snapshot(&snapshot)?.0)
     };
+    if let Some(job) = job_id {
+        // The snapshot is the commit point; a journal left by a crash here is
+        // recognised by the snapshot's job id and deleted by the next backup.
+        journal::forget_job(repo, &job)?;
+    }
     Ok(BackupResult {
         snapshot_id,
         snapshot,

@@ -14,7 +14,7 @@ use baton_format::pack::PackWriter;
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage};
 use baton_types::{BlobType, Id};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -56,6 +56,8 @@ pub(crate) struct PipelineConfig<'a> {
 
 pub(crate) struct Pipeline<'scope> {
     jobs: Option<SyncSender<Job>>,
+    /// Each pack, once durably stored (for the journal).
+    stored: Receiver<IndexPack>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
     packer: ScopedJoinHandle<'scope, Result<PackerOutput>>,
 }
@@ -78,9 +80,11 @@ impl<'scope> Pipeline<'scope> {
             })
             .collect();
         drop(sealed_tx);
-        let packer = scope.spawn(move || packer(sealed_rx, cfg));
+        let (stored_tx, stored) = channel();
+        let packer = scope.spawn(move || packer(sealed_rx, cfg, stored_tx));
         Pipeline {
             jobs: Some(job_tx),
+            stored,
             workers,
             packer,
         }
@@ -90,6 +94,11 @@ impl<'scope> Pipeline<'scope> {
     /// comes from [`Pipeline::finish`]).
     pub fn send(&self, job: Job) -> bool {
         self.jobs.as_ref().is_some_and(|t| t.send(job).is_ok())
+    }
+
+    /// Packs durably stored since the last call (never blocks).
+    pub fn stored_packs(&self) -> Vec<IndexPack> {
+        self.stored.try_iter().collect()
     }
 
     /// Flushes the last packs and returns what was stored.
@@ -131,7 +140,11 @@ fn worker(jobs: &Mutex<Receiver<Job>>, out: SyncSender<Sealed>, key: &MasterKey,
     }
 }
 
-fn packer(rx: Receiver<Sealed>, cfg: PipelineConfig<'_>) -> Result<PackerOutput> {
+fn packer(
+    rx: Receiver<Sealed>,
+    cfg: PipelineConfig<'_>,
+    stored: Sender<IndexPack>,
+) -> Result<PackerOutput> {
     let mut out = PackerOutput::default();
     let mut data = PackWriter::new();
     let mut trees = PackWriter::new();
@@ -143,18 +156,23 @@ fn packer(rx: Receiver<Sealed>, cfg: PipelineConfig<'_>) -> Result<PackerOutput>
         w.add(s.blob_type, s.id, &s.sealed, s.raw_len, s.compressed);
         if w.size() as u64 >= cfg.pack_size || w.len() >= MAX_BLOBS_PER_PACK {
             let full = std::mem::take(w);
-            store_pack(full, &cfg, &mut out)?;
+            store_pack(full, &cfg, &mut out, &stored)?;
         }
     }
     for w in [data, trees] {
         if !w.is_empty() {
-            store_pack(w, &cfg, &mut out)?;
+            store_pack(w, &cfg, &mut out, &stored)?;
         }
     }
     Ok(out)
 }
 
-fn store_pack(w: PackWriter, cfg: &PipelineConfig<'_>, out: &mut PackerOutput) -> Result<()> {
+fn store_pack(
+    w: PackWriter,
+    cfg: &PipelineConfig<'_>,
+    out: &mut PackerOutput,
+    stored: &Sender<IndexPack>,
+) -> Result<()> {
     let (bytes, entries) = w.finish(cfg.key);
     let id = storage_id(&bytes);
     if !cfg.dry_run {
@@ -165,6 +183,9 @@ fn store_pack(w: PackWriter, cfg: &PipelineConfig<'_>, out: &mut PackerOutput) -
         }
     }
     out.bytes_stored += bytes.len() as u64;
-    out.packs.push(IndexPack { id, blobs: entries });
+    let pack = IndexPack { id, blobs: entries };
+    // The archiver may have finished already; then nobody needs the ack.
+    let _ = stored.send(pack.clone());
+    out.packs.push(pack);
     Ok(())
 }

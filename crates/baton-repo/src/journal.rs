@@ -1,0 +1,272 @@
+//! Writing and reading backup journals (see `baton_types::JournalRecord`).
+//!
+//! Records are sealed objects named `journal/<job>/<seq>` with a zero-padded
+//! sequence number, so a job's records list in order. A record is durable
+//! (fsynced, atomically created) before the writer moves on; that is the
+//! acknowledgement a resume relies on.
+
+use crate::repo::now_rfc3339;
+use crate::{RepoError, Repository, Result};
+use baton_format::compress::Compressor;
+use baton_format::index::IndexPack;
+use baton_format::object::{from_json, seal_object, to_json};
+use baton_format::pack::PackEntry;
+use baton_storage::ObjectKind;
+use baton_types::{
+    CatalogEntry, Id, JobManifest, JournalBlob, JournalPack, JournalRecord, Node, NodeKind,
+};
+use std::collections::BTreeMap;
+
+/// Appends records of one job.
+pub struct JournalWriter {
+    job: Id,
+    next_seq: u64,
+}
+
+fn record_name(job: &Id, seq: u64) -> String {
+    format!("{}/{seq:012}", job.to_hex())
+}
+
+/// Converts between the index's pack entries and the journal's JSON form.
+pub(crate) fn to_journal_pack(p: &IndexPack) -> JournalPack {
+    JournalPack {
+        id: p.id,
+        blobs: p
+            .blobs
+            .iter()
+            .map(|e| JournalBlob {
+                id: e.id,
+                blob_type: e.blob_type,
+                offset: e.offset,
+                length: e.length,
+                raw_length: e.raw_length,
+                compressed: e.compressed,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn from_journal_pack(p: &JournalPack) -> IndexPack {
+    IndexPack {
+        id: p.id,
+        blobs: p
+            .blobs
+            .iter()
+            .map(|b| PackEntry {
+                blob_type: b.blob_type,
+                id: b.id,
+                offset: b.offset,
+                length: b.length,
+                raw_length: b.raw_length,
+                compressed: b.compressed,
+            })
+            .collect(),
+    }
+}
+
+impl JournalWriter {
+    /// Starts a new job: writes its manifest as record 0.
+    pub fn create(repo: &Repository, manifest: JobManifest) -> Result<Self> {
+        let mut w = JournalWriter {
+            job: baton_format::random_id(),
+            next_seq: 0,
+        };
+        w.append(repo, Some(manifest), Vec::new(), 0, Vec::new(), Vec::new())?;
+        Ok(w)
+    }
+
+    /// Continues an existing job after its last record.
+    pub fn resume(job: Id, next_seq: u64) -> Self {
+        JournalWriter { job, next_seq }
+    }
+
+    pub fn job(&self) -> Id {
+        self.job
+    }
+
+    /// Durably appends one record.
+    pub fn append(
+        &mut self,
+        repo: &Repository,
+        manifest: Option<JobManifest>,
+        packs: Vec<JournalPack>,
+        position: u64,
+        catalog: Vec<CatalogEntry>,
+        completed_sources: Vec<String>,
+    ) -> Result<()> {
+        let rec = JournalRecord {
+            job: self.job,
+            seq: self.next_seq,
+            time: now_rfc3339(),
+            manifest,
+            packs,
+            position,
+            catalog,
+            completed_sources,
+        };
+        let sealed = seal_object(
+            repo.key(),
+            &mut Compressor::new(repo.config().compression.max(1)),
+            &to_json(&rec),
+        );
+        repo.storage().put(
+            ObjectKind::Journal,
+            &record_name(&self.job, self.next_seq),
+            &sealed,
+        )?;
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+/// Everything known about one unfinished job.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    pub job: Id,
+    pub manifest: JobManifest,
+    pub records: u64,
+    pub next_seq: u64,
+    pub last_time: String,
+    /// Durable stream position of the latest run.
+    pub position: u64,
+    /// All packs the job stored.
+    pub packs: Vec<JournalPack>,
+    /// Completed entries by snapshot path; a completed directory replaces
+    /// the entries below it, so this holds only the frontier.
+    pub catalog: BTreeMap<Vec<u8>, Node>,
+    pub completed_sources: Vec<String>,
+}
+
+impl JobState {
+    /// Bytes of file content covered by the catalog.
+    pub fn catalog_bytes(&self) -> u64 {
+        self.catalog
+            .values()
+            .filter(|n| n.kind == NodeKind::File)
+            .map(|n| n.size)
+            .sum()
+    }
+}
+
+/// Ids of the jobs that have journal records.
+pub fn list_job_ids(repo: &Repository) -> Result<Vec<Id>> {
+    let mut ids: Vec<Id> = repo
+        .storage()
+        .list(ObjectKind::Journal)?
+        .into_iter()
+        .filter_map(|o| {
+            o.name
+                .split_once('/')
+                .and_then(|(j, _)| Id::from_hex(j).ok())
+        })
+        .collect();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Reads all records of a job and folds them into its state.
+pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
+    let prefix = format!("{}/", job.to_hex());
+    let mut names: Vec<String> = repo
+        .storage()
+        .list(ObjectKind::Journal)?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    let mut state: Option<JobState> = None;
+    for name in &names {
+        let plain = repo.load_object(ObjectKind::Journal, name)?;
+        let rec: JournalRecord = from_json("journal record", &plain)
+            .map_err(|e| RepoError::format(format!("journal {name}"), e))?;
+        if rec.job != *job {
+            return Err(RepoError::Invalid(format!(
+                "journal {name} belongs to job {}",
+                rec.job
+            )));
+        }
+        let st = match (&mut state, rec.manifest.clone()) {
+            (None, Some(m)) => state.insert(JobState {
+                job: *job,
+                manifest: m,
+                records: 0,
+                next_seq: 0,
+                last_time: String::new(),
+                position: 0,
+                packs: Vec::new(),
+                catalog: BTreeMap::new(),
+                completed_sources: Vec::new(),
+            }),
+            (None, None) => {
+                return Err(RepoError::Invalid(format!(
+                    "journal of job {} has no manifest record",
+                    job.short()
+                )));
+            }
+            (Some(s), _) => s,
+        };
+        st.records += 1;
+        st.next_seq = st.next_seq.max(rec.seq + 1);
+        st.last_time = rec.time;
+        st.position = rec.position;
+        st.packs.extend(rec.packs);
+        for e in rec.catalog {
+            if e.node.kind == NodeKind::Dir {
+                // The directory's subtree covers everything below it.
+                let mut below = e.path.0.clone();
+                below.push(b'/');
+                let keys: Vec<Vec<u8>> = st
+                    .catalog
+                    .range(below.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&below))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in keys {
+                    st.catalog.remove(&k);
+                }
+            }
+            st.catalog.insert(e.path.0, e.node);
+        }
+        st.completed_sources.extend(rec.completed_sources);
+    }
+    state.ok_or_else(|| RepoError::NotFound(format!("no journal for job {job}")))
+}
+
+/// All unfinished jobs.
+pub fn list_jobs(repo: &Repository) -> Result<Vec<JobState>> {
+    list_job_ids(repo)?
+        .iter()
+        .map(|j| load_job(repo, j))
+        .collect()
+}
+
+/// Deletes a job's records (its packs become unreferenced).
+pub fn forget_job(repo: &Repository, job: &Id) -> Result<usize> {
+    let prefix = format!("{}/", job.to_hex());
+    let mut n = 0;
+    for o in repo.storage().list(ObjectKind::Journal)? {
+        if o.name.starts_with(&prefix) {
+            repo.storage().remove(ObjectKind::Journal, &o.name)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Finds a job by a unique id prefix.
+pub fn find_job(repo: &Repository, prefix: &str) -> Result<Id> {
+    let ids: Vec<Id> = list_job_ids(repo)?
+        .into_iter()
+        .filter(|i| i.to_hex().starts_with(prefix))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(RepoError::NotFound(format!(
+            "no unfinished job with id {prefix}"
+        ))),
+        _ => Err(RepoError::Invalid(format!(
+            "job id prefix {prefix} is ambiguous"
+        ))),
+    }
+}
