@@ -114,6 +114,7 @@ impl JournalWriter {
             &record_name(&self.job, self.next_seq),
             &sealed,
         )?;
+        crate::crashpoint::crashpoint("after-journal");
         self.next_seq += 1;
         Ok(())
     }
@@ -234,24 +235,32 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
 }
 
 /// All unfinished jobs.
+/// All unfinished jobs that can be read (a damaged journal is skipped here;
+/// [`load_job`] reports what is wrong with it).
 pub fn list_jobs(repo: &Repository) -> Result<Vec<JobState>> {
-    list_job_ids(repo)?
+    Ok(list_job_ids(repo)?
         .iter()
-        .map(|j| load_job(repo, j))
-        .collect()
+        .filter_map(|j| load_job(repo, j).ok())
+        .collect())
 }
 
 /// Deletes a job's records (its packs become unreferenced).
 pub fn forget_job(repo: &Repository, job: &Id) -> Result<usize> {
     let prefix = format!("{}/", job.to_hex());
-    let mut n = 0;
-    for o in repo.storage().list(ObjectKind::Journal)? {
-        if o.name.starts_with(&prefix) {
-            repo.storage().remove(ObjectKind::Journal, &o.name)?;
-            n += 1;
-        }
+    let mut names: Vec<String> = repo
+        .storage()
+        .list(ObjectKind::Journal)?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    // Newest first, the manifest (record 0) last: a crash part-way leaves a
+    // shorter but still well-formed journal.
+    names.sort();
+    for n in names.iter().rev() {
+        repo.storage().remove(ObjectKind::Journal, n)?;
     }
-    Ok(n)
+    Ok(names.len())
 }
 
 /// Finds a job by a unique id prefix.

@@ -17,6 +17,7 @@
 
 mod backup;
 mod browse;
+mod crashpoint;
 mod dump;
 mod error;
 mod filter;

@@ -106,10 +106,11 @@ impl Env {
 
 pub fn run(c: &mut Command) -> Run {
     let out = c.output().expect("running baton");
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| panic!("baton was killed by a signal: {:?}", out.status));
+    // A process killed by a signal reports 128 + the signal, as shells do.
+    let code = out.status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + out.status.signal().unwrap_or(0)
+    });
     Run {
         code,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

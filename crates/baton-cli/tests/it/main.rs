@@ -7,4 +7,5 @@ mod cli;
 mod common;
 mod errors;
 mod keys;
+mod resume;
 mod roundtrip;

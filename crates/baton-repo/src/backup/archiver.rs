@@ -449,8 +449,9 @@ impl<'a, 'p> Archiver<'a, 'p> {
     ) -> Result<Option<Node>> {
         let mut node = node_from_metadata(name, NodeKind::File, meta, &mut self.names);
         node.xattrs = self.xattrs(path);
-        if !self.opts.force
-            && let Some(p) = &prev
+        // --force distrusts the parent snapshot, not the job's own journal.
+        if let Some(p) = &prev
+            && (!self.opts.force || p.resumed)
             && p.node.kind == NodeKind::File
             && p.node.size == node.size
             && p.node.mtime_ns == node.mtime_ns

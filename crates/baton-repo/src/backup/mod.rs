@@ -239,6 +239,9 @@ pub fn backup(
             }
         }
     }
+    let checkpoint_interval = opts
+        .checkpoint_interval
+        .unwrap_or(std::time::Duration::from_secs(5));
     let checkpoint = if journaled {
         let writer = match &resumed {
             Some(job) => JournalWriter::resume(job.job, job.next_seq),
@@ -253,9 +256,7 @@ pub fn backup(
                 },
             )?,
         };
-        let interval = opts
-            .checkpoint_interval
-            .unwrap_or(std::time::Duration::from_secs(5));
+        let interval = checkpoint_interval;
         let source_bytes = sources
             .iter()
             .map(|p| p.as_os_str().as_bytes().to_vec())
@@ -282,6 +283,7 @@ pub fn backup(
         pack_size: repo_ref.config().pack_size,
         dry_run: opts.dry_run,
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        flush_age: checkpoint_interval.max(std::time::Duration::from_secs(1)),
     };
     let scan_done = Cancel::new();
     let (walk, packed) = std::thread::scope(|s| {
@@ -325,6 +327,7 @@ pub fn backup(
         let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
         summary.bytes_stored += n;
         repo.index_mut().add_file(&idx);
+        crate::crashpoint::crashpoint("after-index");
     }
     summary.backup_start = start_time;
     summary.backup_end = now_rfc3339();
@@ -349,6 +352,7 @@ pub fn backup(
     } else {
         Some(repo.save_snapshot(&snapshot)?.0)
     };
+    crate::crashpoint::crashpoint("after-snapshot");
     if let Some(job) = job_id {
         // The snapshot is the commit point; a journal left by a crash here is
         // recognised by the snapshot's job id and deleted by the next backup.

@@ -14,9 +14,10 @@ use baton_format::pack::PackWriter;
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage};
 use baton_types::{BlobType, Id};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
 
 /// Blobs per pack at most, so a header stays far below the reader's limit
 /// (`baton_format::pack::MAX_HEADER`) even with tiny chunks.
@@ -52,6 +53,8 @@ pub(crate) struct PipelineConfig<'a> {
     pub pack_size: u64,
     pub dry_run: bool,
     pub workers: usize,
+    /// Longest time a pack stays open before it is stored anyway.
+    pub flush_age: Duration,
 }
 
 pub(crate) struct Pipeline<'scope> {
@@ -140,30 +143,83 @@ fn worker(jobs: &Mutex<Receiver<Job>>, out: SyncSender<Sealed>, key: &MasterKey,
     }
 }
 
+/// An open pack and when it received its first blob.
+#[derive(Default)]
+struct OpenPack {
+    w: PackWriter,
+    since: Option<Instant>,
+}
+
+impl OpenPack {
+    fn add(&mut self, s: &Sealed) {
+        self.since.get_or_insert_with(Instant::now);
+        self.w
+            .add(s.blob_type, s.id, &s.sealed, s.raw_len, s.compressed);
+    }
+    fn full(&self, cfg: &PipelineConfig<'_>) -> bool {
+        self.w.size() as u64 >= cfg.pack_size || self.w.len() >= MAX_BLOBS_PER_PACK
+    }
+    fn older_than(&self, age: Duration) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= age)
+    }
+    fn store(
+        &mut self,
+        cfg: &PipelineConfig<'_>,
+        out: &mut PackerOutput,
+        stored: &Sender<IndexPack>,
+    ) -> Result<()> {
+        self.since = None;
+        let w = std::mem::take(&mut self.w);
+        if w.is_empty() {
+            Ok(())
+        } else {
+            store_pack(w, cfg, out, stored)
+        }
+    }
+}
+
+/// Fills packs and stores them. Progress only becomes durable with the
+/// trees of finished directories, so the open tree pack is stored along
+/// with every data pack, and any pack left open longer than `flush_age`
+/// is stored even if it is small (a trickle of changes must not hold the
+/// journal back until the end).
 fn packer(
     rx: Receiver<Sealed>,
     cfg: PipelineConfig<'_>,
     stored: Sender<IndexPack>,
 ) -> Result<PackerOutput> {
     let mut out = PackerOutput::default();
-    let mut data = PackWriter::new();
-    let mut trees = PackWriter::new();
-    for s in rx {
-        let w = match s.blob_type {
-            BlobType::Data => &mut data,
-            BlobType::Tree => &mut trees,
-        };
-        w.add(s.blob_type, s.id, &s.sealed, s.raw_len, s.compressed);
-        if w.size() as u64 >= cfg.pack_size || w.len() >= MAX_BLOBS_PER_PACK {
-            let full = std::mem::take(w);
-            store_pack(full, &cfg, &mut out, &stored)?;
+    let mut data = OpenPack::default();
+    let mut trees = OpenPack::default();
+    loop {
+        let msg = rx.recv_timeout(cfg.flush_age);
+        if let Ok(s) = &msg {
+            match s.blob_type {
+                BlobType::Data => {
+                    data.add(s);
+                    if data.full(&cfg) {
+                        data.store(&cfg, &mut out, &stored)?;
+                        trees.store(&cfg, &mut out, &stored)?;
+                    }
+                }
+                BlobType::Tree => {
+                    trees.add(s);
+                    if trees.full(&cfg) {
+                        trees.store(&cfg, &mut out, &stored)?;
+                    }
+                }
+            }
+        }
+        if matches!(msg, Err(RecvTimeoutError::Disconnected)) {
+            break;
+        }
+        if data.older_than(cfg.flush_age) || trees.older_than(cfg.flush_age) {
+            data.store(&cfg, &mut out, &stored)?;
+            trees.store(&cfg, &mut out, &stored)?;
         }
     }
-    for w in [data, trees] {
-        if !w.is_empty() {
-            store_pack(w, &cfg, &mut out, &stored)?;
-        }
-    }
+    data.store(&cfg, &mut out, &stored)?;
+    trees.store(&cfg, &mut out, &stored)?;
     Ok(out)
 }
 
@@ -182,6 +238,7 @@ fn store_pack(
             Err(e) => return Err(e.into()),
         }
     }
+    crate::crashpoint::crashpoint("after-pack");
     out.bytes_stored += bytes.len() as u64;
     let pack = IndexPack { id, blobs: entries };
     // The archiver may have finished already; then nobody needs the ack.
