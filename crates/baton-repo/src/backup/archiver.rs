@@ -16,7 +16,7 @@ use crate::filter::PatternSet;
 use crate::meta::{NameCache, kind_of, node_from_metadata, read_xattrs};
 use crate::progress::{Cancel, EntryStatus, Progress};
 use crate::{RepoError, Repository, Result};
-use baton_format::chunker::Chunker;
+use baton_format::chunker::{ChunkStream, StreamError};
 use baton_format::object::to_json;
 use baton_types::{BackupErrorEntry, BlobType, FsName, Id, Node, NodeKind, SnapshotSummary, Tree};
 use std::collections::{BTreeMap, HashSet};
@@ -49,6 +49,8 @@ pub(super) struct Archiver<'a, 'p> {
     checkpoint: Option<Checkpointer>,
     /// Completed entries of the job being resumed, by snapshot path.
     resume: Option<BTreeMap<Vec<u8>, Node>>,
+    /// The chunker and its buffer, reused for every file.
+    chunker: Option<ChunkStream>,
 }
 
 /// A tree to compare against: from the parent snapshot, or from the
@@ -136,6 +138,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             stream_pos: 0,
             checkpoint: None,
             resume: None,
+            chunker: None,
         }
     }
 
@@ -164,6 +167,27 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 Ok(())
             }
         }
+    }
+
+    /// Chunks a stream into new blobs, appending their ids to `content`.
+    fn chunk_stream(
+        &mut self,
+        reader: impl Read,
+        content: &mut Vec<Id>,
+    ) -> std::result::Result<u64, StreamError<RepoError>> {
+        let mut cs = self
+            .chunker
+            .take()
+            .unwrap_or_else(|| ChunkStream::new(&self.repo.config().chunker));
+        let r = cs.run(reader, |chunk| {
+            self.cancel.check()?;
+            self.progress.bytes(chunk.len() as u64);
+            let id = self.save_blob(BlobType::Data, chunk.to_vec())?;
+            content.push(id);
+            self.pump(false)
+        });
+        self.chunker = Some(cs);
+        r
     }
 
     /// Records a finished entry for the journal.
@@ -481,23 +505,17 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 return Ok(None);
             }
         };
-        let mut read = 0u64;
-        for chunk in Chunker::new(&file, &self.repo.config().chunker) {
-            self.cancel.check()?;
-            let data = match chunk {
-                Ok(d) => d,
-                Err(e) => {
-                    self.summary.bytes_read += read;
-                    self.record_error(path, format!("read failed after {read} bytes: {e}"));
-                    return Ok(None);
-                }
-            };
-            read += data.len() as u64;
-            self.progress.bytes(data.len() as u64);
-            let id = self.save_blob(BlobType::Data, data)?;
-            node.content.push(id);
-            self.pump(false)?;
-        }
+        let mut content = Vec::new();
+        let read = match self.chunk_stream(&file, &mut content) {
+            Ok(n) => n,
+            Err(StreamError::Sink(e)) => return Err(e),
+            Err(StreamError::Io { error, read }) => {
+                self.summary.bytes_read += read;
+                self.record_error(path, format!("read failed after {read} bytes: {error}"));
+                return Ok(None);
+            }
+        };
+        node.content = content;
         self.summary.bytes_read += read;
         if let Ok(after) = file.metadata()
             && (after.len() != meta.len()
@@ -560,14 +578,15 @@ impl<'a, 'p> Archiver<'a, 'p> {
             link_target: None,
             xattrs: Vec::new(),
         };
-        for chunk in Chunker::new(reader, &self.repo.config().chunker) {
-            self.cancel.check()?;
-            let data = chunk.map_err(|e| RepoError::io("standard input", e))?;
-            node.size += data.len() as u64;
-            self.progress.bytes(data.len() as u64);
-            let id = self.save_blob(BlobType::Data, data)?;
-            node.content.push(id);
-        }
+        let mut content = Vec::new();
+        node.size = match self.chunk_stream(reader, &mut content) {
+            Ok(n) => n,
+            Err(StreamError::Sink(e)) => return Err(e),
+            Err(StreamError::Io { error, .. }) => {
+                return Err(RepoError::io("standard input", error));
+            }
+        };
+        node.content = content;
         self.summary.bytes_read += node.size;
         self.summary.bytes_total += node.size;
         if parent.and_then(|t| t.find(name.as_bytes())).is_some() {
