@@ -10,7 +10,7 @@
 //! longer exists. Stale locks are ignored and removed by `baton unlock`.
 
 use crate::repo::{hostname, now_rfc3339, username};
-use crate::{RepoError, Repository, Result};
+use crate::{Cancel, RepoError, Repository, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
 use baton_format::object::{from_json, open_object, seal_object, to_json};
@@ -87,6 +87,16 @@ pub struct LockGuard {
     name: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
+    lost: Arc<Mutex<Option<Cancel>>>,
+}
+
+impl LockGuard {
+    /// Aborts `cancel` if the lock cannot be refreshed for so long that
+    /// others would consider it stale: the operation must then stop, since
+    /// an exclusive operation (prune) may start.
+    pub fn abort_on_loss(&self, cancel: &Cancel) {
+        *self.lost.lock().expect("lock watcher") = Some(cancel.clone());
+    }
 }
 
 impl Drop for LockGuard {
@@ -167,6 +177,7 @@ impl Repository {
         }
         let name = Arc::new(Mutex::new(name));
         let stop = Arc::new(AtomicBool::new(false));
+        let lost: Arc<Mutex<Option<Cancel>>> = Arc::new(Mutex::new(None));
         let refresher = {
             let (storage, key, name, stop) = (
                 self.storage().clone(),
@@ -174,19 +185,33 @@ impl Repository {
                 name.clone(),
                 stop.clone(),
             );
+            let lost = lost.clone();
             std::thread::Builder::new()
                 .name("lock-refresh".into())
                 .spawn(move || {
-                    let mut last = std::time::Instant::now();
+                                        let mut last_try = std::time::Instant::now();
+                    let mut last_ok = std::time::Instant::now();
                     while !stop.load(Ordering::SeqCst) {
                         std::thread::park_timeout(Duration::from_secs(1));
-                        if last.elapsed() < REFRESH || stop.load(Ordering::SeqCst) {
+                        if last_try.elapsed() < REFRESH || stop.load(Ordering::SeqCst) {
                             continue;
                         }
-                        last = std::time::Instant::now();
-                        if let Ok(new) = write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
-                            let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
-                            let _ = storage.remove(ObjectKind::Lock, &old);
+                        last_try = std::time::Instant::now();
+                        match write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
+                            Ok(new) => {
+                                last_ok = std::time::Instant::now();
+                                let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
+                                let _ = storage.remove(ObjectKind::Lock, &old);
+                            }
+                            Err(e) if last_ok.elapsed() + REFRESH >= STALE_AFTER => {
+                                if let Some(c) = lost.lock().expect("lock watcher").as_ref() {
+                                    c.abort(format!(
+                                        "lost the repository lock: it could not be refreshed for {} minutes ({e}); stopping before others take it for stale",
+                                        last_ok.elapsed().as_secs() / 60
+                                    ));
+                                }
+                            }
+                            Err(_) => {}
                         }
                     }
                 })
@@ -197,6 +222,7 @@ impl Repository {
             name,
             stop,
             refresher,
+            lost,
         })
     }
 

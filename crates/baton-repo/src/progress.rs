@@ -2,8 +2,8 @@
 //! these; the CLI draws progress bars from them.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Receives progress of a backup or restore. All methods have empty defaults.
 pub trait Progress: Send + Sync {
@@ -35,25 +35,40 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// A cancellation handle: cheap to clone, checked between files and chunks.
+/// It can carry a reason (e.g. "the repository lock was lost"), which then
+/// becomes the operation's error instead of a plain cancellation.
 #[derive(Clone, Default, Debug)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Default, Debug)]
+struct CancelInner {
+    flag: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
 
 impl Cancel {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
+        self.0.flag.store(true, Ordering::SeqCst)
+    }
+    /// Cancels with a reason that the operation reports as its error.
+    pub fn abort(&self, reason: impl Into<String>) {
+        *self.0.reason.lock().expect("cancel reason") = Some(reason.into());
+        self.cancel();
     }
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.flag.load(Ordering::Relaxed)
     }
-    /// Returns `Err(Cancelled)` once cancelled.
+    /// Returns an error once cancelled.
     pub fn check(&self) -> crate::Result<()> {
-        if self.is_cancelled() {
-            Err(crate::RepoError::Cancelled)
-        } else {
-            Ok(())
+        if !self.is_cancelled() {
+            return Ok(());
+        }
+        match self.0.reason.lock().expect("cancel reason").clone() {
+            Some(r) => Err(crate::RepoError::Invalid(r)),
+            None => Err(crate::RepoError::Cancelled),
         }
     }
 }

@@ -69,7 +69,8 @@ pub fn restore(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RestoreSummary> {
-    let _lock = repo.lock(false)?;
+    let lock = repo.lock(false)?;
+    lock.abort_on_loss(cancel);
     let sub = subpath.unwrap_or("/");
     let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
     fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;

@@ -21,10 +21,12 @@
 mod error;
 mod fault;
 mod local;
+mod retry;
 
 pub use error::{ErrorKind, StorageError};
 pub use fault::{FaultPlan, FaultyStorage};
 pub use local::LocalStorage;
+pub use retry::{RetryPolicy, RetryStorage};
 
 /// The kinds of objects in a repository; each lives in its own namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -192,7 +192,8 @@ pub fn backup(
 ) -> Result<BackupResult> {
     let start = Instant::now();
     let start_time = now_rfc3339();
-    let _lock = repo.lock(false)?;
+    let lock = repo.lock(false)?;
+    lock.abort_on_loss(cancel);
     repo.load_index()?;
 
     let sources = match &opts.stdin_filename {

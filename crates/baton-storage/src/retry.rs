@@ -1,0 +1,166 @@
+//! Retrying transient storage errors: one wrapper, one policy, for every
+//! backend (a local disk rarely needs it; S3 and network stores do).
+
+use crate::{ErrorKind, ObjectInfo, ObjectKind, Storage, StorageError};
+use std::time::Duration;
+
+/// How often and how long to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first.
+    pub attempts: u32,
+    /// Delay before the first retry; doubled for each further retry.
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Runs `op` until it succeeds, fails permanently, or attempts run out.
+    pub fn run<T>(
+        &self,
+        mut op: impl FnMut() -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut delay = self.initial_delay;
+        let mut attempt = 1;
+        loop {
+            match op() {
+                Err(e) if e.kind == ErrorKind::Transient && attempt < self.attempts => {
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.max_delay);
+                    attempt += 1;
+                }
+                Err(mut e) if e.kind == ErrorKind::Transient => {
+                    e.message = format!("{} (gave up after {attempt} attempts)", e.message);
+                    return Err(e);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Wraps a storage and retries its transient errors. Safe for every
+/// operation: puts are create-only and content-addressed, so a put that
+/// succeeded but whose answer was lost fails with `AlreadyExists` when
+/// retried, which callers of content-addressed objects treat as success.
+pub struct RetryStorage<S> {
+    inner: S,
+    policy: RetryPolicy,
+}
+
+impl<S: Storage> RetryStorage<S> {
+    pub fn new(inner: S, policy: RetryPolicy) -> Self {
+        RetryStorage { inner, policy }
+    }
+}
+
+impl<S: Storage> Storage for RetryStorage<S> {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn exists(&self) -> Result<bool, StorageError> {
+        self.policy.run(|| self.inner.exists())
+    }
+    fn create(&self) -> Result<(), StorageError> {
+        self.policy.run(|| self.inner.create())
+    }
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        self.policy.run(|| self.inner.put(kind, name, data))
+    }
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.policy.run(|| self.inner.get(kind, name))
+    }
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.policy
+            .run(|| self.inner.get_range(kind, name, offset, len))
+    }
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
+        self.policy.run(|| self.inner.size(kind, name))
+    }
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.policy.run(|| self.inner.list(kind))
+    }
+    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
+        self.policy.run(|| self.inner.remove(kind, name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 4,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_retried_then_given_up() {
+        let calls = AtomicU32::new(0);
+        let flaky = |fail: u32| {
+            calls.store(0, Ordering::SeqCst);
+            let r = fast().run(|| {
+                if calls.fetch_add(1, Ordering::SeqCst) < fail {
+                    Err(StorageError::new(ErrorKind::Transient, "x", "timed out"))
+                } else {
+                    Ok(7)
+                }
+            });
+            (r, calls.load(Ordering::SeqCst))
+        };
+        assert_eq!(flaky(0).0.unwrap(), 7);
+        let (r, n) = flaky(3);
+        assert_eq!((r.unwrap(), n), (7, 4));
+        let (r, n) = flaky(4);
+        let e = r.unwrap_err();
+        assert_eq!(n, 4);
+        assert!(e.message.contains("gave up after 4 attempts"), "{e}");
+    }
+
+    #[test]
+    fn permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = fast().run(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(StorageError::new(ErrorKind::NoSpace, "x", "full"))
+        });
+        assert_eq!(r.unwrap_err().kind, ErrorKind::NoSpace);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn retried_put_over_a_real_store() {
+        let d = tempfile::tempdir().unwrap();
+        let local = crate::LocalStorage::new(d.path().join("r"));
+        local.create().unwrap();
+        let s = RetryStorage::new(local, fast());
+        s.put(ObjectKind::Index, "abc", b"1").unwrap();
+        // A retry of a put that had landed reports AlreadyExists (treated as success by callers).
+        assert!(
+            s.put(ObjectKind::Index, "abc", b"1")
+                .unwrap_err()
+                .is_already_exists()
+        );
+        assert_eq!(s.get(ObjectKind::Index, "abc").unwrap(), b"1");
+    }
+}
