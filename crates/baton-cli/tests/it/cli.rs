@@ -173,3 +173,40 @@ fn quiet_and_verbose() {
         "unmodified files are listed only with -vv"
     );
 }
+
+/// Progress bars go to stderr when it is a terminal, and only then.
+#[test]
+fn progress_bar_only_on_a_terminal() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("big"), 64 << 20, 1).unwrap();
+    let plain = env.run_os(&["backup".as_ref(), src.as_os_str()]).ok();
+    assert!(
+        !plain.stderr.contains("ETA") && !plain.stderr.contains('\u{1b}'),
+        "no bar without a terminal: {:?}",
+        plain.stderr
+    );
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped the terminal half: `script` (util-linux) is not installed");
+        return;
+    }
+    write_file(&src.join("big2"), 64 << 20, 2).unwrap();
+    let bin = assert_cmd::cargo::cargo_bin!("baton");
+    let cmd = format!("{} backup {}", bin.display(), src.display());
+    let out = run(assert_cmd::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BATON_REPOSITORY", &env.repo)
+        .env("BATON_PASSWORD", PASSWORD)
+        .env("TERM", "xterm"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("ETA"),
+        "a progress bar with an ETA is drawn on a terminal: {:?}",
+        &out.stdout[..out.stdout.len().min(400)]
+    );
+    assert!(out.stdout.contains("MiB"), "it shows bytes");
+}
