@@ -35,7 +35,6 @@ impl Compressor {
     }
 }
 
-/// Decompresses a blob whose plaintext length is known.
 thread_local! {
     /// One decompression context per thread: creating one per blob showed
     /// up as 12% of a restore's CPU.
@@ -69,7 +68,6 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
-/// Decompresses data of unknown length (metadata objects), bounded to `limit`.
 /// Decompresses data of unknown length (metadata objects), bounded to `limit`.
 pub fn decompress_unknown(data: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
     // Frames written by this crate record their size: decode in one call.
