@@ -86,6 +86,20 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// List unfinished (resumable) backup jobs, or forget one
     Jobs(JobsArgs),
+    /// Verify the repository: structure, and with --read-data all stored data
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read every pack and verify every blob in it
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read only some packs: N% (a random share), K/M (group K of M, by pack
+    /// id: M runs cover every pack once) or a size such as 500M (random packs
+    /// up to that many bytes)
+    #[arg(long, value_name = "SUBSET", value_parser = |s: &str| s.parse::<baton_repo::Subset>())]
+    pub read_data_subset: Option<baton_repo::Subset>,
 }
 
 #[derive(Args, Debug)]

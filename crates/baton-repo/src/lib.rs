@@ -1,7 +1,7 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), and locks. Storage comes in as a
-//! `dyn Storage`; progress goes out through [`Progress`]; long operations take
-//! a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
+//! restore, browsing (ls, diff, dump, find), check, and locks.
+//! Storage comes in as a `dyn Storage`; progress goes out through
+//! [`Progress`]; long operations take a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
 //!
 //! ```no_run
 //! use baton_repo::{Repository, InitOptions, BackupOptions, NoProgress, Cancel};
@@ -17,6 +17,7 @@
 
 mod backup;
 mod browse;
+mod check;
 mod dump;
 mod error;
 mod filter;
@@ -33,6 +34,9 @@ pub use baton_format::crypto::{default_kdf_params, kdf_params};
 pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
 pub use baton_format::random_id;
 pub use browse::{DiffChange, DiffEntry, diff, find_node, walk_tree};
+pub use check::{
+    CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
+};
 pub use dump::dump;
 pub use error::{RepoError, Result};
 pub use filter::PatternSet;

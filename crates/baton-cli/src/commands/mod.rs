@@ -3,6 +3,7 @@
 
 mod backup;
 mod browse;
+mod check;
 mod init;
 mod key;
 mod restore;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
+        Command::Check(a) => check::run(g, &a),
     }
 }
 

@@ -3,8 +3,10 @@
 //! exit codes), never just that a command ran.
 
 mod browse;
+mod check;
 mod cli;
 mod common;
+mod corruption;
 mod errors;
 mod keys;
 mod roundtrip;
