@@ -88,6 +88,27 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Verify the repository: structure, and with --read-data all stored data
     Check(CheckArgs),
+    /// Repair a damaged repository: rebuild the index, or rewrite snapshots without lost data
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the headers of the packs (replaces every index object)
+    Index,
+    /// Write a copy of each damaged snapshot without its lost files (tagged `repaired`)
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairSnapshotsArgs {
+    /// Delete each damaged snapshot once its repaired copy is stored
+    #[arg(long)]
+    pub forget: bool,
+    /// First read every pack, so that damaged (not only missing) blobs are found
+    #[arg(long)]
+    pub read_data: bool,
 }
 
 #[derive(Args, Debug)]

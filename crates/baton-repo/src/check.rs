@@ -27,7 +27,8 @@ use baton_format::pack::PackEntry;
 use baton_types::{Id, Snapshot};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use data::PackSelection;
+pub(crate) use data::{PackSelection, verify_pack};
+pub(crate) use structure::{blob_beyond_pack, layout_problem};
 
 /// How much pack data `check` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -1,5 +1,5 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), check, and locks.
+//! restore, browsing (ls, diff, dump, find), check and repair, and locks.
 //! Storage comes in as a `dyn Storage`; progress goes out through
 //! [`Progress`]; long operations take a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
 //!
@@ -26,6 +26,7 @@ mod journal;
 mod lock;
 mod meta;
 mod progress;
+mod repair;
 mod repo;
 mod restore;
 
@@ -44,5 +45,9 @@ pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};
 pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
+pub use repair::{
+    RemovedEntry, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
+    RepairedSnapshot, repair_index, repair_snapshots,
+};
 pub use repo::{InitOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

@@ -6,6 +6,7 @@ mod browse;
 mod check;
 mod init;
 mod key;
+mod repair;
 mod restore;
 
 use crate::cli::{Cli, Command};
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
         Command::Check(a) => check::run(g, &a),
+        Command::Repair(c) => repair::run(g, c),
     }
 }
 

@@ -9,4 +9,5 @@ mod common;
 mod corruption;
 mod errors;
 mod keys;
+mod repair;
 mod roundtrip;

@@ -94,6 +94,13 @@ pub(crate) struct PackVerdict {
     pub findings: Vec<Finding>,
 }
 
+impl PackVerdict {
+    /// Blobs that cannot be read correctly from this pack.
+    pub fn bad_blobs(&self) -> impl Iterator<Item = &Id> {
+        self.findings.iter().flat_map(|f| f.3.iter())
+    }
+}
+
 fn key_of(e: &PackEntry) -> (u8, u32, u32, u32, bool) {
     (
         e.blob_type.as_byte(),

@@ -349,6 +349,12 @@ fn same_entries(a: &[baton_format::pack::PackEntry], b: &[baton_format::pack::Pa
     a == b
 }
 
+/// Whether a blob's index entry reaches past the blobs of a pack of `size`
+/// bytes (which end at least a minimal header and its length before the end).
+pub(crate) fn blob_beyond_pack(loc: &baton_types::BlobLocation, size: u64) -> bool {
+    loc.offset as u64 + loc.length as u64 + MIN_HEADER + 4 > size
+}
+
 /// Whether index entries can describe a pack of `size` bytes: blobs back to
 /// back from offset 0, each at least a seal long, then a header of exactly
 /// the size their count implies, then its 4-byte length.

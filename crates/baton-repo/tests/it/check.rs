@@ -1,4 +1,4 @@
-//! `check` through the library: locking, cancellation, and
+//! `check` and `repair` through the library: locking, cancellation, and
 //! damage the CLI tests do not reach.
 
 use crate::faults::fast_init;
@@ -48,13 +48,15 @@ fn clean_check_cancel_and_lock() {
         baton_repo::check(&repo, &read_all(), &NoProgress, &cancel),
         Err(RepoError::Cancelled)
     ));
-    // Check shares the repository, never with an exclusive lock.
+    // Check shares; repairs exclude.
     let held = repo.lock(true).unwrap();
     let err = baton_repo::check(&repo, &CheckOptions::default(), &NoProgress, &Cancel::new());
     assert!(matches!(err, Err(RepoError::Locked { .. })), "{err:?}");
     drop(held);
     let _shared = repo.lock(false).unwrap();
     baton_repo::check(&repo, &CheckOptions::default(), &NoProgress, &Cancel::new()).unwrap();
+    let err = baton_repo::repair_index(&repo, &NoProgress, &Cancel::new());
+    assert!(matches!(err, Err(RepoError::Locked { .. })), "{err:?}");
 }
 
 /// A pack whose index entries are right but whose header lies: the
