@@ -86,6 +86,41 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// List unfinished (resumable) backup jobs, or forget one
     Jobs(JobsArgs),
+    /// Verify the repository: structure, and with --read-data all stored data
+    Check(CheckArgs),
+    /// Repair a damaged repository: rebuild the index, or rewrite snapshots without lost data
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the headers of the packs (replaces every index object)
+    Index,
+    /// Write a copy of each damaged snapshot without its lost files (tagged `repaired`)
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairSnapshotsArgs {
+    /// Delete each damaged snapshot once its repaired copy is stored
+    #[arg(long)]
+    pub forget: bool,
+    /// First read every pack, so that damaged (not only missing) blobs are found
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read every pack and verify every blob in it
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read only some packs: N% (a random share), K/M (group K of M, by pack
+    /// id: M runs cover every pack once) or a size such as 500M (random packs
+    /// up to that many bytes)
+    #[arg(long, value_name = "SUBSET", value_parser = |s: &str| s.parse::<baton_repo::Subset>())]
+    pub read_data_subset: Option<baton_repo::Subset>,
 }
 
 #[derive(Args, Debug)]

@@ -61,6 +61,11 @@ impl Index {
         self.packs.contains(id)
     }
 
+    /// Every indexed blob and its location.
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
+        self.blobs.iter()
+    }
+
     /// Plaintext length of a blob.
     pub fn plain_len(&self, id: &Id) -> Option<u64> {
         self.blobs.get(id).map(|l| l.raw_length as u64)

@@ -1,7 +1,7 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), and locks. Storage comes in as a
-//! `dyn Storage`; progress goes out through [`Progress`]; long operations take
-//! a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
+//! restore, browsing (ls, diff, dump, find), check and repair, and locks.
+//! Storage comes in as a `dyn Storage`; progress goes out through
+//! [`Progress`]; long operations take a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
 //!
 //! ```no_run
 //! use baton_repo::{Repository, InitOptions, BackupOptions, NoProgress, Cancel};
@@ -18,6 +18,7 @@
 mod backup;
 mod browse;
 mod crashpoint;
+mod check;
 mod dump;
 mod error;
 mod filter;
@@ -26,6 +27,7 @@ mod journal;
 mod lock;
 mod meta;
 mod progress;
+mod repair;
 mod repo;
 mod restore;
 
@@ -34,6 +36,9 @@ pub use baton_format::crypto::{default_kdf_params, kdf_params};
 pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
 pub use baton_format::random_id;
 pub use browse::{DiffChange, DiffEntry, diff, find_node, walk_tree};
+pub use check::{
+    CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
+};
 pub use dump::dump;
 pub use error::{RepoError, Result};
 pub use filter::PatternSet;
@@ -41,5 +46,9 @@ pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};
 pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
+pub use repair::{
+    RemovedEntry, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
+    RepairedSnapshot, repair_index, repair_snapshots,
+};
 pub use repo::{InitOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

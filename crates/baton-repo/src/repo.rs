@@ -153,6 +153,16 @@ impl Repository {
                     found = Some((m, k.name));
                     break;
                 }
+                // A key file is named by the hash of its bytes: when they no
+                // longer match, the failure is damage, not a wrong password.
+                Err(baton_format::FormatError::Decrypt)
+                    if storage_id(&bytes).to_hex() != k.name =>
+                {
+                    damaged.push(format!(
+                        "key {}: its bytes no longer hash to its name (damaged or renamed)",
+                        k.name
+                    ))
+                }
                 Err(baton_format::FormatError::Decrypt) => continue,
                 Err(e) => damaged.push(format!("key {}: {e}", k.name)),
             }
@@ -192,14 +202,27 @@ impl Repository {
         })
     }
 
-    /// Loads every index object into memory. Superseded index objects are skipped.
+    /// Loads every index object into memory. Superseded index objects are
+    /// skipped, and may even be unreadable (`repair index` supersedes damaged
+    /// ones before deleting them); any other unreadable one fails the load.
     pub fn load_index(&mut self) -> Result<()> {
         let mut files = Vec::new();
+        let mut failed = Vec::new();
         let mut superseded = std::collections::HashSet::new();
         for obj in self.storage.list(ObjectKind::Index)? {
-            let f = self.read_index(&obj.name)?;
-            superseded.extend(f.supersedes.iter().copied());
-            files.push((obj.name, f));
+            match self.read_index(&obj.name) {
+                Ok(f) => {
+                    superseded.extend(f.supersedes.iter().copied());
+                    files.push((obj.name, f));
+                }
+                Err(e) => failed.push((obj.name, e)),
+            }
+        }
+        if let Some((_, e)) = failed
+            .into_iter()
+            .find(|(name, _)| !Id::from_hex(name).is_ok_and(|id| superseded.contains(&id)))
+        {
+            return Err(e);
         }
         let mut index = Index::new();
         for (name, f) in &files {

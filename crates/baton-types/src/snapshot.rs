@@ -55,6 +55,10 @@ pub struct Snapshot {
     /// The backup job that made this snapshot (its journal is folded in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Id>,
+    /// For a snapshot written by `repair snapshots`: the snapshot it replaces
+    /// (the first one, when a repaired snapshot is repaired again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SnapshotSummary>,
 }

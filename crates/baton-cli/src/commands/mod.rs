@@ -3,8 +3,10 @@
 
 mod backup;
 mod browse;
+mod check;
 mod init;
 mod key;
+mod repair;
 mod restore;
 
 use crate::cli::{Cli, Command};
@@ -25,6 +27,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
+        Command::Check(a) => check::run(g, &a),
+        Command::Repair(c) => repair::run(g, c),
     }
 }
 

@@ -148,10 +148,15 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Files of one object kind in the repository.
+/// Files of one object kind in the repository. Temporary files of a `put`
+/// in progress (`.tmp-*`) are not objects yet and are left out.
 pub fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
     walk(&repo.join(dir))
         .into_iter()
         .filter(|p| p.is_file())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
         .collect()
 }

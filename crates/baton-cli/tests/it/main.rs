@@ -3,9 +3,12 @@
 //! exit codes), never just that a command ran.
 
 mod browse;
+mod check;
 mod cli;
 mod common;
+mod corruption;
 mod errors;
 mod keys;
 mod resume;
+mod repair;
 mod roundtrip;

@@ -346,6 +346,7 @@ pub fn backup(
         parent: parent.map(|(id, _)| id),
         program_version: concat!("baton ", env!("CARGO_PKG_VERSION")).to_string(),
         job: job_id,
+        original: None,
         summary: Some(summary),
     };
     let snapshot_id = if opts.dry_run {

@@ -1,0 +1,117 @@
+//! `baton check`: print the report of a repository check; exit 1 when it
+//! found errors (warnings alone exit 0).
+
+use crate::cli::{CheckArgs, Global};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::{Result, bail};
+use baton_repo::{Cancel, CheckOptions, CheckReport, ProblemKind, ReadData, Severity};
+use baton_storage::ObjectKind;
+
+/// Paths listed per problem in the human report (`--json` lists all).
+const MAX_PATHS: usize = 20;
+
+pub fn run(g: &Global, a: &CheckArgs) -> Result<i32> {
+    let storage = context::storage(g);
+    if !storage.exists()? {
+        // Keys but no config: a damaged repository, not a missing one.
+        if let Ok(keys) = storage.list(ObjectKind::Key)
+            && !keys.is_empty()
+        {
+            bail!(
+                "config: the config object of the repository at {} is missing \
+                 ({} key file(s) exist): the repository is damaged, or its `init` was interrupted",
+                storage.location(),
+                keys.len()
+            );
+        }
+    }
+    let repo = context::open(g)?;
+    let opts = CheckOptions {
+        read_data: match (a.read_data, a.read_data_subset) {
+            (true, _) => ReadData::All,
+            (false, Some(s)) => ReadData::Subset(s),
+            (false, None) => ReadData::None,
+        },
+    };
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let report = baton_repo::check(&repo, &opts, &progress, &Cancel::new());
+    progress.finish();
+    let report = report?;
+    if g.json {
+        super::print_json(&serde_json::to_value(&report)?);
+    } else {
+        print_report(g, &report, opts.read_data != ReadData::None);
+    }
+    if report.errors > 0 {
+        let n = report.errors;
+        bail!("check found {n} problem{}", if n == 1 { "" } else { "s" });
+    }
+    Ok(crate::exit::OK)
+}
+
+fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
+    for p in &r.problems {
+        let sev = match p.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        println!("{sev}: {}: {}", p.object, p.message);
+        if !p.snapshots.is_empty() {
+            let ids: Vec<String> = p.snapshots.iter().map(|s| s.short()).collect();
+            println!("  affects snapshot(s) {}:", ids.join(", "));
+            for path in p.paths.iter().take(MAX_PATHS) {
+                println!("    {path}");
+            }
+            if p.paths.len() > MAX_PATHS {
+                println!(
+                    "    ... and {} more (--json lists all)",
+                    p.paths.len() - MAX_PATHS
+                );
+            }
+        }
+    }
+    if r.errors > 0 {
+        println!("hint: {}", hint(r));
+    }
+    if g.quiet {
+        return;
+    }
+    println!(
+        "checked {} snapshots, {} trees, {} index objects, {} packs",
+        r.snapshots, r.trees_checked, r.index_objects, r.packs
+    );
+    if read_data {
+        println!(
+            "read {} packs ({}), verified {} blobs",
+            r.packs_checked,
+            super::bytes(r.bytes_read),
+            r.blobs_checked
+        );
+    }
+    match (r.errors, r.warnings) {
+        (0, 0) => println!("no problems found"),
+        (0, w) => println!("no errors found, {w} warning(s)"),
+        (e, w) => println!("{e} error(s), {w} warning(s)"),
+    }
+}
+
+/// What to do about the errors of a report.
+fn hint(r: &CheckReport) -> &'static str {
+    let has = |k: ProblemKind| r.problems.iter().any(|p| p.kind == k);
+    let index_damaged = r
+        .problems
+        .iter()
+        .any(|p| p.severity == Severity::Error && p.object.starts_with("index "));
+    if index_damaged || has(ProblemKind::MissingBlob) && has(ProblemKind::UnreferencedPack) {
+        "`baton repair index` rebuilds the index from the packs; run it, then check again"
+    } else if has(ProblemKind::MissingPack) || has(ProblemKind::IndexMismatch) {
+        "`baton repair index` makes the index match the packs; then `baton repair snapshots` \
+         removes what is lost from the snapshots"
+    } else if r.problems.iter().any(|p| !p.snapshots.is_empty()) {
+        "`baton repair snapshots --read-data` writes copies of the affected snapshots without \
+         the damaged files"
+    } else {
+        "see docs/design.md, \"Check and repair\""
+    }
+}

@@ -1,0 +1,97 @@
+//! `baton repair index` and `baton repair snapshots`.
+
+use crate::cli::{Global, RepairCommand, RepairSnapshotsArgs};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::Result;
+use baton_repo::{Cancel, RepairSnapshotsOptions};
+
+pub fn run(g: &Global, cmd: RepairCommand) -> Result<i32> {
+    match cmd {
+        RepairCommand::Index => index(g),
+        RepairCommand::Snapshots(a) => snapshots(g, &a),
+    }
+}
+
+fn index(g: &Global) -> Result<i32> {
+    let repo = context::open(g)?;
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let r = baton_repo::repair_index(&repo, &progress, &Cancel::new());
+    progress.finish();
+    let r = r?;
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = "repair_index".into();
+        super::print_json(&v);
+        return Ok(crate::exit::OK);
+    }
+    for (pack, why) in &r.packs_skipped {
+        eprintln!("warning: pack {pack} left out of the index: {why}");
+    }
+    for pack in &r.packs_from_old_index {
+        eprintln!("warning: pack {pack}: header unreadable; kept its entries from the old index");
+    }
+    if !g.quiet {
+        match r.new_index {
+            Some(id) => println!(
+                "indexed {} blobs in {} packs as index {}; replaced {} index object(s)",
+                r.blobs_indexed,
+                r.packs_indexed,
+                id.short(),
+                r.removed.len()
+            ),
+            None => println!("no packs and no index objects: nothing to do"),
+        }
+    }
+    Ok(crate::exit::OK)
+}
+
+fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
+    let mut repo = context::open(g)?;
+    let opts = RepairSnapshotsOptions {
+        forget: a.forget,
+        read_data: a.read_data,
+    };
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let r = baton_repo::repair_snapshots(&mut repo, &opts, &progress, &Cancel::new());
+    progress.finish();
+    let r = r?;
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = "repair_snapshots".into();
+        super::print_json(&v);
+        return Ok(crate::exit::OK);
+    }
+    for (name, why) in &r.unreadable {
+        eprintln!("warning: snapshot {name} cannot be read and was left alone: {why}");
+    }
+    for s in &r.repaired {
+        println!(
+            "snapshot {} -> {} ({}): removed {} entries",
+            s.original.short(),
+            s.repaired.short(),
+            if s.forgotten {
+                "original deleted"
+            } else {
+                "original kept"
+            },
+            s.removed.len()
+        );
+        for e in &s.removed {
+            let what = if e.kind == "dir" {
+                "emptied"
+            } else {
+                "removed"
+            };
+            println!("  {what} {}: {}", e.path, e.reason);
+        }
+    }
+    if !g.quiet {
+        println!(
+            "checked {} snapshots, repaired {}",
+            r.snapshots_checked,
+            r.repaired.len()
+        );
+    }
+    Ok(crate::exit::OK)
+}
