@@ -23,7 +23,7 @@ mod fault;
 mod local;
 
 pub use error::{ErrorKind, StorageError};
-pub use fault::{FaultPlan, FaultyStorage};
+pub use fault::{FaultPlan, FaultyStorage, WriteLimits};
 pub use local::LocalStorage;
 
 /// The kinds of objects in a repository; each lives in its own namespace.
