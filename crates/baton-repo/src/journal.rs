@@ -241,17 +241,24 @@ pub fn list_jobs(repo: &Repository) -> Result<Vec<JobState>> {
         .collect()
 }
 
-/// Deletes a job's records (its packs become unreferenced).
+/// Deletes a job's records (its packs become unreferenced). The newest
+/// record goes first and the manifest (record 0) last, so an interrupted
+/// deletion leaves a shorter but valid journal, never records without
+/// their manifest (which would make every job listing fail).
 pub fn forget_job(repo: &Repository, job: &Id) -> Result<usize> {
     let prefix = format!("{}/", job.to_hex());
-    let mut n = 0;
-    for o in repo.storage().list(ObjectKind::Journal)? {
-        if o.name.starts_with(&prefix) {
-            repo.storage().remove(ObjectKind::Journal, &o.name)?;
-            n += 1;
-        }
+    let mut names: Vec<String> = repo
+        .storage()
+        .list(ObjectKind::Journal)?
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    names.sort();
+    for name in names.iter().rev() {
+        repo.storage().remove(ObjectKind::Journal, name)?;
     }
-    Ok(n)
+    Ok(names.len())
 }
 
 /// Finds a job by a unique id prefix.
