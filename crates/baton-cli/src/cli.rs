@@ -177,6 +177,9 @@ pub struct BackupArgs {
     /// without new packs (a record is also written after every pack)
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub checkpoint_interval: f64,
+    /// Record this time (RFC 3339 in UTC) as the snapshot's time
+    #[arg(long, hide = true, value_name = "RFC3339")]
+    pub time: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
