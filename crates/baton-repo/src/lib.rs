@@ -1,5 +1,5 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), and locks. Storage comes in as a
+//! restore, browsing (ls, diff, dump, find), forget, and locks. Storage comes in as a
 //! `dyn Storage`; progress goes out through [`Progress`]; long operations take
 //! a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
 //!
@@ -20,6 +20,7 @@ mod browse;
 mod dump;
 mod error;
 mod filter;
+mod forget;
 mod index;
 mod journal;
 mod lock;
@@ -36,6 +37,10 @@ pub use browse::{DiffChange, DiffEntry, diff, find_node, walk_tree};
 pub use dump::dump;
 pub use error::{RepoError, Result};
 pub use filter::PatternSet;
+pub use forget::{
+    ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,
+    KeepReason, PolicyInput, SnapTime, Within, apply_policy, forget, forget_locked, plan_forget,
+};
 pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};

@@ -85,8 +85,32 @@ impl LockInfo {
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
     name: Arc<Mutex<String>>,
+    exclusive: bool,
+    /// When the lock object now in storage was written.
+    written: Arc<Mutex<std::time::Instant>>,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LockGuard {
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// Fails unless the lock is certain to still protect us: its object was
+    /// written (or refreshed) less than `STALE_AFTER - REFRESH` ago, so no
+    /// other process can consider it stale yet. Operations that delete data
+    /// call this before deleting anything.
+    pub fn ensure_fresh(&self) -> Result<()> {
+        let age = self.written.lock().expect("lock time").elapsed();
+        if age >= STALE_AFTER - REFRESH {
+            return Err(RepoError::Invalid(format!(
+                "our lock could not be refreshed for {}s; stopping before other processes consider it stale",
+                age.as_secs()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for LockGuard {
@@ -158,6 +182,7 @@ impl Repository {
                 holder: h.describe(),
             });
         }
+        let written_at = std::time::Instant::now();
         let name = write_lock(&**self.storage(), self.key(), &LockInfo::new(exclusive))?;
         if let Some(h) = self.conflicting(exclusive, Some(&name))? {
             let _ = self.storage().remove(ObjectKind::Lock, &name);
@@ -166,13 +191,15 @@ impl Repository {
             });
         }
         let name = Arc::new(Mutex::new(name));
+        let written = Arc::new(Mutex::new(written_at));
         let stop = Arc::new(AtomicBool::new(false));
         let refresher = {
-            let (storage, key, name, stop) = (
+            let (storage, key, name, stop, written) = (
                 self.storage().clone(),
                 self.key().clone(),
                 name.clone(),
                 stop.clone(),
+                written.clone(),
             );
             std::thread::Builder::new()
                 .name("lock-refresh".into())
@@ -184,7 +211,9 @@ impl Repository {
                             continue;
                         }
                         last = std::time::Instant::now();
+                        let started = std::time::Instant::now();
                         if let Ok(new) = write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
+                            *written.lock().expect("lock time") = started;
                             let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
                             let _ = storage.remove(ObjectKind::Lock, &old);
                         }
@@ -195,6 +224,8 @@ impl Repository {
         Ok(LockGuard {
             storage: self.storage().clone(),
             name,
+            exclusive,
+            written,
             stop,
             refresher,
         })
