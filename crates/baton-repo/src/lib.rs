@@ -1,7 +1,8 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), forget, and locks. Storage comes in as a
-//! `dyn Storage`; progress goes out through [`Progress`]; long operations take
-//! a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
+//! restore, browsing (ls, diff, dump, find), forget and prune, and locks.
+//! Storage comes in as a `dyn Storage`; progress goes out through
+//! [`Progress`]; long operations take a [`Cancel`] handle. Nothing here
+//! parses arguments or draws on a terminal.
 //!
 //! ```no_run
 //! use baton_repo::{Repository, InitOptions, BackupOptions, NoProgress, Cancel};
@@ -26,6 +27,7 @@ mod journal;
 mod lock;
 mod meta;
 mod progress;
+mod prune;
 mod repo;
 mod restore;
 
@@ -45,5 +47,8 @@ pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};
 pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
+pub use prune::{
+    ForgottenJob, MaxUnused, PlanStats, PruneOptions, PruneResult, prune, prune_locked,
+};
 pub use repo::{InitOptions, Repository};
 pub use restore::{RestoreOptions, RestoreSummary, restore};
