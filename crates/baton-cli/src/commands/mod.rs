@@ -3,8 +3,10 @@
 
 mod backup;
 mod browse;
+mod forget;
 mod init;
 mod key;
+mod prune;
 mod restore;
 
 use crate::cli::{Cli, Command};
@@ -25,6 +27,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
+        Command::Forget(a) => forget::run(g, &a),
+        Command::Prune(a) => prune::run(g, &a),
     }
 }
 

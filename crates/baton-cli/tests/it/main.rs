@@ -6,5 +6,7 @@ mod browse;
 mod cli;
 mod common;
 mod errors;
+mod forget;
 mod keys;
+mod prune;
 mod roundtrip;
