@@ -325,7 +325,7 @@ pub struct DumpArgs {
 pub struct CatArgs {
     /// config | snapshot | tree | index | key | pack | blob | lock
     pub kind: String,
-    /// Object id (for `tree`: a tree id, or SNAPSHOT[:PATH])
+    /// Object id (for `tree`: a tree id, or `SNAPSHOT[:PATH]`)
     pub id: Option<String>,
 }
 
