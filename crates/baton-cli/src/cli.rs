@@ -91,6 +91,10 @@ pub enum Command {
     /// Repair a damaged repository: rebuild the index, or rewrite snapshots without lost data
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Remove snapshots: given ones, or those a retention policy does not keep
+    Forget(ForgetArgs),
+    /// Delete data no snapshot uses, and repack partly used packs
+    Prune(PruneArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +125,71 @@ pub struct CheckArgs {
     /// up to that many bytes)
     #[arg(long, value_name = "SUBSET", value_parser = |s: &str| s.parse::<baton_repo::Subset>())]
     pub read_data_subset: Option<baton_repo::Subset>,
+}
+
+/// Settings of prune (also for `forget --prune`).
+#[derive(Args, Debug, Clone)]
+pub struct PruneTuning {
+    /// Unused data to tolerate: a share of each pack (packs above it are
+    /// repacked), a total size such as 100M, or `unlimited`
+    #[arg(long, default_value = "5%", value_name = "LIMIT")]
+    pub max_unused: String,
+    /// Unfinished backup jobs idle for longer are forgotten and their data
+    /// deleted; younger ones keep all their packs (e.g. 7d, 12h, 0s)
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
+    pub max_job_age: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to forget (ids, unique prefixes or `latest`), instead of a policy
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours with snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days with snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks with snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months with snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years with snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep snapshots at most this much older than the newest of their group
+    /// (units y, m, w, d, h: 2d, 1w3d, 1y6m)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with this tag (repeatable; TAG1,TAG2 keeps those with both)
+    #[arg(long, value_name = "TAG")]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy to each group of snapshots sharing these fields: a
+    /// comma-separated subset of host, paths, tags ("" for one group)
+    #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
+    pub group_by: String,
+    /// Show what would be removed, remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Run prune afterwards (under the same lock)
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub tuning: PruneTuning,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Show what would be deleted and repacked, change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub tuning: PruneTuning,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +281,9 @@ pub struct BackupArgs {
     /// without new packs (a record is also written after every pack)
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub checkpoint_interval: f64,
+    /// Record this time (RFC 3339 in UTC) as the snapshot's time
+    #[arg(long, hide = true, value_name = "RFC3339")]
+    pub time: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

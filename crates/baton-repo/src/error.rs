@@ -23,18 +23,12 @@ pub enum RepoError {
     NewerFormat { found: u32, supported: u32 },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{what}: {source}")]
-    Format {
-        what: String,
-        #[source]
-        source: FormatError,
-    },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message and deliberately not a `source()`:
+    // the CLI prints error chains, and it would appear twice.
+    #[error("{what}: {cause}")]
+    Format { what: String, cause: FormatError },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -44,17 +38,17 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub(crate) fn format(what: impl Into<String>, source: FormatError) -> Self {
+    pub(crate) fn format(what: impl Into<String>, cause: FormatError) -> Self {
         RepoError::Format {
             what: what.into(),
-            source,
+            cause,
         }
     }
 
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, cause: std::io::Error) -> Self {
         RepoError::Io {
             path: path.as_ref().display().to_string(),
-            source,
+            cause,
         }
     }
 }

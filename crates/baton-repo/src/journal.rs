@@ -244,7 +244,10 @@ pub fn list_jobs(repo: &Repository) -> Result<Vec<JobState>> {
         .collect())
 }
 
-/// Deletes a job's records (its packs become unreferenced).
+/// Deletes a job's records (its packs become unreferenced). The newest
+/// record goes first and the manifest (record 0) last, so an interrupted
+/// deletion leaves a shorter but valid journal, never records without
+/// their manifest (which would make every job listing fail).
 pub fn forget_job(repo: &Repository, job: &Id) -> Result<usize> {
     let prefix = format!("{}/", job.to_hex());
     let mut names: Vec<String> = repo

@@ -1,7 +1,8 @@
 //! A Baton repository and the operations on it: init and keys, backup,
-//! restore, browsing (ls, diff, dump, find), check and repair, and locks.
-//! Storage comes in as a `dyn Storage`; progress goes out through
-//! [`Progress`]; long operations take a [`Cancel`] handle. Nothing here parses arguments or draws on a terminal.
+//! restore, browsing (ls, diff, dump, find), check and repair, forget and
+//! prune, and locks. Storage comes in as a `dyn Storage`; progress goes out
+//! through [`Progress`]; long operations take a [`Cancel`] handle. Nothing
+//! here parses arguments or draws on a terminal.
 //!
 //! ```no_run
 //! use baton_repo::{Repository, InitOptions, BackupOptions, NoProgress, Cancel};
@@ -17,16 +18,18 @@
 
 mod backup;
 mod browse;
-mod crashpoint;
 mod check;
+mod crashpoint;
 mod dump;
 mod error;
 mod filter;
+mod forget;
 mod index;
 mod journal;
 mod lock;
 mod meta;
 mod progress;
+mod prune;
 mod repair;
 mod repo;
 mod restore;
@@ -42,10 +45,17 @@ pub use check::{
 pub use dump::dump;
 pub use error::{RepoError, Result};
 pub use filter::PatternSet;
+pub use forget::{
+    ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,
+    KeepReason, PolicyInput, SnapTime, Within, apply_policy, forget, forget_locked, plan_forget,
+};
 pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};
 pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
+pub use prune::{
+    ForgottenJob, MaxUnused, PlanStats, PruneOptions, PruneResult, prune, prune_locked,
+};
 pub use repair::{
     RemovedEntry, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
     RepairedSnapshot, repair_index, repair_snapshots,

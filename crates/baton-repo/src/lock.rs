@@ -85,6 +85,9 @@ impl LockInfo {
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
     name: Arc<Mutex<String>>,
+    exclusive: bool,
+    /// When the lock object now in storage was written.
+    written: Arc<Mutex<std::time::Instant>>,
     stop: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
     lost: Arc<Mutex<Option<Cancel>>>,
@@ -96,6 +99,27 @@ impl LockGuard {
     /// an exclusive operation (prune) may start.
     pub fn abort_on_loss(&self, cancel: &Cancel) {
         *self.lost.lock().expect("lock watcher") = Some(cancel.clone());
+    }
+}
+
+impl LockGuard {
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// Fails unless the lock is certain to still protect us: its object was
+    /// written (or refreshed) less than `STALE_AFTER - REFRESH` ago, so no
+    /// other process can consider it stale yet. Operations that delete data
+    /// call this before deleting anything.
+    pub fn ensure_fresh(&self) -> Result<()> {
+        let age = self.written.lock().expect("lock time").elapsed();
+        if age >= STALE_AFTER - REFRESH {
+            return Err(RepoError::Invalid(format!(
+                "our lock could not be refreshed for {}s; stopping before other processes consider it stale",
+                age.as_secs()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -168,6 +192,7 @@ impl Repository {
                 holder: h.describe(),
             });
         }
+        let written_at = std::time::Instant::now();
         let name = write_lock(&**self.storage(), self.key(), &LockInfo::new(exclusive))?;
         if let Some(h) = self.conflicting(exclusive, Some(&name))? {
             let _ = self.storage().remove(ObjectKind::Lock, &name);
@@ -176,14 +201,16 @@ impl Repository {
             });
         }
         let name = Arc::new(Mutex::new(name));
+        let written = Arc::new(Mutex::new(written_at));
         let stop = Arc::new(AtomicBool::new(false));
         let lost: Arc<Mutex<Option<Cancel>>> = Arc::new(Mutex::new(None));
         let refresher = {
-            let (storage, key, name, stop) = (
+            let (storage, key, name, stop, written) = (
                 self.storage().clone(),
                 self.key().clone(),
                 name.clone(),
                 stop.clone(),
+                written.clone(),
             );
             let lost = lost.clone();
             std::thread::Builder::new()
@@ -200,6 +227,7 @@ impl Repository {
                         match write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
                             Ok(new) => {
                                 last_ok = std::time::Instant::now();
+                                *written.lock().expect("lock time") = last_try;
                                 let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
                                 let _ = storage.remove(ObjectKind::Lock, &old);
                             }
@@ -220,6 +248,8 @@ impl Repository {
         Ok(LockGuard {
             storage: self.storage().clone(),
             name,
+            exclusive,
+            written,
             stop,
             refresher,
             lost,

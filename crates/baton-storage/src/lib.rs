@@ -24,7 +24,7 @@ mod local;
 mod retry;
 
 pub use error::{ErrorKind, StorageError};
-pub use fault::{FaultPlan, FaultyStorage};
+pub use fault::{FaultPlan, FaultyStorage, WriteLimits};
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
 

@@ -139,8 +139,12 @@ impl Storage for LocalStorage {
             .expect("object paths have a parent")
             .to_path_buf();
         let err = |e: std::io::Error| StorageError::from_io(&e, kind, name, "writing");
-        if kind == ObjectKind::Journal {
+        if kind == ObjectKind::Journal && !dir.is_dir() {
+            // A new job's directory: make its entry in journal/ durable too.
             fs::create_dir_all(&dir).map_err(err)?;
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent).map_err(err)?;
+            }
         }
         let tmp = dir.join(tmp_name());
         let result = (|| {

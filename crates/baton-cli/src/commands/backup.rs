@@ -36,6 +36,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         checkpoint_interval: Some(std::time::Duration::from_secs_f64(
             a.checkpoint_interval.max(0.0),
         )),
+        time: a.time.clone(),
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     let mut stdin = std::io::stdin();

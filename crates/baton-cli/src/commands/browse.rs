@@ -7,7 +7,7 @@ use baton_storage::ObjectKind;
 use baton_types::{Id, Node, NodeKind, Snapshot};
 use std::io::Write;
 
-fn short_time(rfc3339: &str) -> String {
+pub(super) fn short_time(rfc3339: &str) -> String {
     humantime::parse_rfc3339_weak(rfc3339)
         .map(|t| {
             humantime::format_rfc3339_seconds(t)

@@ -124,7 +124,8 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
             }
         }
         crate::cli::JobsCommand::Forget { id } => {
-            let _lock = repo.lock(false)?;
+            // Exclusive: a running backup may still be appending to the journal.
+            let _lock = repo.lock(true)?;
             let job = baton_repo::find_job(&repo, &id)?;
             let n = baton_repo::forget_job(&repo, &job)?;
             if g.json {

@@ -4,8 +4,10 @@
 mod backup;
 mod browse;
 mod check;
+mod forget;
 mod init;
 mod key;
+mod prune;
 mod repair;
 mod restore;
 
@@ -29,6 +31,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Jobs(a) => key::jobs(g, a),
         Command::Check(a) => check::run(g, &a),
         Command::Repair(c) => repair::run(g, c),
+        Command::Forget(a) => forget::run(g, &a),
+        Command::Prune(a) => prune::run(g, &a),
     }
 }
 

@@ -50,6 +50,9 @@ pub struct BackupOptions {
     /// Longest time between journal records while progress is made without
     /// new packs (default 5 s). A record is also written after every pack.
     pub checkpoint_interval: Option<std::time::Duration>,
+    /// The snapshot's time (RFC 3339 in UTC) instead of the backup's start,
+    /// e.g. to import old backups, or for tests of retention policies.
+    pub time: Option<String>,
 }
 
 /// `--resume=auto|never`.
@@ -192,6 +195,15 @@ pub fn backup(
 ) -> Result<BackupResult> {
     let start = Instant::now();
     let start_time = now_rfc3339();
+    let snapshot_time = match &opts.time {
+        Some(t) => humantime::format_rfc3339_nanos(humantime::parse_rfc3339(t).map_err(|e| {
+            RepoError::Invalid(format!(
+                "snapshot time {t:?} is not RFC 3339 in UTC (like 2025-01-31T14:00:00Z): {e}"
+            ))
+        })?)
+        .to_string(),
+        None => start_time.clone(),
+    };
     let lock = repo.lock(false)?;
     lock.abort_on_loss(cancel);
     repo.load_index()?;
@@ -337,7 +349,7 @@ pub fn backup(
     tags.sort();
     tags.dedup();
     let snapshot = Snapshot {
-        time: summary.backup_start.clone(),
+        time: snapshot_time,
         tree,
         paths,
         hostname: host,

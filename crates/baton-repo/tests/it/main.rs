@@ -5,3 +5,4 @@ mod check;
 mod faults;
 mod format;
 mod powerloss;
+mod prune;

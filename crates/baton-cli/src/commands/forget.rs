@@ -1,0 +1,118 @@
+use crate::cli::{ForgetArgs, Global};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::Result;
+use baton_repo::{ForgetEntry, ForgetOptions, ForgetResult, GroupBy, KeepPolicy, Within};
+
+fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
+    Ok(KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within.as_deref().map(Within::parse).transpose()?,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|t| {
+                t.split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|t| !t.is_empty())
+            .collect(),
+    })
+}
+
+pub fn run(g: &Global, a: &ForgetArgs) -> Result<i32> {
+    let opts = ForgetOptions {
+        policy: policy(a)?,
+        group_by: GroupBy::parse(&a.group_by)?,
+        snapshots: a.snapshots.clone(),
+        dry_run: a.dry_run,
+    };
+    let prune = if a.prune {
+        Some(super::prune::options(&a.tuning, a.dry_run)?)
+    } else {
+        None
+    };
+    let mut repo = context::open(g)?;
+    let lock = repo.lock(true)?;
+    let r = baton_repo::forget_locked(&repo, &lock, &opts)?;
+    report(g, &r, a.dry_run, a.prune);
+    if let Some(mut p) = prune {
+        // A dry run deleted nothing: let prune see the snapshots as gone.
+        if a.dry_run {
+            p.ignore_snapshots = r.removed.clone();
+        }
+        let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+        let pr = baton_repo::prune_locked(&mut repo, &lock, &p, &progress);
+        progress.finish();
+        super::prune::report(g, &pr?);
+    }
+    Ok(crate::exit::OK)
+}
+
+fn entry_json(e: &ForgetEntry, reasons: bool) -> serde_json::Value {
+    let mut v =
+        serde_json::json!({ "id": e.id.to_hex(), "short_id": e.id.short(), "time": e.time });
+    if reasons {
+        v["reasons"] = e.reasons.iter().map(|r| r.to_string()).collect();
+    }
+    v
+}
+
+fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
+    if g.json {
+        let v: Vec<serde_json::Value> = r
+            .groups
+            .iter()
+            .map(|grp| {
+                serde_json::json!({
+                    "group": grp.key,
+                    "keep": grp.keep.iter().map(|e| entry_json(e, true)).collect::<Vec<_>>(),
+                    "remove": grp.remove.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        super::print_json(&serde_json::Value::Array(v));
+        return;
+    }
+    if g.quiet {
+        return;
+    }
+    let short = super::browse::short_time;
+    for grp in &r.groups {
+        println!("{}:", grp.key);
+        if !grp.keep.is_empty() {
+            println!("  keep {} snapshot(s):", grp.keep.len());
+            for e in &grp.keep {
+                let why: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
+                println!(
+                    "    {}  {}  {}",
+                    e.id.short(),
+                    short(&e.time),
+                    why.join(", ")
+                );
+            }
+        }
+        if !grp.remove.is_empty() {
+            println!("  remove {} snapshot(s):", grp.remove.len());
+            for e in &grp.remove {
+                println!("    {}  {}", e.id.short(), short(&e.time));
+            }
+        }
+    }
+    let n = r.removed.len();
+    if dry_run {
+        println!("dry run: would remove {n} snapshot(s); nothing was changed");
+    } else {
+        println!("removed {n} snapshot(s)");
+        if n > 0 && !prune {
+            println!("run `baton prune` to delete the data only they used");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+use crate::cli::{Global, PruneArgs, PruneTuning};
+use crate::context;
+use crate::progress::CliProgress;
+use anyhow::{Context, Result};
+use baton_repo::{MaxUnused, PruneOptions, PruneResult};
+
+/// Prune options from the command line.
+pub fn options(t: &PruneTuning, dry_run: bool) -> Result<PruneOptions> {
+    Ok(PruneOptions {
+        dry_run,
+        max_unused: MaxUnused::parse(&t.max_unused)?,
+        max_job_age: humantime::parse_duration(&t.max_job_age)
+            .with_context(|| format!("--max-job-age {:?} is not a duration", t.max_job_age))?,
+        ignore_snapshots: Vec::new(),
+    })
+}
+
+pub fn run(g: &Global, a: &PruneArgs) -> Result<i32> {
+    let opts = options(&a.tuning, a.dry_run)?;
+    let mut repo = context::open(g)?;
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let r = baton_repo::prune(&mut repo, &opts, &progress);
+    progress.finish();
+    report(g, &r?);
+    Ok(crate::exit::OK)
+}
+
+/// Prints what prune found and did (or would do).
+pub fn report(g: &Global, r: &PruneResult) {
+    use super::bytes;
+    if g.json {
+        let mut v = serde_json::json!({
+            "message_type": "prune",
+            "dry_run": r.dry_run,
+            "snapshots": r.snapshots,
+            "jobs_kept": r.jobs_kept.iter().map(|j| j.to_hex()).collect::<Vec<_>>(),
+            "jobs_stale": r.jobs_stale.iter().map(|j| serde_json::json!({
+                "id": j.id.to_hex(), "last_record": j.last_record, "packs": j.packs,
+            })).collect::<Vec<_>>(),
+            "jobs_finished": r.jobs_finished.iter().map(|j| j.to_hex()).collect::<Vec<_>>(),
+            "job_packs": r.job_packs,
+            "index_objects": r.index_objects,
+            "index_written": r.index_written,
+            "packs_written": r.packs_written,
+            "bytes_written": r.bytes_written,
+            "bytes_freed": r.bytes_freed,
+        });
+        if let (Some(obj), Ok(serde_json::Value::Object(stats))) =
+            (v.as_object_mut(), serde_json::to_value(&r.stats))
+        {
+            obj.extend(stats);
+        }
+        super::print_json(&v);
+        return;
+    }
+    if g.quiet {
+        return;
+    }
+    let s = &r.stats;
+    let would = |done: &'static str, planned: &'static str| if r.dry_run { planned } else { done };
+    println!(
+        "{} snapshot(s) in use; {} unfinished job(s) keep their data ({} pack(s) only their journals list)",
+        r.snapshots,
+        r.jobs_kept.len(),
+        r.job_packs
+    );
+    for j in &r.jobs_stale {
+        println!(
+            "{} stale job {} (last record {}, {} pack(s))",
+            would("forgot", "would forget"),
+            j.id.short(),
+            super::browse::short_time(&j.last_record),
+            j.packs
+        );
+    }
+    for j in &r.jobs_finished {
+        println!(
+            "{} the leftover journal of finished job {}",
+            would("removed", "would remove"),
+            j.short()
+        );
+    }
+    println!(
+        "indexed:  {} pack(s), {}: {} used in {} blob(s), {} unused",
+        s.packs,
+        bytes(s.bytes),
+        bytes(s.bytes_used),
+        s.blobs_used,
+        bytes(s.bytes_unused)
+    );
+    println!(
+        "delete:   {} pack(s) without used data ({}), {} unreferenced pack(s) ({})",
+        s.packs_delete,
+        bytes(s.bytes_delete),
+        s.packs_unreferenced,
+        bytes(s.bytes_unreferenced)
+    );
+    println!(
+        "repack:   {} pack(s) ({}), rewriting {}",
+        s.packs_repack,
+        bytes(s.bytes_repack),
+        bytes(s.bytes_rewrite)
+    );
+    if s.packs_missing > 0 {
+        println!(
+            "warning:  the index lists {} pack(s) that are gone (nothing used was in them); {} from the index",
+            s.packs_missing,
+            would("dropped", "would be dropped")
+        );
+    }
+    println!(
+        "keep:     {} pack(s), {} unused left in them",
+        s.packs_keep,
+        bytes(s.bytes_unused_after)
+    );
+    if r.dry_run {
+        println!(
+            "dry run: would free about {}; nothing was changed",
+            bytes(r.bytes_freed)
+        );
+    } else {
+        println!(
+            "freed {}; wrote {} new pack(s) and {} ({})",
+            bytes(r.bytes_freed),
+            r.packs_written,
+            if r.index_written {
+                format!("1 index object replacing {}", r.index_objects)
+            } else {
+                "no index object".to_string()
+            },
+            bytes(r.bytes_written)
+        );
+    }
+}
