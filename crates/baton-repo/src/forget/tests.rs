@@ -19,6 +19,7 @@ fn snapshot(secs: i64, host: u8, tags: &[&str]) -> Snapshot {
         parent: None,
         program_version: "test".into(),
         job: None,
+        original: None,
         summary: None,
     }
 }
