@@ -226,7 +226,7 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 16)]
     pub pack_size: u64,
     /// Chunker minimum/average/maximum sizes in bytes, as MIN,AVG,MAX
-    #[arg(long, hide = true, value_delimiter = ',', num_args = 3)]
+    #[arg(long, hide = true, value_delimiter = ',')]
     pub chunker: Option<Vec<u32>>,
     #[command(flatten)]
     pub kdf: KdfArgs,

@@ -218,8 +218,10 @@ mod tests {
             edited.extend_from_slice(&data[at..]);
             let a = boundaries(&data, &p);
             let b = boundaries(&edited, &p);
-            let before: Vec<_> = a.iter().filter(|&&e| e <= at).collect();
-            prop_assert_eq!(&before[..], &b.iter().filter(|&&e| e <= at).collect::<Vec<_>>()[..]);
+                        // FastCDC 2020 tests cut points two bytes at a time, so a boundary
+            // right at the insertion may depend on the first inserted byte.
+            let before: Vec<_> = a.iter().filter(|&&e| e + 2 <= at).collect();
+            prop_assert_eq!(&before[..], &b.iter().filter(|&&e| e + 2 <= at).collect::<Vec<_>>()[..]);
             // Far after the edit the chunker has resynchronised.
             let far = at + 3 * 16384;
             let after_a: Vec<usize> = a.iter().copied().filter(|&e| e > far).collect();

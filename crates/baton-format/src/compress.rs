@@ -99,9 +99,10 @@ mod tests {
         #[test]
         fn round_trip(data in proptest::collection::vec(0u8..4, 0..20000)) {
             let mut c = Compressor::new(3);
-            match c.compress(&data) {
+                        match c.compress(&data) {
                 Some(z) => prop_assert_eq!(decompress(&z, data.len()).unwrap(), data),
-                None => prop_assert!(data.len() < 64),
+                // Skipped only when small or when zstd does not save 1/32.
+                None => prop_assert!(data.len() < 64 || zstd::bulk::compress(&data, 3).unwrap().len() + data.len() / 32 >= data.len()),
             }
         }
     }

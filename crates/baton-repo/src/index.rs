@@ -1,14 +1,41 @@
 //! The in-memory index: blob id -> location, built from the index objects.
+//!
+//! Memory is the constraint (a repository can hold tens of millions of
+//! chunks), so an entry is 48 bytes: the 32-byte id, and the location packed
+//! into 16 (pack *number*, offset, length, raw length; blob type and
+//! compression in the top bits of the pack number). Loaded entries live in
+//! one vector sorted by id (binary search); blobs added afterwards (a backup's
+//! new packs) go to a small hash map until the next [`Index::compact`].
 
 use baton_format::index::{IndexFile, IndexPack};
-use baton_types::{BlobLocation, Id};
-use std::collections::{HashMap, HashSet};
+use baton_types::{BlobLocation, BlobType, Id};
+use std::collections::HashMap;
+
+const TREE_BIT: u32 = 1 << 31;
+const COMPRESSED_BIT: u32 = 1 << 30;
+const PACK_MASK: u32 = COMPRESSED_BIT - 1;
+
+#[derive(Clone, Copy)]
+struct Loc {
+    pack_and_flags: u32,
+    offset: u32,
+    length: u32,
+    raw_length: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    id: Id,
+    loc: Loc,
+}
 
 /// Maps every indexed blob to the pack that holds it.
 #[derive(Default)]
 pub struct Index {
-    blobs: HashMap<Id, BlobLocation>,
-    packs: HashSet<Id>,
+    packs: Vec<Id>,
+    pack_numbers: HashMap<Id, u32>,
+    sorted: Vec<Entry>,
+    recent: HashMap<Id, Loc>,
 }
 
 impl Index {
@@ -23,34 +50,85 @@ impl Index {
         }
     }
 
+    /// Adds a pack's blobs; a blob already indexed keeps its first location.
     pub fn add_pack(&mut self, p: &IndexPack) {
-        self.packs.insert(p.id);
+        let number = *self.pack_numbers.entry(p.id).or_insert_with(|| {
+            self.packs.push(p.id);
+            (self.packs.len() - 1) as u32
+        });
+        assert!(number <= PACK_MASK, "more than 2^30 packs in one index");
         for e in &p.blobs {
-            self.blobs.entry(e.id).or_insert(BlobLocation {
-                pack: p.id,
-                blob_type: e.blob_type,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-                compressed: e.compressed,
-            });
+            if self.find(&e.id).is_some() {
+                continue;
+            }
+            let mut flags = 0;
+            if e.blob_type == BlobType::Tree {
+                flags |= TREE_BIT;
+            }
+            if e.compressed {
+                flags |= COMPRESSED_BIT;
+            }
+            self.recent.insert(
+                e.id,
+                Loc {
+                    pack_and_flags: number | flags,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_length: e.raw_length,
+                },
+            );
         }
     }
 
-    pub fn get(&self, id: &Id) -> Option<&BlobLocation> {
-        self.blobs.get(id)
+    /// Moves recent additions into the sorted vector (call after loading).
+    pub fn compact(&mut self) {
+        if self.recent.is_empty() {
+            return;
+        }
+        self.sorted.reserve_exact(self.recent.len());
+        self.sorted
+            .extend(self.recent.drain().map(|(id, loc)| Entry { id, loc }));
+        self.sorted.sort_unstable_by_key(|e| e.id);
+        self.sorted.shrink_to_fit();
+        self.recent.shrink_to_fit();
+    }
+
+    fn find(&self, id: &Id) -> Option<Loc> {
+        if let Ok(i) = self.sorted.binary_search_by(|e| e.id.cmp(id)) {
+            return Some(self.sorted[i].loc);
+        }
+        self.recent.get(id).copied()
+    }
+
+    fn location(&self, l: Loc) -> BlobLocation {
+        BlobLocation {
+            pack: self.packs[(l.pack_and_flags & PACK_MASK) as usize],
+            blob_type: if l.pack_and_flags & TREE_BIT != 0 {
+                BlobType::Tree
+            } else {
+                BlobType::Data
+            },
+            offset: l.offset,
+            length: l.length,
+            raw_length: l.raw_length,
+            compressed: l.pack_and_flags & COMPRESSED_BIT != 0,
+        }
+    }
+
+    pub fn get(&self, id: &Id) -> Option<BlobLocation> {
+        self.find(id).map(|l| self.location(l))
     }
 
     pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+        self.find(id).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.blobs.len()
+        self.sorted.len() + self.recent.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
+        self.len() == 0
     }
 
     pub fn pack_count(&self) -> usize {
@@ -58,17 +136,28 @@ impl Index {
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
-        self.packs.contains(id)
+        self.pack_numbers.contains_key(id)
     }
 
     /// Every indexed blob and its location.
-    pub fn iter(&self) -> impl Iterator<Item = (&Id, &BlobLocation)> {
-        self.blobs.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, BlobLocation)> {
+        self.sorted
+            .iter()
+            .map(|e| (&e.id, self.location(e.loc)))
+            .chain(self.recent.iter().map(|(id, l)| (id, self.location(*l))))
     }
 
     /// Plaintext length of a blob.
     pub fn plain_len(&self, id: &Id) -> Option<u64> {
-        self.blobs.get(id).map(|l| l.raw_length as u64)
+        self.find(id).map(|l| l.raw_length as u64)
+    }
+
+    /// Bytes of memory the entries take (for the memory figures).
+    pub fn memory_bytes(&self) -> usize {
+        self.sorted.capacity() * std::mem::size_of::<Entry>()
+            + self.recent.capacity() * (std::mem::size_of::<(Id, Loc)>() + 1)
+            + self.packs.capacity() * 32
+            + self.pack_numbers.capacity() * (std::mem::size_of::<(Id, u32)>() + 1)
     }
 }
 
@@ -92,6 +181,8 @@ mod tests {
                 idx.add_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: pack, blobs }] });
             }
             prop_assert_eq!(idx.len(), ids.len());
+            // Half of the lookups before compaction, half after.
+            if ids.len().is_multiple_of(2) { idx.compact(); }
             for (i, id) in ids.iter().enumerate() {
                 let loc = idx.get(id).unwrap();
                 prop_assert_eq!(loc.pack, Id::from_bytes([(i / 7) as u8; 32]));

@@ -231,6 +231,7 @@ impl Repository {
             }
             index.add_file(f);
         }
+        index.compact();
         self.index = index;
         Ok(())
     }

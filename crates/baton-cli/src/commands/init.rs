@@ -7,6 +7,7 @@ use baton_types::ChunkerParams;
 pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
     let storage = context::storage(g);
     let chunker = match &a.chunker {
+        Some(v) if v.len() != 3 => bail!("--chunker takes MIN,AVG,MAX (three sizes in bytes)"),
         Some(v) => {
             let mut seed = [0u8; 8];
             getrandom_seed(&mut seed);

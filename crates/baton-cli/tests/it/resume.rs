@@ -213,6 +213,9 @@ fn kill_at_random_instants_and_resume() {
         // The strongest proof: a fresh, non-resumed backup in the same repository
         // makes the same tree.
         if kills % 5 == 0 {
+            // Every stored byte verifies, and no pack is left unreferenced.
+            let check = env.run(&["check", "--read-data", "--json"]).ok().json();
+            assert_eq!(check["errors"], 0, "{check}");
             let fresh = backup_json(&env, &["--force", "--resume", "never"], &sources);
             assert_eq!(fresh["tree_id"], r["tree_id"]);
             restore_equals(&env, &sources);
@@ -271,6 +274,8 @@ fn several_kills_in_a_row_then_changes_before_resume() {
     let fresh = backup_json(&env, &["--force", "--resume", "never"], &sources);
     assert_eq!(r["tree_id"], fresh["tree_id"]);
     assert_ne!(r["tree_id"], clean["tree_id"]);
+    let check = env.run(&["check", "--read-data", "--json"]).ok().json();
+    assert_eq!(check["errors"], 0, "{check}");
 }
 
 /// A crash at each step of sealing (index stored, snapshot stored, journal
@@ -314,6 +319,8 @@ fn crash_points_while_sealing_and_journaling() {
         // Sealed (snapshot stored) jobs are recognised, not resumed.
         assert_eq!(r["resumed"], point != "after-snapshot", "{point}: {r}");
         restore_equals(&env, &sources);
+        let check = env.run(&["check", "--read-data", "--json"]).ok().json();
+        assert_eq!(check["errors"], 0, "{point}: {check}");
     }
 }
 

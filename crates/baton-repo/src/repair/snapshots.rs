@@ -212,7 +212,7 @@ fn lost_blobs(
     let mut bad = HashSet::new();
     for (id, loc) in repo.index().iter() {
         match sizes.get(&loc.pack) {
-            Some(&size) if !blob_beyond_pack(loc, size) => {
+            Some(&size) if !blob_beyond_pack(&loc, size) => {
                 by_pack.entry(loc.pack).or_default().push(PackEntry {
                     blob_type: loc.blob_type,
                     id: *id,
