@@ -2,7 +2,9 @@
 //! storage seam, files that change under the archiver, format versions.
 
 mod check;
+mod crashpoints;
 mod faults;
 mod format;
 mod powerloss;
 mod prune;
+mod recording;

@@ -6,67 +6,11 @@
 //! produce exactly the tree of the uninterrupted backup.
 
 use crate::faults::fast_init;
+use crate::recording::{Op, Recording};
 use baton_repo::{BackupOptions, Cancel, NoProgress, Repository, RestoreOptions};
-use baton_storage::{LocalStorage, ObjectInfo, ObjectKind, Storage, StorageError};
+use baton_storage::{LocalStorage, ObjectKind, Storage};
 use baton_testing::{CompareOptions, compare_trees, write_file};
 use std::sync::{Arc, Mutex};
-
-#[derive(Clone)]
-enum Op {
-    Put(ObjectKind, String, Vec<u8>),
-    Remove(ObjectKind, String),
-}
-
-struct Recording {
-    inner: LocalStorage,
-    ops: Mutex<Vec<Op>>,
-}
-
-impl Storage for Recording {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn exists(&self) -> Result<bool, StorageError> {
-        self.inner.exists()
-    }
-    fn create(&self) -> Result<(), StorageError> {
-        self.inner.create()
-    }
-    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        self.inner.put(kind, name, data)?;
-        self.ops
-            .lock()
-            .unwrap()
-            .push(Op::Put(kind, name.to_string(), data.to_vec()));
-        Ok(())
-    }
-    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
-        self.inner.get(kind, name)
-    }
-    fn get_range(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StorageError> {
-        self.inner.get_range(kind, name, offset, len)
-    }
-    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
-        self.inner.size(kind, name)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(kind)
-    }
-    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
-        self.inner.remove(kind, name)?;
-        self.ops
-            .lock()
-            .unwrap()
-            .push(Op::Remove(kind, name.to_string()));
-        Ok(())
-    }
-}
 
 #[test]
 fn power_loss_after_every_acknowledged_write_resumes_exactly() {
