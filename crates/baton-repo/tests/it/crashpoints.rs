@@ -52,8 +52,7 @@ fn record(dir: &Path, base: &Path, name: &str, op: impl FnOnce(&mut Repository))
     let rec = Arc::new(Recording::new(LocalStorage::new(&work)));
     let mut repo = Repository::open(rec.clone(), b"old").unwrap();
     op(&mut repo);
-    let ops = rec.ops.lock().unwrap().clone();
-    ops
+    std::mem::take(&mut *rec.ops.lock().unwrap())
 }
 
 /// Every prefix of `ops` applied to the base: check clean, every listed
