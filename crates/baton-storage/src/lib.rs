@@ -22,11 +22,13 @@ mod error;
 mod fault;
 mod local;
 mod retry;
+mod slow;
 
 pub use error::{ErrorKind, StorageError};
 pub use fault::{FaultPlan, FaultyStorage, WriteLimits};
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
+pub use slow::SlowStorage;
 
 /// The kinds of objects in a repository; each lives in its own namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

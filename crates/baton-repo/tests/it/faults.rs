@@ -220,3 +220,140 @@ fn cancelled_backup_leaves_a_valid_repository() {
         dir.path(),
     );
 }
+
+/// A slow store (5 ms per call) that also fails every other call with a
+/// transient error, behind the retry wrapper: backup, check and restore are
+/// still exact; without the wrapper the fault surfaces as a clear error.
+#[test]
+fn slow_and_flaky_storage() {
+    use baton_storage::{RetryPolicy, RetryStorage, SlowStorage};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Fails every other call with a transient error.
+    struct Flaky {
+        inner: SlowStorage<LocalStorage>,
+        calls: AtomicU64,
+    }
+    impl Flaky {
+        fn fault(&self) -> Result<(), baton_storage::StorageError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                Err(baton_storage::StorageError::new(
+                    ErrorKind::Transient,
+                    "x",
+                    "connection reset",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+    impl Storage for Flaky {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn exists(&self) -> Result<bool, baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.exists()
+        }
+        fn create(&self) -> Result<(), baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.create()
+        }
+        fn put(
+            &self,
+            k: baton_storage::ObjectKind,
+            n: &str,
+            d: &[u8],
+        ) -> Result<(), baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.put(k, n, d)
+        }
+        fn get(
+            &self,
+            k: baton_storage::ObjectKind,
+            n: &str,
+        ) -> Result<Vec<u8>, baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.get(k, n)
+        }
+        fn get_range(
+            &self,
+            k: baton_storage::ObjectKind,
+            n: &str,
+            o: u64,
+            l: u64,
+        ) -> Result<Vec<u8>, baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.get_range(k, n, o, l)
+        }
+        fn size(
+            &self,
+            k: baton_storage::ObjectKind,
+            n: &str,
+        ) -> Result<u64, baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.size(k, n)
+        }
+        fn list(
+            &self,
+            k: baton_storage::ObjectKind,
+        ) -> Result<Vec<baton_storage::ObjectInfo>, baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.list(k)
+        }
+        fn remove(
+            &self,
+            k: baton_storage::ObjectKind,
+            n: &str,
+        ) -> Result<(), baton_storage::StorageError> {
+            self.fault()?;
+            self.inner.remove(k, n)
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    for i in 0..5 {
+        write_file(&src.join(format!("f{i}")), 700_000, i).unwrap();
+    }
+    let flaky = Flaky {
+        inner: SlowStorage::new(
+            LocalStorage::new(dir.path().join("repo")),
+            Duration::from_millis(5),
+        ),
+        calls: AtomicU64::new(0),
+    };
+    let policy = RetryPolicy {
+        attempts: 3,
+        initial_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+    };
+    let storage = Arc::new(RetryStorage::new(flaky, policy));
+    let mut repo = Repository::init(storage.clone(), b"pw", &fast_init()).unwrap();
+    let r =
+        baton_repo::backup(&mut repo, &opts(&[&src]), None, &NoProgress, &Cancel::new()).unwrap();
+    let report = baton_repo::check(
+        &repo,
+        &baton_repo::CheckOptions {
+            read_data: baton_repo::ReadData::All,
+        },
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    restore_and_compare(
+        &mut repo,
+        &r.snapshot_id.unwrap().to_hex(),
+        &src,
+        dir.path(),
+    );
+    // Without the retry wrapper the same faults fail the operation, clearly.
+    let bare = Flaky {
+        inner: SlowStorage::new(LocalStorage::new(dir.path().join("repo")), Duration::ZERO),
+        calls: AtomicU64::new(0),
+    };
+    let err = Repository::open(Arc::new(bare), b"pw").unwrap_err();
+    assert!(err.to_string().contains("connection reset"), "{err}");
+}
