@@ -237,7 +237,7 @@ fn slow_and_flaky_storage() {
     }
     impl Flaky {
         fn fault(&self) -> Result<(), baton_storage::StorageError> {
-            if self.calls.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            if self.calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                 Err(baton_storage::StorageError::new(
                     ErrorKind::Transient,
                     "x",
