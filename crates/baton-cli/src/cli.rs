@@ -381,6 +381,10 @@ pub struct NewPasswordArgs {
     /// Read the new password from this file
     #[arg(long)]
     pub new_password_file: Option<PathBuf>,
+    /// (key add) The new key may add data but never delete it: no forget,
+    /// prune, key removal, unlock or repair that deletes
+    #[arg(long)]
+    pub append_only: bool,
     #[command(flatten)]
     pub kdf: KdfArgs,
 }

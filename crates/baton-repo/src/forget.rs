@@ -377,6 +377,9 @@ pub fn forget_locked(
     opts: &ForgetOptions,
 ) -> Result<ForgetResult> {
     require_exclusive(lock, "forget")?;
+    if !opts.dry_run {
+        repo.require_deletes("forget")?;
+    }
     let snapshots = repo.list_snapshots()?;
     let mut ids = Vec::new();
     for r in &opts.snapshots {

@@ -258,6 +258,7 @@ impl Repository {
 
     /// Removes stale locks (or all locks with `all`); returns how many.
     pub fn unlock(&self, all: bool) -> Result<usize> {
+        self.require_deletes("unlock")?;
         let mut n = 0;
         for (name, info) in self.list_locks()? {
             if all || info.is_stale() {

@@ -142,6 +142,9 @@ pub fn prune_locked(
     progress: &dyn Progress,
 ) -> Result<PruneResult> {
     require_exclusive(lock, "prune")?;
+    if !opts.dry_run {
+        repo.require_deletes("prune")?;
+    }
     let storage = repo.storage().clone();
     let mut result = PruneResult {
         dry_run: opts.dry_run,

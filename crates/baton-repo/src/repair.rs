@@ -59,6 +59,7 @@ pub fn repair_index(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RepairIndexReport> {
+    repo.require_deletes("repair index")?;
     let _lock = repo.lock(true)?;
     let storage = repo.storage();
     let mut report = RepairIndexReport::default();

@@ -38,6 +38,8 @@ pub struct Repository {
     storage: Arc<dyn Storage>,
     key: MasterKey,
     key_name: String,
+    /// Opened with an append-only key: nothing may be deleted.
+    append_only: bool,
     config: Config,
     index: Index,
     tree_cache: Mutex<HashMap<Id, Arc<Tree>>>,
@@ -110,13 +112,14 @@ impl Repository {
                 e.into()
             }
         })?;
-        let key_name = write_key(&*storage, &key, password, &opts.kdf)?;
+        let key_name = write_key(&*storage, &key, password, &opts.kdf, false)?;
         let sealed = seal_object(&key, &mut Compressor::new(0), &to_json(&config));
         storage.put(ObjectKind::Config, "", &sealed)?;
         Ok(Repository {
             storage,
             key,
             key_name,
+            append_only: false,
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
@@ -150,7 +153,7 @@ impl Repository {
             };
             match MasterKey::unwrap(&kf.data, password, &kf.kdf) {
                 Ok(m) => {
-                    found = Some((m, k.name));
+                    found = Some((m, k.name, kf.append_only));
                     break;
                 }
                 // A key file is named by the hash of its bytes: when they no
@@ -167,7 +170,7 @@ impl Repository {
                 Err(e) => damaged.push(format!("key {}: {e}", k.name)),
             }
         }
-        let Some((key, key_name)) = found else {
+        let Some((key, key_name, append_only)) = found else {
             if !damaged.is_empty() {
                 return Err(RepoError::Invalid(format!(
                     "no key opened with this password, and some keys are damaged: {}",
@@ -196,6 +199,7 @@ impl Repository {
             storage,
             key,
             key_name,
+            append_only,
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
@@ -380,7 +384,39 @@ impl Repository {
 
     /// Writes a new key file wrapping this repository's master key.
     pub fn add_key(&self, password: &[u8], kdf: &KdfParams) -> Result<String> {
-        write_key(&*self.storage, &self.key, password, kdf)
+        self.add_key_with(password, kdf, self.append_only)
+    }
+
+    /// Writes a new key file; `append_only` keys may add objects but never
+    /// delete them. An append-only key can only add append-only keys.
+    pub fn add_key_with(
+        &self,
+        password: &[u8],
+        kdf: &KdfParams,
+        append_only: bool,
+    ) -> Result<String> {
+        if self.append_only && !append_only {
+            return Err(RepoError::Invalid(
+                "this key is append-only: it can only add append-only keys".into(),
+            ));
+        }
+        write_key(&*self.storage, &self.key, password, kdf, append_only)
+    }
+
+    /// Whether the key in use is append-only.
+    pub fn is_append_only(&self) -> bool {
+        self.append_only
+    }
+
+    /// Fails when the key in use is append-only: `what` would delete objects.
+    pub fn require_deletes(&self, what: &str) -> Result<()> {
+        if self.append_only {
+            Err(RepoError::Invalid(format!(
+                "this key is append-only: {what} would delete data; use a key with full rights"
+            )))
+        } else {
+            Ok(())
+        }
     }
 
     /// All key files.
@@ -398,6 +434,7 @@ impl Repository {
     /// Removes a key file. The key this repository was opened with, and the
     /// last key, cannot be removed.
     pub fn remove_key(&self, name: &str) -> Result<()> {
+        self.require_deletes("removing a key")?;
         let keys = self.list_keys()?;
         let matches: Vec<&String> = keys
             .iter()
@@ -425,6 +462,7 @@ impl Repository {
     /// Replaces the password of the key in use: adds a new key file, then
     /// removes the old one (so a crash in between leaves both valid).
     pub fn change_password(&mut self, new_password: &[u8], kdf: &KdfParams) -> Result<String> {
+        self.require_deletes("changing the password (it removes the old key)")?;
         let new_name = self.add_key(new_password, kdf)?;
         self.storage.remove(ObjectKind::Key, &self.key_name)?;
         self.key_name = new_name.clone();
@@ -447,6 +485,7 @@ fn write_key(
     key: &MasterKey,
     password: &[u8],
     kdf: &KdfParams,
+    append_only: bool,
 ) -> Result<String> {
     let data = key
         .wrap(password, kdf)
@@ -457,7 +496,7 @@ fn write_key(
         username: username(),
         kdf: kdf.clone(),
         data,
-        append_only: false,
+        append_only,
     };
     let bytes = serde_json::to_vec_pretty(&kf).expect("key files serialize");
     let name = storage_id(&bytes).to_hex();

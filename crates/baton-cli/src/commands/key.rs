@@ -12,7 +12,7 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
                     .iter()
                     .map(|(id, k)| {
                         serde_json::json!({
-                            "id": id, "current": id == repo.key_name(), "created": k.created,
+                            "id": id, "current": id == repo.key_name(), "created": k.created, "append_only": k.append_only,
                             "hostname": k.hostname, "username": k.username,
                         })
                     })
@@ -35,7 +35,11 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
         KeyCommand::Add(a) => {
             let _lock = repo.lock(false)?;
             let pw = context::new_password(a.new_password_file.as_ref())?;
-            let id = repo.add_key(pw.as_bytes(), &context::kdf(&a.kdf))?;
+            let id = repo.add_key_with(
+                pw.as_bytes(),
+                &context::kdf(&a.kdf),
+                a.append_only || repo.is_append_only(),
+            )?;
             report(g, "key_added", &id);
         }
         KeyCommand::Remove { id } => {
@@ -44,6 +48,7 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
             report(g, "key_removed", &id);
         }
         KeyCommand::Passwd(a) => {
+            repo.require_deletes("changing the password (it removes the old key)")?;
             let lock = repo.lock(true)?;
             let pw = context::new_password(a.new_password_file.as_ref())?;
             let id = repo.change_password(pw.as_bytes(), &context::kdf(&a.kdf))?;
@@ -124,6 +129,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
             }
         }
         crate::cli::JobsCommand::Forget { id } => {
+            repo.require_deletes("jobs forget")?;
             // Exclusive: a running backup may still be appending to the journal.
             let _lock = repo.lock(true)?;
             let job = baton_repo::find_job(&repo, &id)?;

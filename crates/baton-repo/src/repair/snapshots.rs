@@ -278,6 +278,9 @@ pub fn repair_snapshots(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RepairSnapshotsReport> {
+    if opts.forget {
+        repo.require_deletes("repair snapshots --forget")?;
+    }
     let lock = repo.lock(true)?;
     repo.load_index()?;
     let repo: &Repository = repo;
