@@ -165,8 +165,8 @@ pub fn list_job_ids(repo: &Repository) -> Result<Vec<Id>> {
     Ok(ids)
 }
 
-/// Reads all records of a job and folds them into its state.
-pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
+/// Names of a job's records, in order (record 0, the manifest, first).
+fn record_names(repo: &Repository, job: &Id) -> Result<Vec<String>> {
     let prefix = format!("{}/", job.to_hex());
     let mut names: Vec<String> = repo
         .storage()
@@ -176,6 +176,12 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     names.sort();
+    Ok(names)
+}
+
+/// Reads all records of a job and folds them into its state.
+pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
+    let names = record_names(repo, job)?;
     let mut state: Option<JobState> = None;
     for name in &names {
         let plain = repo.load_object(ObjectKind::Journal, name)?;
@@ -249,17 +255,7 @@ pub fn list_jobs(repo: &Repository) -> Result<Vec<JobState>> {
 /// deletion leaves a shorter but valid journal, never records without
 /// their manifest (which would make every job listing fail).
 pub fn forget_job(repo: &Repository, job: &Id) -> Result<usize> {
-    let prefix = format!("{}/", job.to_hex());
-    let mut names: Vec<String> = repo
-        .storage()
-        .list(ObjectKind::Journal)?
-        .into_iter()
-        .map(|o| o.name)
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    // Newest first, the manifest (record 0) last: a crash part-way leaves a
-    // shorter but still well-formed journal.
-    names.sort();
+    let names = record_names(repo, job)?;
     for n in names.iter().rev() {
         repo.storage().remove(ObjectKind::Journal, n)?;
     }
