@@ -161,6 +161,8 @@ pub fn list_job_ids(repo: &Repository) -> Result<Vec<Id>> {
                 .and_then(|(j, _)| Id::from_hex(j).ok())
         })
         .collect();
+    // The storage trait does not promise sorted listings.
+    ids.sort();
     ids.dedup();
     Ok(ids)
 }
