@@ -151,12 +151,30 @@ pub fn kdf_params(memory_kib: u32, iterations: u32) -> KdfParams {
     }
 }
 
+/// Most Argon2id memory accepted, in KiB (4 GiB). Key files are plaintext and
+/// unauthenticated: a damaged one must not make `open` allocate and fill more.
+pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
+/// Most Argon2id passes accepted (a damaged key file must not make `open` hang).
+pub const MAX_KDF_ITERATIONS: u32 = 64;
+/// Most Argon2id lanes accepted.
+pub const MAX_KDF_PARALLELISM: u32 = 64;
+
 /// Derives a 32-byte key from a password.
 pub fn derive_key(password: &[u8], p: &KdfParams) -> Result<[u8; 32], FormatError> {
     if p.algorithm != "argon2id" {
         return Err(FormatError::Kdf(format!(
             "unknown algorithm {:?}",
             p.algorithm
+        )));
+    }
+    if p.memory_kib > MAX_KDF_MEMORY_KIB
+        || p.iterations > MAX_KDF_ITERATIONS
+        || p.parallelism > MAX_KDF_PARALLELISM
+    {
+        return Err(FormatError::Kdf(format!(
+            "parameters beyond the limits: {} KiB (at most {MAX_KDF_MEMORY_KIB}), \
+             {} passes (at most {MAX_KDF_ITERATIONS}), {} lanes (at most {MAX_KDF_PARALLELISM})",
+            p.memory_kib, p.iterations, p.parallelism
         )));
     }
     let salt = hex_decode(&p.salt).ok_or_else(|| FormatError::Kdf("salt is not hex".into()))?;
@@ -212,6 +230,36 @@ mod tests {
             MasterKey::unwrap(&w, b"wrong", &p),
             Err(FormatError::Decrypt)
         ));
+    }
+
+    /// A key file's KDF parameters are unauthenticated bytes from storage:
+    /// absurd ones are refused at once, before Argon2 allocates or runs.
+    #[test]
+    fn kdf_parameters_beyond_the_limits_are_refused() {
+        let k = MasterKey::generate();
+        let p = kdf_params(8, 1);
+        let w = k.wrap(b"pw", &p).unwrap();
+        for (m, t, l) in [
+            (u32::MAX, 1, 1),
+            (MAX_KDF_MEMORY_KIB + 1, 1, 1),
+            (1024, u32::MAX, 1),
+            (1024, MAX_KDF_ITERATIONS + 1, 1),
+            (u32::MAX, 1, MAX_KDF_PARALLELISM + 1),
+        ] {
+            let bad = KdfParams {
+                memory_kib: m,
+                iterations: t,
+                parallelism: l,
+                ..p.clone()
+            };
+            let t0 = std::time::Instant::now();
+            assert!(matches!(
+                MasterKey::unwrap(&w, b"pw", &bad),
+                Err(FormatError::Kdf(_))
+            ));
+            assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+        }
+        assert!(MasterKey::unwrap(&w, b"pw", &p).is_ok());
     }
 
     #[test]

@@ -62,3 +62,47 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SnapshotSummary>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(duration_s: f64) -> SnapshotSummary {
+        SnapshotSummary {
+            duration_s,
+            ..SnapshotSummary::default()
+        }
+    }
+
+    /// A duration whose shortest decimal has 17 digits reads back as written
+    /// (serde_json's default float parser was one ulp off for ~10% of them).
+    #[test]
+    fn duration_reads_back_as_written() {
+        for d in [
+            198.62006851766338,
+            986.2150090529369,
+            1093.9149878886885,
+            5.25,
+        ] {
+            let j = serde_json::to_string(&summary(d)).unwrap();
+            let back: SnapshotSummary = serde_json::from_str(&j).unwrap();
+            assert_eq!(back.duration_s.to_bits(), d.to_bits(), "{j}");
+        }
+    }
+
+    /// Found by the `snapshot` fuzz target (fuzz/regressions/snapshot/): a
+    /// decoded snapshot must re-encode to JSON that decodes to the same value.
+    #[test]
+    fn fuzz_snapshot_float_round_trip() {
+        let input = concat!(
+            r#"{"time":"","tree":"0000000000000000000000000000000000000000000000000000000000000000","#,
+            r#""paths":[],"hostname":"","username":"","program_version":"","summary":{"#,
+            r#""files_new":0,"files_changed":0,"files_unmodified":0,"dirs":0,"bytes_total":0,"#,
+            r#""bytes_read":0,"bytes_stored":0,"blobs_new":0,"backup_start":"","backup_end":"","#,
+            r#""duration_s":-92233720368847758085.25}}"#
+        );
+        let s: Snapshot = serde_json::from_str(input).unwrap();
+        let again: Snapshot = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
+}

@@ -1,0 +1,10 @@
+//! Snapshot objects' JSON.
+#![no_main]
+
+use baton_fuzz::json_round_trip;
+use baton_types::Snapshot;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    json_round_trip::<Snapshot>("snapshot", data);
+});
