@@ -7,6 +7,9 @@ mod init;
 mod key;
 mod restore;
 
+// Hidden developer commands (`baton debug ...`), used by bench/run.sh.
+mod debug;
+
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 
@@ -14,6 +17,7 @@ use anyhow::Result;
 pub fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
+        Command::Debug(c) => debug::run(g, c),
         Command::Init(a) => init::run(g, &a),
         Command::Backup(a) => backup::run(g, &a),
         Command::Restore(a) => restore::run(g, &a),
