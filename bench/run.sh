@@ -43,6 +43,8 @@
 #                          "125000 500000"; one count: no exponent, "" skips)
 #   --out DIR          where datasets, repositories, logs and results go (bench/out)
 #   --warm             do not drop the page cache (default: drop when possible)
+#   --prepare          only generate the datasets this run would use, then stop
+#                      (do it while the machine is busy; measure when it is quiet)
 #
 # Environment: BATON_BIN=path uses that binary instead of building one
 # (cargo build --release -p baton-cli; CARGO_TARGET_DIR is honoured).
@@ -63,7 +65,7 @@ SIZE=2G SEED=1 TOOLS="baton restic borg" MUTATE_PCT=1
 ALL_OPS="full nochange incremental restore check prune"
 OPS="$ALL_OPS" LIMITS=1 PRIM_MIB=256 INDEX_CHUNKS=10000000
 SCALE=0 SCALE_SIZES="1G 4G" SMALL_FILES="125000 500000"
-OUT="${BENCH_OUT:-$ROOT/bench/out}" WARM=0
+OUT="${BENCH_OUT:-$ROOT/bench/out}" WARM=0 PREPARE=0
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
@@ -81,6 +83,7 @@ while (($#)); do
         --small-files) SMALL_FILES=$2; shift ;;
         --out) OUT=$2; shift ;;
         --warm) WARM=1 ;;
+        --prepare) PREPARE=1 ;;
         -h | --help) usage 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -100,6 +103,49 @@ done
 
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+
+# --- 0. datasets ----------------------------------------------------------
+# Pristine datasets are kept under $OUT/datasets and regenerated only when the
+# seed, size, generator or Python version changed.
+GEN="$ROOT/bench/gen_dataset.py"
+GEN_ID="gen=$(sha256sum "$GEN" | cut -c1-16) $(python3 -V)"
+dataset() {  # NAME GEN-ARGS...: makes sure $OUT/datasets/NAME exists; prints its path
+    local name=$1 dir="$OUT/datasets/$1"; shift
+    local want="$* $GEN_ID"
+    if [[ -d "$dir" && "$(cat "$dir.stamp" 2>/dev/null)" == "$want" ]]; then
+        log "dataset $name up to date"
+    else
+        log "generating dataset $name ($*)"
+        rm -rf "$dir" "$dir.stamp"
+        mkdir -p "$OUT/datasets"
+        local t0=$SECONDS
+        python3 "$GEN" "$@" "$dir" >&2
+        log "generated $name in $((SECONDS - t0)) s"
+        echo "$want" >"$dir.stamp"
+    fi
+    echo "$dir"
+}
+stats_json() { python3 "$GEN" --stats "$1"; }
+# file names, sizes and mtimes: equal for every tool's copy, or the run is unfair
+fingerprint() { (cd "$1" && find . -printf '%p %s %T@ %y\n' | LC_ALL=C sort | sha256sum | cut -c1-16); }
+
+dataset_names() {  # the datasets this run uses: NAME<TAB>GEN-ARGS lines
+    if [[ $SCALE == 0 ]]; then
+        printf 'mixed-s%s-%s\t--seed %s --size %s\n' "$SEED" "$SIZE" "$SEED" "$SIZE"
+        return
+    fi
+    local s n
+    for s in $SCALE_SIZES; do printf 'mixed-s%s-%s\t--seed %s --size %s\n' "$SEED" "$s" "$SEED" "$s"; done
+    for n in $SMALL_FILES; do printf 'small-s%s-%s\t--seed %s --small-only %s\n' "$SEED" "$n" "$SEED" "$n"; done
+}
+if [[ $PREPARE == 1 ]]; then
+    while IFS=$'\t' read -r name args; do
+        # shellcheck disable=SC2086 # args are words
+        dataset "$name" $args >/dev/null
+    done < <(dataset_names)
+    exit 0
+fi
+
 STAMP=$(date +%Y%m%d-%H%M%S)
 MODE=$([[ $SCALE == 1 ]] && echo scale || echo run)
 RUN="$OUT/run-$STAMP-$MODE"      # logs and raw measurements of this run
@@ -170,32 +216,7 @@ if awk -v l="$(load1)" -v n="$(nproc)" 'BEGIN {exit !(l > 0.5 * n)}'; then
     log "warning: load average $(load1) on $(nproc) CPUs: other work is running, timings will be noisy"
 fi
 
-# --- 3. datasets ----------------------------------------------------------
-# Pristine datasets are kept under $OUT/datasets and regenerated only when the
-# seed, size, generator or Python version changed.
-GEN="$ROOT/bench/gen_dataset.py"
-GEN_ID="gen=$(sha256sum "$GEN" | cut -c1-16) $(python3 -V)"
-dataset() {  # NAME GEN-ARGS...: makes sure $OUT/datasets/NAME exists; prints its path
-    local name=$1 dir="$OUT/datasets/$1"; shift
-    local want="$* $GEN_ID"
-    if [[ -d "$dir" && "$(cat "$dir.stamp" 2>/dev/null)" == "$want" ]]; then
-        log "dataset $name up to date"
-    else
-        log "generating dataset $name ($*)"
-        rm -rf "$dir" "$dir.stamp"
-        mkdir -p "$OUT/datasets"
-        local t0=$SECONDS
-        python3 "$GEN" "$@" "$dir" >&2
-        log "generated $name in $((SECONDS - t0)) s"
-        echo "$want" >"$dir.stamp"
-    fi
-    echo "$dir"
-}
-stats_json() { python3 "$GEN" --stats "$1"; }
-# file names, sizes and mtimes: equal for every tool's copy, or the run is unfair
-fingerprint() { (cd "$1" && find . -printf '%p %s %T@ %y\n' | LC_ALL=C sort | sha256sum | cut -c1-16); }
-
-# --- 4. per-tool commands -------------------------------------------------
+# --- 3. per-tool commands -------------------------------------------------
 # Each sets CMD (an array) for TOOL REPO [ARGS].
 cmd_init() {
     case $1 in
@@ -293,7 +314,7 @@ fresh_repo() {  # TOOL REPO DATASET: empty repository and caches; 1 when init fa
     fi
 }
 
-# --- 5. machine limits ----------------------------------------------------
+# --- 4. machine limits ----------------------------------------------------
 measure_read() {  # DIR LABEL: cold (if possible) sequential read of every file, one reader
     drop_caches || true
     local t0 t1
@@ -322,7 +343,7 @@ measure_index() {  # N...: synthetic index memory for each size
     done
 }
 
-# --- 6. the default run ---------------------------------------------------
+# --- 5. the default run ---------------------------------------------------
 # restored_root TARGET DATA: where the copy of DATA ended up inside TARGET
 restored_root() {
     local d
@@ -395,7 +416,7 @@ bench_tool() {  # TOOL PRISTINE
     )
 }
 
-# --- 7. scale mode --------------------------------------------------------
+# --- 6. scale mode --------------------------------------------------------
 scale_tool() {  # TOOL DATASET-NAME DIR
     local tool=$1 ds=$2 dir=$3 repo="$OUT/repo-scale-$1"
     (tool_env "$tool"
@@ -438,6 +459,6 @@ else
 fi
 meta load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
-# --- 8. report ------------------------------------------------------------
+# --- 7. report ------------------------------------------------------------
 python3 "$ROOT/bench/quick_report.py" "$RUNS" "$META" "$OUT/results-$STAMP-$MODE.json" \
     --run-dir "$RUN" --markdown "$OUT/results-$STAMP-$MODE.md"
