@@ -44,6 +44,8 @@
 #   --out DIR          where datasets, repositories, logs and results go (bench/out)
 #   --warm             do not drop the page cache (default: drop when possible)
 #   --prepare          only generate the datasets this run would use, then stop
+#   --wait-idle SECS   first wait (at most SECS) until other processes use less
+#                      than a quarter of a core for 30 s in a row
 #                      (do it while the machine is busy; measure when it is quiet)
 #
 # Environment: BATON_BIN=path uses that binary instead of building one
@@ -65,7 +67,7 @@ SIZE=2G SEED=1 TOOLS="baton restic borg" MUTATE_PCT=1
 ALL_OPS="full nochange incremental restore check prune"
 OPS="$ALL_OPS" LIMITS=1 PRIM_MIB=256 INDEX_CHUNKS=10000000
 SCALE=0 SCALE_SIZES="1G 4G" SMALL_FILES="125000 500000"
-OUT="${BENCH_OUT:-$ROOT/bench/out}" WARM=0 PREPARE=0
+OUT="${BENCH_OUT:-$ROOT/bench/out}" WARM=0 PREPARE=0 WAIT_IDLE=0
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
@@ -84,6 +86,7 @@ while (($#)); do
         --out) OUT=$2; shift ;;
         --warm) WARM=1 ;;
         --prepare) PREPARE=1 ;;
+        --wait-idle) WAIT_IDLE=$2; shift ;;
         -h | --help) usage 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -212,6 +215,23 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
     printf 'baton_commit\t%s\n' "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo -dirty)"
 } >"$META"
 for t in $TOOLS; do meta "version_$t" "$(tool_version "$t" | head -n 1)"; done
+wait_idle() {  # SECS: until the machine is idle for 30 s (3 samples of 10 s), or SECS passed
+    local j0 j1 s quiet=0 t0=$SECONDS
+    log "waiting (at most $1 s) for the machine to be idle"
+    while ((SECONDS - t0 < $1)); do
+        read -r j0 s < <(cpu_jiffies)
+        sleep 10
+        read -r j1 s < <(cpu_jiffies)
+        if awk -v b="$((j1 - j0))" -v hz="$HZ" 'BEGIN {exit !(b / hz / 10 < 0.25)}'; then
+            ((++quiet >= 3)) && { log "idle after $((SECONDS - t0)) s"; return 0; }
+        else
+            quiet=0
+        fi
+    done
+    log "warning: the machine did not become idle in $1 s; measuring anyway"
+}
+((WAIT_IDLE > 0)) && wait_idle "$WAIT_IDLE"
+meta load_at_measure "$(cut -d' ' -f1-3 /proc/loadavg)"
 if awk -v l="$(load1)" -v n="$(nproc)" 'BEGIN {exit !(l > 0.5 * n)}'; then
     log "warning: load average $(load1) on $(nproc) CPUs: other work is running, timings will be noisy"
 fi
@@ -317,11 +337,12 @@ fresh_repo() {  # TOOL REPO DATASET: empty repository and caches; 1 when init fa
 # --- 4. machine limits ----------------------------------------------------
 measure_read() {  # DIR LABEL: cold (if possible) sequential read of every file, one reader
     drop_caches || true
-    local t0 t1
-    t0=$(date +%s.%N)
-    find "$1" -type f -print0 | xargs -0 cat >/dev/null
-    t1=$(date +%s.%N)
-    meta "read_s_$2" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')"
+    local w u s
+    /usr/bin/time -f '%e %U %S' -o "$LOGS/read-$2.time" \
+        bash -c 'find "$1" -type f -print0 | xargs -0 cat >/dev/null' read "$1"
+    read -r w u s < <(tail -n 1 "$LOGS/read-$2.time")
+    meta "read_s_$2" "$w"
+    meta "read_cpu_s_$2" "$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')"
 }
 measure_limits() {  # DATASET-DIR: read speed, primitives, index memory
     log "limits: sequential read of the dataset ($CACHE cache)"
