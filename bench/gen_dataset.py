@@ -32,14 +32,29 @@ Mutate an existing tree (for incremental backups):
 touches about PCT% of the files of each kind: edits a few bytes in place in
 large files (size unchanged), inserts bytes in the middle of medium files,
 appends to some small files, deletes some small files and adds new ones.
-The result depends only on the existing tree, --seed and PCT.
+The result depends only on the existing tree, --seed and PCT; every file
+and directory it touches gets the same fixed mtime (2024-01-02), so a
+mutated copy is identical for every tool that backs it up.
 
-Both modes end by printing a one-line summary.
+Only small files (the many-small-files dataset of `bench/run.sh --scale`):
+
+    python3 bench/gen_dataset.py --seed 1 --small-only 500000 OUTDIR
+
+N source-like files of 256 B-8 KiB (~4.1 KiB on average: 500k files are
+~2 GiB), ~30 per directory in a nested tree.
+
+Counts and sizes of an existing tree, as one JSON line (bytes_data leaves
+out the holes of sparse files):
+
+    python3 bench/gen_dataset.py --stats OUTDIR
+
+Every mode ends by printing one line (a summary, or the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
@@ -53,6 +68,7 @@ GiB = 1024 * MiB
 
 BLOCK = 8 * MiB  # write random data in blocks of this size
 BASE_MTIME = 1_704_067_200  # 2024-01-01T00:00:00Z: fixed mtimes => reproducible metadata
+MUTATE_MTIME = BASE_MTIME + 86400  # mtime of everything --mutate touches (later than any original)
 REFERENCE_SIZE = 1 * GiB  # from this --size up, "large" files are 64-256 MiB
 
 
@@ -176,13 +192,20 @@ def text_blob(rng: random.Random, lines: list[str], size: int, header: str = LIC
 # generate: one function per component
 # --------------------------------------------------------------------------
 
-def gen_small(out: str, seed: int, budget: int, vocab, cumw, stats: Stats) -> None:
-    rng = sub_rng(seed, "small")
+def gen_small(out: str, seed: int, budget: int, vocab, cumw, stats: Stats, count: int = 0) -> None:
+    """Source-like files of 1-20 KiB up to `budget` bytes; or, with `count`,
+    exactly `count` files of 256 B-8 KiB (the many-small-files dataset)."""
+    rng = sub_rng(seed, "small" if not count else "small-only")
     lines = make_code_lines(rng, vocab, cumw, 60_000)
     sizes: list[int] = []
-    while sum(sizes) < budget:
-        sizes.append(rng.randint(1 * KiB, 20 * KiB))
-    sizes[-1] = max(1 * KiB, sizes[-1] - (sum(sizes) - budget))
+    if count:
+        sizes = [rng.randint(256, 8 * KiB) for _ in range(count)]
+    else:
+        total = 0
+        while total < budget:
+            sizes.append(rng.randint(1 * KiB, 20 * KiB))
+            total += sizes[-1]
+        sizes[-1] = max(1 * KiB, sizes[-1] - (total - budget))
 
     # A nested tree: up to 8 top-level directories, then each new directory
     # hangs under a uniformly chosen existing one (max depth 7); files are
@@ -403,6 +426,23 @@ def set_mtimes(out: str, seed: int) -> None:
         os.utime(dirpath, (BASE_MTIME, BASE_MTIME))
 
 
+def generate_small_only(out: str, seed: int, count: int) -> None:
+    """Only small source-like files: `count` of them, 256 B-8 KiB each, ~30
+    per directory in a nested tree (500k files: ~2 GiB, ~17k directories)."""
+    if os.path.exists(out) and os.listdir(out):
+        sys.exit(f"gen_dataset: {out} exists and is not empty (remove it first)")
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    stats = Stats()
+    vocab, cumw = make_vocab(sub_rng(seed, "vocab"))
+    gen_small(out, seed, 0, vocab, cumw, stats, count=count)
+    set_mtimes(out, seed)
+    print(
+        f"generated {out}: seed={seed} small-only={count} files={stats.files} "
+        f"bytes={stats.apparent} in {time.time() - t0:.1f}s"
+    )
+
+
 def generate(out: str, seed: int, total: int) -> None:
     if os.path.exists(out) and os.listdir(out):
         sys.exit(f"gen_dataset: {out} exists and is not empty (remove it first)")
@@ -490,13 +530,24 @@ def mutate(out: str, seed: int, pct: float) -> None:
     lines = make_code_lines(rng, vocab, cumw, 5_000)
     dirs = sorted({os.path.dirname(p) for p in small}) or [os.path.join(out, "src")]
     added = 0
+    new_paths: list[str] = []
     for i in range(third):
         d = rng.choice(dirs)
         os.makedirs(d, exist_ok=True)
         path = os.path.join(d, f"new-s{seed}-{i:05d}{rng.choice(EXTS)}")
         with open(path, "wb") as f:
             f.write(text_blob(rng, lines, rng.randint(1 * KiB, 20 * KiB)))
+        new_paths.append(path)
         added += 1
+
+    # Deterministic times: every tool sees byte- and mtime-identical data
+    # whenever the mutation is applied (only ctime and inode numbers differ).
+    touched_dirs = {os.path.dirname(p) for p in appended + deleted}
+    for p in edited + inserted + appended + new_paths:
+        os.utime(p, (MUTATE_MTIME, MUTATE_MTIME))
+    touched_dirs.update(os.path.dirname(p) for p in new_paths)
+    for d in sorted(touched_dirs):
+        os.utime(d, (MUTATE_MTIME, MUTATE_MTIME))
 
     files = 0
     nbytes = 0
@@ -511,15 +562,64 @@ def mutate(out: str, seed: int, pct: float) -> None:
     )
 
 
+# --------------------------------------------------------------------------
+# stats
+# --------------------------------------------------------------------------
+
+def data_bytes(path: str, st: os.stat_result) -> int:
+    """Bytes of `path` that are not holes (SEEK_DATA/SEEK_HOLE for sparse files)."""
+    if st.st_blocks * 512 >= st.st_size:
+        return st.st_size
+    n = 0
+    with open(path, "rb") as f:
+        fd, pos = f.fileno(), 0
+        while pos < st.st_size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            n += end - start
+            pos = end
+    return n
+
+
+def stats(out: str) -> dict:
+    """Counts and byte totals of a tree, as JSON for bench/run.sh."""
+    files = dirs = apparent = data = allocated = 0
+    for dirpath, dirnames, filenames in os.walk(out):
+        dirs += 1
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            files += 1
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+            data += data_bytes(p, st)
+    return {
+        "files": files,
+        "dirs": dirs,
+        "bytes_apparent": apparent,
+        "bytes_data": data,  # excluding holes of sparse files
+        "bytes_allocated": allocated,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--size", type=parse_size, default=parse_size("1G"), help="e.g. 50M, 2G (default 1G)")
     ap.add_argument("--mutate", type=float, metavar="PCT", help="mutate ~PCT%% of an existing tree's files")
+    ap.add_argument("--small-only", type=int, metavar="N", help="only N small files (256 B-8 KiB each)")
+    ap.add_argument("--stats", action="store_true", help="print counts and sizes of an existing tree as JSON")
     args = ap.parse_args()
-    if args.mutate is not None:
+    if args.stats:
+        print(json.dumps(stats(args.outdir)))
+    elif args.mutate is not None:
         mutate(args.outdir, args.seed, args.mutate)
+    elif args.small_only is not None:
+        generate_small_only(args.outdir, args.seed, args.small_only)
     else:
         generate(args.outdir, args.seed, args.size)
 

@@ -65,6 +65,9 @@ pub struct Global {
 pub enum Command {
     /// Create a new repository
     Init(InitArgs),
+    /// Developer tools for the benchmark (bench/run.sh): speed of the primitives, index memory
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
     /// Back up files and directories (or standard input)
     Backup(BackupArgs),
     /// Restore a snapshot, or a path in it, into a directory
@@ -394,4 +397,38 @@ pub struct UnlockArgs {
     /// Remove all locks, even those that are not stale
     #[arg(long)]
     pub remove_all: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DebugCommand {
+    /// Single-core speed of chunking, chunk ids, compression and encryption, as a backup runs them
+    Primitives(PrimitivesArgs),
+    /// Memory per chunk and look-up speed of an in-memory index of N synthetic chunks
+    IndexMemory(IndexMemoryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PrimitivesArgs {
+    /// MiB of generated data (half text-like, half random) run through each primitive
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub mib: u64,
+    /// Measure this many times and keep the fastest run of each primitive
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// zstd level (the repository default is 3)
+    #[arg(long, default_value_t = 3)]
+    pub level: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct IndexMemoryArgs {
+    /// Number of synthetic chunks (index entries)
+    #[arg(long, default_value_t = 10_000_000)]
+    pub chunks: u64,
+    /// Chunks per pack (16 MiB packs of 1 MiB chunks: 16)
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub blobs_per_pack: u64,
+    /// Number of look-ups to time (each of hits and misses)
+    #[arg(long, default_value_t = 2_000_000)]
+    pub lookups: u64,
 }

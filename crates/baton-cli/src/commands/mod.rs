@@ -11,6 +11,9 @@ mod prune;
 mod repair;
 mod restore;
 
+// Hidden developer commands (`baton debug ...`), used by bench/run.sh.
+mod debug;
+
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 
@@ -18,6 +21,7 @@ use anyhow::Result;
 pub fn run(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
+        Command::Debug(c) => debug::run(g, c),
         Command::Init(a) => init::run(g, &a),
         Command::Backup(a) => backup::run(g, &a),
         Command::Restore(a) => restore::run(g, &a),
