@@ -209,6 +209,7 @@ fn progress_bar_only_on_a_terminal() {
         &out.stdout[..out.stdout.len().min(400)]
     );
     assert!(out.stdout.contains("MiB"), "it shows bytes");
+}
 
 /// The hidden `debug` commands the benchmark (bench/run.sh) relies on: not
 /// in the help, JSON with the fields the report reads.
