@@ -203,9 +203,11 @@ fn main() {
         parent: Some(id(8)),
         program_version: "baton 0.1.0".into(),
         job: Some(id(10)),
+        original: None,
         summary: None,
     };
     write("snapshot", "minimal.json", &to_json(&snap));
+    snap.original = Some(id(12));
     snap.summary = Some(SnapshotSummary {
         files_new: 3,
         files_changed: 1,

@@ -71,9 +71,15 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
 /// Decompresses data of unknown length (metadata objects), bounded to `limit`.
 pub fn decompress_unknown(data: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
     // Frames written by this crate record their size: decode in one call.
-    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(data)
-        && n <= limit as u64
-    {
+    // A recorded size beyond the limit is refused at once: such a frame either
+    // decodes to more than the limit or is damaged (the stream decoder below
+    // does not check a recorded size against what a frame holds).
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(data) {
+        if n > limit as u64 {
+            return Err(FormatError::Decompress(format!(
+                "frame records {n} bytes, more than {limit}"
+            )));
+        }
         return decompress(data, n as usize);
     }
     let mut out = Vec::new();
@@ -105,6 +111,32 @@ mod tests {
                 None => prop_assert!(data.len() < 64 || zstd::bulk::compress(&data, 3).unwrap().len() + data.len() / 32 >= data.len()),
             }
         }
+    }
+
+    /// Found by the `object` fuzz target (fuzz/regressions/object/): a frame
+    /// whose header declares 2 MiB but whose only block is empty. Whatever
+    /// the limit, decoding it is an error: the stream decoder alone used to
+    /// return 0 bytes for it, so a small limit accepted what a large one
+    /// refused.
+    #[test]
+    fn fuzz_object_frame_declaring_more_than_it_holds() {
+        let frame = [
+            0x28, 0xb5, 0x2f, 0xfd, 0xd0, 0x1e, 0x00, 0x04, 0x21, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x01, 0x00, 0x00,
+        ];
+        for limit in [0, 1000, 2 << 20, crate::object::MAX_OBJECT] {
+            assert!(decompress_unknown(&frame, limit).is_err(), "limit {limit}");
+        }
+    }
+
+    /// A frame that records its size is refused when that size is beyond the
+    /// limit, and decoded when it is within.
+    #[test]
+    fn recorded_size_and_limit() {
+        let data = vec![7u8; 5000];
+        let z = Compressor::new(3).compress(&data).unwrap();
+        assert!(decompress_unknown(&z, 4999).is_err());
+        assert_eq!(decompress_unknown(&z, 5000).unwrap(), data);
     }
 
     #[test]
