@@ -120,6 +120,16 @@ impl Restorer<'_> {
                 continue;
             }
             let sel = selected || self.includes.is_empty() || self.includes.matches(Path::new(&p));
+            if !safe_name(&n.name.0) {
+                self.error(
+                    dir,
+                    format!(
+                        "refusing entry with unsafe name {:?} (it would escape the target)",
+                        n.name.lossy()
+                    ),
+                );
+                continue;
+            }
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
                 if let Err(e) = make_dir(&dst) {
@@ -359,6 +369,13 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A tree entry name that stays inside its directory: not empty, `.` or
+/// `..`, and without `/` or NUL. Trees are authenticated, so only a holder of
+/// the key could write such a name; restore refuses it all the same.
+fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
 fn make_dir(dst: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(dst) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -400,6 +417,15 @@ fn verify_file(repo: &Repository, path: &Path, content: &[Id]) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"../x", b"a\0b"] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+        assert!(safe_name(b"..."));
+        assert!(safe_name("naïve ☃".as_bytes()));
+    }
 
     #[test]
     fn sparse_writes_leave_zero_blocks_as_holes() {
