@@ -21,7 +21,8 @@
 # op; Baton's ratio to the best peer) and Baton's distance to the machine's
 # limits (cold sequential read of the dataset, single-core speed of Baton's
 # primitives via `baton debug primitives`, and the resulting floor for a full
-# backup on all cores), and writes bench/out/results-<stamp>.{json,md}.
+# backup on all cores), and writes bench/out/results-<stamp>-run.{json,md}
+# (scale mode: results-<stamp>-scale.{json,md}); logs in bench/out/run-<stamp>-*/.
 #
 # Scale mode (--scale): full and no-change backups at two dataset sizes and
 # on many small files at two counts, and the exponent b in time ~ size^b;
