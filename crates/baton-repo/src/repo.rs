@@ -310,21 +310,28 @@ impl Repository {
             .map_err(|e| RepoError::format(format!("blob {} in pack {}", id, loc.pack), e))
     }
 
-    /// Loads a tree (cached).
+    /// Loads a tree (cached: for browsing, which visits trees repeatedly).
     pub fn load_tree(&self, id: &Id) -> Result<Arc<Tree>> {
         if let Some(t) = self.tree_cache.lock().expect("tree cache").get(id) {
             return Ok(t.clone());
         }
-        let bytes = self.load_blob(id)?;
-        let tree: Tree =
-            from_json("tree", &bytes).map_err(|e| RepoError::format(format!("tree {id}"), e))?;
-        let tree = Arc::new(tree);
+        let tree = self.read_tree(id)?;
         let mut cache = self.tree_cache.lock().expect("tree cache");
-        if cache.len() > 50_000 {
+        if cache.len() > 4096 {
             cache.clear();
         }
         cache.insert(*id, tree.clone());
         Ok(tree)
+    }
+
+    /// Loads a tree without caching it: for walks that visit each tree
+    /// once (backup's parent, restore), whose memory must not grow with the
+    /// number of directories.
+    pub fn read_tree(&self, id: &Id) -> Result<Arc<Tree>> {
+        let bytes = self.load_blob(id)?;
+        let tree: Tree =
+            from_json("tree", &bytes).map_err(|e| RepoError::format(format!("tree {id}"), e))?;
+        Ok(Arc::new(tree))
     }
 
     /// All snapshots, oldest first.

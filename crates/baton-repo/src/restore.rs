@@ -1,7 +1,13 @@
 //! `baton restore`: recreate a snapshot (or part of it) in a directory with
-//! all metadata. Files are written with positional writes; all-zero chunks
-//! are skipped so sparse files stay sparse. Directory metadata is applied after
-//! the directory's children, so their creation does not disturb it.
+//! all metadata. The tree walk creates directories, special files and new
+//! files at their final length; the contents of new files are then written
+//! in batches, in pack order, by one worker per core ([`fetch`]); files
+//! left by an interrupted restore are verified in place instead. Writes are
+//! positional and skip all-zero blocks, so sparse files stay sparse. A
+//! file's metadata is applied once its content is written, a directory's at
+//! the very end, children before parents, so nothing disturbs it.
+
+mod fetch;
 
 use crate::browse::{find_node, join};
 use crate::filter::PatternSet;
@@ -14,6 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Options of `baton restore`.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +62,75 @@ struct Restorer<'a> {
     to_verify: Vec<(PathBuf, Vec<Id>)>,
     verify: bool,
     summary: RestoreSummary,
+    /// New files created at their length, waiting for their content.
+    pending: Vec<(PathBuf, Node)>,
+    pending_chunks: usize,
+    /// Batches go to the writer thread, which writes them while the walk
+    /// goes on, and sends back what it did.
+    batches: Option<SyncSender<Vec<(PathBuf, Node)>>>,
+    done: Receiver<Result<BatchDone>>,
+    /// Directories whose metadata is applied last, children first.
+    dirs: Vec<(PathBuf, Node)>,
+}
+
+/// A batch of files is written when it holds this many chunks or files
+/// (bounding the memory of its plan; small enough that writing overlaps
+/// with the walk, large enough that each pack is read about once).
+const BATCH_CHUNKS: usize = 16 * 1024;
+const BATCH_FILES: usize = 4096;
+
+/// A batch written: per file, why its content could not be written, or
+/// else why its metadata could not be applied.
+struct BatchDone {
+    files: Vec<(PathBuf, Node)>,
+    content_failed: Vec<Option<String>>,
+    metadata_failed: Vec<Option<String>>,
+    bytes_fetched: u64,
+}
+
+/// The writer thread: writes each batch's contents, then the files' metadata.
+fn write_batches(
+    repo: &Repository,
+    batches: Receiver<Vec<(PathBuf, Node)>>,
+    done: SyncSender<Result<BatchDone>>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    is_root: bool,
+) {
+    for files in batches {
+        let jobs: Vec<fetch::FileJob> = files
+            .iter()
+            .map(|(dst, n)| fetch::FileJob {
+                path: dst.clone(),
+                content: n.content.clone(),
+                size: n.size,
+            })
+            .collect();
+        let outcome = match fetch::write_files(repo, &jobs, progress, cancel) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return;
+            }
+        };
+        let metadata_failed = files
+            .iter()
+            .zip(&outcome.failed)
+            .map(|((dst, n), failed)| match failed {
+                None => apply_metadata(dst, n, is_root).err(),
+                Some(_) => None,
+            })
+            .collect();
+        let d = BatchDone {
+            files,
+            content_failed: outcome.failed,
+            metadata_failed,
+            bytes_fetched: outcome.bytes_fetched,
+        };
+        if done.send(Ok(d)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Restores `subpath` (or the whole snapshot) of `snapshot` into `target`.
@@ -74,35 +150,76 @@ pub fn restore(
     let sub = subpath.unwrap_or("/");
     let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
     fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
-    let mut r = Restorer {
-        repo,
-        includes: PatternSet::new(&opts.includes)?,
-        excludes: PatternSet::new(&opts.excludes)?,
-        progress,
-        cancel,
-        is_root: nix::unistd::geteuid().is_root(),
-        hardlinks: HashMap::new(),
-        to_verify: Vec::new(),
-        verify: opts.verify,
-        summary: RestoreSummary::default(),
-    };
-    match (node, subtree) {
-        (Some(n), _) if n.kind != NodeKind::Dir => {
-            let dst = target.join(n.name.as_os());
-            r.leaf(&n, &dst, sub)?;
-        }
-        (_, Some(tree)) => {
-            r.tree(&tree, target, sub, false)?;
-        }
-        (_, None) => {}
-    }
-    if opts.verify {
-        r.verify_all()?;
-    }
-    Ok(r.summary)
+    let is_root = nix::unistd::geteuid().is_root();
+    let (batch_tx, batch_rx) = sync_channel(1);
+    let (done_tx, done_rx) = sync_channel(64);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("baton-writer".into())
+            .spawn_scoped(s, move || {
+                write_batches(repo, batch_rx, done_tx, progress, cancel, is_root)
+            })
+            .expect("spawning a thread");
+        let mut r = Restorer {
+            repo,
+            includes: PatternSet::new(&opts.includes)?,
+            excludes: PatternSet::new(&opts.excludes)?,
+            progress,
+            cancel,
+            is_root,
+            hardlinks: HashMap::new(),
+            to_verify: Vec::new(),
+            verify: opts.verify,
+            summary: RestoreSummary::default(),
+            pending: Vec::new(),
+            pending_chunks: 0,
+            batches: Some(batch_tx),
+            done: done_rx,
+            dirs: Vec::new(),
+        };
+        let result = r.run(node, subtree, target, sub, opts.verify);
+        // Stops the writer thread (after its batch) however the walk ended.
+        r.batches = None;
+        result.map(|()| r.summary)
+    })
 }
 
 impl Restorer<'_> {
+    fn run(
+        &mut self,
+        node: Option<Node>,
+        subtree: Option<Id>,
+        target: &Path,
+        sub: &str,
+        verify: bool,
+    ) -> Result<()> {
+        let r = self;
+        match (node, subtree) {
+            (Some(n), _) if n.kind != NodeKind::Dir => {
+                let dst = target.join(n.name.as_os());
+                r.leaf(&n, &dst, sub)?;
+            }
+            (_, Some(tree)) => {
+                r.tree(&tree, target, sub, false)?;
+            }
+            (_, None) => {}
+        }
+        r.flush()?;
+        r.batches = None;
+        while let Ok(d) = r.done.recv() {
+            r.batch_done(d?);
+        }
+        for (dst, n) in std::mem::take(&mut r.dirs) {
+            if let Err(e) = apply_metadata(&dst, &n, r.is_root) {
+                r.error(&dst, e);
+            }
+        }
+        if verify {
+            r.verify_all()?;
+        }
+        Ok(())
+    }
+
     fn error(&mut self, path: &Path, msg: String) {
         let p = path.display().to_string();
         self.progress.error(&p, &msg);
@@ -111,7 +228,7 @@ impl Restorer<'_> {
 
     /// Restores the entries of `tree` into `dir`. Returns whether anything was restored.
     fn tree(&mut self, tree: &Id, dir: &Path, prefix: &str, selected: bool) -> Result<bool> {
-        let t = self.repo.load_tree(tree)?;
+        let t = self.repo.read_tree(tree)?;
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
@@ -148,9 +265,7 @@ impl Restorer<'_> {
                     None => false,
                 };
                 if sel || inner {
-                    if let Err(e) = apply_metadata(&dst, n, self.is_root) {
-                        self.error(&dst, e);
-                    }
+                    self.dirs.push((dst, n.clone()));
                     self.summary.dirs += 1;
                     any = true;
                 } else {
@@ -246,6 +361,26 @@ impl Restorer<'_> {
             }
             self.hardlinks.insert(key, dst.to_path_buf());
         }
+        let fresh = existing.is_none() || replace.is_some();
+        if fresh && !n.content.is_empty() {
+            // New: created at its length now, its content comes in a batch.
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dst)
+                .and_then(|f| f.set_len(n.size));
+            if let Err(e) = created {
+                self.hardlinks.remove(&(n.device_id, n.inode));
+                self.error(dst, format!("cannot create file: {e}"));
+                return Ok(());
+            }
+            self.pending_chunks += n.content.len();
+            self.pending.push((dst.to_path_buf(), n.clone()));
+            if self.pending_chunks >= BATCH_CHUNKS || self.pending.len() >= BATCH_FILES {
+                self.flush()?;
+            }
+            return Ok(());
+        }
         match self.write_content(n, dst) {
             Ok(()) => {}
             Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
@@ -256,16 +391,67 @@ impl Restorer<'_> {
                 return Ok(());
             }
         }
+        self.finish_file(n, dst);
+        Ok(())
+    }
+
+    /// Hands the pending new files to the writer thread, and takes in what
+    /// it finished meanwhile.
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.pending_chunks = 0;
+            let sent = self
+                .batches
+                .as_ref()
+                .is_some_and(|b| b.send(pending).is_ok());
+            if !sent {
+                // The writer stopped: its result says why.
+                self.batches = None;
+                return match self.done.recv() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(RepoError::Invalid("the restore writer stopped".into())),
+                };
+            }
+        }
+        while let Ok(d) = self.done.try_recv() {
+            self.batch_done(d?);
+        }
+        Ok(())
+    }
+
+    fn batch_done(&mut self, d: BatchDone) {
+        self.summary.bytes_fetched += d.bytes_fetched;
+        let results = d.content_failed.into_iter().zip(d.metadata_failed);
+        for ((dst, n), (content, metadata)) in d.files.iter().zip(results) {
+            if let Some(e) = content {
+                let _ = fs::remove_file(dst);
+                self.hardlinks.remove(&(n.device_id, n.inode));
+                self.error(dst, format!("cannot restore file: {e}"));
+                continue;
+            }
+            if let Some(e) = metadata {
+                self.error(dst, e);
+            }
+            self.file_restored(n, dst);
+        }
+    }
+
+    /// Applies a file's metadata once its content is written.
+    fn finish_file(&mut self, n: &Node, dst: &Path) {
         if let Err(e) = apply_metadata(dst, n, self.is_root) {
             self.error(dst, e);
         }
+        self.file_restored(n, dst);
+    }
+
+    fn file_restored(&mut self, n: &Node, dst: &Path) {
         self.summary.files += 1;
         self.summary.bytes += n.size;
         if self.verify {
             self.to_verify.push((dst.to_path_buf(), n.content.clone()));
         }
         self.progress.entry(dst, EntryStatus::Restored);
-        Ok(())
     }
 
     /// Writes a file's content. An existing file (left by an interrupted

@@ -104,6 +104,20 @@ pub trait Storage: Send + Sync {
         len: u64,
     ) -> Result<Vec<u8>, StorageError>;
 
+    /// Reads `buf.len()` bytes at `offset` into `buf`; fails if the object
+    /// is shorter. Lets a caller that reads many ranges reuse one buffer.
+    fn read_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        let data = self.get_range(kind, name, offset, buf.len() as u64)?;
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+
     /// Size of an object.
     fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError>;
 

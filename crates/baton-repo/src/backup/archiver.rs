@@ -12,8 +12,9 @@
 use super::BackupOptions;
 use super::checkpoint::Checkpointer;
 use super::pipeline::{Job, Pipeline};
+use super::prefetch::{Prefetcher, ReadAhead};
 use crate::filter::PatternSet;
-use crate::meta::{NameCache, kind_of, node_from_metadata, read_xattrs};
+use crate::meta::{NameCache, kind_of, node_from_metadata, ns as meta_ns, read_xattrs};
 use crate::progress::{Cancel, EntryStatus, Progress};
 use crate::{RepoError, Repository, Result};
 use baton_format::chunker::{ChunkStream, StreamError};
@@ -51,6 +52,8 @@ pub(super) struct Archiver<'a, 'p> {
     resume: Option<BTreeMap<Vec<u8>, Node>>,
     /// The chunker and its buffer, reused for every file.
     chunker: Option<ChunkStream>,
+    /// Files about to be read, hinted to the kernel.
+    prefetch: Prefetcher,
 }
 
 /// A tree to compare against: from the parent snapshot, or from the
@@ -69,7 +72,7 @@ struct PrevNode {
 }
 
 /// Opens a file for reading without updating its access time when allowed.
-fn open_noatime(path: &Path) -> std::io::Result<File> {
+pub(super) fn open_noatime(path: &Path) -> std::io::Result<File> {
     match OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOATIME)
@@ -139,6 +142,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             checkpoint: None,
             resume: None,
             chunker: None,
+            prefetch: Prefetcher::default(),
         }
     }
 
@@ -216,6 +220,17 @@ impl<'a, 'p> Archiver<'a, 'p> {
             node,
             resumed: true,
         })
+    }
+
+    /// After the walk failed or was cancelled: lets the pipeline store what
+    /// it holds and journals it, so that the next run resumes from there
+    /// instead of reading it again. Best effort: the walk's error is what
+    /// gets reported.
+    pub fn salvage(&mut self) {
+        let stored = self.pipe.drain();
+        if let Some(c) = &mut self.checkpoint {
+            let _ = c.pump(self.repo, stored, &mut self.unstored, true);
+        }
     }
 
     pub fn into_summary(self) -> SnapshotSummary {
@@ -352,7 +367,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             return None;
         };
         // A tree that cannot be loaded only costs re-reading files.
-        let tree = self.repo.load_tree(&id).ok()?;
+        let tree = self.repo.read_tree(&id).ok()?;
         Some(Prev {
             tree,
             resumed: p.resumed,
@@ -441,19 +456,29 @@ impl<'a, 'p> Archiver<'a, 'p> {
         // A directory's files first, then its subdirectories (the journal's order).
         let (dirs, others): (Vec<_>, Vec<_>) =
             entries.into_iter().partition(|(_, _, m)| m.is_dir());
-        for (n, child, m) in others.into_iter().chain(dirs) {
-            self.cancel.check()?;
-            if m.is_dir() && self.opts.one_file_system && m.dev() != root_dev {
-                continue;
+        let entries: Vec<_> = others
+            .into_iter()
+            .chain(dirs)
+            .filter(|(_, _, m)| !(m.is_dir() && self.opts.one_file_system && m.dev() != root_dev))
+            .map(|(n, child, m)| {
+                let fname = FsName::from_os(&n);
+                let prev = match parent.as_ref() {
+                    // Below a resumed directory the catalog holds nothing more.
+                    Some(p) if p.resumed => Self::prev_node(Some(p), &fname),
+                    _ => self
+                        .resumed_node(&child)
+                        .or_else(|| Self::prev_node(parent.as_ref(), &fname)),
+                };
+                (fname, child, m, prev)
+            })
+            .collect();
+        for (_, child, m, prev) in &entries {
+            if m.is_file() && !prev.as_ref().is_some_and(|p| self.unchanged(p, m)) {
+                self.prefetch.push(child.clone(), m.len());
             }
-            let fname = FsName::from_os(&n);
-            let prev = match parent.as_ref() {
-                // Below a resumed directory the catalog holds nothing more.
-                Some(p) if p.resumed => Self::prev_node(Some(p), &fname),
-                _ => self
-                    .resumed_node(&child)
-                    .or_else(|| Self::prev_node(parent.as_ref(), &fname)),
-            };
+        }
+        for (fname, child, m, prev) in entries {
+            self.cancel.check()?;
             if let Some(c) = self.entry_node(&child, fname, &m, prev, root_dev)? {
                 nodes.push(c);
             }
@@ -464,6 +489,19 @@ impl<'a, 'p> Archiver<'a, 'p> {
         Ok(node)
     }
 
+    /// Whether a file's metadata says it is the same as `p` (size, mtime,
+    /// ctime, inode). `--force` distrusts the parent snapshot, not the job's
+    /// own journal.
+    fn unchanged(&self, p: &PrevNode, meta: &Metadata) -> bool {
+        let n = &p.node;
+        (!self.opts.force || p.resumed)
+            && n.kind == NodeKind::File
+            && n.size == meta.size()
+            && n.mtime_ns == meta_ns(meta.mtime(), meta.mtime_nsec())
+            && n.ctime_ns == meta_ns(meta.ctime(), meta.ctime_nsec())
+            && n.inode == meta.ino()
+    }
+
     fn file_node(
         &mut self,
         path: &Path,
@@ -472,21 +510,17 @@ impl<'a, 'p> Archiver<'a, 'p> {
         prev: Option<PrevNode>,
     ) -> Result<Option<Node>> {
         let mut node = node_from_metadata(name, NodeKind::File, meta, &mut self.names);
-        node.xattrs = self.xattrs(path);
-        // --force distrusts the parent snapshot, not the job's own journal.
         if let Some(p) = &prev
-            && (!self.opts.force || p.resumed)
-            && p.node.kind == NodeKind::File
-            && p.node.size == node.size
-            && p.node.mtime_ns == node.mtime_ns
-            && p.node.ctime_ns == node.ctime_ns
-            && p.node.inode == node.inode
+            && self.unchanged(p, meta)
             && p.node
                 .content
                 .iter()
                 .all(|c| self.repo.index().contains(c) || self.queued.contains(c))
         {
             node.content = p.node.content.clone();
+            // Setting an extended attribute changes the ctime: with the ctime
+            // unchanged, so are they.
+            node.xattrs = p.node.xattrs.clone();
             self.summary.files_unmodified += 1;
             self.summary.bytes_total += node.size;
             if p.resumed {
@@ -498,15 +532,25 @@ impl<'a, 'p> Archiver<'a, 'p> {
             self.progress.entry(path, EntryStatus::Unmodified);
             return Ok(Some(node));
         }
-        let file = match open_noatime(path) {
-            Ok(f) => f,
-            Err(e) => {
-                self.record_error(path, format!("cannot open: {e}"));
+        node.xattrs = self.xattrs(path);
+        let (file, hinted) = match self.prefetch.take(path) {
+            // Opened ahead, then deleted before its turn: it vanished.
+            Some((f, _)) if f.metadata().is_ok_and(|m| m.nlink() == 0) => {
+                self.record_error(path, "cannot open: the file was deleted".into());
                 return Ok(None);
             }
+            Some(f) => f,
+            None => match open_noatime(path) {
+                Ok(f) => (f, 0),
+                Err(e) => {
+                    self.record_error(path, format!("cannot open: {e}"));
+                    return Ok(None);
+                }
+            },
         };
         let mut content = Vec::new();
-        let read = match self.chunk_stream(&file, &mut content) {
+        let read = match self.chunk_stream(ReadAhead::new(&file, hinted, meta.len()), &mut content)
+        {
             Ok(n) => n,
             Err(StreamError::Sink(e)) => return Err(e),
             Err(StreamError::Io { error, read }) => {

@@ -8,6 +8,7 @@
 mod archiver;
 mod checkpoint;
 mod pipeline;
+mod prefetch;
 mod scan;
 
 use crate::filter::PatternSet;
@@ -318,8 +319,11 @@ pub fn backup(
                 parent_root.as_deref(),
             ),
             _ => a.run(&sources, parent_root),
+        };
+        if walk.is_err() {
+            a.salvage();
         }
-        .map(|id| (id, a.into_summary()));
+        let walk = walk.map(|id| (id, a.into_summary()));
         scan_done.cancel();
         (walk, pipe.finish())
     });

@@ -1,7 +1,9 @@
 //! The write pipeline of a backup: the archiver (caller's thread) hands new
 //! blobs to compression/encryption workers, which hand sealed blobs to one
-//! packer thread that fills packs and stores each when it reaches the target
-//! size. Queues are bounded, so memory stays flat however large the input.
+//! packer thread that fills packs; each full pack goes to an uploader thread
+//! that stores it (durably: the store fsyncs), so the packer fills the next
+//! pack while the last one is written. Queues are bounded, so memory stays
+//! flat however large the input.
 //!
 //! Data and tree blobs go to separate packs, so reading trees (browsing,
 //! check, the parent of the next backup) touches few, small packs.
@@ -15,9 +17,16 @@ use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage};
 use baton_types::{BlobType, Id};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
+
+/// Bytes of blobs queued between the archiver and the packer at most: one
+/// and a half packs, within these bounds (a single larger blob is let
+/// through alone). Tied to the pack size so that, as with small packs in
+/// tests, the archiver never runs far ahead of what is durable.
+const IN_FLIGHT_MIN: u64 = 1 << 20;
+const IN_FLIGHT_MAX: u64 = 24 << 20;
 
 /// Blobs per pack at most, so a header stays far below the reader's limit
 /// (`baton_format::pack::MAX_HEADER`) even with tiny chunks.
@@ -57,12 +66,64 @@ pub(crate) struct PipelineConfig<'a> {
     pub flush_age: Duration,
 }
 
+/// Counts the bytes of blobs between the archiver and the packer, so the
+/// pipeline's memory is bounded in bytes, not in blobs (a blob is up to the
+/// chunker's maximum, 8 MiB by default).
+struct Budget {
+    cap: u64,
+    state: Mutex<(u64, bool)>,
+    freed: Condvar,
+}
+
+impl Budget {
+    /// Waits until `n` more bytes fit (or nothing else is queued). False
+    /// once the packer has stopped.
+    fn acquire(&self, n: u64) -> bool {
+        let mut st = self.state.lock().expect("budget lock");
+        while !st.1 && st.0 > 0 && st.0 + n > self.cap {
+            st = self.freed.wait(st).expect("budget lock");
+        }
+        st.0 += n;
+        !st.1
+    }
+
+    fn release(&self, n: u64) {
+        let mut st = self.state.lock().expect("budget lock");
+        st.0 = st.0.saturating_sub(n);
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("budget lock").1 = true;
+        self.freed.notify_all();
+    }
+}
+
+/// Closes the budget when the packer stops, however it stops.
+struct CloseOnDrop<'a>(&'a Budget);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 pub(crate) struct Pipeline<'scope> {
-    jobs: Option<SyncSender<Job>>,
+    /// `None` once the input is closed.
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    budget: Arc<Budget>,
     /// Each pack, once durably stored (for the journal).
     stored: Receiver<IndexPack>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
-    packer: ScopedJoinHandle<'scope, Result<PackerOutput>>,
+    packer: ScopedJoinHandle<'scope, Result<()>>,
+    uploader: ScopedJoinHandle<'scope, Result<PackerOutput>>,
+}
+
+/// A finished pack on its way to storage.
+struct Finished {
+    id: Id,
+    bytes: Vec<u8>,
+    pack: IndexPack,
 }
 
 impl<'scope> Pipeline<'scope> {
@@ -71,32 +132,71 @@ impl<'scope> Pipeline<'scope> {
         'env: 'scope,
     {
         let n = cfg.workers.max(1);
-        let (job_tx, job_rx) = sync_channel::<Job>(2 * n);
-        let (sealed_tx, sealed_rx) = sync_channel::<Sealed>(2 * n);
+        // Bounded in bytes by the budget; these bounds only cap the count.
+        let (job_tx, job_rx) = sync_channel::<Job>(64);
+        let (sealed_tx, sealed_rx) = sync_channel::<Sealed>(64);
+        let budget = Arc::new(Budget {
+            cap: (cfg.pack_size / 2 * 3).clamp(IN_FLIGHT_MIN, IN_FLIGHT_MAX),
+            state: Mutex::new((0, false)),
+            freed: Condvar::new(),
+        });
         let job_rx = Arc::new(Mutex::new(job_rx));
         let key = cfg.key;
         let level = cfg.compression;
         let workers = (0..n)
             .map(|_| {
                 let (rx, tx) = (job_rx.clone(), sealed_tx.clone());
-                scope.spawn(move || worker(&rx, tx, key, level))
+                std::thread::Builder::new()
+                    .name("baton-seal".into())
+                    .spawn_scoped(scope, move || worker(&rx, tx, key, level))
+                    .expect("spawning a thread")
             })
             .collect();
         drop(sealed_tx);
         let (stored_tx, stored) = channel();
-        let packer = scope.spawn(move || packer(sealed_rx, cfg, stored_tx));
+        // A finished pack is handed over when the uploader is free: at most
+        // two packs (one stored, one waiting) besides the one being filled.
+        let (finished_tx, finished_rx) = sync_channel::<Finished>(0);
+        let (storage, dry_run) = (cfg.storage, cfg.dry_run);
+        let b = budget.clone();
+        let packer = std::thread::Builder::new()
+            .name("baton-packer".into())
+            .spawn_scoped(scope, move || {
+                let _close = CloseOnDrop(&b);
+                packer(sealed_rx, cfg, finished_tx, &b)
+            })
+            .expect("spawning a thread");
+        let uploader = std::thread::Builder::new()
+            .name("baton-upload".into())
+            .spawn_scoped(scope, move || {
+                uploader(finished_rx, storage, dry_run, stored_tx)
+            })
+            .expect("spawning a thread");
         Pipeline {
-            jobs: Some(job_tx),
+            jobs: Mutex::new(Some(job_tx)),
+            budget,
             stored,
             workers,
             packer,
+            uploader,
         }
     }
 
     /// Queues a blob. Returns false when the pipeline has failed (the error
     /// comes from [`Pipeline::finish`]).
     pub fn send(&self, job: Job) -> bool {
-        self.jobs.as_ref().is_some_and(|t| t.send(job).is_ok())
+        if !self.budget.acquire(job.data.len() as u64) {
+            return false;
+        }
+        let tx = self.jobs.lock().expect("pipeline input").clone();
+        tx.is_some_and(|t| t.send(job).is_ok())
+    }
+
+    /// Closes the input, waits until everything queued is stored (or the
+    /// pipeline failed), and returns the packs stored since the last call.
+    pub fn drain(&self) -> Vec<IndexPack> {
+        self.jobs.lock().expect("pipeline input").take();
+        self.stored.iter().collect()
     }
 
     /// Packs durably stored since the last call (never blocks).
@@ -105,15 +205,24 @@ impl<'scope> Pipeline<'scope> {
     }
 
     /// Flushes the last packs and returns what was stored.
-    pub fn finish(mut self) -> Result<PackerOutput> {
-        self.jobs = None;
+    pub fn finish(self) -> Result<PackerOutput> {
+        self.jobs.lock().expect("pipeline input").take();
         for w in self.workers {
             w.join()
                 .map_err(|_| RepoError::Invalid("a compression worker panicked".into()))?;
         }
-        self.packer
+        let packed = self
+            .packer
             .join()
-            .map_err(|_| RepoError::Invalid("the packer thread panicked".into()))?
+            .map_err(|_| RepoError::Invalid("the packer thread panicked".into()))?;
+        let uploaded = self
+            .uploader
+            .join()
+            .map_err(|_| RepoError::Invalid("the uploader thread panicked".into()))?;
+        // A failed upload stops the packer too; the upload's error says why.
+        let out = uploaded?;
+        packed?;
+        Ok(out)
     }
 }
 
@@ -162,19 +271,18 @@ impl OpenPack {
     fn older_than(&self, age: Duration) -> bool {
         self.since.is_some_and(|t| t.elapsed() >= age)
     }
-    fn store(
-        &mut self,
-        cfg: &PipelineConfig<'_>,
-        out: &mut PackerOutput,
-        stored: &Sender<IndexPack>,
-    ) -> Result<()> {
+    fn store(&mut self, cfg: &PipelineConfig<'_>, out: &SyncSender<Finished>) -> Result<()> {
         self.since = None;
         let w = std::mem::take(&mut self.w);
         if w.is_empty() {
-            Ok(())
-        } else {
-            store_pack(w, cfg, out, stored)
+            return Ok(());
         }
+        let (bytes, entries) = w.finish(cfg.key);
+        let id = storage_id(&bytes);
+        let pack = IndexPack { id, blobs: entries };
+        out.send(Finished { id, bytes, pack })
+            // The uploader stopped: its error is the one to report.
+            .map_err(|_| RepoError::Invalid("storing a pack failed".into()))
     }
 }
 
@@ -186,26 +294,27 @@ impl OpenPack {
 fn packer(
     rx: Receiver<Sealed>,
     cfg: PipelineConfig<'_>,
-    stored: Sender<IndexPack>,
-) -> Result<PackerOutput> {
-    let mut out = PackerOutput::default();
+    out: SyncSender<Finished>,
+    budget: &Budget,
+) -> Result<()> {
     let mut data = OpenPack::default();
     let mut trees = OpenPack::default();
     loop {
         let msg = rx.recv_timeout(cfg.flush_age);
         if let Ok(s) = &msg {
+            budget.release(s.raw_len as u64);
             match s.blob_type {
                 BlobType::Data => {
                     data.add(s);
                     if data.full(&cfg) {
-                        data.store(&cfg, &mut out, &stored)?;
-                        trees.store(&cfg, &mut out, &stored)?;
+                        data.store(&cfg, &out)?;
+                        trees.store(&cfg, &out)?;
                     }
                 }
                 BlobType::Tree => {
                     trees.add(s);
                     if trees.full(&cfg) {
-                        trees.store(&cfg, &mut out, &stored)?;
+                        trees.store(&cfg, &out)?;
                     }
                 }
             }
@@ -214,35 +323,36 @@ fn packer(
             break;
         }
         if data.older_than(cfg.flush_age) || trees.older_than(cfg.flush_age) {
-            data.store(&cfg, &mut out, &stored)?;
-            trees.store(&cfg, &mut out, &stored)?;
+            data.store(&cfg, &out)?;
+            trees.store(&cfg, &out)?;
         }
     }
-    data.store(&cfg, &mut out, &stored)?;
-    trees.store(&cfg, &mut out, &stored)?;
-    Ok(out)
+    data.store(&cfg, &out)?;
+    trees.store(&cfg, &out)?;
+    Ok(())
 }
 
-fn store_pack(
-    w: PackWriter,
-    cfg: &PipelineConfig<'_>,
-    out: &mut PackerOutput,
-    stored: &Sender<IndexPack>,
-) -> Result<()> {
-    let (bytes, entries) = w.finish(cfg.key);
-    let id = storage_id(&bytes);
-    if !cfg.dry_run {
-        match cfg.storage.put(ObjectKind::Pack, &id.to_hex(), &bytes) {
-            Ok(()) => {}
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
+/// Stores finished packs, in order, and acknowledges each once durable.
+fn uploader(
+    rx: Receiver<Finished>,
+    storage: &dyn Storage,
+    dry_run: bool,
+    stored: Sender<IndexPack>,
+) -> Result<PackerOutput> {
+    let mut out = PackerOutput::default();
+    for f in rx {
+        if !dry_run {
+            match storage.put(ObjectKind::Pack, &f.id.to_hex(), &f.bytes) {
+                Ok(()) => {}
+                Err(e) if e.is_already_exists() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        crate::crashpoint::crashpoint("after-pack");
+        out.bytes_stored += f.bytes.len() as u64;
+        // The archiver may have finished already; then nobody needs the ack.
+        let _ = stored.send(f.pack.clone());
+        out.packs.push(f.pack);
     }
-    crate::crashpoint::crashpoint("after-pack");
-    out.bytes_stored += bytes.len() as u64;
-    let pack = IndexPack { id, blobs: entries };
-    // The archiver may have finished already; then nobody needs the ack.
-    let _ = stored.send(pack.clone());
-    out.packs.push(pack);
-    Ok(())
+    Ok(out)
 }
