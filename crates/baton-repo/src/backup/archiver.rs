@@ -62,6 +62,8 @@ pub(super) struct Archiver<'a, 'p> {
 pub(super) struct Prev {
     pub tree: Arc<Tree>,
     pub resumed: bool,
+    /// The stored tree's id (`None` for the root of the parent snapshot).
+    pub id: Option<Id>,
 }
 
 /// A node to compare against, and where it came from.
@@ -84,7 +86,7 @@ pub(super) fn open_noatime(path: &Path) -> std::io::Result<File> {
 }
 
 /// Lists a directory (without touching its access time when allowed), sorted by name.
-fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
+pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let dir = match nix::dir::Dir::open(
@@ -269,6 +271,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         let parent = parent.map(|tree| Prev {
             tree,
             resumed: false,
+            id: None,
         });
         let root = if sources.len() == 1 && sources[0] == Path::new("/") {
             let m = std::fs::symlink_metadata("/").map_err(|e| RepoError::io("/", e))?;
@@ -371,6 +374,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         Some(Prev {
             tree,
             resumed: p.resumed,
+            id: Some(id),
         })
     }
 
@@ -483,7 +487,19 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 nodes.push(c);
             }
         }
-        node.subtree = Some(self.save_tree(Tree { nodes })?);
+        let mut tree = Tree { nodes };
+        tree.sort();
+        // Unchanged since the parent: its stored tree is this one (no need
+        // to encode and hash it again).
+        let same = parent.as_ref().and_then(|p| {
+            p.id.filter(|id| {
+                *p.tree == tree && (self.repo.index().contains(id) || self.queued.contains(id))
+            })
+        });
+        node.subtree = Some(match same {
+            Some(id) => id,
+            None => self.save_tree(tree)?,
+        });
         self.summary.dirs += 1;
         self.finished(path, &node)?;
         Ok(node)

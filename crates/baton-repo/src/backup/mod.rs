@@ -301,10 +301,15 @@ pub fn backup(
     };
     let scan_done = Cancel::new();
     let (walk, packed) = std::thread::scope(|s| {
-        if progress.wants_totals() && opts.stdin_filename.is_none() {
+        // The scan counts totals for the progress and, on a spare core,
+        // warms the metadata caches ahead of the archiver (see scan.rs).
+        let warm = cfg.workers > 1;
+        if (progress.wants_totals() || warm) && opts.stdin_filename.is_none() {
             let (sources, filter, done) = (&sources, &filter, &scan_done);
             s.spawn(move || {
-                if let Some((files, bytes)) = scan::scan(sources, filter, opts, done) {
+                if let Some((files, bytes)) = scan::scan(sources, filter, opts, done)
+                    && progress.wants_totals()
+                {
                     progress.set_total(files, bytes);
                 }
             });
