@@ -26,12 +26,23 @@ impl Compressor {
     /// Returns the compressed bytes, or `None` when compression is off or does
     /// not save at least 1/32 of the input (then the blob is stored raw).
     pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
-        let c = self.inner.as_mut()?;
+        let mut out = Vec::new();
+        self.compress_into(data, &mut out).then_some(out)
+    }
+
+    /// Like [`Compressor::compress`], into `out` (cleared first; reused
+    /// across calls, it saves an allocation per blob). Returns whether `out`
+    /// holds the compressed bytes worth storing.
+    pub fn compress_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let Some(c) = self.inner.as_mut() else {
+            return false;
+        };
         if data.len() < 64 {
-            return None;
+            return false;
         }
-        let out = c.compress(data).ok()?;
-        (out.len() + data.len() / 32 < data.len()).then_some(out)
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(data, out).is_ok() && out.len() + data.len() / 32 < data.len()
     }
 }
 

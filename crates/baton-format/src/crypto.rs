@@ -9,7 +9,7 @@
 
 use crate::FormatError;
 use baton_types::{Id, KdfParams, hex_decode, hex_encode};
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 /// Bytes added to a plaintext by sealing it.
@@ -52,7 +52,15 @@ impl MasterKey {
 
     /// Seals `plain`: nonce || ciphertext || tag.
     pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
-        seal(&self.cipher, plain)
+        let mut out = Vec::new();
+        self.encrypt_into(plain, &mut out);
+        out
+    }
+
+    /// Like [`MasterKey::encrypt`], into `out` (cleared first), so a caller
+    /// sealing many blobs can reuse its buffers.
+    pub fn encrypt_into(&self, plain: &[u8], out: &mut Vec<u8>) {
+        seal_into(&self.cipher, plain, out)
     }
 
     /// Opens what [`MasterKey::encrypt`] sealed.
@@ -96,7 +104,9 @@ impl MasterKey {
     pub fn wrap(&self, password: &[u8], kdf: &KdfParams) -> Result<String, FormatError> {
         let kek = derive_key(password, kdf)?;
         let cipher = XChaCha20Poly1305::new(&kek.into());
-        Ok(hex_encode(&seal(&cipher, &self.to_json())))
+        let mut sealed = Vec::new();
+        seal_into(&cipher, &self.to_json(), &mut sealed);
+        Ok(hex_encode(&sealed))
     }
 
     /// Unwraps a master key sealed by [`MasterKey::wrap`]. A wrong password
@@ -110,16 +120,19 @@ impl MasterKey {
     }
 }
 
-fn seal(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
+/// `nonce || ciphertext || tag` into `out`, encrypting in place (one copy
+/// of the plaintext, no allocation when `out` has room).
+fn seal_into(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
     let mut nonce = [0u8; NONCE_LEN];
     crate::random_bytes(&mut nonce);
-    let ct = cipher
-        .encrypt(&XNonce::from(nonce), plain)
-        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.clear();
+    out.reserve(plain.len() + OVERHEAD);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    out
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_inout_detached(&XNonce::from(nonce), b"", out[NONCE_LEN..].as_mut().into())
+        .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+    out.extend_from_slice(&tag);
 }
 
 fn open(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {

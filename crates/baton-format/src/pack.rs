@@ -44,6 +44,16 @@ impl PackWriter {
         Self::default()
     }
 
+    /// A writer that fills `buf` (cleared first): a reused buffer saves
+    /// allocating and faulting in a pack's worth of memory per pack.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        PackWriter {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
     /// Appends a sealed blob.
     pub fn add(
         &mut self,

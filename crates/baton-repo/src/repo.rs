@@ -210,30 +210,35 @@ impl Repository {
     /// skipped, and may even be unreadable (`repair index` supersedes damaged
     /// ones before deleting them); any other unreadable one fails the load.
     pub fn load_index(&mut self) -> Result<()> {
-        let mut files = Vec::new();
+        // Each index object is added as soon as it is decoded, so only one
+        // decoded object is in memory at a time.
+        let mut index = Index::new();
+        let mut loaded = Vec::new();
         let mut failed = Vec::new();
         let mut superseded = std::collections::HashSet::new();
         for obj in self.storage.list(ObjectKind::Index)? {
             match self.read_index(&obj.name) {
                 Ok(f) => {
                     superseded.extend(f.supersedes.iter().copied());
-                    files.push((obj.name, f));
+                    index.load_file(&f);
+                    loaded.push(obj.name);
                 }
                 Err(e) => failed.push((obj.name, e)),
             }
         }
-        if let Some((_, e)) = failed
-            .into_iter()
-            .find(|(name, _)| !Id::from_hex(name).is_ok_and(|id| superseded.contains(&id)))
-        {
+        let is_superseded =
+            |name: &str| Id::from_hex(name).is_ok_and(|id| superseded.contains(&id));
+        if let Some((_, e)) = failed.into_iter().find(|(name, _)| !is_superseded(name)) {
             return Err(e);
         }
-        let mut index = Index::new();
-        for (name, f) in &files {
-            if Id::from_hex(name).is_ok_and(|id| superseded.contains(&id)) {
-                continue;
+        if loaded.iter().any(|n| is_superseded(n)) {
+            // Index objects that a rewrite (prune, repair) replaced are still
+            // there (it was interrupted before deleting them): load again
+            // without them.
+            index = Index::new();
+            for name in loaded.iter().filter(|n| !is_superseded(n)) {
+                index.load_file(&self.read_index(name)?);
             }
-            index.add_file(f);
         }
         index.compact();
         self.index = index;

@@ -188,7 +188,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         let r = cs.run(reader, |chunk| {
             self.cancel.check()?;
             self.progress.bytes(chunk.len() as u64);
-            let id = self.save_blob(BlobType::Data, chunk.to_vec())?;
+            let id = self.save_chunk(chunk)?;
             content.push(id);
             self.pump(false)
         });
@@ -245,18 +245,40 @@ impl<'a, 'p> Archiver<'a, 'p> {
         self.summary.errors.push(BackupErrorEntry { path, message });
     }
 
+    /// Stores a chunk of file data unless it is known; copies it only then.
+    fn save_chunk(&mut self, chunk: &[u8]) -> Result<Id> {
+        let id = self.repo.key().blob_id(chunk);
+        if self.is_new(id) {
+            let mut data = self.pipe.buffer();
+            data.extend_from_slice(chunk);
+            self.queue(BlobType::Data, id, data)?;
+        }
+        Ok(id)
+    }
+
+    /// Whether a blob is neither stored nor queued; if so, it counts as queued.
+    fn is_new(&mut self, id: Id) -> bool {
+        !self.repo.index().contains(&id) && self.queued.insert(id)
+    }
+
+    fn queue(&mut self, blob_type: BlobType, id: Id, data: Vec<u8>) -> Result<()> {
+        self.unstored.insert(id);
+        self.summary.blobs_new += 1;
+        if self.pipe.send(Job {
+            blob_type,
+            id,
+            data,
+        }) {
+            Ok(())
+        } else {
+            Err(RepoError::Invalid("storing data failed".into()))
+        }
+    }
+
     fn save_blob(&mut self, blob_type: BlobType, data: Vec<u8>) -> Result<Id> {
         let id = self.repo.key().blob_id(&data);
-        if !self.repo.index().contains(&id) && self.queued.insert(id) {
-            self.unstored.insert(id);
-            self.summary.blobs_new += 1;
-            if !self.pipe.send(Job {
-                blob_type,
-                id,
-                data,
-            }) {
-                return Err(RepoError::Invalid("storing data failed".into()));
-            }
+        if self.is_new(id) {
+            self.queue(blob_type, id, data)?;
         }
         Ok(id)
     }

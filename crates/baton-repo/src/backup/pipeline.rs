@@ -28,6 +28,53 @@ use std::time::{Duration, Instant};
 const IN_FLIGHT_MIN: u64 = 1 << 20;
 const IN_FLIGHT_MAX: u64 = 24 << 20;
 
+/// Capacity of the blob buffers kept for reuse, at most.
+const POOL_BYTES: usize = 32 << 20;
+/// Pack buffers kept for reuse.
+const POOLED_PACKS: usize = 1;
+
+/// Buffers passed around the pipeline and handed back for reuse: the
+/// archiver copies a new chunk into one, a worker seals into another and
+/// returns the first, the packer returns the sealed one after copying it
+/// into the pack, and the uploader returns pack buffers. Fresh memory for
+/// every blob means page faults and zeroing, which on a VM cost as much as
+/// the copies themselves, and fragments the allocator's arenas.
+pub(crate) struct BufPool {
+    bufs: Mutex<(Vec<Vec<u8>>, usize)>,
+    limit: usize,
+    max_count: usize,
+}
+
+impl BufPool {
+    fn new(limit: usize, max_count: usize) -> Self {
+        BufPool {
+            bufs: Mutex::new((Vec::new(), 0)),
+            limit,
+            max_count,
+        }
+    }
+
+    pub fn get(&self) -> Vec<u8> {
+        let mut p = self.bufs.lock().expect("buffer pool");
+        match p.0.pop() {
+            Some(b) => {
+                p.1 -= b.capacity();
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    pub fn put(&self, mut b: Vec<u8>) {
+        b.clear();
+        let mut p = self.bufs.lock().expect("buffer pool");
+        if p.0.len() < self.max_count && p.1.saturating_add(b.capacity()) <= self.limit {
+            p.1 += b.capacity();
+            p.0.push(b);
+        }
+    }
+}
+
 /// Blobs per pack at most, so a header stays far below the reader's limit
 /// (`baton_format::pack::MAX_HEADER`) even with tiny chunks.
 const MAX_BLOBS_PER_PACK: usize = 100_000;
@@ -112,6 +159,7 @@ pub(crate) struct Pipeline<'scope> {
     /// `None` once the input is closed.
     jobs: Mutex<Option<SyncSender<Job>>>,
     budget: Arc<Budget>,
+    blobs: Arc<BufPool>,
     /// Each pack, once durably stored (for the journal).
     stored: Receiver<IndexPack>,
     workers: Vec<ScopedJoinHandle<'scope, ()>>,
@@ -143,12 +191,14 @@ impl<'scope> Pipeline<'scope> {
         let job_rx = Arc::new(Mutex::new(job_rx));
         let key = cfg.key;
         let level = cfg.compression;
+        let blobs = Arc::new(BufPool::new(POOL_BYTES, 64));
+        let packs = Arc::new(BufPool::new(usize::MAX, POOLED_PACKS));
         let workers = (0..n)
             .map(|_| {
-                let (rx, tx) = (job_rx.clone(), sealed_tx.clone());
+                let (rx, tx, pool) = (job_rx.clone(), sealed_tx.clone(), blobs.clone());
                 std::thread::Builder::new()
                     .name("baton-seal".into())
-                    .spawn_scoped(scope, move || worker(&rx, tx, key, level))
+                    .spawn_scoped(scope, move || worker(&rx, tx, key, level, &pool))
                     .expect("spawning a thread")
             })
             .collect();
@@ -158,23 +208,24 @@ impl<'scope> Pipeline<'scope> {
         // two packs (one stored, one waiting) besides the one being filled.
         let (finished_tx, finished_rx) = sync_channel::<Finished>(0);
         let (storage, dry_run) = (cfg.storage, cfg.dry_run);
-        let b = budget.clone();
+        let (b, bp, pp) = (budget.clone(), blobs.clone(), packs.clone());
         let packer = std::thread::Builder::new()
             .name("baton-packer".into())
             .spawn_scoped(scope, move || {
                 let _close = CloseOnDrop(&b);
-                packer(sealed_rx, cfg, finished_tx, &b)
+                packer(sealed_rx, cfg, finished_tx, &b, &bp, &pp)
             })
             .expect("spawning a thread");
         let uploader = std::thread::Builder::new()
             .name("baton-upload".into())
             .spawn_scoped(scope, move || {
-                uploader(finished_rx, storage, dry_run, stored_tx)
+                uploader(finished_rx, storage, dry_run, stored_tx, &packs)
             })
             .expect("spawning a thread");
         Pipeline {
             jobs: Mutex::new(Some(job_tx)),
             budget,
+            blobs,
             stored,
             workers,
             packer,
@@ -190,6 +241,11 @@ impl<'scope> Pipeline<'scope> {
         }
         let tx = self.jobs.lock().expect("pipeline input").clone();
         tx.is_some_and(|t| t.send(job).is_ok())
+    }
+
+    /// An empty buffer for a new blob's data (reused when one is free).
+    pub fn buffer(&self) -> Vec<u8> {
+        self.blobs.get()
     }
 
     /// Closes the input, waits until everything queued is stored (or the
@@ -226,8 +282,15 @@ impl<'scope> Pipeline<'scope> {
     }
 }
 
-fn worker(jobs: &Mutex<Receiver<Job>>, out: SyncSender<Sealed>, key: &MasterKey, level: i32) {
+fn worker(
+    jobs: &Mutex<Receiver<Job>>,
+    out: SyncSender<Sealed>,
+    key: &MasterKey,
+    level: i32,
+    pool: &BufPool,
+) {
     let mut c = Compressor::new(level);
+    let mut z = Vec::new();
     loop {
         let job = match jobs.lock() {
             Ok(rx) => rx.recv(),
@@ -235,10 +298,10 @@ fn worker(jobs: &Mutex<Receiver<Job>>, out: SyncSender<Sealed>, key: &MasterKey,
         };
         let Ok(job) = job else { return };
         let raw_len = job.data.len() as u32;
-        let (sealed, compressed) = match c.compress(&job.data) {
-            Some(z) => (key.encrypt(&z), true),
-            None => (key.encrypt(&job.data), false),
-        };
+        let compressed = c.compress_into(&job.data, &mut z);
+        let mut sealed = pool.get();
+        key.encrypt_into(if compressed { &z } else { &job.data }, &mut sealed);
+        pool.put(job.data);
         let s = Sealed {
             blob_type: job.blob_type,
             id: job.id,
@@ -271,12 +334,17 @@ impl OpenPack {
     fn older_than(&self, age: Duration) -> bool {
         self.since.is_some_and(|t| t.elapsed() >= age)
     }
-    fn store(&mut self, cfg: &PipelineConfig<'_>, out: &SyncSender<Finished>) -> Result<()> {
+    fn store(
+        &mut self,
+        cfg: &PipelineConfig<'_>,
+        out: &SyncSender<Finished>,
+        packs: &BufPool,
+    ) -> Result<()> {
         self.since = None;
-        let w = std::mem::take(&mut self.w);
-        if w.is_empty() {
+        if self.w.is_empty() {
             return Ok(());
         }
+        let w = std::mem::replace(&mut self.w, PackWriter::with_buffer(packs.get()));
         let (bytes, entries) = w.finish(cfg.key);
         let id = storage_id(&bytes);
         let pack = IndexPack { id, blobs: entries };
@@ -296,39 +364,44 @@ fn packer(
     cfg: PipelineConfig<'_>,
     out: SyncSender<Finished>,
     budget: &Budget,
+    blobs: &BufPool,
+    packs: &BufPool,
 ) -> Result<()> {
     let mut data = OpenPack::default();
     let mut trees = OpenPack::default();
     loop {
         let msg = rx.recv_timeout(cfg.flush_age);
-        if let Ok(s) = &msg {
+        let s = match msg {
+            Ok(s) => Some(s),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => None,
+        };
+        if let Some(s) = s {
             budget.release(s.raw_len as u64);
             match s.blob_type {
                 BlobType::Data => {
-                    data.add(s);
+                    data.add(&s);
                     if data.full(&cfg) {
-                        data.store(&cfg, &out)?;
-                        trees.store(&cfg, &out)?;
+                        data.store(&cfg, &out, packs)?;
+                        trees.store(&cfg, &out, packs)?;
                     }
                 }
                 BlobType::Tree => {
-                    trees.add(s);
+                    trees.add(&s);
                     if trees.full(&cfg) {
-                        trees.store(&cfg, &out)?;
+                        trees.store(&cfg, &out, packs)?;
                     }
                 }
             }
-        }
-        if matches!(msg, Err(RecvTimeoutError::Disconnected)) {
-            break;
+            blobs.put(s.sealed);
         }
         if data.older_than(cfg.flush_age) || trees.older_than(cfg.flush_age) {
-            data.store(&cfg, &out)?;
-            trees.store(&cfg, &out)?;
+            data.store(&cfg, &out, packs)?;
+            trees.store(&cfg, &out, packs)?;
         }
     }
-    data.store(&cfg, &out)?;
-    trees.store(&cfg, &out)?;
+    data.store(&cfg, &out, packs)?;
+    trees.store(&cfg, &out, packs)?;
     Ok(())
 }
 
@@ -338,6 +411,7 @@ fn uploader(
     storage: &dyn Storage,
     dry_run: bool,
     stored: Sender<IndexPack>,
+    packs: &BufPool,
 ) -> Result<PackerOutput> {
     let mut out = PackerOutput::default();
     for f in rx {
@@ -353,6 +427,7 @@ fn uploader(
         // The archiver may have finished already; then nobody needs the ack.
         let _ = stored.send(f.pack.clone());
         out.packs.push(f.pack);
+        packs.put(f.bytes);
     }
     Ok(out)
 }
