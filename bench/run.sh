@@ -19,7 +19,8 @@
 #   prune        forget all snapshots but the last one, and prune
 # then prints one table (wall, CPU, peak RSS, repository size per tool and
 # op; Baton's ratio to the best peer) and Baton's distance to the machine's
-# limits (cold sequential read of the dataset, single-core speed of Baton's
+# limits (cold sequential read of the dataset with one reader and with 8,
+# single-core speed of Baton's
 # primitives via `baton debug primitives`, and the resulting floor for a full
 # backup on all cores), and writes bench/out/results-<stamp>-run.{json,md}
 # (scale mode: results-<stamp>-scale.{json,md}); logs in bench/out/run-<stamp>-*/.
@@ -345,9 +346,20 @@ measure_read() {  # DIR LABEL: cold (if possible) sequential read of every file,
     meta "read_s_$2" "$w"
     meta "read_cpu_s_$2" "$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')"
 }
+measure_read_parallel() {  # DIR LABEL: the same with 8 readers (what a disk gives to parallel reads)
+    drop_caches || true
+    local w u s
+    /usr/bin/time -f '%e %U %S' -o "$LOGS/read-$2.time" \
+        bash -c 'find "$1" -type f -print0 | xargs -0 -n 64 -P 8 cat >/dev/null' read "$1"
+    read -r w u s < <(tail -n 1 "$LOGS/read-$2.time")
+    meta "read_s_$2" "$w"
+    meta "read_cpu_s_$2" "$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')"
+}
 measure_limits() {  # DATASET-DIR: read speed, primitives, index memory
     log "limits: sequential read of the dataset ($CACHE cache)"
     measure_read "$1" dataset
+    log "limits: parallel read of the dataset, 8 readers ($CACHE cache)"
+    measure_read_parallel "$1" dataset_par
     if [[ -n "$BATON" ]]; then
         log "limits: baton debug primitives --mib $PRIM_MIB"
         "$BATON" debug primitives --json --mib "$PRIM_MIB" >"$RUN/primitives.json" 2>"$LOGS/primitives.stderr" ||
