@@ -79,6 +79,21 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
+/// Like [`decompress`], into `out` (cleared first; reused across calls, it
+/// saves an allocation per blob).
+pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    out.clear();
+    out.reserve(raw_len);
+    with_dctx(|d| d.decompress_to_buffer(data, out))?;
+    if out.len() != raw_len {
+        return Err(FormatError::Decompress(format!(
+            "expected {raw_len} bytes, got {}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decompresses data of unknown length (metadata objects), bounded to `limit`.
 pub fn decompress_unknown(data: &[u8], limit: usize) -> Result<Vec<u8>, FormatError> {
     // Frames written by this crate record their size: decode in one call.

@@ -68,6 +68,31 @@ impl MasterKey {
         open(&self.cipher, sealed)
     }
 
+    /// Like [`MasterKey::decrypt`], into `out` (cleared first): decrypts in
+    /// place, so a caller opening many blobs can reuse its buffer.
+    pub fn decrypt_into(&self, sealed: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
+        out.clear();
+        if sealed.len() < OVERHEAD {
+            return Err(FormatError::Decrypt);
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - 16);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| FormatError::Decrypt)?;
+        let tag: [u8; 16] = tag.try_into().map_err(|_| FormatError::Decrypt)?;
+        out.extend_from_slice(ct);
+        let opened = self.cipher.decrypt_inout_detached(
+            &XNonce::from(nonce),
+            b"",
+            out.as_mut_slice().into(),
+            &tag.into(),
+        );
+        if opened.is_err() {
+            out.clear();
+            return Err(FormatError::Decrypt);
+        }
+        Ok(())
+    }
+
     /// The keyed hash that names a blob with this plaintext.
     pub fn blob_id(&self, plain: &[u8]) -> Id {
         Id::from_bytes(*blake3::keyed_hash(&self.mac, plain).as_bytes())
@@ -211,7 +236,10 @@ mod tests {
             let k = MasterKey::generate();
             let s = k.encrypt(&data);
             prop_assert_eq!(s.len(), data.len() + OVERHEAD);
-            prop_assert_eq!(k.decrypt(&s).unwrap(), data);
+            prop_assert_eq!(&k.decrypt(&s).unwrap(), &data);
+            let mut out = vec![9u8; 3];
+            k.decrypt_into(&s, &mut out).unwrap();
+            prop_assert_eq!(out, data);
         }
 
         #[test]
@@ -221,6 +249,9 @@ mod tests {
             let i = pos % s.len();
             s[i] ^= 1 << bit;
             prop_assert!(k.decrypt(&s).is_err());
+            let mut out = Vec::new();
+            prop_assert!(k.decrypt_into(&s, &mut out).is_err());
+            prop_assert!(out.is_empty());
         }
     }
 

@@ -195,6 +195,45 @@ pub fn read_header(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>, Forma
     parse_header(key, &pack[start..pack.len() - 4], pack.len() as u64)
 }
 
+/// Buffers for [`open_blob_into`], reused across blobs.
+#[derive(Default)]
+pub struct BlobBuffers {
+    plain: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+/// Like [`open_blob`], into reused buffers: returns the verified plaintext,
+/// borrowed from `bufs`. Restoring or checking many blobs this way does not
+/// allocate (and fault in) fresh memory for each.
+pub fn open_blob_into<'b>(
+    key: &MasterKey,
+    id: &Id,
+    sealed: &[u8],
+    raw_length: u32,
+    compressed: bool,
+    bufs: &'b mut BlobBuffers,
+) -> Result<&'b [u8], FormatError> {
+    key.decrypt_into(sealed, &mut bufs.plain)?;
+    let data = if compressed {
+        crate::compress::decompress_into(&bufs.plain, raw_length as usize, &mut bufs.raw)?;
+        &bufs.raw
+    } else {
+        &bufs.plain
+    };
+    let actual = key.blob_id(data);
+    if &actual != id {
+        return Err(FormatError::malformed(
+            "blob",
+            format!(
+                "content hashes to {} instead of {}",
+                actual.short(),
+                id.short()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
 /// Opens one blob's sealed bytes: decrypts, decompresses, and verifies that the
 /// plaintext hashes to the expected id.
 pub fn open_blob(

@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 /// through alone). Tied to the pack size so that, as with small packs in
 /// tests, the archiver never runs far ahead of what is durable.
 const IN_FLIGHT_MIN: u64 = 1 << 20;
-const IN_FLIGHT_MAX: u64 = 24 << 20;
+const IN_FLIGHT_MAX: u64 = 16 << 20;
 
 /// Capacity of the blob buffers kept for reuse, at most.
-const POOL_BYTES: usize = 32 << 20;
+const POOL_BYTES: usize = 12 << 20;
 /// Pack buffers kept for reuse.
 const POOLED_PACKS: usize = 1;
 

@@ -4,7 +4,7 @@
 use super::structure::blob_object;
 use super::{Checker, ProblemKind, Subset};
 use crate::Repository;
-use baton_format::pack::{PackEntry, open_blob, read_header};
+use baton_format::pack::{BlobBuffers, PackEntry, open_blob_into, read_header};
 use baton_format::storage_id;
 use baton_storage::ObjectKind;
 use baton_types::Id;
@@ -200,13 +200,21 @@ pub(crate) fn verify_pack(
         (None, Some(exp)) => exp,
         (None, None) => &[],
     };
+    let mut bufs = BlobBuffers::default();
     for e in entries {
         v.blobs_checked += 1;
         let (start, end) = (e.offset as usize, e.offset as usize + e.length as usize);
         let result = match bytes.get(start..end) {
-            Some(sealed) => open_blob(repo.key(), &e.id, sealed, e.raw_length, e.compressed)
-                .map(|_| ())
-                .map_err(|err| err.to_string()),
+            Some(sealed) => open_blob_into(
+                repo.key(),
+                &e.id,
+                sealed,
+                e.raw_length,
+                e.compressed,
+                &mut bufs,
+            )
+            .map(|_| ())
+            .map_err(|err| err.to_string()),
             None => Err(format!("lies beyond the end of the {} bytes", bytes.len())),
         };
         if let Err(err) = result {

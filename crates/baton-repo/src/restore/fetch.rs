@@ -9,7 +9,7 @@
 use super::write_sparse;
 use crate::progress::{Cancel, Progress};
 use crate::{RepoError, Repository, Result};
-use baton_format::pack::open_blob;
+use baton_format::pack::{BlobBuffers, open_blob_into};
 use baton_storage::ObjectKind;
 use baton_types::Id;
 use std::collections::HashMap;
@@ -223,13 +223,15 @@ impl Ctx<'_> {
 
     fn blob(&self, pack: &Id, w: &Want, sealed: &[u8], out: &mut Writer) {
         let key = self.repo.key();
-        let data = match open_blob(key, &w.id, sealed, w.raw_length, w.compressed) {
+        let mut bufs = std::mem::take(&mut out.blobs);
+        let data = match open_blob_into(key, &w.id, sealed, w.raw_length, w.compressed, &mut bufs) {
             Ok(d) => d,
             Err(e) => {
                 for &(f, _) in &w.targets {
                     self.failures
                         .set(f, || format!("blob {} in pack {pack}: {e}", w.id));
                 }
+                out.blobs = bufs;
                 return;
             }
         };
@@ -241,13 +243,14 @@ impl Ctx<'_> {
             let path = &self.files[f].path;
             let written = out
                 .file(f, path)
-                .and_then(|file| write_sparse(file, &data, offset));
+                .and_then(|file| write_sparse(file, data, offset));
             if let Err(e) = written {
                 self.failures
                     .set(f, || format!("writing {}: {e}", path.display()));
             }
             self.progress.bytes(data.len() as u64);
         }
+        out.blobs = bufs;
     }
 }
 
@@ -258,6 +261,8 @@ struct Writer {
     open: Option<(usize, File)>,
     /// Read buffer, reused for every range this worker reads.
     buf: Vec<u8>,
+    /// Decryption and decompression buffers, reused for every blob.
+    blobs: BlobBuffers,
 }
 
 impl Writer {
