@@ -251,14 +251,6 @@ impl<'a> Checker<'a> {
     pub fn error(&mut self, kind: ProblemKind, object: String, message: String, blobs: Vec<Id>) {
         self.problem(Severity::Error, kind, object, message, blobs);
     }
-
-    /// The expected entries of a pack: from the index, else from a journal.
-    pub fn expected_entries(&self, pack: &Id) -> Option<&[PackEntry]> {
-        self.indexed_packs
-            .get(pack)
-            .map(|(e, _)| e.as_slice())
-            .or_else(|| self.job_packs.get(pack).map(|e| e.as_slice()))
-    }
 }
 
 /// Checks the repository. Takes a shared lock for its duration. Problems
@@ -288,10 +280,14 @@ pub fn check(
         let packs = data::select_packs(&c.stored_packs, sel);
         let total = packs.iter().map(|(_, size)| size).sum();
         progress.set_total(packs.len() as u64, total);
-        for (id, size) in packs {
-            cancel.check()?;
-            data::check_pack(&mut c, &id, size);
-        }
+        // The workers read the expected entries while the results go into
+        // the checker: lend the maps out for the duration.
+        let indexed = std::mem::take(&mut c.indexed_packs);
+        let jobs = std::mem::take(&mut c.job_packs);
+        data::check_packs(&mut c, &packs, &indexed, &jobs);
+        c.indexed_packs = indexed;
+        c.job_packs = jobs;
+        cancel.check()?;
     }
     if !c.bad_blobs.is_empty() {
         affected::attribute(&mut c)?;

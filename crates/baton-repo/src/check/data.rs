@@ -9,6 +9,8 @@ use baton_format::storage_id;
 use baton_storage::ObjectKind;
 use baton_types::Id;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
 
 /// Which packs to read.
 #[derive(Debug, Clone, Copy)]
@@ -232,10 +234,57 @@ pub(crate) fn verify_pack(
     v
 }
 
-/// Reads and verifies one pack, recording what it finds.
-pub(super) fn check_pack(c: &mut Checker<'_>, id: &Id, size: u64) {
-    let expected = c.expected_entries(id).map(|e| e.to_vec());
-    let v = verify_pack(c.repo, id, expected.as_deref());
+/// Reads and verifies `packs` with one worker per core (each holds one pack
+/// in memory at a time), recording what they find in pack order. Stops
+/// early when the check is cancelled.
+pub(super) fn check_packs(
+    c: &mut Checker<'_>,
+    packs: &[(Id, u64)],
+    indexed: &HashMap<Id, (Vec<PackEntry>, String)>,
+    jobs: &HashMap<Id, Vec<PackEntry>>,
+) {
+    let expected = |id: &Id| {
+        indexed
+            .get(id)
+            .map(|(e, _)| e.as_slice())
+            .or_else(|| jobs.get(id).map(|e| e.as_slice()))
+    };
+    let (repo, cancel) = (c.repo, c.cancel);
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        let (tx, rx) = sync_channel::<(usize, PackVerdict)>(workers);
+        for _ in 0..workers {
+            let (tx, next, expected) = (tx.clone(), &next, &expected);
+            std::thread::Builder::new()
+                .name("baton-check".into())
+                .spawn_scoped(s, move || {
+                    while !cancel.is_cancelled() {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((id, _)) = packs.get(i) else { return };
+                        if tx.send((i, verify_pack(repo, id, expected(id)))).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a thread");
+        }
+        drop(tx);
+        // Results are recorded in pack order, whatever order they come in.
+        let mut waiting = BTreeMap::new();
+        let mut due = 0;
+        for (i, v) in rx {
+            waiting.insert(i, v);
+            while let Some(v) = waiting.remove(&due) {
+                record(c, packs[due].1, v);
+                due += 1;
+            }
+        }
+    });
+}
+
+/// Records what verifying one pack found.
+fn record(c: &mut Checker<'_>, size: u64, v: PackVerdict) {
     c.report.packs_checked += 1;
     c.report.blobs_checked += v.blobs_checked;
     c.report.bytes_read += v.bytes_read;
