@@ -63,11 +63,11 @@ struct Restorer<'a> {
     verify: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
-    pending: Vec<(PathBuf, Node)>,
+    pending: Vec<(PathBuf, Node, bool)>,
     pending_chunks: usize,
     /// Batches go to the writer thread, which writes them while the walk
     /// goes on, and sends back what it did.
-    batches: Option<SyncSender<Vec<(PathBuf, Node)>>>,
+    batches: Option<SyncSender<Vec<(PathBuf, Node, bool)>>>,
     done: Receiver<Result<BatchDone>>,
     /// Directories whose metadata is applied last, children first.
     dirs: Vec<(PathBuf, Node)>,
@@ -82,7 +82,7 @@ const BATCH_FILES: usize = 4096;
 /// A batch written: per file, why its content could not be written, or
 /// else why its metadata could not be applied.
 struct BatchDone {
-    files: Vec<(PathBuf, Node)>,
+    files: Vec<(PathBuf, Node, bool)>,
     content_failed: Vec<Option<String>>,
     metadata_failed: Vec<Option<String>>,
     bytes_fetched: u64,
@@ -91,7 +91,7 @@ struct BatchDone {
 /// The writer thread: writes each batch's contents, then the files' metadata.
 fn write_batches(
     repo: &Repository,
-    batches: Receiver<Vec<(PathBuf, Node)>>,
+    batches: Receiver<Vec<(PathBuf, Node, bool)>>,
     done: SyncSender<Result<BatchDone>>,
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -100,10 +100,11 @@ fn write_batches(
     for files in batches {
         let jobs: Vec<fetch::FileJob> = files
             .iter()
-            .map(|(dst, n)| fetch::FileJob {
+            .map(|(dst, n, create)| fetch::FileJob {
                 path: dst.clone(),
                 content: n.content.clone(),
                 size: n.size,
+                create: *create,
             })
             .collect();
         let outcome = match fetch::write_files(repo, &jobs, progress, cancel) {
@@ -116,7 +117,7 @@ fn write_batches(
         let metadata_failed = files
             .iter()
             .zip(&outcome.failed)
-            .map(|((dst, n), failed)| match failed {
+            .map(|((dst, n, _), failed)| match failed {
                 None => apply_metadata(dst, n, is_root).err(),
                 Some(_) => None,
             })
@@ -150,6 +151,8 @@ pub fn restore(
     let sub = subpath.unwrap_or("/");
     let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
     fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
+    // An empty target holds nothing to keep or replace.
+    let target_fresh = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
     let is_root = nix::unistd::geteuid().is_root();
     let (batch_tx, batch_rx) = sync_channel(1);
     let (done_tx, done_rx) = sync_channel(64);
@@ -177,7 +180,7 @@ pub fn restore(
             done: done_rx,
             dirs: Vec::new(),
         };
-        let result = r.run(node, subtree, target, sub, opts.verify);
+        let result = r.run(node, subtree, target, sub, opts.verify, target_fresh);
         // Stops the writer thread (after its batch) however the walk ended.
         r.batches = None;
         result.map(|()| r.summary)
@@ -192,15 +195,16 @@ impl Restorer<'_> {
         target: &Path,
         sub: &str,
         verify: bool,
+        target_fresh: bool,
     ) -> Result<()> {
         let r = self;
         match (node, subtree) {
             (Some(n), _) if n.kind != NodeKind::Dir => {
                 let dst = target.join(n.name.as_os());
-                r.leaf(&n, &dst, sub)?;
+                r.leaf(&n, &dst, sub, target_fresh)?;
             }
             (_, Some(tree)) => {
-                r.tree(&tree, target, sub, false)?;
+                r.tree(&tree, target, sub, false, target_fresh)?;
             }
             (_, None) => {}
         }
@@ -227,7 +231,16 @@ impl Restorer<'_> {
     }
 
     /// Restores the entries of `tree` into `dir`. Returns whether anything was restored.
-    fn tree(&mut self, tree: &Id, dir: &Path, prefix: &str, selected: bool) -> Result<bool> {
+    /// `fresh`: `dir` was created by this restore (or was empty), so nothing
+    /// in it needs to be checked, kept or replaced.
+    fn tree(
+        &mut self,
+        tree: &Id,
+        dir: &Path,
+        prefix: &str,
+        selected: bool,
+        fresh: bool,
+    ) -> Result<bool> {
         let t = self.repo.read_tree(tree)?;
         let mut any = false;
         for n in &t.nodes {
@@ -249,12 +262,20 @@ impl Restorer<'_> {
             }
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
-                if let Err(e) = make_dir(&dst) {
-                    self.error(&dst, format!("cannot create directory: {e}"));
-                    continue;
-                }
+                let created = if fresh {
+                    fs::create_dir(&dst).map(|()| true)
+                } else {
+                    make_dir(&dst)
+                };
+                let created = match created {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.error(&dst, format!("cannot create directory: {e}"));
+                        continue;
+                    }
+                };
                 let inner = match n.subtree {
-                    Some(sub) => match self.tree(&sub, &dst, &p, sel) {
+                    Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
                         Ok(b) => b,
                         Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
                         Err(e) => {
@@ -272,16 +293,16 @@ impl Restorer<'_> {
                     let _ = fs::remove_dir(&dst);
                 }
             } else if sel {
-                self.leaf(n, &dst, &p)?;
+                self.leaf(n, &dst, &p, fresh)?;
                 any = true;
             }
         }
         Ok(any)
     }
 
-    fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str) -> Result<()> {
+    fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str, fresh: bool) -> Result<()> {
         if n.kind == NodeKind::File {
-            return self.file(n, dst, snap_path);
+            return self.file(n, dst, snap_path, fresh);
         }
         if let Ok(m) = fs::symlink_metadata(dst) {
             let removed = if m.is_dir() {
@@ -329,7 +350,14 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str) -> Result<()> {
+    fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str, fresh: bool) -> Result<()> {
+        if fresh && n.links <= 1 && !n.content.is_empty() {
+            // In a directory this restore created: the workers create the
+            // file when they write its first chunk, so creating files is
+            // spread over the cores instead of serialising the walk.
+            self.queue_file(n, dst, true)?;
+            return Ok(());
+        }
         // Anything but a regular file in the way is replaced; a regular file
         // is kept and verified in place (an earlier, interrupted restore).
         let existing = fs::symlink_metadata(dst).ok();
@@ -374,11 +402,7 @@ impl Restorer<'_> {
                 self.error(dst, format!("cannot create file: {e}"));
                 return Ok(());
             }
-            self.pending_chunks += n.content.len();
-            self.pending.push((dst.to_path_buf(), n.clone()));
-            if self.pending_chunks >= BATCH_CHUNKS || self.pending.len() >= BATCH_FILES {
-                self.flush()?;
-            }
+            self.queue_file(n, dst, false)?;
             return Ok(());
         }
         match self.write_content(n, dst) {
@@ -392,6 +416,17 @@ impl Restorer<'_> {
             }
         }
         self.finish_file(n, dst);
+        Ok(())
+    }
+
+    /// Queues a new file for the writer; `create`: the workers create it
+    /// (else it exists at its length already).
+    fn queue_file(&mut self, n: &Node, dst: &Path, create: bool) -> Result<()> {
+        self.pending_chunks += n.content.len();
+        self.pending.push((dst.to_path_buf(), n.clone(), create));
+        if self.pending_chunks >= BATCH_CHUNKS || self.pending.len() >= BATCH_FILES {
+            self.flush()?;
+        }
         Ok(())
     }
 
@@ -423,7 +458,7 @@ impl Restorer<'_> {
     fn batch_done(&mut self, d: BatchDone) {
         self.summary.bytes_fetched += d.bytes_fetched;
         let results = d.content_failed.into_iter().zip(d.metadata_failed);
-        for ((dst, n), (content, metadata)) in d.files.iter().zip(results) {
+        for ((dst, n, _), (content, metadata)) in d.files.iter().zip(results) {
             if let Some(e) = content {
                 let _ = fs::remove_file(dst);
                 self.hardlinks.remove(&(n.device_id, n.inode));
@@ -562,14 +597,15 @@ fn safe_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
-fn make_dir(dst: &Path) -> std::io::Result<()> {
+/// Makes `dst` a directory; returns whether it was created (it is then empty).
+fn make_dir(dst: &Path) -> std::io::Result<bool> {
     match fs::symlink_metadata(dst) {
-        Ok(m) if m.is_dir() => Ok(()),
+        Ok(m) if m.is_dir() => Ok(false),
         Ok(_) => {
             fs::remove_file(dst)?;
-            fs::create_dir(dst)
+            fs::create_dir(dst).map(|()| true)
         }
-        Err(_) => fs::create_dir(dst),
+        Err(_) => fs::create_dir(dst).map(|()| true),
     }
 }
 

@@ -104,6 +104,26 @@ pub trait Storage: Send + Sync {
         len: u64,
     ) -> Result<Vec<u8>, StorageError>;
 
+    /// Reads `len` bytes at `offset` into `scratch` (reused across calls),
+    /// returning where in `scratch` they are; fails if the object is
+    /// shorter. A backend may read more around the range, e.g. to meet the
+    /// alignment of direct I/O (the local backend reads large ranges with
+    /// `O_DIRECT`, bypassing the page cache).
+    fn read_range_scratch(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, StorageError> {
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        self.read_range_into(kind, name, offset, &mut scratch[..len])?;
+        Ok(0..len)
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`; fails if the object
     /// is shorter. Lets a caller that reads many ranges reuse one buffer.
     fn read_range_into(

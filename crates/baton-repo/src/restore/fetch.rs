@@ -21,13 +21,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// Blobs of one pack closer than this are read with one request.
 const MAX_GAP: u64 = 1 << 20;
 
-/// A file whose content is to be written. It exists, has its final length,
-/// and reads as zeros.
+/// A file whose content is to be written: it exists at its final length
+/// and reads as zeros, or (`create`) it does not exist yet and the worker
+/// that writes its first chunk creates it, the one that writes its last
+/// gives it its length (trailing holes).
 pub(super) struct FileJob {
     pub path: PathBuf,
     pub content: Vec<Id>,
     /// The size the snapshot records.
     pub size: u64,
+    pub create: bool,
 }
 
 /// What writing a batch did.
@@ -119,6 +122,11 @@ pub(super) fn write_files(
         ws.sort_by_key(|&w| wants[w].offset);
     }
 
+    // Chunk writes left per file, to know which write is a file's last.
+    let remaining: Vec<AtomicUsize> = files
+        .iter()
+        .map(|f| AtomicUsize::new(f.content.len()))
+        .collect();
     let next = AtomicUsize::new(0);
     let fetched = AtomicU64::new(0);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -141,6 +149,7 @@ pub(super) fn write_files(
                                 failures: &failures,
                                 progress,
                                 fetched: &fetched,
+                                remaining: &remaining,
                             };
                             ctx.pack(pack, ws, &wants, &mut out);
                         }
@@ -171,6 +180,7 @@ struct Ctx<'a> {
     failures: &'a Failures,
     progress: &'a dyn Progress,
     fetched: &'a AtomicU64,
+    remaining: &'a [AtomicUsize],
 }
 
 impl Ctx<'_> {
@@ -189,25 +199,24 @@ impl Ctx<'_> {
             }
             let run = &ws[start..end];
             let len = (run_end - first.offset) as usize;
-            if out.buf.len() < len {
-                out.buf.resize(len, 0);
-            }
-            let read = self.repo.storage().read_range_into(
+            let read = self.repo.storage().read_range_scratch(
                 ObjectKind::Pack,
                 &pack.to_hex(),
                 first.offset,
-                &mut out.buf[..len],
+                len,
+                &mut out.buf,
             );
             match read {
-                Ok(()) => {
-                    let bytes = std::mem::take(&mut out.buf);
+                Ok(range) => {
+                    let whole = std::mem::take(&mut out.buf);
+                    let bytes = &whole[range];
                     for &w in run {
                         let w = &wants[w];
                         let at = (w.offset - first.offset) as usize;
                         let sealed = &bytes[at..at + w.length as usize];
                         self.blob(pack, w, sealed, out);
                     }
-                    out.buf = bytes;
+                    out.buf = whole;
                 }
                 Err(e) => {
                     for &w in run {
@@ -240,13 +249,18 @@ impl Ctx<'_> {
             if self.failures.has(f) {
                 continue;
             }
-            let path = &self.files[f].path;
-            let written = out
-                .file(f, path)
-                .and_then(|file| write_sparse(file, data, offset));
+            let job = &self.files[f];
+            let last = self.remaining[f].fetch_sub(1, Ordering::AcqRel) == 1;
+            let written = out.file(f, &job.path, job.create).and_then(|file| {
+                write_sparse(file, data, offset)?;
+                if last && job.create {
+                    file.set_len(job.size)?;
+                }
+                Ok(())
+            });
             if let Err(e) = written {
                 self.failures
-                    .set(f, || format!("writing {}: {e}", path.display()));
+                    .set(f, || format!("writing {}: {e}", job.path.display()));
             }
             self.progress.bytes(data.len() as u64);
         }
@@ -266,10 +280,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn file(&mut self, f: usize, path: &std::path::Path) -> std::io::Result<&File> {
+    fn file(&mut self, f: usize, path: &std::path::Path, create: bool) -> std::io::Result<&File> {
         if self.open.as_ref().is_none_or(|(i, _)| *i != f) {
             self.open = None;
-            let file = OpenOptions::new().write(true).open(path)?;
+            let file = OpenOptions::new().write(true).create(create).open(path)?;
             self.open = Some((f, file));
         }
         Ok(&self.open.as_ref().expect("just opened").1)
