@@ -337,20 +337,11 @@ fresh_repo() {  # TOOL REPO DATASET: empty repository and caches; 1 when init fa
 }
 
 # --- 4. machine limits ----------------------------------------------------
-measure_read() {  # DIR LABEL: cold (if possible) sequential read of every file, one reader
+measure_read() {  # DIR LABEL [READERS]: cold (if possible) read of every file, one reader or READERS at once
     drop_caches || true
-    local w u s
+    local w u s xargs_opts="${3:+-n 64 -P $3}"
     /usr/bin/time -f '%e %U %S' -o "$LOGS/read-$2.time" \
-        bash -c 'find "$1" -type f -print0 | xargs -0 cat >/dev/null' read "$1"
-    read -r w u s < <(tail -n 1 "$LOGS/read-$2.time")
-    meta "read_s_$2" "$w"
-    meta "read_cpu_s_$2" "$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')"
-}
-measure_read_parallel() {  # DIR LABEL: the same with 8 readers (what a disk gives to parallel reads)
-    drop_caches || true
-    local w u s
-    /usr/bin/time -f '%e %U %S' -o "$LOGS/read-$2.time" \
-        bash -c 'find "$1" -type f -print0 | xargs -0 -n 64 -P 8 cat >/dev/null' read "$1"
+        bash -c 'find "$1" -type f -print0 | xargs -0 $2 cat >/dev/null' read "$1" "$xargs_opts"
     read -r w u s < <(tail -n 1 "$LOGS/read-$2.time")
     meta "read_s_$2" "$w"
     meta "read_cpu_s_$2" "$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')"
@@ -359,7 +350,7 @@ measure_limits() {  # DATASET-DIR: read speed, primitives, index memory
     log "limits: sequential read of the dataset ($CACHE cache)"
     measure_read "$1" dataset
     log "limits: parallel read of the dataset, 8 readers ($CACHE cache)"
-    measure_read_parallel "$1" dataset_par
+    measure_read "$1" dataset_par 8
     if [[ -n "$BATON" ]]; then
         log "limits: baton debug primitives --mib $PRIM_MIB"
         "$BATON" debug primitives --json --mib "$PRIM_MIB" >"$RUN/primitives.json" 2>"$LOGS/primitives.stderr" ||

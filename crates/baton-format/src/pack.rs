@@ -220,6 +220,12 @@ pub fn open_blob_into<'b>(
     } else {
         &bufs.plain
     };
+    check_id(key, id, data)?;
+    Ok(data)
+}
+
+/// Checks that a blob's plaintext hashes to its id.
+fn check_id(key: &MasterKey, id: &Id, data: &[u8]) -> Result<(), FormatError> {
     let actual = key.blob_id(data);
     if &actual != id {
         return Err(FormatError::malformed(
@@ -231,7 +237,7 @@ pub fn open_blob_into<'b>(
             ),
         ));
     }
-    Ok(data)
+    Ok(())
 }
 
 /// Opens one blob's sealed bytes: decrypts, decompresses, and verifies that the
@@ -249,17 +255,7 @@ pub fn open_blob(
     } else {
         plain
     };
-    let actual = key.blob_id(&data);
-    if &actual != id {
-        return Err(FormatError::malformed(
-            "blob",
-            format!(
-                "content hashes to {} instead of {}",
-                actual.short(),
-                id.short()
-            ),
-        ));
-    }
+    check_id(key, id, &data)?;
     Ok(data)
 }
 

@@ -76,6 +76,23 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
+/// [`Storage::read_range_scratch`] for a backend without a faster way:
+/// the range at the start of `scratch`.
+pub(crate) fn read_range_buffered<S: Storage + ?Sized>(
+    storage: &S,
+    kind: ObjectKind,
+    name: &str,
+    offset: u64,
+    len: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<std::ops::Range<usize>, StorageError> {
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    storage.read_range_into(kind, name, offset, &mut scratch[..len])?;
+    Ok(0..len)
+}
+
 /// Object storage: small, synchronous and usable as `dyn Storage`.
 pub trait Storage: Send + Sync {
     /// Human-readable location (a path or URL) for messages.
@@ -117,11 +134,7 @@ pub trait Storage: Send + Sync {
         len: usize,
         scratch: &mut Vec<u8>,
     ) -> Result<std::ops::Range<usize>, StorageError> {
-        if scratch.len() < len {
-            scratch.resize(len, 0);
-        }
-        self.read_range_into(kind, name, offset, &mut scratch[..len])?;
-        Ok(0..len)
+        read_range_buffered(self, kind, name, offset, len, scratch)
     }
 
     /// Reads `buf.len()` bytes at `offset` into `buf`; fails if the object

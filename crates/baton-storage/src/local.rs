@@ -246,11 +246,7 @@ impl Storage for LocalStorage {
     ) -> Result<std::ops::Range<usize>, StorageError> {
         use std::os::unix::fs::{FileExt, OpenOptionsExt};
         let buffered = |scratch: &mut Vec<u8>| {
-            if scratch.len() < len {
-                scratch.resize(len, 0);
-            }
-            self.read_range_into(kind, name, offset, &mut scratch[..len])
-                .map(|()| 0..len)
+            crate::read_range_buffered(self, kind, name, offset, len, scratch)
         };
         if len < DIRECT_MIN {
             return buffered(scratch);
