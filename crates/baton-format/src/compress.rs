@@ -69,13 +69,8 @@ fn with_dctx<T>(
 
 /// Decompresses a blob whose plaintext length is known.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, FormatError> {
-    let out = with_dctx(|d| d.decompress(data, raw_len))?;
-    if out.len() != raw_len {
-        return Err(FormatError::Decompress(format!(
-            "expected {raw_len} bytes, got {}",
-            out.len()
-        )));
-    }
+    let mut out = Vec::new();
+    decompress_into(data, raw_len, &mut out)?;
     Ok(out)
 }
 

@@ -9,7 +9,7 @@
 
 use crate::FormatError;
 use baton_types::{Id, KdfParams, hex_decode, hex_encode};
-use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 /// Bytes added to a plaintext by sealing it.
@@ -65,32 +65,15 @@ impl MasterKey {
 
     /// Opens what [`MasterKey::encrypt`] sealed.
     pub fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
-        open(&self.cipher, sealed)
+        let mut out = Vec::new();
+        self.decrypt_into(sealed, &mut out)?;
+        Ok(out)
     }
 
     /// Like [`MasterKey::decrypt`], into `out` (cleared first): decrypts in
     /// place, so a caller opening many blobs can reuse its buffer.
     pub fn decrypt_into(&self, sealed: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
-        out.clear();
-        if sealed.len() < OVERHEAD {
-            return Err(FormatError::Decrypt);
-        }
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - 16);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| FormatError::Decrypt)?;
-        let tag: [u8; 16] = tag.try_into().map_err(|_| FormatError::Decrypt)?;
-        out.extend_from_slice(ct);
-        let opened = self.cipher.decrypt_inout_detached(
-            &XNonce::from(nonce),
-            b"",
-            out.as_mut_slice().into(),
-            &tag.into(),
-        );
-        if opened.is_err() {
-            out.clear();
-            return Err(FormatError::Decrypt);
-        }
-        Ok(())
+        open_into(&self.cipher, sealed, out)
     }
 
     /// The keyed hash that names a blob with this plaintext.
@@ -141,7 +124,9 @@ impl MasterKey {
             .ok_or_else(|| FormatError::malformed("key file", "data is not hex"))?;
         let kek = derive_key(password, kdf)?;
         let cipher = XChaCha20Poly1305::new(&kek.into());
-        Self::from_json(&open(&cipher, &sealed)?)
+        let mut plain = Vec::new();
+        open_into(&cipher, &sealed, &mut plain)?;
+        Self::from_json(&plain)
     }
 }
 
@@ -160,15 +145,33 @@ fn seal_into(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&tag);
 }
 
-fn open(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+/// Opens `nonce || ciphertext || tag` into `out` (cleared first; left empty
+/// on failure), decrypting in place.
+fn open_into(
+    cipher: &XChaCha20Poly1305,
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), FormatError> {
+    out.clear();
     if sealed.len() < OVERHEAD {
         return Err(FormatError::Decrypt);
     }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ct, tag) = rest.split_at(rest.len() - 16);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| FormatError::Decrypt)?;
-    cipher
-        .decrypt(&XNonce::from(nonce), ct)
-        .map_err(|_| FormatError::Decrypt)
+    let tag: [u8; 16] = tag.try_into().map_err(|_| FormatError::Decrypt)?;
+    out.extend_from_slice(ct);
+    let opened = cipher.decrypt_inout_detached(
+        &XNonce::from(nonce),
+        b"",
+        out.as_mut_slice().into(),
+        &tag.into(),
+    );
+    if opened.is_err() {
+        out.clear();
+        return Err(FormatError::Decrypt);
+    }
+    Ok(())
 }
 
 /// Default Argon2id parameters: 64 MiB, 3 passes, 1 lane (OWASP's guidance).

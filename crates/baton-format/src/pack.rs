@@ -220,12 +220,6 @@ pub fn open_blob_into<'b>(
     } else {
         &bufs.plain
     };
-    check_id(key, id, data)?;
-    Ok(data)
-}
-
-/// Checks that a blob's plaintext hashes to its id.
-fn check_id(key: &MasterKey, id: &Id, data: &[u8]) -> Result<(), FormatError> {
     let actual = key.blob_id(data);
     if &actual != id {
         return Err(FormatError::malformed(
@@ -237,7 +231,7 @@ fn check_id(key: &MasterKey, id: &Id, data: &[u8]) -> Result<(), FormatError> {
             ),
         ));
     }
-    Ok(())
+    Ok(data)
 }
 
 /// Opens one blob's sealed bytes: decrypts, decompresses, and verifies that the
@@ -249,14 +243,9 @@ pub fn open_blob(
     raw_length: u32,
     compressed: bool,
 ) -> Result<Vec<u8>, FormatError> {
-    let plain = key.decrypt(sealed)?;
-    let data = if compressed {
-        crate::compress::decompress(&plain, raw_length as usize)?
-    } else {
-        plain
-    };
-    check_id(key, id, &data)?;
-    Ok(data)
+    let mut bufs = BlobBuffers::default();
+    open_blob_into(key, id, sealed, raw_length, compressed, &mut bufs)?;
+    Ok(if compressed { bufs.raw } else { bufs.plain })
 }
 
 #[cfg(test)]
