@@ -205,9 +205,10 @@ pub fn prune_locked(
     let mut index = Index::new();
     for (id, f) in &files {
         if !superseded.contains(id) {
-            index.add_file(f);
+            index.load_file(f);
         }
     }
+    index.compact();
     *repo.index_mut() = index;
     let mut used = HashSet::new();
     let mut seen = HashSet::new();

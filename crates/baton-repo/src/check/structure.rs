@@ -201,7 +201,7 @@ impl Checker<'_> {
             if is_superseded(&name) {
                 continue;
             }
-            self.index.add_file(&f);
+            self.index.load_file(&f);
             for p in f.packs {
                 match self.indexed_packs.get(&p.id) {
                     None => {
@@ -222,6 +222,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.index.compact();
         Ok(())
     }
 
