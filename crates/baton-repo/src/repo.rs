@@ -4,9 +4,9 @@ use crate::index::Index;
 use crate::{RepoError, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::{self, MasterKey};
-use baton_format::index::IndexFile;
+use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::{from_json, open_object, seal_object, to_json};
-use baton_format::pack::open_blob;
+use baton_format::pack::{PackWriter, open_blob};
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage, StorageError};
 use baton_types::{ChunkerParams, Config, FORMAT_VERSION, Id, KdfParams, KeyFile, Snapshot, Tree};
@@ -282,12 +282,17 @@ impl Repository {
             payload,
         );
         let id = storage_id(&sealed);
-        match self.storage.put(kind, &id.to_hex(), &sealed) {
-            Ok(()) => {}
-            Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(e.into()),
-        }
+        put_content_addressed(&*self.storage, kind, &id, &sealed)?;
         Ok((id, sealed.len() as u64))
+    }
+
+    /// Seals the header of a finished pack and stores the pack durably.
+    /// Returns its index entry and its size.
+    pub(crate) fn store_pack(&self, w: PackWriter) -> Result<(IndexPack, u64)> {
+        let (bytes, blobs) = w.finish(&self.key);
+        let id = storage_id(&bytes);
+        put_content_addressed(&*self.storage, ObjectKind::Pack, &id, &bytes)?;
+        Ok((IndexPack { id, blobs }, bytes.len() as u64))
     }
 
     /// Reads and opens a sealed object.
@@ -514,6 +519,20 @@ fn write_key(
     let name = storage_id(&bytes).to_hex();
     storage.put(ObjectKind::Key, &name, &bytes)?;
     Ok(name)
+}
+
+/// Stores an object named by the hash of its bytes: one already stored
+/// under that name holds the same bytes, so it counts as stored.
+pub(crate) fn put_content_addressed(
+    storage: &dyn Storage,
+    kind: ObjectKind,
+    id: &Id,
+    bytes: &[u8],
+) -> Result<()> {
+    match storage.put(kind, &id.to_hex(), bytes) {
+        Err(e) if !e.is_already_exists() => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn annotate(e: StorageError, context: &str) -> RepoError {

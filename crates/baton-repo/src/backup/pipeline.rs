@@ -8,6 +8,7 @@
 //! Data and tree blobs go to separate packs, so reading trees (browsing,
 //! check, the parent of the next backup) touches few, small packs.
 
+use crate::repo::put_content_addressed;
 use crate::{RepoError, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
@@ -416,11 +417,7 @@ fn uploader(
     let mut out = PackerOutput::default();
     for f in rx {
         if !dry_run {
-            match storage.put(ObjectKind::Pack, &f.id.to_hex(), &f.bytes) {
-                Ok(()) => {}
-                Err(e) if e.is_already_exists() => {}
-                Err(e) => return Err(e.into()),
-            }
+            put_content_addressed(storage, ObjectKind::Pack, &f.id, &f.bytes)?;
         }
         crate::crashpoint::crashpoint("after-pack");
         out.bytes_stored += f.bytes.len() as u64;

@@ -10,7 +10,6 @@ use crate::progress::Progress;
 use crate::{LockGuard, Repository, Result};
 use baton_format::index::IndexPack;
 use baton_format::pack::{PackEntry, PackWriter};
-use baton_format::storage_id;
 use baton_storage::ObjectKind;
 use baton_types::BlobType;
 
@@ -54,18 +53,9 @@ impl Writers<'_> {
     }
 
     fn store(&mut self, w: PackWriter) -> Result<()> {
-        let (bytes, blobs) = w.finish(self.repo.key());
-        let id = storage_id(&bytes);
-        match self
-            .repo
-            .storage()
-            .put(ObjectKind::Pack, &id.to_hex(), &bytes)
-        {
-            Err(e) if !e.is_already_exists() => return Err(e.into()),
-            _ => {}
-        }
-        self.bytes += bytes.len() as u64;
-        self.stored.push(IndexPack { id, blobs });
+        let (pack, bytes) = self.repo.store_pack(w)?;
+        self.bytes += bytes;
+        self.stored.push(pack);
         Ok(())
     }
 }

@@ -14,7 +14,6 @@ use baton_format::compress::Compressor;
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::{from_json, to_json};
 use baton_format::pack::{PackEntry, PackWriter};
-use baton_format::storage_id;
 use baton_storage::ObjectKind;
 use baton_types::{BlobType, Id, NodeKind, Snapshot, Tree};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -110,17 +109,8 @@ impl Rewriter<'_> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let (bytes, entries) = std::mem::take(&mut self.pack).finish(self.repo.key());
-        let id = storage_id(&bytes);
-        match self
-            .repo
-            .storage()
-            .put(ObjectKind::Pack, &id.to_hex(), &bytes)
-        {
-            Err(e) if !e.is_already_exists() => return Err(e.into()),
-            _ => {}
-        }
-        self.stored.push(IndexPack { id, blobs: entries });
+        let (pack, _) = self.repo.store_pack(std::mem::take(&mut self.pack))?;
+        self.stored.push(pack);
         Ok(())
     }
 
