@@ -520,7 +520,8 @@ impl<'a, 'p> Archiver<'a, 'p> {
         });
         node.subtree = Some(match same {
             Some(id) => id,
-            None => self.save_tree(tree)?,
+            // Sorted above already.
+            None => self.save_blob(BlobType::Tree, to_json(&tree))?,
         });
         self.summary.dirs += 1;
         self.finished(path, &node)?;
