@@ -8,15 +8,6 @@ use baton_testing::write_file;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-fn no_panic(r: &Run) {
-    assert_ne!(r.code, 101, "baton panicked: {}", r.stderr);
-    assert!(
-        !r.stderr.contains("panicked"),
-        "baton panicked: {}",
-        r.stderr
-    );
-}
-
 /// Two snapshots: the first of `a` and `sub/c`, the second adds `b`. Each
 /// file is one chunk, so each backup stores one data pack, one tree pack
 /// and one index object.
@@ -197,17 +188,7 @@ fn damaged_data_is_traced_to_snapshots_and_files() {
 /// "unreferenced"; the repository checks clean.
 #[test]
 fn packs_of_an_unfinished_backup_are_not_unreferenced() {
-    let env = Env::empty();
-    env.run(&[
-        "init",
-        "--kdf-memory",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size",
-        "1",
-    ])
-    .ok();
+    let env = Env::with_pack_size(1);
     let src = env.path("big");
     for i in 0..24 {
         write_file(&src.join(format!("f{i:02}")), 12 << 20, 100 + i).unwrap();

@@ -41,6 +41,16 @@ impl Run {
     }
 }
 
+/// Fails the test if baton panicked instead of reporting an error.
+pub fn no_panic(r: &Run) {
+    assert_ne!(r.code, 101, "baton panicked: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("panicked"),
+        "baton panicked: {}",
+        r.stderr
+    );
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -51,6 +61,23 @@ impl Env {
         let e = Env::empty();
         e.run(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"])
             .ok();
+        e
+    }
+
+    /// Like [`Env::new`], with packs of `mib` MiB (small packs: a backup
+    /// stores, and journals, many of them).
+    pub fn with_pack_size(mib: u64) -> Env {
+        let e = Env::empty();
+        e.run(&[
+            "init",
+            "--kdf-memory",
+            "1024",
+            "--kdf-iterations",
+            "1",
+            "--pack-size",
+            &mib.to_string(),
+        ])
+        .ok();
         e
     }
 

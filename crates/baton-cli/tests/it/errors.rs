@@ -6,15 +6,6 @@ use baton_testing::write_file;
 use std::io::Write;
 use std::path::Path;
 
-fn no_panic(r: &Run) {
-    assert_ne!(r.code, 101, "baton panicked: {}", r.stderr);
-    assert!(
-        !r.stderr.contains("panicked"),
-        "baton panicked: {}",
-        r.stderr
-    );
-}
-
 #[test]
 fn no_repository_is_exit_10() {
     let env = Env::empty();

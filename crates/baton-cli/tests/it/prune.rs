@@ -228,24 +228,9 @@ fn kill_mid_backup(env: &Env, src: &Path) -> serde_json::Value {
     jobs[0].clone()
 }
 
-fn small_pack_env() -> Env {
-    let env = Env::empty();
-    env.run(&[
-        "init",
-        "--kdf-memory",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size",
-        "1",
-    ])
-    .ok();
-    env
-}
-
 #[test]
 fn an_unfinished_jobs_packs_survive_prune_and_the_backup_resumes() {
-    let env = small_pack_env();
+    let env = Env::with_pack_size(1);
     let other = env.path("other");
     write_file(&other.join("x"), 1 << 20, 1).unwrap();
     let s1 = id(&env.backup(&[&other], &[]));
@@ -292,7 +277,7 @@ fn an_unfinished_jobs_packs_survive_prune_and_the_backup_resumes() {
 
 #[test]
 fn prune_forgets_a_job_older_than_max_job_age() {
-    let env = small_pack_env();
+    let env = Env::with_pack_size(1);
     let src = env.path("src");
     let job = kill_mid_backup(&env, &src);
     let packs = job["packs"].as_u64().unwrap();

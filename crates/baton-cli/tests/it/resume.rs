@@ -23,21 +23,6 @@ impl Rng {
     }
 }
 
-fn fast_env() -> Env {
-    let e = Env::empty();
-    e.run(&[
-        "init",
-        "--kdf-memory",
-        "1024",
-        "--kdf-iterations",
-        "1",
-        "--pack-size",
-        &PACK_MIB.to_string(),
-    ])
-    .ok();
-    e
-}
-
 /// A copy of `template`'s repository in a new environment: same keys and
 /// chunker seed, so tree ids are comparable across the copies.
 fn clone_env(template: &Env) -> Env {
@@ -146,7 +131,7 @@ fn kill_at_random_instants_and_resume() {
         .unwrap_or(0x5eed_1234_u64);
     eprintln!("crash harness seed: {seed} (set BATON_CRASH_SEED to reproduce another)");
     let mut rng = Rng(seed);
-    let template = fast_env();
+    let template = Env::with_pack_size(PACK_MIB);
     let data = tempfile::tempdir().unwrap();
     let (sources, total, largest) = make_sources(data.path(), 7, 32 << 20, 3000, seed);
     assert!(total >= 300 << 20, "{total}");
@@ -231,7 +216,7 @@ fn kill_at_random_instants_and_resume() {
 /// and a deleted directory between the kill and the resume.
 #[test]
 fn several_kills_in_a_row_then_changes_before_resume() {
-    let template = fast_env();
+    let template = Env::with_pack_size(PACK_MIB);
     let data = tempfile::tempdir().unwrap();
     let (sources, total, _) = make_sources(data.path(), 6, 12 << 20, 600, 77);
     // Duration of a clean backup into an empty copy of the repository.
@@ -288,7 +273,7 @@ fn several_kills_in_a_row_then_changes_before_resume() {
 /// not yet deleted) and right after a pack or a journal record.
 #[test]
 fn crash_points_while_sealing_and_journaling() {
-    let template = fast_env();
+    let template = Env::with_pack_size(PACK_MIB);
     let data = tempfile::tempdir().unwrap();
     let (sources, _, _) = make_sources(data.path(), 3, 9 << 20, 200, 5);
     let reference_env = clone_env(&template);
@@ -335,7 +320,7 @@ fn crash_points_while_sealing_and_journaling() {
 /// one pack.
 #[test]
 fn restore_killed_and_run_again() {
-    let env = fast_env();
+    let env = Env::with_pack_size(PACK_MIB);
     let data = tempfile::tempdir().unwrap();
     let (sources, total, _) = make_sources(data.path(), 6, 16 << 20, 400, 9);
     backup_json(&env, &[], &sources);

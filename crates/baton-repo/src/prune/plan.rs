@@ -301,22 +301,7 @@ mod tests {
             v.into_iter()
                 .enumerate()
                 .map(|(n, (blobs, protected, missing))| {
-                    let mut offset = 0;
-                    let entries: Vec<PackEntry> = blobs
-                        .iter()
-                        .map(|&(b, length)| {
-                            let e = PackEntry {
-                                blob_type: BlobType::Data,
-                                id: blob(b),
-                                offset,
-                                length,
-                                raw_length: length - 40,
-                                compressed: false,
-                            };
-                            offset += length;
-                            e
-                        })
-                        .collect();
+                    let (entries, offset) = entries(&blobs);
                     PackInfo {
                         id: Id::from_bytes([200 + n as u8; 32]),
                         size: (missing != 0).then_some(u64::from(offset) + 100),
@@ -422,7 +407,9 @@ mod tests {
         }
     }
 
-    fn pack(n: u8, blobs: &[(u8, u32)]) -> PackInfo {
+    /// Entries for blobs `(blob number, sealed length)` laid out one after
+    /// the other, and where the last one ends.
+    fn entries(blobs: &[(u8, u32)]) -> (Vec<PackEntry>, u32) {
         let mut offset = 0;
         let entries = blobs
             .iter()
@@ -439,6 +426,11 @@ mod tests {
                 e
             })
             .collect();
+        (entries, offset)
+    }
+
+    fn pack(n: u8, blobs: &[(u8, u32)]) -> PackInfo {
+        let (entries, offset) = entries(blobs);
         PackInfo {
             id: Id::from_bytes([100 + n; 32]),
             size: Some(u64::from(offset) + 100),
