@@ -426,15 +426,20 @@ def set_mtimes(out: str, seed: int) -> None:
         os.utime(dirpath, (BASE_MTIME, BASE_MTIME))
 
 
-def generate_small_only(out: str, seed: int, count: int) -> None:
-    """Only small source-like files: `count` of them, 256 B-8 KiB each, ~30
-    per directory in a nested tree (500k files: ~2 GiB, ~17k directories)."""
+def start(out: str, seed: int):
+    """Creates the empty output directory; returns the start time, fresh
+    statistics and the seed's vocabulary."""
     if os.path.exists(out) and os.listdir(out):
         sys.exit(f"gen_dataset: {out} exists and is not empty (remove it first)")
     os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    stats = Stats()
     vocab, cumw = make_vocab(sub_rng(seed, "vocab"))
+    return time.time(), Stats(), vocab, cumw
+
+
+def generate_small_only(out: str, seed: int, count: int) -> None:
+    """Only small source-like files: `count` of them, 256 B-8 KiB each, ~30
+    per directory in a nested tree (500k files: ~2 GiB, ~17k directories)."""
+    t0, stats, vocab, cumw = start(out, seed)
     gen_small(out, seed, 0, vocab, cumw, stats, count=count)
     set_mtimes(out, seed)
     print(
@@ -444,12 +449,7 @@ def generate_small_only(out: str, seed: int, count: int) -> None:
 
 
 def generate(out: str, seed: int, total: int) -> None:
-    if os.path.exists(out) and os.listdir(out):
-        sys.exit(f"gen_dataset: {out} exists and is not empty (remove it first)")
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    stats = Stats()
-    vocab, cumw = make_vocab(sub_rng(seed, "vocab"))
+    t0, stats, vocab, cumw = start(out, seed)
     gen_small(out, seed, int(total * 0.40), vocab, cumw, stats)
     gen_medium(out, seed, int(total * 0.20), total, vocab, cumw, stats)
     gen_large(out, seed, int(total * 0.25), total, stats)

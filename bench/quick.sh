@@ -47,23 +47,9 @@ for tool in $TOOLS; do
 done
 
 # --- 1. tools -------------------------------------------------------------
-missing=()
-if has_tool restic && ! command -v restic >/dev/null; then missing+=(restic); fi
-if has_tool borg && ! command -v borg >/dev/null; then missing+=(borgbackup); fi
-if [[ ! -x /usr/bin/time ]]; then missing+=(time); fi
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-# restic compresses only from 0.14 on (repository format v2, the default there).
-if has_tool restic; then
-    rv=$(restic version | awk '{print $2}')
-    if [[ "$(printf '%s\n' 0.14.0 "$rv" | sort -V | head -n 1)" != 0.14.0 ]]; then
-        log "warning: restic $rv is older than 0.14: no compression, comparison is skewed"
-    fi
-fi
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+ensure_peers
 
 if has_tool baton; then
     if [[ -n "${BATON_BIN:-}" ]]; then

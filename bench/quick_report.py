@@ -226,10 +226,14 @@ def limits(meta: dict, run_dir: str | None, runs: list[dict], budget: float) -> 
             "how": "find DIR -type f -print0 | xargs -0 cat >/dev/null, one reader",
         }
     cpus = int(meta.get("host_cpus") or os.cpu_count() or 1)
+    def floor_of(t_read: float, c_read: float) -> tuple[float, float]:
+        """(CPU-bound time, floor) = ((C_read + B / P) / n, max(T_read, that))."""
+        cpu = (c_read + ds["bytes_data"] / MiB / prim["pipeline_mib_s"]) / cpus
+        return cpu, max(t_read, cpu)
+
     if prim and ds and read_s:
         p = prim["pipeline_mib_s"]
-        cpu_s = (read_cpu + ds["bytes_data"] / MiB / p) / cpus
-        floor = max(read_s, cpu_s)
+        cpu_s, floor = floor_of(read_s, read_cpu)
         out["floor"] = {
             "formula": "max(T_read, (C_read + B / P) / n)",
             "T_read_s": read_s,
@@ -251,8 +255,7 @@ def limits(meta: dict, run_dir: str | None, runs: list[dict], budget: float) -> 
         par_s = num(meta.get("read_s_dataset_par"))
         par_cpu = num(meta.get("read_cpu_s_dataset_par")) or read_cpu
         if par_s:
-            cpu_par = (par_cpu + ds["bytes_data"] / MiB / p) / cpus
-            strict = max(par_s, cpu_par)
+            cpu_par, strict = floor_of(par_s, par_cpu)
             out["floor_parallel"] = {
                 "formula": "max(T_read8, (C_read8 + B / P) / n)",
                 "T_read_s": par_s,

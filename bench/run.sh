@@ -162,21 +162,9 @@ mkdir -p "$LOGS"
 meta() { printf '%s\t%s\n' "$1" "$2" >>"$META"; }
 
 # --- 1. tools -------------------------------------------------------------
-missing=()
-if has_tool restic && ! command -v restic >/dev/null; then missing+=(restic); fi
-if has_tool borg && ! command -v borg >/dev/null; then missing+=(borgbackup); fi
-[[ -x /usr/bin/time ]] || missing+=(time)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if has_tool restic; then
-    rv=$(restic version | awk '{print $2}')
-    if [[ "$(printf '%s\n' 0.14.0 "$rv" | sort -V | head -n 1)" != 0.14.0 ]]; then
-        log "warning: restic $rv is older than 0.14: no compression, comparison is skewed"
-    fi
-fi
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+ensure_peers
 BATON=""
 if has_tool baton || [[ $LIMITS == 1 ]]; then
     if [[ -n "${BATON_BIN:-}" ]]; then
