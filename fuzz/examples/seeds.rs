@@ -9,7 +9,7 @@ use baton_format::crypto::derive_key;
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::to_json;
 use baton_format::pack::{HEADER_MAGIC, PackEntry};
-use baton_fuzz::{ENC, MAC, PASSWORD, cheap_kdf, key, seal, seal_with};
+use baton_fuzz::{ENC, MAC, PASSWORD, cheap_kdf, key, key_wrap_ad, pack_ad, seal, seal_with};
 use baton_types::*;
 use std::path::Path;
 
@@ -112,14 +112,17 @@ fn main() {
         hex_encode(&MAC)
     );
     let kek = derive_key(PASSWORD, &kdf).unwrap();
-    let kf = KeyFile {
+    let mut kf = KeyFile {
+        version: 2,
+        repository: Some(baton_fuzz::REPO),
         created: "2026-01-02T03:04:05Z".into(),
         hostname: "host".into(),
         username: "root".into(),
         kdf: kdf.clone(),
-        data: hex_encode(&seal_with(&kek, master.as_bytes())),
+        data: String::new(),
         append_only: false,
     };
+    kf.data = hex_encode(&seal_with(&kek, &key_wrap_ad(&kf), master.as_bytes()));
     write("key_file", "key.json", &to_json(&kf));
     write(
         "key_file",
@@ -160,8 +163,11 @@ fn main() {
     write("index", "two_packs", &idx.encode());
 
     // pack_header: split position (u16le), blobs, header plaintext.
-    let b1 = seal(b"hello");
-    let b2 = seal(&[7u8; 50]);
+    let b1 = seal(
+        &baton_format::role::blob(BlobType::Data, &k.blob_id(b"hello")),
+        b"hello",
+    );
+    let b2 = seal(&baton_format::role::blob(BlobType::Tree, &id(4)), &[7u8; 50]);
     let h = pack_header(&[
         (
             BlobType::Data,
@@ -182,7 +188,7 @@ fn main() {
     s.extend_from_slice(&h0);
     write("pack_header", "empty", &s);
     // A whole pack whose header is sealed with the fixed key.
-    let sealed = seal(&h);
+    let sealed = seal(&pack_ad(), &h);
     let mut pack = blobs.clone();
     pack.extend_from_slice(&sealed);
     pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());

@@ -4,7 +4,7 @@
 
 use baton_format::compress::{Compressor, decompress_unknown};
 use baton_format::object::{MAX_OBJECT, open_object, seal_object};
-use baton_fuzz::{key, seal};
+use baton_fuzz::{key, object_ad, seal};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -18,12 +18,16 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     let key = key();
+    let ad = object_ad();
 
     // Unsealed bytes: never decrypt (the AEAD cannot be forged by mutation).
-    let _ = open_object(key, data);
+    let _ = open_object(key, &ad, data);
 
     // The input as the plaintext of an object sealed with the fixed key.
-    let opened = open_object(key, &seal(data));
+    let sealed_input = seal(&ad, data);
+    // In any other role it does not open.
+    assert!(open_object(key, b"another role", &sealed_input).is_err());
+    let opened = open_object(key, &ad, &sealed_input);
     match data.split_first() {
         Some((0, rest)) => assert_eq!(opened.expect("raw object"), rest),
         Some((1, rest)) => {
@@ -46,6 +50,6 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Sealing the input as an object and opening it gives it back.
-    let sealed = COMPRESSOR.with(|c| seal_object(key, &mut c.borrow_mut(), data));
-    assert_eq!(open_object(key, &sealed).expect("own object"), data);
+    let sealed = COMPRESSOR.with(|c| seal_object(key, &ad, &mut c.borrow_mut(), data));
+    assert_eq!(open_object(key, &ad, &sealed).expect("own object"), data);
 });

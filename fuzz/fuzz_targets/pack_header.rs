@@ -4,7 +4,7 @@
 use baton_format::pack::{
     MAX_HEADER, PackEntry, PackWriter, header_length, parse_header, read_header,
 };
-use baton_fuzz::{key, seal, split};
+use baton_fuzz::{REPO, key, pack_ad, seal, split};
 use libfuzzer_sys::fuzz_target;
 
 /// Entries that parsed must tile the pack: back to back from offset 0 up to
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The input as a whole pack. Only a pack whose header was sealed with
     // the fixed key (a seed) gets past the AEAD.
-    if let Ok(entries) = read_header(key, data) {
+    if let Ok(entries) = read_header(key, &REPO, data) {
         let n = u32::from_le_bytes(data[data.len() - 4..].try_into().unwrap());
         check_tiling(&entries, data.len(), n as usize);
     }
@@ -39,12 +39,12 @@ fuzz_target!(|data: &[u8]| {
     // A pack built from the input: its first part as the blobs, the rest
     // sealed with the fixed key as the header, then the header's length.
     let (blobs, header) = split(data);
-    let sealed = seal(header);
+    let sealed = seal(&pack_ad(), header);
     let mut pack = blobs.to_vec();
     pack.extend_from_slice(&sealed);
     pack.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-    let direct = parse_header(key, &sealed, pack.len() as u64);
-    match read_header(key, &pack) {
+    let direct = parse_header(key, &REPO, &sealed, pack.len() as u64);
+    match read_header(key, &REPO, &pack) {
         Ok(entries) => {
             assert_eq!(direct.expect("parse_header agrees"), entries);
             check_tiling(&entries, pack.len(), sealed.len());
@@ -54,14 +54,16 @@ fuzz_target!(|data: &[u8]| {
                 let b = &pack[e.offset as usize..(e.offset + e.length) as usize];
                 w.add(e.blob_type, e.id, b, e.raw_length, e.compressed);
             }
-            let (again, written) = w.finish(key);
+            let (again, written) = w.finish(key, &REPO);
             assert_eq!(written, entries);
             assert_eq!(&again[..blobs.len()], blobs);
             let h = key
-                .decrypt(&again[blobs.len()..again.len() - 4])
+                .decrypt(&pack_ad(), &again[blobs.len()..again.len() - 4])
                 .expect("own header");
             assert_eq!(h, header, "the header does not re-encode to its bytes");
-            assert_eq!(read_header(key, &again).expect("re-read"), entries);
+            assert_eq!(read_header(key, &REPO, &again).expect("re-read"), entries);
+            // Bound to the repository: another id does not open it.
+            assert!(read_header(key, &baton_types::Id::from_bytes([0; 32]), &again).is_err());
         }
         Err(_) => assert!(direct.is_err(), "read_header and parse_header disagree"),
     }

@@ -4,7 +4,7 @@
 
 use baton_format::crypto::MasterKey;
 use baton_format::object::{from_json, to_json};
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::sync::OnceLock;
 
@@ -20,21 +20,40 @@ pub fn key() -> &'static MasterKey {
     KEY.get_or_init(|| MasterKey::from_parts(ENC, MAC))
 }
 
-/// Seals `plain` under `enc` exactly as `MasterKey::encrypt` does
-/// (`nonce || ciphertext || tag`), but with a fixed nonce.
-pub fn seal_with(enc: &[u8; 32], plain: &[u8]) -> Vec<u8> {
+/// Seals `plain` bound to `ad` under `enc` exactly as `MasterKey::encrypt`
+/// does (`nonce || ciphertext || tag`), but with a fixed nonce.
+pub fn seal_with(enc: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(&(*enc).into());
     let ct = cipher
-        .encrypt(&XNonce::from(NONCE), plain)
+        .encrypt(&XNonce::from(NONCE), Payload { msg: plain, aad: ad })
         .expect("sealing an in-memory buffer cannot fail");
     let mut out = NONCE.to_vec();
     out.extend_from_slice(&ct);
     out
 }
 
-/// Seals `plain` under the fixed master key, so that it gets past the AEAD.
-pub fn seal(plain: &[u8]) -> Vec<u8> {
-    seal_with(&ENC, plain)
+/// Seals `plain` bound to `ad` under the fixed master key, so that it gets
+/// past the AEAD when opened in that role.
+pub fn seal(ad: &[u8], plain: &[u8]) -> Vec<u8> {
+    seal_with(&ENC, ad, plain)
+}
+
+/// The repository id the targets bind pack headers and objects to.
+pub const REPO: baton_types::Id = baton_types::Id::from_bytes([0x44; 32]);
+
+/// The role stored objects are sealed with in the targets.
+pub fn object_ad() -> Vec<u8> {
+    baton_format::role::object("snapshots", &REPO, "")
+}
+
+/// The role of a pack header in the targets.
+pub fn pack_ad() -> Vec<u8> {
+    baton_format::role::pack_header(&REPO)
+}
+
+/// What a key file's wrap is bound to.
+pub fn key_wrap_ad(kf: &baton_types::KeyFile) -> Vec<u8> {
+    baton_format::role::key_wrap(&to_json(&kf.fields()))
 }
 
 /// Splits an input in two at a position given by its first two bytes
@@ -71,11 +90,11 @@ where
 /// Password of the key files the `key_file` target builds.
 pub const PASSWORD: &[u8] = b"fuzz";
 
-/// The cheapest Argon2id parameters argon2 accepts, with a fixed salt.
+/// The cheapest Argon2id parameters the format accepts, with a fixed salt.
 pub fn cheap_kdf() -> baton_types::KdfParams {
     baton_types::KdfParams {
         algorithm: "argon2id".into(),
-        memory_kib: 8,
+        memory_kib: baton_format::crypto::MIN_KDF_MEMORY_KIB,
         iterations: 1,
         parallelism: 1,
         salt: "00112233445566778899aabbccddeeff".into(),

@@ -28,7 +28,7 @@ Exit codes:
   0   done
   1   failed
   2   wrong usage (bad arguments)
-  3   backup done, but some files could not be read
+  3   done, but some files (backup, restore) or objects (snapshots) could not be read
   10  no repository at the given location
   11  repository is locked
   12  wrong password";

@@ -126,3 +126,26 @@ pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
     r.load_index().context("loading the index")?;
     Ok((r, lock))
 }
+
+/// Text for a terminal: control characters (a file name can hold terminal
+/// escape sequences) are shown escaped, `\x1b` and the like, never sent.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}

@@ -2,7 +2,8 @@
 //!
 //! Every stored object and every blob is sealed with XChaCha20-Poly1305 under
 //! the repository's encryption key: `nonce (24 random bytes) || ciphertext ||
-//! tag (16)`. Random 24-byte nonces are safe across many concurrent writers.
+//! tag (16)`, with associated data that names what the unit is (see
+//! [`crate::role`]). Random 24-byte nonces are safe across many concurrent writers.
 //! Chunk ids are BLAKE3 in keyed mode with a second repository secret. The two
 //! secrets form the master key, which is stored only wrapped (sealed) under a
 //! key derived from a password with Argon2id, once per key file.
@@ -11,6 +12,7 @@ use crate::FormatError;
 use baton_types::{Id, KdfParams, hex_decode, hex_encode};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::{Zeroize, Zeroizing};
 
 /// Bytes added to a plaintext by sealing it.
 pub const OVERHEAD: usize = NONCE_LEN + 16;
@@ -36,6 +38,13 @@ struct MasterKeyJson {
     mac: String,
 }
 
+impl Drop for MasterKeyJson {
+    fn drop(&mut self) {
+        self.encrypt.zeroize();
+        self.mac.zeroize();
+    }
+}
+
 impl MasterKey {
     pub fn from_parts(enc: [u8; 32], mac: [u8; 32]) -> Self {
         let cipher = XChaCha20Poly1305::new(&enc.into());
@@ -50,30 +59,37 @@ impl MasterKey {
         Self::from_parts(enc, mac)
     }
 
-    /// Seals `plain`: nonce || ciphertext || tag.
-    pub fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
+    /// Seals `plain` bound to `ad` (its role, see [`crate::role`]):
+    /// nonce || ciphertext || tag.
+    pub fn encrypt(&self, ad: &[u8], plain: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        self.encrypt_into(plain, &mut out);
+        self.encrypt_into(ad, plain, &mut out);
         out
     }
 
     /// Like [`MasterKey::encrypt`], into `out` (cleared first), so a caller
     /// sealing many blobs can reuse its buffers.
-    pub fn encrypt_into(&self, plain: &[u8], out: &mut Vec<u8>) {
-        seal_into(&self.cipher, plain, out)
+    pub fn encrypt_into(&self, ad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
+        seal_into(&self.cipher, ad, plain, out)
     }
 
-    /// Opens what [`MasterKey::encrypt`] sealed.
-    pub fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+    /// Opens what [`MasterKey::encrypt`] sealed with the same `ad`; any
+    /// other associated data fails like damage.
+    pub fn decrypt(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
         let mut out = Vec::new();
-        self.decrypt_into(sealed, &mut out)?;
+        self.decrypt_into(ad, sealed, &mut out)?;
         Ok(out)
     }
 
     /// Like [`MasterKey::decrypt`], into `out` (cleared first): decrypts in
     /// place, so a caller opening many blobs can reuse its buffer.
-    pub fn decrypt_into(&self, sealed: &[u8], out: &mut Vec<u8>) -> Result<(), FormatError> {
-        open_into(&self.cipher, sealed, out)
+    pub fn decrypt_into(
+        &self,
+        ad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        open_into(&self.cipher, ad, sealed, out)
     }
 
     /// The keyed hash that names a blob with this plaintext.
@@ -86,12 +102,12 @@ impl MasterKey {
         blake3::Hasher::new_keyed(&self.mac)
     }
 
-    fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&MasterKeyJson {
+    fn to_json(&self) -> Zeroizing<Vec<u8>> {
+        let j = MasterKeyJson {
             encrypt: hex_encode(&self.enc),
             mac: hex_encode(&self.mac),
-        })
-        .expect("serializing two strings cannot fail")
+        };
+        Zeroizing::new(serde_json::to_vec(&j).expect("serializing two strings cannot fail"))
     }
 
     fn from_json(b: &[u8]) -> Result<Self, FormatError> {
@@ -100,39 +116,67 @@ impl MasterKey {
             source,
         })?;
         let part = |s: &str| {
-            hex_decode(s)
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| FormatError::malformed("master key", "key part is not 32 hex bytes"))
+            let v = Zeroizing::new(hex_decode(s).unwrap_or_default());
+            let mut out = [0u8; 32];
+            if v.len() != 32 {
+                return Err(FormatError::malformed(
+                    "master key",
+                    "key part is not 32 hex bytes",
+                ));
+            }
+            out.copy_from_slice(&v);
+            Ok(out)
         };
-        Ok(Self::from_parts(part(&j.encrypt)?, part(&j.mac)?))
+        let mut enc = part(&j.encrypt)?;
+        let mut mac = part(&j.mac)?;
+        let key = Self::from_parts(enc, mac);
+        enc.zeroize();
+        mac.zeroize();
+        Ok(key)
     }
 
-    /// Wraps this master key under `password`, returning the hex of the sealed
-    /// key for a [`baton_types::KeyFile`].
-    pub fn wrap(&self, password: &[u8], kdf: &KdfParams) -> Result<String, FormatError> {
-        let kek = derive_key(password, kdf)?;
-        let cipher = XChaCha20Poly1305::new(&kek.into());
+    /// Wraps this master key under `password`, bound to `ad` (see
+    /// [`crate::role::key_wrap`]), returning the hex of the sealed key for a
+    /// [`baton_types::KeyFile`].
+    pub fn wrap(&self, password: &[u8], kdf: &KdfParams, ad: &[u8]) -> Result<String, FormatError> {
+        let kek = Zeroizing::new(derive_key(password, kdf)?);
+        let cipher = XChaCha20Poly1305::new(&(*kek).into());
         let mut sealed = Vec::new();
-        seal_into(&cipher, &self.to_json(), &mut sealed);
+        seal_into(&cipher, ad, &self.to_json(), &mut sealed);
         Ok(hex_encode(&sealed))
     }
 
-    /// Unwraps a master key sealed by [`MasterKey::wrap`]. A wrong password
-    /// gives [`FormatError::Decrypt`].
-    pub fn unwrap(data_hex: &str, password: &[u8], kdf: &KdfParams) -> Result<Self, FormatError> {
+    /// Unwraps a master key sealed by [`MasterKey::wrap`] with the same
+    /// `ad`. A wrong password, or associated data that differs (a key file
+    /// whose plaintext fields were edited), gives [`FormatError::Decrypt`].
+    pub fn unwrap(
+        data_hex: &str,
+        password: &[u8],
+        kdf: &KdfParams,
+        ad: &[u8],
+    ) -> Result<Self, FormatError> {
         let sealed = hex_decode(data_hex)
             .ok_or_else(|| FormatError::malformed("key file", "data is not hex"))?;
-        let kek = derive_key(password, kdf)?;
-        let cipher = XChaCha20Poly1305::new(&kek.into());
-        let mut plain = Vec::new();
-        open_into(&cipher, &sealed, &mut plain)?;
+        let kek = Zeroizing::new(derive_key(password, kdf)?);
+        let cipher = XChaCha20Poly1305::new(&(*kek).into());
+        let mut plain = Zeroizing::new(Vec::new());
+        open_into(&cipher, ad, &sealed, &mut plain)?;
         Self::from_json(&plain)
+    }
+}
+
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        // The cipher's own copy of the key is wiped by chacha20poly1305's
+        // `zeroize` feature.
+        self.enc.zeroize();
+        self.mac.zeroize();
     }
 }
 
 /// `nonce || ciphertext || tag` into `out`, encrypting in place (one copy
 /// of the plaintext, no allocation when `out` has room).
-fn seal_into(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
+fn seal_into(cipher: &XChaCha20Poly1305, ad: &[u8], plain: &[u8], out: &mut Vec<u8>) {
     let mut nonce = [0u8; NONCE_LEN];
     crate::random_bytes(&mut nonce);
     out.clear();
@@ -140,7 +184,7 @@ fn seal_into(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plain);
     let tag = cipher
-        .encrypt_inout_detached(&XNonce::from(nonce), b"", out[NONCE_LEN..].as_mut().into())
+        .encrypt_inout_detached(&XNonce::from(nonce), ad, out[NONCE_LEN..].as_mut().into())
         .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
     out.extend_from_slice(&tag);
 }
@@ -149,6 +193,7 @@ fn seal_into(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
 /// on failure), decrypting in place.
 fn open_into(
     cipher: &XChaCha20Poly1305,
+    ad: &[u8],
     sealed: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), FormatError> {
@@ -163,7 +208,7 @@ fn open_into(
     out.extend_from_slice(ct);
     let opened = cipher.decrypt_inout_detached(
         &XNonce::from(nonce),
-        b"",
+        ad,
         out.as_mut_slice().into(),
         &tag.into(),
     );
@@ -195,17 +240,28 @@ pub fn kdf_params(memory_kib: u32, iterations: u32) -> KdfParams {
 /// Most Argon2id memory accepted, in KiB (4 GiB). Key files are plaintext and
 /// unauthenticated: a damaged one must not make `open` allocate and fill more.
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
+/// Least Argon2id memory accepted, in KiB (8 MiB): below it a stolen key
+/// file's password can be guessed too cheaply. Checked when a key is made
+/// and when one is opened.
+pub const MIN_KDF_MEMORY_KIB: u32 = 8 * 1024;
 /// Most Argon2id passes accepted (a damaged key file must not make `open` hang).
 pub const MAX_KDF_ITERATIONS: u32 = 64;
 /// Most Argon2id lanes accepted.
 pub const MAX_KDF_PARALLELISM: u32 = 64;
 
-/// Derives a 32-byte key from a password.
-pub fn derive_key(password: &[u8], p: &KdfParams) -> Result<[u8; 32], FormatError> {
+/// Checks that KDF parameters are within the floor and the limits.
+pub fn check_kdf_floor(p: &KdfParams) -> Result<(), FormatError> {
     if p.algorithm != "argon2id" {
         return Err(FormatError::Kdf(format!(
             "unknown algorithm {:?}",
             p.algorithm
+        )));
+    }
+    if p.memory_kib < MIN_KDF_MEMORY_KIB || p.iterations == 0 || p.parallelism == 0 {
+        return Err(FormatError::Kdf(format!(
+            "parameters below the floor: {} KiB (at least {MIN_KDF_MEMORY_KIB}), \
+             {} passes (at least 1), {} lanes (at least 1)",
+            p.memory_kib, p.iterations, p.parallelism
         )));
     }
     if p.memory_kib > MAX_KDF_MEMORY_KIB
@@ -218,6 +274,12 @@ pub fn derive_key(password: &[u8], p: &KdfParams) -> Result<[u8; 32], FormatErro
             p.memory_kib, p.iterations, p.parallelism
         )));
     }
+    Ok(())
+}
+
+/// Derives a 32-byte key from a password.
+pub fn derive_key(password: &[u8], p: &KdfParams) -> Result<[u8; 32], FormatError> {
+    check_kdf_floor(p)?;
     let salt = hex_decode(&p.salt).ok_or_else(|| FormatError::Kdf("salt is not hex".into()))?;
     let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
         .map_err(|e| FormatError::Kdf(e.to_string()))?;
@@ -237,23 +299,25 @@ mod tests {
         #[test]
         fn seal_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let k = MasterKey::generate();
-            let s = k.encrypt(&data);
+            let s = k.encrypt(b"ad", &data);
             prop_assert_eq!(s.len(), data.len() + OVERHEAD);
-            prop_assert_eq!(&k.decrypt(&s).unwrap(), &data);
+            prop_assert_eq!(&k.decrypt(b"ad", &s).unwrap(), &data);
             let mut out = vec![9u8; 3];
-            k.decrypt_into(&s, &mut out).unwrap();
+            k.decrypt_into(b"ad", &s, &mut out).unwrap();
             prop_assert_eq!(out, data);
+            prop_assert!(k.decrypt(b"other role", &s).is_err());
+            prop_assert!(k.decrypt(b"", &s).is_err());
         }
 
         #[test]
         fn any_flipped_bit_is_detected(data in proptest::collection::vec(any::<u8>(), 1..256), pos in any::<usize>(), bit in 0u8..8) {
             let k = MasterKey::generate();
-            let mut s = k.encrypt(&data);
+            let mut s = k.encrypt(b"ad", &data);
             let i = pos % s.len();
             s[i] ^= 1 << bit;
-            prop_assert!(k.decrypt(&s).is_err());
+            prop_assert!(k.decrypt(b"ad", &s).is_err());
             let mut out = Vec::new();
-            prop_assert!(k.decrypt_into(&s, &mut out).is_err());
+            prop_assert!(k.decrypt_into(b"ad", &s, &mut out).is_err());
             prop_assert!(out.is_empty());
         }
     }
@@ -262,19 +326,24 @@ mod tests {
     fn wrong_key_and_short_input_fail() {
         let a = MasterKey::generate();
         let b = MasterKey::generate();
-        assert!(b.decrypt(&a.encrypt(b"x")).is_err());
-        assert!(a.decrypt(&[0u8; 10]).is_err());
+        assert!(b.decrypt(b"", &a.encrypt(b"", b"x")).is_err());
+        assert!(a.decrypt(b"", &[0u8; 10]).is_err());
     }
 
     #[test]
     fn wrap_unwrap_with_password() {
         let k = MasterKey::generate();
-        let p = kdf_params(1024, 1);
-        let w = k.wrap(b"secret", &p).unwrap();
-        let u = MasterKey::unwrap(&w, b"secret", &p).unwrap();
+        let p = kdf_params(MIN_KDF_MEMORY_KIB, 1);
+        let w = k.wrap(b"secret", &p, b"fields").unwrap();
+        let u = MasterKey::unwrap(&w, b"secret", &p, b"fields").unwrap();
         assert_eq!(u.blob_id(b"a"), k.blob_id(b"a"));
         assert!(matches!(
-            MasterKey::unwrap(&w, b"wrong", &p),
+            MasterKey::unwrap(&w, b"wrong", &p, b"fields"),
+            Err(FormatError::Decrypt)
+        ));
+        // Edited plaintext fields (say, append_only removed) do not open.
+        assert!(matches!(
+            MasterKey::unwrap(&w, b"secret", &p, b"fields edited"),
             Err(FormatError::Decrypt)
         ));
     }
@@ -284,9 +353,13 @@ mod tests {
     #[test]
     fn kdf_parameters_beyond_the_limits_are_refused() {
         let k = MasterKey::generate();
-        let p = kdf_params(8, 1);
-        let w = k.wrap(b"pw", &p).unwrap();
+        let p = kdf_params(MIN_KDF_MEMORY_KIB, 1);
+        let w = k.wrap(b"pw", &p, b"").unwrap();
         for (m, t, l) in [
+            (8, 1, 1),
+            (MIN_KDF_MEMORY_KIB - 1, 1, 1),
+            (MIN_KDF_MEMORY_KIB, 0, 1),
+            (MIN_KDF_MEMORY_KIB, 1, 0),
             (u32::MAX, 1, 1),
             (MAX_KDF_MEMORY_KIB + 1, 1, 1),
             (1024, u32::MAX, 1),
@@ -301,12 +374,12 @@ mod tests {
             };
             let t0 = std::time::Instant::now();
             assert!(matches!(
-                MasterKey::unwrap(&w, b"pw", &bad),
+                MasterKey::unwrap(&w, b"pw", &bad, b""),
                 Err(FormatError::Kdf(_))
             ));
             assert!(t0.elapsed() < std::time::Duration::from_secs(1));
         }
-        assert!(MasterKey::unwrap(&w, b"pw", &p).is_ok());
+        assert!(MasterKey::unwrap(&w, b"pw", &p, b"").is_ok());
     }
 
     #[test]

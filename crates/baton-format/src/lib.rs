@@ -7,8 +7,9 @@
 //! ```
 //! use baton_format::crypto::MasterKey;
 //! let key = MasterKey::generate();
-//! let sealed = key.encrypt(b"hello");
-//! assert_eq!(key.decrypt(&sealed).unwrap(), b"hello");
+//! let sealed = key.encrypt(b"role", b"hello");
+//! assert_eq!(key.decrypt(b"role", &sealed).unwrap(), b"hello");
+//! assert!(key.decrypt(b"another role", &sealed).is_err());
 //! let id = key.blob_id(b"hello");
 //! assert_eq!(id, key.blob_id(b"hello"));
 //! ```
@@ -20,6 +21,7 @@ mod error;
 pub mod index;
 pub mod object;
 pub mod pack;
+pub mod role;
 
 pub use error::FormatError;
 

@@ -4,6 +4,10 @@
 //! pack   = blob* sealed_header header_len:u32le
 //! blob   = sealed(payload)                  payload = zstd(chunk) or chunk
 //! header = sealed("BTNPACK1" count:u32le entry*)
+//! ```
+//! A blob is sealed bound to its type and id ([`crate::role::blob`]), the
+//! header to its role and the repository ([`crate::role::pack_header`]).
+//! ```text
 //! entry  = type:u8 flags:u8 length:u32le raw_length:u32le id:[32]   (42 bytes)
 //! ```
 //! Blob offsets are implicit: blobs are stored back to back in header order
@@ -13,6 +17,7 @@
 
 use crate::FormatError;
 use crate::crypto::{MasterKey, OVERHEAD};
+use crate::role;
 use baton_types::{BlobType, Id};
 
 /// Magic at the start of a decrypted pack header. Chosen once; never changes.
@@ -88,7 +93,7 @@ impl PackWriter {
     }
 
     /// Appends the sealed header and returns the pack bytes and its entries.
-    pub fn finish(mut self, key: &MasterKey) -> (Vec<u8>, Vec<PackEntry>) {
+    pub fn finish(mut self, key: &MasterKey, repository: &Id) -> (Vec<u8>, Vec<PackEntry>) {
         let mut h = Vec::with_capacity(12 + self.entries.len() * ENTRY_LEN);
         h.extend_from_slice(HEADER_MAGIC);
         h.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
@@ -99,7 +104,7 @@ impl PackWriter {
             h.extend_from_slice(&e.raw_length.to_le_bytes());
             h.extend_from_slice(e.id.as_bytes());
         }
-        let sealed = key.encrypt(&h);
+        let sealed = key.encrypt(&role::pack_header(repository), &h);
         self.buf.extend_from_slice(&sealed);
         self.buf
             .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
@@ -125,10 +130,11 @@ pub fn header_length(pack_len: u64, tail: &[u8]) -> Result<u32, FormatError> {
 /// Decodes a sealed header and checks it against the pack's length.
 pub fn parse_header(
     key: &MasterKey,
+    repository: &Id,
     sealed_header: &[u8],
     pack_len: u64,
 ) -> Result<Vec<PackEntry>, FormatError> {
-    let h = key.decrypt(sealed_header)?;
+    let h = key.decrypt(&role::pack_header(repository), sealed_header)?;
     if h.len() < 12 || &h[..8] != HEADER_MAGIC {
         return Err(FormatError::malformed("pack header", "bad magic"));
     }
@@ -186,13 +192,22 @@ pub fn parse_header(
 }
 
 /// Reads the header of a whole pack held in memory.
-pub fn read_header(key: &MasterKey, pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+pub fn read_header(
+    key: &MasterKey,
+    repository: &Id,
+    pack: &[u8],
+) -> Result<Vec<PackEntry>, FormatError> {
     if pack.len() < 4 {
         return Err(FormatError::malformed("pack", "shorter than 4 bytes"));
     }
     let n = header_length(pack.len() as u64, &pack[pack.len() - 4..])? as usize;
     let start = pack.len() - 4 - n;
-    parse_header(key, &pack[start..pack.len() - 4], pack.len() as u64)
+    parse_header(
+        key,
+        repository,
+        &pack[start..pack.len() - 4],
+        pack.len() as u64,
+    )
 }
 
 /// Buffers for [`open_blob_into`], reused across blobs.
@@ -207,13 +222,14 @@ pub struct BlobBuffers {
 /// allocate (and fault in) fresh memory for each.
 pub fn open_blob_into<'b>(
     key: &MasterKey,
+    blob_type: BlobType,
     id: &Id,
     sealed: &[u8],
     raw_length: u32,
     compressed: bool,
     bufs: &'b mut BlobBuffers,
 ) -> Result<&'b [u8], FormatError> {
-    key.decrypt_into(sealed, &mut bufs.plain)?;
+    key.decrypt_into(&role::blob(blob_type, id), sealed, &mut bufs.plain)?;
     let data = if compressed {
         crate::compress::decompress_into(&bufs.plain, raw_length as usize, &mut bufs.raw)?;
         &bufs.raw
@@ -234,17 +250,31 @@ pub fn open_blob_into<'b>(
     Ok(data)
 }
 
+/// Seals a blob's payload (compressed or not) bound to its type and id.
+pub fn seal_blob_into(
+    key: &MasterKey,
+    blob_type: BlobType,
+    id: &Id,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    key.encrypt_into(&role::blob(blob_type, id), payload, out)
+}
+
 /// Opens one blob's sealed bytes: decrypts, decompresses, and verifies that the
 /// plaintext hashes to the expected id.
 pub fn open_blob(
     key: &MasterKey,
+    blob_type: BlobType,
     id: &Id,
     sealed: &[u8],
     raw_length: u32,
     compressed: bool,
 ) -> Result<Vec<u8>, FormatError> {
     let mut bufs = BlobBuffers::default();
-    open_blob_into(key, id, sealed, raw_length, compressed, &mut bufs)?;
+    open_blob_into(
+        key, blob_type, id, sealed, raw_length, compressed, &mut bufs,
+    )?;
     Ok(if compressed { bufs.raw } else { bufs.plain })
 }
 
@@ -258,43 +288,62 @@ mod tests {
         #[test]
         fn pack_round_trip(blobs in proptest::collection::vec(proptest::collection::vec(0u8..5, 0..3000), 1..12)) {
             let key = MasterKey::generate();
+            let repo = Id::from_bytes([3; 32]);
             let mut c = Compressor::new(3);
             let mut w = PackWriter::new();
+            let mut sealed = Vec::new();
             for b in &blobs {
                 let id = key.blob_id(b);
                 match c.compress(b) {
-                    Some(z) => w.add(BlobType::Data, id, &key.encrypt(&z), b.len() as u32, true),
-                    None => w.add(BlobType::Tree, id, &key.encrypt(b), b.len() as u32, false),
+                    Some(z) => {
+                        seal_blob_into(&key, BlobType::Data, &id, &z, &mut sealed);
+                        w.add(BlobType::Data, id, &sealed, b.len() as u32, true)
+                    }
+                    None => {
+                        seal_blob_into(&key, BlobType::Tree, &id, b, &mut sealed);
+                        w.add(BlobType::Tree, id, &sealed, b.len() as u32, false)
+                    }
                 }
             }
-            let (pack, entries) = w.finish(&key);
-            let parsed = read_header(&key, &pack).unwrap();
+            let (pack, entries) = w.finish(&key, &repo);
+            let parsed = read_header(&key, &repo, &pack).unwrap();
             prop_assert_eq!(&parsed, &entries);
+            prop_assert!(read_header(&key, &Id::from_bytes([4; 32]), &pack).is_err());
             for (e, b) in parsed.iter().zip(&blobs) {
                 let sealed = &pack[e.offset as usize..(e.offset + e.length) as usize];
-                prop_assert_eq!(&open_blob(&key, &e.id, sealed, e.raw_length, e.compressed).unwrap(), b);
+                prop_assert_eq!(&open_blob(&key, e.blob_type, &e.id, sealed, e.raw_length, e.compressed).unwrap(), b);
+                let other = if e.blob_type == BlobType::Data { BlobType::Tree } else { BlobType::Data };
+                prop_assert!(open_blob(&key, other, &e.id, sealed, e.raw_length, e.compressed).is_err());
             }
         }
 
         #[test]
         fn damaged_packs_never_panic(cut in 0usize..2000, flip in any::<usize>()) {
             let key = MasterKey::generate();
+            let repo = Id::from_bytes([3; 32]);
             let mut w = PackWriter::new();
-            w.add(BlobType::Data, key.blob_id(b"abc"), &key.encrypt(b"abc"), 3, false);
-            let (pack, _) = w.finish(&key);
+            let id = key.blob_id(b"abc");
+            let mut sealed = Vec::new();
+            seal_blob_into(&key, BlobType::Data, &id, b"abc", &mut sealed);
+            w.add(BlobType::Data, id, &sealed, 3, false);
+            let (pack, _) = w.finish(&key, &repo);
             let mut p = pack.clone();
             let i = flip % p.len();
             p[i] ^= 0x40;
-            prop_assert!(read_header(&key, &p).is_err() || i < 43);
-            let _ = read_header(&key, &pack[..cut.min(pack.len())]);
+            prop_assert!(read_header(&key, &repo, &p).is_err() || i < 43);
+            let _ = read_header(&key, &repo, &pack[..cut.min(pack.len())]);
         }
     }
 
     #[test]
     fn blob_with_wrong_id_is_rejected() {
         let key = MasterKey::generate();
-        let sealed = key.encrypt(b"data");
-        assert!(open_blob(&key, &key.blob_id(b"other"), &sealed, 4, false).is_err());
-        assert!(open_blob(&key, &key.blob_id(b"data"), &sealed, 4, false).is_ok());
+        let id = key.blob_id(b"data");
+        let mut sealed = Vec::new();
+        seal_blob_into(&key, BlobType::Data, &id, b"data", &mut sealed);
+        let other = key.blob_id(b"other");
+        assert!(open_blob(&key, BlobType::Data, &other, &sealed, 4, false).is_err());
+        assert!(open_blob(&key, BlobType::Tree, &id, &sealed, 4, false).is_err());
+        assert!(open_blob(&key, BlobType::Data, &id, &sealed, 4, false).is_ok());
     }
 }

@@ -21,6 +21,15 @@ pub enum RepoError {
         "repository format version {found} is newer than this baton supports ({supported}); upgrade baton"
     )]
     NewerFormat { found: u32, supported: u32 },
+    #[error(
+        "the repository at {location} has format version {found}, which this baton no longer opens (it reads version {supported}, which binds every sealed object to its role). \
+         Read it with the baton release that wrote it (0.1), restore what you need, and back it up again into a new repository made with `baton init`"
+    )]
+    OldFormat {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
     // The cause is part of the message and deliberately not a `source()`:

@@ -351,6 +351,11 @@ pub struct ForgetResult {
     pub groups: Vec<ForgetGroup>,
     /// Snapshots removed (or, in a dry run, to remove).
     pub removed: Vec<Id>,
+    /// Snapshots left out of the policy, with why: unreadable ones, those
+    /// dated in the future, those whose root tree is missing. None of them
+    /// takes the place of a kept snapshot, and none is removed by a policy
+    /// (forget them by id).
+    pub skipped: Vec<(String, String)>,
 }
 
 pub(crate) fn require_exclusive(lock: &LockGuard, what: &str) -> Result<()> {
@@ -380,24 +385,71 @@ pub fn forget_locked(
     if !opts.dry_run {
         repo.require_deletes("forget")?;
     }
-    let snapshots = repo.list_snapshots()?;
+    let listing = repo.list_snapshots_all()?;
+    let mut skipped = listing.unreadable.clone();
     let mut ids = Vec::new();
+    // Unreadable snapshots named by id are removed without being read.
+    let mut unreadable_ids = Vec::new();
     for r in &opts.snapshots {
-        let (id, _) = repo.find_snapshot(r)?;
-        if !ids.contains(&id) {
-            ids.push(id);
+        let id = if r == "latest" {
+            repo.find_snapshot(r)?.0
+        } else {
+            let name = repo.resolve_snapshot_name(r)?;
+            Id::from_hex(&name).map_err(|e| RepoError::Invalid(e.to_string()))?
+        };
+        if listing.snapshots.iter().any(|(s, _)| *s == id) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        } else if !unreadable_ids.contains(&id) {
+            unreadable_ids.push(id);
         }
     }
-    let groups = plan_forget(&snapshots, &opts.policy, opts.group_by, &ids)?;
-    let removed: Vec<Id> = groups
+    skipped.retain(|(name, _)| !unreadable_ids.iter().any(|id| id.to_hex() == *name));
+    // A policy keeps only snapshots that can stand for their time: one
+    // dated in the future would win every "keep last" and "keep daily"
+    // slot, and one whose root tree is gone keeps nothing restorable.
+    let mut snapshots = Vec::new();
+    for (id, s) in listing.snapshots {
+        if ids.contains(&id) {
+            snapshots.push((id, s));
+        } else if crate::repo::in_future(&s.time) {
+            skipped.push((
+                id.to_hex(),
+                format!(
+                    "dated {} in the future; kept, never counted by a policy",
+                    s.time
+                ),
+            ));
+        } else if !repo.index().is_empty() && !repo.index().contains(&s.tree) {
+            skipped.push((
+                id.to_hex(),
+                "its root tree is missing; kept, never counted by a policy (see `baton check`)"
+                    .into(),
+            ));
+        } else {
+            snapshots.push((id, s));
+        }
+    }
+    let groups = if ids.is_empty() && !unreadable_ids.is_empty() && opts.policy.is_empty() {
+        Vec::new()
+    } else {
+        plan_forget(&snapshots, &opts.policy, opts.group_by, &ids)?
+    };
+    let mut removed: Vec<Id> = groups
         .iter()
         .flat_map(|g| g.remove.iter().map(|e| e.id))
         .collect();
+    removed.extend(unreadable_ids);
     if !opts.dry_run {
         for id in &removed {
             lock.ensure_fresh()?;
             repo.storage().remove(ObjectKind::Snapshot, &id.to_hex())?;
         }
     }
-    Ok(ForgetResult { groups, removed })
+    Ok(ForgetResult {
+        groups,
+        removed,
+        skipped,
+    })
 }

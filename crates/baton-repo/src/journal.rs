@@ -7,9 +7,8 @@
 
 use crate::repo::now_rfc3339;
 use crate::{RepoError, Repository, Result};
-use baton_format::compress::Compressor;
 use baton_format::index::IndexPack;
-use baton_format::object::{from_json, seal_object, to_json};
+use baton_format::object::{from_json, to_json};
 use baton_format::pack::PackEntry;
 use baton_storage::ObjectKind;
 use baton_types::{
@@ -104,16 +103,14 @@ impl JournalWriter {
             catalog,
             completed_sources,
         };
-        let sealed = seal_object(
-            repo.key(),
-            &mut Compressor::new(repo.config().compression.max(1)),
+        let name = record_name(&self.job, self.next_seq);
+        let sealed = repo.seal(
+            ObjectKind::Journal,
+            &name,
+            repo.config().compression.max(1),
             &to_json(&rec),
         );
-        repo.storage().put(
-            ObjectKind::Journal,
-            &record_name(&self.job, self.next_seq),
-            &sealed,
-        )?;
+        repo.storage().put(ObjectKind::Journal, &name, &sealed)?;
         crate::crashpoint::crashpoint("after-journal");
         self.next_seq += 1;
         Ok(())
@@ -189,10 +186,10 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
         let plain = repo.load_object(ObjectKind::Journal, name)?;
         let rec: JournalRecord = from_json("journal record", &plain)
             .map_err(|e| RepoError::format(format!("journal {name}"), e))?;
-        if rec.job != *job {
+        if rec.job != *job || record_name(job, rec.seq) != *name {
             return Err(RepoError::Invalid(format!(
-                "journal {name} belongs to job {}",
-                rec.job
+                "journal {name} holds record {} of job {}",
+                rec.seq, rec.job
             )));
         }
         let st = match (&mut state, rec.manifest.clone()) {

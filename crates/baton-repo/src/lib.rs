@@ -60,5 +60,5 @@ pub use repair::{
     RemovedEntry, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
     RepairedSnapshot, repair_index, repair_snapshots,
 };
-pub use repo::{InitOptions, Repository};
+pub use repo::{InitOptions, Repository, SnapshotListing};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

@@ -9,13 +9,14 @@
 //! [`STALE_AFTER`], or when it was taken on this host by a process that no
 //! longer exists. Stale locks are ignored and removed by `baton unlock`.
 
-use crate::repo::{hostname, now_rfc3339, username};
+use crate::repo::{hostname, now_rfc3339, object_ad, username};
 use crate::{Cancel, RepoError, Repository, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
-use baton_format::object::{from_json, open_object, seal_object, to_json};
+use baton_format::object::{from_json, seal_object, to_json};
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage};
+use baton_types::Id;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -135,8 +136,18 @@ impl Drop for LockGuard {
     }
 }
 
-fn write_lock(storage: &dyn Storage, key: &MasterKey, info: &LockInfo) -> Result<String> {
-    let sealed = seal_object(key, &mut Compressor::new(0), &to_json(info));
+fn write_lock(
+    storage: &dyn Storage,
+    key: &MasterKey,
+    repository: &Id,
+    info: &LockInfo,
+) -> Result<String> {
+    let sealed = seal_object(
+        key,
+        &object_ad(repository, ObjectKind::Lock, ""),
+        &mut Compressor::new(0),
+        &to_json(info),
+    );
     let name = storage_id(&sealed).to_hex();
     storage.put(ObjectKind::Lock, &name, &sealed)?;
     Ok(name)
@@ -147,12 +158,20 @@ impl Repository {
     pub fn list_locks(&self) -> Result<Vec<(String, LockInfo)>> {
         let mut out = Vec::new();
         for o in self.storage().list(ObjectKind::Lock)? {
-            let sealed = match self.storage().get(ObjectKind::Lock, &o.name) {
-                Ok(s) => s,
-                Err(e) if e.is_not_found() => continue, // released meanwhile
-                Err(e) => return Err(e.into()),
-            };
-            let info = open_object(self.key(), &sealed)
+            let sealed =
+                match self
+                    .storage()
+                    .get_limited(ObjectKind::Lock, &o.name, crate::repo::MAX_LOCK)
+                {
+                    Ok(s) => s,
+                    Err(e) if e.is_not_found() => continue, // released meanwhile
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    // Oversized or unreadable: handled below like a lock
+                    // that does not open.
+                    Err(_) => Vec::new(),
+                };
+            let info = self
+                .open_sealed(ObjectKind::Lock, &o.name, &sealed)
                 .ok()
                 .and_then(|p| from_json::<LockInfo>("lock", &p).ok());
             match info {
@@ -193,7 +212,13 @@ impl Repository {
             });
         }
         let written_at = std::time::Instant::now();
-        let name = write_lock(&**self.storage(), self.key(), &LockInfo::new(exclusive))?;
+        let repository = self.config().id;
+        let name = write_lock(
+            &**self.storage(),
+            self.key(),
+            &repository,
+            &LockInfo::new(exclusive),
+        )?;
         if let Some(h) = self.conflicting(exclusive, Some(&name))? {
             let _ = self.storage().remove(ObjectKind::Lock, &name);
             return Err(RepoError::Locked {
@@ -224,7 +249,7 @@ impl Repository {
                             continue;
                         }
                         last_try = std::time::Instant::now();
-                        match write_lock(&*storage, &key, &LockInfo::new(exclusive)) {
+                        match write_lock(&*storage, &key, &repository, &LockInfo::new(exclusive)) {
                             Ok(new) => {
                                 last_ok = std::time::Instant::now();
                                 *written.lock().expect("lock time") = last_try;

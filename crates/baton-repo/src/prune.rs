@@ -97,9 +97,10 @@ pub fn prune(
     prune_locked(repo, &lock, opts, progress)
 }
 
-/// Parses a tree blob without filling the repository's tree cache.
+/// Parses a tree blob without filling the repository's tree cache. Not
+/// validated: a tree with unsafe names still keeps what it references.
 fn read_tree(repo: &Repository, id: &Id) -> Result<Tree> {
-    let bytes = repo.load_blob(id)?;
+    let bytes = repo.load_blob_of(baton_types::BlobType::Tree, id)?;
     from_json("tree", &bytes).map_err(|e| RepoError::format(format!("tree {id}"), e))
 }
 
@@ -170,7 +171,21 @@ pub fn prune_locked(
         .into_iter()
         .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
         .collect();
-    let snapshots = repo.list_snapshots()?;
+    let listing = repo.list_snapshots_all()?;
+    let ignored_ids: HashSet<Id> = opts.ignore_snapshots.iter().copied().collect();
+    if let Some((name, e)) = listing
+        .unreadable
+        .iter()
+        .find(|(n, _)| Id::from_hex(n).map_or(true, |id| !ignored_ids.contains(&id)))
+    {
+        // Prune must know everything every snapshot uses: an unreadable
+        // one might still reference data that repair could save.
+        return Err(RepoError::Invalid(format!(
+            "snapshot {name} cannot be read ({e}); prune must know what every snapshot uses: remove it with `baton forget {}` or `baton repair snapshots --forget`, then prune again",
+            &name[..8.min(name.len())]
+        )));
+    }
+    let snapshots = listing.snapshots;
     let ignored: HashSet<Id> = opts.ignore_snapshots.iter().copied().collect();
     let now = SystemTime::now();
     let mut kept_jobs = Vec::new();

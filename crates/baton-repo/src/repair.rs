@@ -48,7 +48,7 @@ fn read_pack_header(repo: &Repository, name: &str, size: u64) -> Result<Vec<Pack
     let sealed = storage
         .get_range(ObjectKind::Pack, name, size - 4 - n, n)
         .map_err(|e| e.to_string())?;
-    parse_header(repo.key(), &sealed, size).map_err(|e| e.to_string())
+    parse_header(repo.key(), &repo.config().id, &sealed, size).map_err(|e| e.to_string())
 }
 
 /// Rebuilds the index from the pack headers: writes one index object that

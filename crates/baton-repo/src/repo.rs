@@ -7,9 +7,12 @@ use baton_format::crypto::{self, MasterKey};
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::{from_json, open_object, seal_object, to_json};
 use baton_format::pack::{PackWriter, open_blob};
+use baton_format::role;
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage, StorageError};
-use baton_types::{ChunkerParams, Config, FORMAT_VERSION, Id, KdfParams, KeyFile, Snapshot, Tree};
+use baton_types::{
+    BlobType, ChunkerParams, Config, FORMAT_VERSION, Id, KdfParams, KeyFile, Snapshot, Tree,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +36,14 @@ impl Default for InitOptions {
     }
 }
 
+/// Snapshots listed: those read, oldest first, and the names of those that
+/// could not be read with why.
+#[derive(Debug, Default)]
+pub struct SnapshotListing {
+    pub snapshots: Vec<(Id, Snapshot)>,
+    pub unreadable: Vec<(String, String)>,
+}
+
 /// An open repository: storage, the master key, the config and the index.
 pub struct Repository {
     storage: Arc<dyn Storage>,
@@ -43,6 +54,20 @@ pub struct Repository {
     config: Config,
     index: Index,
     tree_cache: Mutex<HashMap<Id, Arc<Tree>>>,
+}
+
+/// How far ahead of this machine's clock a time may be and still count as
+/// now (clocks of different machines drift).
+pub const FUTURE_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether an RFC 3339 time lies in the future beyond [`FUTURE_TOLERANCE`].
+/// A time that does not parse counts as in the future: it must not win
+/// either.
+pub fn in_future(time: &str) -> bool {
+    match humantime::parse_rfc3339_weak(time) {
+        Ok(t) => t > std::time::SystemTime::now() + FUTURE_TOLERANCE,
+        Err(_) => true,
+    }
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -102,6 +127,8 @@ impl Repository {
             pack_size: opts.pack_size,
             block_size: 1 << 20,
         };
+        config.validate().map_err(RepoError::Invalid)?;
+        crypto::check_kdf_floor(&opts.kdf).map_err(|e| RepoError::format("new key", e))?;
         let key = MasterKey::generate();
         storage.create().map_err(|e| {
             if e.is_already_exists() {
@@ -112,8 +139,13 @@ impl Repository {
                 e.into()
             }
         })?;
-        let key_name = write_key(&*storage, &key, password, &opts.kdf, false)?;
-        let sealed = seal_object(&key, &mut Compressor::new(0), &to_json(&config));
+        let key_name = write_key(&*storage, &key, &config.id, password, &opts.kdf, false)?;
+        let sealed = seal_object(
+            &key,
+            &object_ad(&config.id, ObjectKind::Config, ""),
+            &mut Compressor::new(0),
+            &to_json(&config),
+        );
         storage.put(ObjectKind::Config, "", &sealed)?;
         Ok(Repository {
             storage,
@@ -142,8 +174,17 @@ impl Repository {
         }
         let mut found = None;
         let mut damaged = Vec::new();
+        let mut old_versions = Vec::new();
         for k in keys {
-            let bytes = storage.get(ObjectKind::Key, &k.name)?;
+            let bytes = match storage.get_limited(ObjectKind::Key, &k.name, MAX_KEY_FILE) {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    damaged.push(format!("key {}: {e}", k.name));
+                    continue;
+                }
+            };
             let kf: KeyFile = match from_json("key file", &bytes) {
                 Ok(kf) => kf,
                 Err(e) => {
@@ -151,18 +192,27 @@ impl Repository {
                     continue;
                 }
             };
-            match MasterKey::unwrap(&kf.data, password, &kf.kdf) {
+            if kf.version != FORMAT_VERSION {
+                old_versions.push(kf.version);
+                continue;
+            }
+            let Some(repository) = kf.repository else {
+                damaged.push(format!("key {}: names no repository", k.name));
+                continue;
+            };
+            match MasterKey::unwrap(&kf.data, password, &kf.kdf, &key_wrap_ad(&kf)) {
                 Ok(m) => {
-                    found = Some((m, k.name, kf.append_only));
+                    found = Some((m, k.name, kf.append_only, repository));
                     break;
                 }
                 // A key file is named by the hash of its bytes: when they no
-                // longer match, the failure is damage, not a wrong password.
+                // longer match, the failure is damage (or an edit, which the
+                // wrap's binding to every field refuses), not a wrong password.
                 Err(baton_format::FormatError::Decrypt)
                     if storage_id(&bytes).to_hex() != k.name =>
                 {
                     damaged.push(format!(
-                        "key {}: its bytes no longer hash to its name (damaged or renamed)",
+                        "key {}: its bytes no longer hash to its name (damaged or edited)",
                         k.name
                     ))
                 }
@@ -170,7 +220,20 @@ impl Repository {
                 Err(e) => damaged.push(format!("key {}: {e}", k.name)),
             }
         }
-        let Some((key, key_name, append_only)) = found else {
+        let Some((key, key_name, append_only, repository)) = found else {
+            if let Some(&v) = old_versions.iter().max() {
+                if v > FORMAT_VERSION {
+                    return Err(RepoError::NewerFormat {
+                        found: v,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                return Err(RepoError::OldFormat {
+                    location: storage.location(),
+                    found: v,
+                    supported: FORMAT_VERSION,
+                });
+            }
             if !damaged.is_empty() {
                 return Err(RepoError::Invalid(format!(
                     "no key opened with this password, and some keys are damaged: {}",
@@ -179,10 +242,15 @@ impl Repository {
             }
             return Err(RepoError::WrongPassword);
         };
-        let sealed = storage.get(ObjectKind::Config, "")?;
+        let sealed = storage.get_limited(ObjectKind::Config, "", MAX_CONFIG)?;
         let config: Config = from_json(
             "config",
-            &open_object(&key, &sealed).map_err(|e| RepoError::format("config", e))?,
+            &open_object(
+                &key,
+                &object_ad(&repository, ObjectKind::Config, ""),
+                &sealed,
+            )
+            .map_err(|e| RepoError::format("config", e))?,
         )
         .map_err(|e| RepoError::format("config", e))?;
         if config.version > FORMAT_VERSION {
@@ -192,9 +260,15 @@ impl Repository {
             });
         }
         config
-            .chunker
             .validate()
             .map_err(|e| RepoError::Invalid(format!("config: {e}")))?;
+        if config.id != repository {
+            return Err(RepoError::Invalid(format!(
+                "config: repository id {} differs from the key's {}",
+                config.id.short(),
+                repository.short()
+            )));
+        }
         Ok(Repository {
             storage,
             key,
@@ -248,8 +322,7 @@ impl Repository {
     /// Reads and decodes one index object.
     pub fn read_index(&self, name: &str) -> Result<IndexFile> {
         let what = format!("index {name}");
-        let sealed = self.storage.get(ObjectKind::Index, name)?;
-        let plain = open_object(&self.key, &sealed).map_err(|e| RepoError::format(&what, e))?;
+        let plain = self.load_object(ObjectKind::Index, name)?;
         IndexFile::decode(&plain).map_err(|e| RepoError::format(&what, e))
     }
 
@@ -276,20 +349,39 @@ impl Repository {
     /// Seals and stores a JSON or binary payload as an object named by the
     /// hash of its stored bytes. Returns the id and the stored size.
     pub fn save_object(&self, kind: ObjectKind, payload: &[u8]) -> Result<(Id, u64)> {
-        let sealed = seal_object(
-            &self.key,
-            &mut Compressor::new(self.config.compression),
-            payload,
-        );
+        let sealed = self.seal(kind, "", self.config.compression, payload);
         let id = storage_id(&sealed);
         put_content_addressed(&*self.storage, kind, &id, &sealed)?;
         Ok((id, sealed.len() as u64))
     }
 
+    /// Seals a payload as an object of `kind` in this repository; `name` is
+    /// the name it will be stored under where that is not its hash (a
+    /// journal record's), else empty.
+    pub fn seal(&self, kind: ObjectKind, name: &str, compression: i32, payload: &[u8]) -> Vec<u8> {
+        seal_object(
+            &self.key,
+            &object_ad(&self.config.id, kind, bound_name(kind, name)),
+            &mut Compressor::new(compression),
+            payload,
+        )
+    }
+
+    /// Opens the sealed bytes of object `kind/name`: refused unless they
+    /// were sealed as exactly that kind of object of this repository.
+    pub fn open_sealed(&self, kind: ObjectKind, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        open_object(
+            &self.key,
+            &object_ad(&self.config.id, kind, bound_name(kind, name)),
+            sealed,
+        )
+        .map_err(|e| RepoError::format(format!("{} {name}", kind.dir()), e))
+    }
+
     /// Seals the header of a finished pack and stores the pack durably.
     /// Returns its index entry and its size.
     pub(crate) fn store_pack(&self, w: PackWriter) -> Result<(IndexPack, u64)> {
-        let (bytes, blobs) = w.finish(&self.key);
+        let (bytes, blobs) = w.finish(&self.key, &self.config.id);
         let id = storage_id(&bytes);
         put_content_addressed(&*self.storage, ObjectKind::Pack, &id, &bytes)?;
         Ok((IndexPack { id, blobs }, bytes.len() as u64))
@@ -297,16 +389,30 @@ impl Repository {
 
     /// Reads and opens a sealed object.
     pub fn load_object(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
-        let sealed = self.storage.get(kind, name)?;
-        open_object(&self.key, &sealed)
-            .map_err(|e| RepoError::format(format!("{} {name}", kind.dir()), e))
+        let sealed = self
+            .storage
+            .get_limited(kind, name, max_object_size(kind))?;
+        self.open_sealed(kind, name, &sealed)
     }
 
-    /// Loads one blob through the index, verifying its hash.
+    /// Loads one data blob through the index, verifying its hash.
     pub fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        self.load_blob_of(BlobType::Data, id)
+    }
+
+    /// Loads one blob of `blob_type` through the index, verifying its hash;
+    /// a blob of another type is refused.
+    pub fn load_blob_of(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
         let loc = self.index.get(id).ok_or_else(|| {
             RepoError::NotFound(format!("blob {id} is not in the index (missing data)"))
         })?;
+        if loc.blob_type != blob_type {
+            return Err(RepoError::Invalid(format!(
+                "blob {} is a {:?} blob, not a {blob_type:?} blob",
+                id.short(),
+                loc.blob_type
+            )));
+        }
         let sealed = self
             .storage
             .get_range(
@@ -316,8 +422,15 @@ impl Repository {
                 loc.length as u64,
             )
             .map_err(|e| annotate(e, &format!("blob {} in pack {}", id.short(), loc.pack)))?;
-        open_blob(&self.key, id, &sealed, loc.raw_length, loc.compressed)
-            .map_err(|e| RepoError::format(format!("blob {} in pack {}", id, loc.pack), e))
+        open_blob(
+            &self.key,
+            loc.blob_type,
+            id,
+            &sealed,
+            loc.raw_length,
+            loc.compressed,
+        )
+        .map_err(|e| RepoError::format(format!("blob {} in pack {}", id, loc.pack), e))
     }
 
     /// Loads a tree (cached: for browsing, which visits trees repeatedly).
@@ -338,19 +451,37 @@ impl Repository {
     /// once (backup's parent, restore), whose memory must not grow with the
     /// number of directories.
     pub fn read_tree(&self, id: &Id) -> Result<Arc<Tree>> {
-        let bytes = self.load_blob(id)?;
+        let bytes = self.load_blob_of(BlobType::Tree, id)?;
         let tree: Tree =
             from_json("tree", &bytes).map_err(|e| RepoError::format(format!("tree {id}"), e))?;
+        tree.validate()
+            .map_err(|e| RepoError::Invalid(format!("tree {}: {e}", id.short())))?;
         Ok(Arc::new(tree))
     }
 
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first. An unreadable one (damaged,
+    /// planted, or a name that is no id) is skipped: one bad object must
+    /// not stop every listing, backup and forget. [`Repository::list_snapshots_all`]
+    /// says which were skipped.
     pub fn list_snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
+        Ok(self.list_snapshots_all()?.snapshots)
+    }
+
+    /// All snapshots, oldest first, and those that cannot be read, with why.
+    /// A transient storage failure fails the listing (it may pass; skipping
+    /// would make a snapshot look forgotten).
+    pub fn list_snapshots_all(&self) -> Result<SnapshotListing> {
+        let mut out = SnapshotListing::default();
         for obj in self.storage.list(ObjectKind::Snapshot)? {
-            out.push(self.load_snapshot_exact(&obj.name)?);
+            match self.load_snapshot_exact(&obj.name) {
+                Ok(s) => out.snapshots.push(s),
+                Err(RepoError::Storage(e)) if e.is_not_found() => {}
+                Err(RepoError::Storage(e)) if e.is_transient() => return Err(e.into()),
+                Err(e) => out.unreadable.push((obj.name, e.to_string())),
+            }
         }
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.snapshots
+            .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }
 
@@ -362,14 +493,25 @@ impl Repository {
         Ok((id, s))
     }
 
-    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    /// Finds a snapshot by `latest` (the newest not dated in the future),
+    /// a full id or a unique id prefix.
     pub fn find_snapshot(&self, reference: &str) -> Result<(Id, Snapshot)> {
         if reference == "latest" {
             return self
                 .list_snapshots()?
-                .pop()
+                .into_iter()
+                .rev()
+                .find(|(_, s)| !in_future(&s.time))
                 .ok_or_else(|| RepoError::NotFound("the repository has no snapshots yet".into()));
         }
+        let name = self.resolve_snapshot_name(reference)?;
+        self.load_snapshot_exact(&name)
+    }
+
+    /// The name of the one snapshot object whose id starts with
+    /// `reference`, found by listing (the object is not read, so an
+    /// unreadable snapshot can be named, e.g. to forget it).
+    pub fn resolve_snapshot_name(&self, reference: &str) -> Result<String> {
         if reference.is_empty() || !reference.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RepoError::Invalid(format!(
                 "{reference:?} is not a snapshot id (use `latest`, an id or a unique id prefix)"
@@ -387,7 +529,7 @@ impl Repository {
             0 => Err(RepoError::NotFound(format!(
                 "no snapshot with id {reference}"
             ))),
-            1 => self.load_snapshot_exact(&matches[0]),
+            1 => Ok(matches.into_iter().next().expect("one match")),
             n => Err(RepoError::Invalid(format!(
                 "id prefix {reference} matches {n} snapshots; give more digits"
             ))),
@@ -417,7 +559,15 @@ impl Repository {
                 "this key is append-only: it can only add append-only keys".into(),
             ));
         }
-        write_key(&*self.storage, &self.key, password, kdf, append_only)
+        crypto::check_kdf_floor(kdf).map_err(|e| RepoError::format("new key", e))?;
+        write_key(
+            &*self.storage,
+            &self.key,
+            &self.config.id,
+            password,
+            kdf,
+            append_only,
+        )
     }
 
     /// Whether the key in use is append-only.
@@ -436,13 +586,20 @@ impl Repository {
         }
     }
 
-    /// All key files.
-    pub fn list_keys(&self) -> Result<Vec<(String, KeyFile)>> {
+    /// All key files, each read or with why it cannot be (a damaged key
+    /// file is listed, so that it can be removed).
+    pub fn list_keys(&self) -> Result<Vec<(String, std::result::Result<KeyFile, String>)>> {
         let mut out = Vec::new();
         for k in self.storage.list(ObjectKind::Key)? {
-            let bytes = self.storage.get(ObjectKind::Key, &k.name)?;
-            let kf = from_json("key file", &bytes)
-                .map_err(|e| RepoError::format(format!("key {}", k.name), e))?;
+            let kf = match self
+                .storage
+                .get_limited(ObjectKind::Key, &k.name, MAX_KEY_FILE)
+            {
+                Ok(bytes) => from_json::<KeyFile>("key file", &bytes).map_err(|e| e.to_string()),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) if e.is_transient() => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            };
             out.push((k.name, kf));
         }
         Ok(out)
@@ -452,10 +609,11 @@ impl Repository {
     /// last key, cannot be removed.
     pub fn remove_key(&self, name: &str) -> Result<()> {
         self.require_deletes("removing a key")?;
-        let keys = self.list_keys()?;
+        // By listing, not by reading: a damaged key file can be removed too.
+        let keys = self.storage.list(ObjectKind::Key)?;
         let matches: Vec<&String> = keys
             .iter()
-            .map(|(n, _)| n)
+            .map(|o| &o.name)
             .filter(|n| n.starts_with(name))
             .collect();
         let target = match matches.as_slice() {
@@ -500,25 +658,71 @@ impl std::fmt::Debug for Repository {
 fn write_key(
     storage: &dyn Storage,
     key: &MasterKey,
+    repository: &Id,
     password: &[u8],
     kdf: &KdfParams,
     append_only: bool,
 ) -> Result<String> {
-    let data = key
-        .wrap(password, kdf)
-        .map_err(|e| RepoError::format("new key", e))?;
-    let kf = KeyFile {
+    let mut kf = KeyFile {
+        version: FORMAT_VERSION,
+        repository: Some(*repository),
         created: now_rfc3339(),
         hostname: hostname(),
         username: username(),
         kdf: kdf.clone(),
-        data,
+        data: String::new(),
         append_only,
     };
+    kf.data = key
+        .wrap(password, kdf, &key_wrap_ad(&kf))
+        .map_err(|e| RepoError::format("new key", e))?;
     let bytes = serde_json::to_vec_pretty(&kf).expect("key files serialize");
     let name = storage_id(&bytes).to_hex();
     storage.put(ObjectKind::Key, &name, &bytes)?;
     Ok(name)
+}
+
+/// Most bytes read of a key file (plaintext JSON of a few hundred bytes).
+pub const MAX_KEY_FILE: u64 = 64 << 10;
+/// Most bytes read of the config.
+pub const MAX_CONFIG: u64 = 64 << 10;
+/// Most bytes read of a lock.
+pub const MAX_LOCK: u64 = 64 << 10;
+
+/// Most bytes read of a stored object of `kind` before it is opened.
+pub fn max_object_size(kind: ObjectKind) -> u64 {
+    match kind {
+        ObjectKind::Key => MAX_KEY_FILE,
+        ObjectKind::Config => MAX_CONFIG,
+        ObjectKind::Lock => MAX_LOCK,
+        // Metadata objects decode to at most MAX_OBJECT; sealed, they are
+        // at most that plus the seal.
+        _ => baton_format::object::MAX_OBJECT as u64 + 64,
+    }
+}
+
+/// What the wrap of a key file is bound to: all its other fields.
+fn key_wrap_ad(kf: &KeyFile) -> Vec<u8> {
+    role::key_wrap(&to_json(&kf.fields()))
+}
+
+/// The associated data of object `kind/name` in repository `id`.
+pub(crate) fn object_ad(id: &Id, kind: ObjectKind, name: &str) -> Vec<u8> {
+    let label = match kind {
+        ObjectKind::Config => "config",
+        k => k.dir(),
+    };
+    role::object(label, id, name)
+}
+
+/// The part of an object's name its seal is bound to: the whole name where
+/// it is chosen by the writer (journal records), nothing where it is the
+/// hash of the sealed bytes.
+fn bound_name(kind: ObjectKind, name: &str) -> &str {
+    match kind {
+        ObjectKind::Journal => name,
+        _ => "",
+    }
 }
 
 /// Stores an object named by the hash of its bytes: one already stored

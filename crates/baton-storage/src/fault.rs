@@ -118,6 +118,9 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
         self.inner.get(kind, name)
     }
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.inner.get_limited(kind, name, max)
+    }
     fn get_range(
         &self,
         kind: ObjectKind,
@@ -162,6 +165,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
         (**self).get(kind, name)
+    }
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        (**self).get_limited(kind, name, max)
     }
     fn get_range(
         &self,

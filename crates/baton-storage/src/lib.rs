@@ -93,6 +93,21 @@ pub(crate) fn read_range_buffered<S: Storage + ?Sized>(
     Ok(0..len)
 }
 
+/// The error of an object larger than a reader accepts.
+pub fn too_large(kind: ObjectKind, name: &str, len: u64, max: u64) -> StorageError {
+    let what = match kind {
+        ObjectKind::Config => "config".to_string(),
+        _ => format!("{} {}", kind.dir(), name),
+    };
+    StorageError::new(
+        ErrorKind::Permanent,
+        what,
+        format!(
+            "is {len} bytes, more than the {max} accepted for this kind of object (damaged or planted)"
+        ),
+    )
+}
+
 /// Object storage: small, synchronous and usable as `dyn Storage`.
 pub trait Storage: Send + Sync {
     /// Human-readable location (a path or URL) for messages.
@@ -111,6 +126,21 @@ pub trait Storage: Send + Sync {
 
     /// Reads a whole object.
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError>;
+
+    /// Reads a whole object of at most `max` bytes; a larger one fails with
+    /// [`ErrorKind::Permanent`] before it is read. Every read of an object
+    /// whose size is not known from authenticated data goes through this:
+    /// a planted multi-gigabyte (or sparse) key or lock file must not make
+    /// a command run out of memory.
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        // One call, checked after: a backend that can bound its reads
+        // (a local file, an HTTP range) overrides this.
+        let data = self.get(kind, name)?;
+        if data.len() as u64 > max {
+            return Err(too_large(kind, name, data.len() as u64, max));
+        }
+        Ok(data)
+    }
 
     /// Reads `len` bytes at `offset`; fails if the object is shorter.
     fn get_range(

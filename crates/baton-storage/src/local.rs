@@ -13,6 +13,7 @@
 use crate::{ErrorKind, ObjectInfo, ObjectKind, Storage, StorageError};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A repository stored in a directory of the local filesystem.
@@ -107,9 +108,28 @@ fn write_durably(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let mut f = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(tmp)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// Mode of every object file: the owner's alone, like restic. Key files
+/// (plaintext KDF parameters and the wrapped key) and the names of packs
+/// are nobody else's business on a shared machine.
+const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the repository creates.
+const DIR_MODE: u32 = 0o700;
+
+fn create_dirs(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
 }
 
 fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -117,6 +137,7 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .custom_flags(nix::libc::O_DIRECT)
         .open(tmp)?;
     let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
@@ -179,14 +200,14 @@ impl Storage for LocalStorage {
                 "directory exists and is not empty",
             ));
         }
-        fs::create_dir_all(&self.root).map_err(io)?;
+        create_dirs(&self.root).map_err(io)?;
         for k in ObjectKind::ALL {
             if k != ObjectKind::Config {
-                fs::create_dir_all(self.root.join(k.dir())).map_err(io)?;
+                create_dirs(&self.root.join(k.dir())).map_err(io)?;
             }
         }
         for i in 0..=255u8 {
-            fs::create_dir_all(self.root.join("data").join(format!("{i:02x}"))).map_err(io)?;
+            create_dirs(&self.root.join("data").join(format!("{i:02x}"))).map_err(io)?;
         }
         fsync_dir(&self.root).map_err(io)?;
         if let Some(parent) = self.root.parent() {
@@ -203,9 +224,10 @@ impl Storage for LocalStorage {
             .expect("object paths have a parent")
             .to_path_buf();
         let err = |e: std::io::Error| StorageError::from_io(&e, kind, name, "writing");
-        if kind == ObjectKind::Journal && !dir.is_dir() {
-            // A new job's directory: make its entry in journal/ durable too.
-            fs::create_dir_all(&dir).map_err(err)?;
+        if !dir.is_dir() {
+            // A new job's directory (or one missing from a copied
+            // repository): make its entry in the parent durable too.
+            create_dirs(&dir).map_err(err)?;
             if let Some(parent) = dir.parent() {
                 fsync_dir(parent).map_err(err)?;
             }
@@ -221,6 +243,25 @@ impl Storage for LocalStorage {
         check_name(kind, name)?;
         fs::read(self.path(kind, name))
             .map_err(|e| StorageError::from_io(&e, kind, name, "reading"))
+    }
+
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        use std::io::Read;
+        check_name(kind, name)?;
+        let err = |e: std::io::Error| StorageError::from_io(&e, kind, name, "reading");
+        let f = File::open(self.path(kind, name)).map_err(err)?;
+        let len = f.metadata().map_err(err)?.len();
+        if len > max {
+            return Err(crate::too_large(kind, name, len, max));
+        }
+        // Read at most one byte past the limit: a file that grew since the
+        // stat is refused too, and never read whole.
+        let mut out = Vec::with_capacity(len as usize);
+        f.take(max + 1).read_to_end(&mut out).map_err(err)?;
+        if out.len() as u64 > max {
+            return Err(crate::too_large(kind, name, out.len() as u64, max));
+        }
+        Ok(out)
     }
 
     fn get_range(
@@ -342,7 +383,11 @@ impl Storage for LocalStorage {
             }
             ObjectKind::Pack | ObjectKind::Journal => {
                 let mut v = Vec::new();
-                for e in fs::read_dir(&base).map_err(err)? {
+                let entries = match fs::read_dir(&base) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    r => r.map_err(err)?,
+                };
+                for e in entries {
                     let e = e.map_err(err)?;
                     if e.file_type().map_err(err)?.is_dir() {
                         let prefix = match kind {
@@ -357,7 +402,14 @@ impl Storage for LocalStorage {
             _ => vec![(base, String::new())],
         };
         for (dir, prefix) in dirs {
-            for e in fs::read_dir(&dir).map_err(err)? {
+            let entries = match fs::read_dir(&dir) {
+                // A kind's directory that is missing holds no objects (git
+                // keeps no empty directories, so a committed fixture
+                // repository has none).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                r => r.map_err(err)?,
+            };
+            for e in entries {
                 let e = e.map_err(err)?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') {

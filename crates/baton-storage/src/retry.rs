@@ -80,6 +80,9 @@ impl<S: Storage> Storage for RetryStorage<S> {
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
         self.policy.run(|| self.inner.get(kind, name))
     }
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.policy.run(|| self.inner.get_limited(kind, name, max))
+    }
     fn get_range(
         &self,
         kind: ObjectKind,

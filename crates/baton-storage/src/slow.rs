@@ -40,6 +40,10 @@ impl<S: Storage> Storage for SlowStorage<S> {
         self.wait();
         self.inner.get(kind, name)
     }
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        self.wait();
+        self.inner.get_limited(kind, name, max)
+    }
     fn get_range(
         &self,
         kind: ObjectKind,

@@ -4,7 +4,7 @@ use crate::Id;
 
 /// The repository format version this build writes and the newest it reads.
 /// Bump it (and keep reading old versions) whenever a byte layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Parameters of the content-defined chunker (FastCDC 2020, normalization level 1).
 /// Stored in the config so every writer of a repository cuts identically; the
@@ -64,4 +64,37 @@ pub struct Config {
     /// Fixed chunk size of block-level (image/device) backups; reserved for
     /// block backups, written now so the format does not change later.
     pub block_size: u32,
+}
+
+impl Config {
+    /// Checks every field as `init` does. Run on every open: a config is
+    /// authenticated, but a reader still refuses values it would never write.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                self.version
+            ));
+        }
+        self.chunker.validate()?;
+        if !(0..=22).contains(&self.compression) {
+            return Err(format!(
+                "compression level {} is not in 0..=22",
+                self.compression
+            ));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.pack_size) {
+            return Err(format!(
+                "pack size {} is not between 1 MiB and 1 GiB",
+                self.pack_size
+            ));
+        }
+        if !self.block_size.is_power_of_two() || !(4096..=16 << 20).contains(&self.block_size) {
+            return Err(format!(
+                "block size {} is not a power of two between 4 KiB and 16 MiB",
+                self.block_size
+            ));
+        }
+        Ok(())
+    }
 }

@@ -25,7 +25,7 @@ pub use journal::{CatalogEntry, JobManifest, JournalBlob, JournalPack, JournalRe
 pub use key::{KdfParams, KeyFile};
 pub use name::FsName;
 pub use snapshot::{BackupErrorEntry, Snapshot, SnapshotSummary};
-pub use tree::{Node, NodeKind, Tree, Xattr};
+pub use tree::{Node, NodeKind, Tree, Xattr, safe_name};
 
 /// Which kind of blob a pack entry holds. The numeric values are part of the pack
 /// header format and must never change.

@@ -84,4 +84,52 @@ impl Tree {
     pub fn sort(&mut self) {
         self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     }
+
+    /// Checks what every reader relies on: each name is safe (stays inside
+    /// its directory) and names are strictly sorted, hence unique. A tree
+    /// with a name twice (a directory `x`, then a symlink `x`) could make a
+    /// restore write through the symlink; it is refused when decoded.
+    pub fn validate(&self) -> Result<(), String> {
+        for n in &self.nodes {
+            if !safe_name(&n.name.0) {
+                return Err(format!(
+                    "unsafe entry name {:?} (empty, `.`, `..`, or with `/` or NUL)",
+                    n.name.lossy()
+                ));
+            }
+            let ok = match n.kind {
+                NodeKind::Dir => n.content.is_empty() && n.link_target.is_none(),
+                NodeKind::File => n.subtree.is_none() && n.link_target.is_none(),
+                NodeKind::Symlink => n.subtree.is_none() && n.content.is_empty(),
+                _ => n.subtree.is_none() && n.content.is_empty() && n.link_target.is_none(),
+            };
+            if !ok {
+                return Err(format!(
+                    "entry {:?} of type {:?} carries fields of another type",
+                    n.name.lossy(),
+                    n.kind
+                ));
+            }
+        }
+        for w in self.nodes.windows(2) {
+            if w[0].name >= w[1].name {
+                return Err(if w[0].name == w[1].name {
+                    format!("entry name {:?} appears twice", w[1].name.lossy())
+                } else {
+                    format!(
+                        "entries not sorted by name ({:?} before {:?})",
+                        w[0].name.lossy(),
+                        w[1].name.lossy()
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tree entry name that stays inside its directory: not empty, `.` or
+/// `..`, and without `/` or NUL.
+pub fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }

@@ -45,15 +45,29 @@ fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
 
 pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
     let repo = context::open(g)?;
-    let list: Vec<_> = repo
-        .list_snapshots()?
+    let listing = repo.list_snapshots_all()?;
+    let list: Vec<_> = listing
+        .snapshots
         .into_iter()
         .filter(|(_, s)| matches(&a.filter, s))
         .collect();
+    // An unreadable snapshot is named, and the others listed all the same.
+    for (name, e) in &listing.unreadable {
+        eprintln!(
+            "warning: snapshot {name} cannot be read and is skipped: {}; remove it with `baton forget {}` (or `baton repair snapshots --forget`)",
+            context::escape(e),
+            &name[..8.min(name.len())]
+        );
+    }
+    let code = if listing.unreadable.is_empty() {
+        crate::exit::OK
+    } else {
+        crate::exit::PARTIAL
+    };
     if g.json {
         let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
         println!("{}", serde_json::to_string(&v)?);
-        return Ok(crate::exit::OK);
+        return Ok(code);
     }
     println!(
         "{:<8}  {:<19}  {:<16}  {:<16}  Paths",
@@ -72,7 +86,7 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
     if !g.quiet {
         println!("{} snapshots", list.len());
     }
-    Ok(crate::exit::OK)
+    Ok(code)
 }
 
 fn mode_string(n: &Node) -> String {
@@ -285,7 +299,11 @@ pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
         "blob" => {
             repo.load_index()?;
             let id = Id::from_hex(need_id(a)?)?;
-            let data = repo.load_blob(&id)?;
+            let kind = repo
+                .index()
+                .get(&id)
+                .map_or(baton_types::BlobType::Data, |l| l.blob_type);
+            let data = repo.load_blob_of(kind, &id)?;
             std::io::stdout().write_all(&data)?;
             return Ok(crate::exit::OK);
         }
@@ -298,7 +316,11 @@ pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
 }
 
 fn baton_format_read_header(repo: &Repository, pack: &[u8]) -> Result<Vec<baton_repo::PackEntry>> {
-    Ok(baton_repo::read_pack_header(repo.key(), pack)?)
+    Ok(baton_repo::read_pack_header(
+        repo.key(),
+        &repo.config().id,
+        pack,
+    )?)
 }
 
 fn index_json<'a>(

@@ -41,7 +41,18 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<i32> {
     };
     let mut repo = context::open(g)?;
     let lock = repo.lock(true)?;
+    if !opts.policy.is_empty() {
+        // A policy passes over snapshots whose root tree is missing.
+        repo.load_index()?;
+    }
     let r = baton_repo::forget_locked(&repo, &lock, &opts)?;
+    for (name, why) in &r.skipped {
+        eprintln!(
+            "warning: snapshot {}: {}",
+            &name[..8.min(name.len())],
+            context::escape(why)
+        );
+    }
     report(g, &r, a.dry_run, a.prune);
     if let Some(mut p) = prune {
         // A dry run deleted nothing: let prune see the snapshots as gone.

@@ -10,25 +10,38 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
             if g.json {
                 let v: Vec<_> = keys
                     .iter()
-                    .map(|(id, k)| {
-                        serde_json::json!({
+                    .map(|(id, k)| match k {
+                        Ok(k) => serde_json::json!({
                             "id": id, "current": id == repo.key_name(), "created": k.created, "append_only": k.append_only,
                             "hostname": k.hostname, "username": k.username,
-                        })
+                        }),
+                        Err(e) => serde_json::json!({
+                            "id": id, "current": false, "damaged": e,
+                        }),
                     })
                     .collect();
                 println!("{}", serde_json::to_string(&v)?);
             } else {
-                println!("  {:<8}  {:<16}  {:<16}  Created", "ID", "User", "Host");
+                println!(
+                    "  {:<8}  {:<16}  {:<16}  {:<11}  Created",
+                    "ID", "User", "Host", "Rights"
+                );
                 for (id, k) in &keys {
                     let mark = if id == repo.key_name() { '*' } else { ' ' };
-                    println!(
-                        "{mark} {:<8}  {:<16}  {:<16}  {}",
-                        &id[..8.min(id.len())],
-                        k.username,
-                        k.hostname,
-                        k.created
-                    );
+                    let short = &id[..8.min(id.len())];
+                    match k {
+                        Ok(k) => println!(
+                            "{mark} {short:<8}  {:<16}  {:<16}  {:<11}  {}",
+                            crate::context::escape(&k.username),
+                            crate::context::escape(&k.hostname),
+                            if k.append_only { "append-only" } else { "full" },
+                            crate::context::escape(&k.created)
+                        ),
+                        Err(e) => println!(
+                            "{mark} {short:<8}  damaged: {} (remove it with `baton key remove {short}`)",
+                            crate::context::escape(e)
+                        ),
+                    }
                 }
             }
         }

@@ -94,7 +94,7 @@ fn snapshots_filters_ls_diff_cat() {
     // cat
     let cfg: serde_json::Value =
         serde_json::from_str(&env.run(&["cat", "config"]).ok().stdout).unwrap();
-    assert_eq!(cfg["version"], 1);
+    assert_eq!(cfg["version"], 2);
     let snap: serde_json::Value =
         serde_json::from_str(&env.run(&["cat", "snapshot", id1]).ok().stdout).unwrap();
     assert_eq!(snap["tree"], s1["tree_id"]);

@@ -59,7 +59,7 @@ impl Env {
     /// A fresh environment with an initialized repository (fast KDF).
     pub fn new() -> Env {
         let e = Env::empty();
-        e.run(&["init", "--kdf-memory", "1024", "--kdf-iterations", "1"])
+        e.run(&["init", "--kdf-memory", "8192", "--kdf-iterations", "1"])
             .ok();
         e
     }
@@ -71,7 +71,7 @@ impl Env {
         e.run(&[
             "init",
             "--kdf-memory",
-            "1024",
+            "8192",
             "--kdf-iterations",
             "1",
             "--pack-size",

@@ -86,7 +86,7 @@ fn damage(env: &Env, kind: Kind, how: Damage, snapshots: &[String; 2]) -> (Vec<S
                 "key",
                 "add",
                 "--kdf-memory",
-                "1024",
+                "8192",
                 "--kdf-iterations",
                 "1",
             ]))

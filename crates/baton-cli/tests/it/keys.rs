@@ -5,7 +5,7 @@ use crate::common::*;
 #[test]
 fn add_list_remove_passwd() {
     let env = Env::new();
-    let kdf = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
+    let kdf = ["--kdf-memory", "8192", "--kdf-iterations", "1"];
     let added = run(env
         .cmd()
         .env("BATON_NEW_PASSWORD", "second")
@@ -72,7 +72,7 @@ fn add_list_remove_passwd() {
 #[test]
 fn append_only_key() {
     let env = Env::new();
-    let kdf = ["--kdf-memory", "1024", "--kdf-iterations", "1"];
+    let kdf = ["--kdf-memory", "8192", "--kdf-iterations", "1"];
     run(env
         .cmd()
         .env("BATON_NEW_PASSWORD", "ao")

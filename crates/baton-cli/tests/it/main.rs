@@ -14,3 +14,4 @@ mod prune;
 mod repair;
 mod resume;
 mod roundtrip;
+mod trust;

@@ -192,7 +192,7 @@ mod tests {
     fn a_finished_directory_takes_the_place_of_its_waiting_entries() {
         let d = tempfile::tempdir().unwrap();
         let opts = InitOptions {
-            kdf: crate::kdf_params(1024, 1),
+            kdf: crate::kdf_params(8192, 1),
             ..InitOptions::default()
         };
         let repo = Repository::init(

@@ -150,10 +150,14 @@ fn find_parent(
     {
         return Ok(Some(found.clone()));
     }
+    // Never a snapshot dated in the future (it would be the parent of every
+    // later backup) nor one whose root tree is gone (nothing to compare
+    // with): such a one is passed over, and the backup reads every file.
     Ok(snapshots
         .iter()
         .rev()
-        .find(|(_, s)| s.hostname == host && same_paths(&s.paths, paths))
+        .filter(|(_, s)| s.hostname == host && same_paths(&s.paths, paths))
+        .find(|(_, s)| !crate::repo::in_future(&s.time) && repo.index().contains(&s.tree))
         .cloned())
 }
 
@@ -293,6 +297,7 @@ pub fn backup(
     let cfg = PipelineConfig {
         storage: &**repo_ref.storage(),
         key: repo_ref.key(),
+        repository: repo_ref.config().id,
         compression: repo_ref.config().compression,
         pack_size: repo_ref.config().pack_size,
         dry_run: opts.dry_run,

@@ -13,7 +13,7 @@ use crate::{RepoError, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
 use baton_format::index::IndexPack;
-use baton_format::pack::PackWriter;
+use baton_format::pack::{PackWriter, seal_blob_into};
 use baton_format::storage_id;
 use baton_storage::{ObjectKind, Storage};
 use baton_types::{BlobType, Id};
@@ -106,6 +106,8 @@ pub(crate) struct PackerOutput {
 pub(crate) struct PipelineConfig<'a> {
     pub storage: &'a dyn Storage,
     pub key: &'a MasterKey,
+    /// The repository's id, which pack headers are bound to.
+    pub repository: Id,
     pub compression: i32,
     pub pack_size: u64,
     pub dry_run: bool,
@@ -301,7 +303,8 @@ fn worker(
         let raw_len = job.data.len() as u32;
         let compressed = c.compress_into(&job.data, &mut z);
         let mut sealed = pool.get();
-        key.encrypt_into(if compressed { &z } else { &job.data }, &mut sealed);
+        let payload = if compressed { &z } else { &job.data };
+        seal_blob_into(key, job.blob_type, &job.id, payload, &mut sealed);
         pool.put(job.data);
         let s = Sealed {
             blob_type: job.blob_type,
@@ -346,7 +349,7 @@ impl OpenPack {
             return Ok(());
         }
         let w = std::mem::replace(&mut self.w, PackWriter::with_buffer(packs.get()));
-        let (bytes, entries) = w.finish(cfg.key);
+        let (bytes, entries) = w.finish(cfg.key, &cfg.repository);
         let id = storage_id(&bytes);
         let pack = IndexPack { id, blobs: entries };
         out.send(Finished { id, bytes, pack })

@@ -149,7 +149,7 @@ pub(crate) fn verify_pack(
             vec![],
         ));
     }
-    let header = match read_header(repo.key(), &bytes) {
+    let header = match read_header(repo.key(), &repo.config().id, &bytes) {
         Ok(h) => Some(h),
         Err(e) => {
             v.findings.push((
@@ -209,6 +209,7 @@ pub(crate) fn verify_pack(
         let result = match bytes.get(start..end) {
             Some(sealed) => open_blob_into(
                 repo.key(),
+                e.blob_type,
                 &e.id,
                 sealed,
                 e.raw_length,

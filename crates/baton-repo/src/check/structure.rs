@@ -4,7 +4,7 @@
 use super::{Checker, ProblemKind, Severity};
 use crate::Result;
 use baton_format::index::IndexFile;
-use baton_format::object::{from_json, open_object};
+use baton_format::object::from_json;
 use baton_format::storage_id;
 use baton_storage::ObjectKind;
 use baton_types::{BlobType, Config, Id, JournalRecord, KeyFile, Snapshot, hex_encode};
@@ -99,11 +99,10 @@ impl Checker<'_> {
         }
         let config = self
             .repo
-            .storage()
-            .get(ObjectKind::Config, "")
+            .load_object(ObjectKind::Config, "")
             .map_err(|e| e.to_string())
-            .and_then(|b| open_object(self.repo.key(), &b).map_err(|e| e.to_string()))
-            .and_then(|p| from_json::<Config>("config", &p).map_err(|e| e.to_string()));
+            .and_then(|p| from_json::<Config>("config", &p).map_err(|e| e.to_string()))
+            .and_then(|c| c.validate().map_err(|e| format!("config: {e}")));
         if let Err(e) = config {
             self.error(ProblemKind::Damaged, "config".into(), e, vec![]);
         }
@@ -118,8 +117,13 @@ impl Checker<'_> {
             let Some(bytes) = self.read_named(ObjectKind::Snapshot, &o.name) else {
                 continue;
             };
-            let decoded = open_object(self.repo.key(), &bytes)
-                .and_then(|p| from_json::<Snapshot>("snapshot", &p));
+            let decoded = self
+                .repo
+                .open_sealed(ObjectKind::Snapshot, &o.name, &bytes)
+                .and_then(|p| {
+                    from_json::<Snapshot>("snapshot", &p)
+                        .map_err(|e| crate::RepoError::format(format!("snapshot {}", o.name), e))
+                });
             match (decoded, Id::from_hex(&o.name)) {
                 (Ok(s), Ok(id)) => self.snapshots.push((id, s)),
                 (Ok(_), Err(_)) => {}
@@ -167,7 +171,14 @@ impl Checker<'_> {
             let (bytes, problems) = read_named(self.repo, ObjectKind::Index, &o.name);
             found.extend(problems.into_iter().map(|p| (o.name.clone(), p)));
             let Some(bytes) = bytes else { continue };
-            match open_object(self.repo.key(), &bytes).and_then(|p| IndexFile::decode(&p)) {
+            let decoded = self
+                .repo
+                .open_sealed(ObjectKind::Index, &o.name, &bytes)
+                .and_then(|p| {
+                    IndexFile::decode(&p)
+                        .map_err(|e| crate::RepoError::format(format!("index {}", o.name), e))
+                });
+            match decoded {
                 Ok(f) => files.push((o.name, f)),
                 Err(e) => found.push((
                     o.name.clone(),

@@ -26,9 +26,19 @@ impl Checker<'_> {
                 loc.length as u64,
             )
             .map_err(|e| e.to_string())?;
-        let plain = open_blob(self.repo.key(), id, &sealed, loc.raw_length, loc.compressed)
-            .map_err(|e| format!("in pack {}: {e}", loc.pack))?;
-        from_json::<Tree>("tree", &plain).map_err(|e| format!("in pack {}: {e}", loc.pack))
+        let plain = open_blob(
+            self.repo.key(),
+            BlobType::Tree,
+            id,
+            &sealed,
+            loc.raw_length,
+            loc.compressed,
+        )
+        .map_err(|e| format!("in pack {}: {e}", loc.pack))?;
+        let tree =
+            from_json::<Tree>("tree", &plain).map_err(|e| format!("in pack {}: {e}", loc.pack))?;
+        tree.validate()?;
+        Ok(tree)
     }
 
     /// Walks every tree reachable from a snapshot, each once.

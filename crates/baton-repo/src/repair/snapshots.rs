@@ -13,7 +13,7 @@ use crate::{RepoError, Repository, Result};
 use baton_format::compress::Compressor;
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::{from_json, to_json};
-use baton_format::pack::{PackEntry, PackWriter};
+use baton_format::pack::{PackEntry, PackWriter, seal_blob_into};
 use baton_storage::ObjectKind;
 use baton_types::{BlobType, Id, NodeKind, Snapshot, Tree};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,9 +90,16 @@ impl Rewriter<'_> {
         let key = self.repo.key();
         let id = key.blob_id(&json);
         if self.is_bad(&id) && self.written.insert(id) {
-            let (sealed, compressed) = match self.compressor.compress(&json) {
-                Some(z) => (key.encrypt(&z), true),
-                None => (key.encrypt(&json), false),
+            let mut sealed = Vec::new();
+            let compressed = match self.compressor.compress(&json) {
+                Some(z) => {
+                    seal_blob_into(key, BlobType::Tree, &id, &z, &mut sealed);
+                    true
+                }
+                None => {
+                    seal_blob_into(key, BlobType::Tree, &id, &json, &mut sealed);
+                    false
+                }
             };
             self.pack
                 .add(BlobType::Tree, id, &sealed, json.len() as u32, compressed);

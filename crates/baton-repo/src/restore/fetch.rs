@@ -11,7 +11,7 @@ use crate::progress::{Cancel, Progress};
 use crate::{RepoError, Repository, Result};
 use baton_format::pack::{BlobBuffers, open_blob_into};
 use baton_storage::ObjectKind;
-use baton_types::Id;
+use baton_types::{BlobType, Id};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -233,7 +233,15 @@ impl Ctx<'_> {
     fn blob(&self, pack: &Id, w: &Want, sealed: &[u8], out: &mut Writer) {
         let key = self.repo.key();
         let mut bufs = std::mem::take(&mut out.blobs);
-        let data = match open_blob_into(key, &w.id, sealed, w.raw_length, w.compressed, &mut bufs) {
+        let data = match open_blob_into(
+            key,
+            BlobType::Data,
+            &w.id,
+            sealed,
+            w.raw_length,
+            w.compressed,
+            &mut bufs,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 for &(f, _) in &w.targets {

@@ -157,7 +157,7 @@ fn forget_and_key_changes_survive_a_crash_at_every_write() {
     assert!(ops.iter().filter(|o| matches!(o, Op::Remove(..))).count() >= 2);
     points += verify_prefixes(dir.path(), &base, &sources, "forget", &ops, &[b"old"]);
 
-    let kdf = baton_repo::kdf_params(1024, 1);
+    let kdf = baton_repo::kdf_params(8192, 1);
     let ops = record(dir.path(), &base, "passwd", |repo| {
         repo.change_password(b"new", &kdf).unwrap();
     });

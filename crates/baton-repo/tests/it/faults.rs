@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 pub fn fast_init() -> InitOptions {
     InitOptions {
         pack_size: 1 << 20,
-        kdf: baton_repo::kdf_params(1024, 1),
+        kdf: baton_repo::kdf_params(8192, 1),
         ..InitOptions::default()
     }
 }

@@ -4,8 +4,7 @@
 //! loads and its packs exist), and prune run again must finish with the same
 //! result as an undisturbed prune.
 
-use baton_format::compress::Compressor;
-use baton_format::object::{seal_object, to_json};
+use baton_format::object::to_json;
 use baton_repo::{
     BackupOptions, Cancel, ForgetOptions, InitOptions, MaxUnused, NoProgress, Progress,
     PruneOptions, PruneResult, RepoError, Repository, RestoreOptions,
@@ -31,7 +30,7 @@ fn init_options() -> InitOptions {
             max_size: 256 << 10,
             seed: 7,
         }),
-        kdf: baton_repo::kdf_params(1024, 1),
+        kdf: baton_repo::kdf_params(8192, 1),
         ..InitOptions::default()
     }
 }
@@ -101,7 +100,7 @@ fn age_job(repo: &Repository, job: &Id) {
         let plain = repo.load_object(ObjectKind::Journal, &o.name).unwrap();
         let mut rec: JournalRecord = serde_json::from_slice(&plain).unwrap();
         rec.time = "2000-01-01T00:00:00Z".into();
-        let sealed = seal_object(repo.key(), &mut Compressor::new(0), &to_json(&rec));
+        let sealed = repo.seal(ObjectKind::Journal, &o.name, 0, &to_json(&rec));
         s.remove(ObjectKind::Journal, &o.name).unwrap();
         s.put(ObjectKind::Journal, &o.name, &sealed).unwrap();
     }
