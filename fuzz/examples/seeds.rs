@@ -167,7 +167,10 @@ fn main() {
         &baton_format::role::blob(BlobType::Data, &k.blob_id(b"hello")),
         b"hello",
     );
-    let b2 = seal(&baton_format::role::blob(BlobType::Tree, &id(4)), &[7u8; 50]);
+    let b2 = seal(
+        &baton_format::role::blob(BlobType::Tree, &id(4)),
+        &[7u8; 50],
+    );
     let h = pack_header(&[
         (
             BlobType::Data,
@@ -219,6 +222,7 @@ fn main() {
         files_changed: 1,
         files_unmodified: 10,
         dirs: 2,
+        others: 1,
         bytes_total: 12345,
         bytes_read: 1000,
         bytes_stored: 900,

@@ -5,8 +5,8 @@
 use baton_format::compress::{Compressor, decompress};
 use baton_format::pack::open_blob;
 use baton_format::role;
-use baton_types::BlobType::{Data, Tree};
 use baton_fuzz::{key, seal};
+use baton_types::BlobType::{Data, Tree};
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
 
@@ -25,7 +25,17 @@ fuzz_target!(|data: &[u8]| {
     let payload = &data[5..];
 
     // Unsealed bytes never open.
-    assert!(open_blob(key, Data, &key.blob_id(payload), payload, raw_length, compressed).is_err());
+    assert!(
+        open_blob(
+            key,
+            Data,
+            &key.blob_id(payload),
+            payload,
+            raw_length,
+            compressed
+        )
+        .is_err()
+    );
 
     let expected = if compressed {
         decompress(payload, raw_length as usize).ok()

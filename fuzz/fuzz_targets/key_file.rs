@@ -62,7 +62,10 @@ fuzz_target!(|data: &[u8]| {
             let again = k.wrap(baton_fuzz::PASSWORD, kdf, ad).expect("wrap");
             let k2 = MasterKey::unwrap(&again, baton_fuzz::PASSWORD, kdf, ad).expect("unwrap");
             assert_eq!(k.blob_id(b"x"), k2.blob_id(b"x"));
-            assert_eq!(k2.decrypt(b"r", &k.encrypt(b"r", b"x")).expect("same key"), b"x");
+            assert_eq!(
+                k2.decrypt(b"r", &k.encrypt(b"r", b"x")).expect("same key"),
+                b"x"
+            );
             // Other bound fields: no key.
             assert!(MasterKey::unwrap(&again, baton_fuzz::PASSWORD, kdf, b"edited").is_err());
         }

@@ -25,7 +25,13 @@ pub fn key() -> &'static MasterKey {
 pub fn seal_with(enc: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(&(*enc).into());
     let ct = cipher
-        .encrypt(&XNonce::from(NONCE), Payload { msg: plain, aad: ad })
+        .encrypt(
+            &XNonce::from(NONCE),
+            Payload {
+                msg: plain,
+                aad: ad,
+            },
+        )
         .expect("sealing an in-memory buffer cannot fail");
     let mut out = NONCE.to_vec();
     out.extend_from_slice(&ct);

@@ -1,7 +1,7 @@
 //! Browsing snapshots: walking trees, finding a path, comparing two trees.
 
 use crate::{RepoError, Repository, Result};
-use baton_types::{Id, Node, NodeKind, Tree};
+use baton_types::{Id, Node, NodeKind, Snapshot, Tree};
 use std::sync::Arc;
 
 /// Joins a snapshot path and a name ("/" + "a" = "/a").
@@ -19,17 +19,95 @@ pub fn walk_tree(
     repo: &Repository,
     tree: &Id,
     prefix: &str,
+    budget: &mut WalkBudget,
     f: &mut dyn FnMut(&str, &Node) -> Result<()>,
 ) -> Result<()> {
     let t = repo.load_tree(tree)?;
+    budget.enter(t.nodes.len())?;
     for n in &t.nodes {
         let p = join(prefix, &n.name.lossy());
         f(&p, n)?;
         if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
-            walk_tree(repo, &sub, &p, f)?;
+            walk_tree(repo, &sub, &p, budget, f)?;
         }
     }
+    budget.leave();
     Ok(())
+}
+
+/// Deepest directory nesting a walk accepts (a path of that depth is at
+/// least 4096 bytes, the longest path Linux resolves).
+pub const MAX_TREE_DEPTH: usize = 2048;
+
+/// Bounds a walk of a snapshot's trees. Trees are content-addressed, so one
+/// tree can be the subtree of many (identical directories are stored once),
+/// and a crafted snapshot of 41 trees, each holding the next twice, expands
+/// to 2^41 entries. A walk may visit at most the entries the snapshot
+/// records, twice over plus a million (a tree is authenticated, and so is the
+/// snapshot that records its counts), and nest at most [`MAX_TREE_DEPTH`] deep.
+#[derive(Debug, Clone)]
+pub struct WalkBudget {
+    entries_left: u64,
+    depth: usize,
+    exceeded: bool,
+}
+
+impl WalkBudget {
+    /// The budget of one walk of `s` (or of part of it): twice the entries
+    /// it records, plus 20,000. A snapshot without a summary, or one that
+    /// resumed an interrupted job (whose completed subtrees were taken over
+    /// without being counted), gets 2^28 entries.
+    pub fn for_snapshot(s: &Snapshot) -> Self {
+        let recorded = match &s.summary {
+            Some(m) if m.resumed_job.is_none() => m
+                .files_new
+                .saturating_add(m.files_changed)
+                .saturating_add(m.files_unmodified)
+                .saturating_add(m.dirs)
+                .saturating_add(m.others),
+            _ => 1 << 27,
+        };
+        Self::entries(recorded.saturating_mul(2).saturating_add(20_000))
+    }
+
+    /// A budget of `n` entries.
+    pub fn entries(n: u64) -> Self {
+        WalkBudget {
+            entries_left: n,
+            depth: 0,
+            exceeded: false,
+        }
+    }
+
+    /// Enters a tree of `n` entries.
+    pub fn enter(&mut self, n: usize) -> Result<()> {
+        if self.depth >= MAX_TREE_DEPTH {
+            self.exceeded = true;
+            return Err(RepoError::Invalid(format!(
+                "the snapshot's directories nest more than {MAX_TREE_DEPTH} deep (a crafted or damaged snapshot); refused"
+            )));
+        }
+        let Some(left) = self.entries_left.checked_sub(n as u64) else {
+            self.exceeded = true;
+            return Err(RepoError::Invalid(
+                "the snapshot's trees expand to far more entries than it records (a crafted or damaged snapshot, whose trees hold each other many times over); refused"
+                    .into(),
+            ));
+        };
+        self.entries_left = left;
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Whether a walk ran out of this budget (it must stop, not skip on).
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+
+    /// Leaves the tree entered last.
+    pub fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
+    }
 }
 
 /// Finds the node at snapshot path `path` ("/" or "" is the root, returned as
@@ -104,10 +182,15 @@ fn same_metadata(a: &Node, b: &Node) -> bool {
         && a.rdev == b.rdev
 }
 
-/// Compares two trees; identical subtrees (same id) are skipped without loading.
-pub fn diff(repo: &Repository, a: &Id, b: &Id) -> Result<Vec<DiffEntry>> {
+/// Compares two snapshots' trees; identical subtrees (same id) are skipped
+/// without loading.
+pub fn diff(repo: &Repository, a: &Snapshot, b: &Snapshot) -> Result<Vec<DiffEntry>> {
     let mut out = Vec::new();
-    diff_trees(repo, Some(*a), Some(*b), "/", &mut out)?;
+    let mut budget = WalkBudget::for_snapshot(a);
+    budget.entries_left = budget
+        .entries_left
+        .saturating_add(WalkBudget::for_snapshot(b).entries_left);
+    diff_trees(repo, Some(a.tree), Some(b.tree), "/", &mut budget, &mut out)?;
     Ok(out)
 }
 
@@ -116,6 +199,7 @@ fn all_below(
     n: &Node,
     p: &str,
     change: DiffChange,
+    budget: &mut WalkBudget,
     out: &mut Vec<DiffEntry>,
 ) -> Result<()> {
     out.push(DiffEntry {
@@ -123,7 +207,7 @@ fn all_below(
         change,
     });
     if let Some(sub) = n.subtree {
-        walk_tree(repo, &sub, p, &mut |path, _| {
+        walk_tree(repo, &sub, p, budget, &mut |path, _| {
             out.push(DiffEntry {
                 path: path.to_string(),
                 change,
@@ -139,6 +223,7 @@ fn diff_trees(
     a: Option<Id>,
     b: Option<Id>,
     prefix: &str,
+    budget: &mut WalkBudget,
     out: &mut Vec<DiffEntry>,
 ) -> Result<()> {
     if a == b {
@@ -151,6 +236,7 @@ fn diff_trees(
         }
     };
     let (ta, tb) = (load(a)?, load(b)?);
+    budget.enter(ta.nodes.len() + tb.nodes.len())?;
     let (mut i, mut j) = (0, 0);
     while i < ta.nodes.len() || j < tb.nodes.len() {
         let na = ta.nodes.get(i);
@@ -168,6 +254,7 @@ fn diff_trees(
                     n,
                     &join(prefix, &n.name.lossy()),
                     DiffChange::Removed,
+                    budget,
                     out,
                 )?;
                 i += 1;
@@ -179,6 +266,7 @@ fn diff_trees(
                     n,
                     &join(prefix, &n.name.lossy()),
                     DiffChange::Added,
+                    budget,
                     out,
                 )?;
                 j += 1;
@@ -203,12 +291,13 @@ fn diff_trees(
                     });
                 }
                 if x.kind == NodeKind::Dir && y.kind == NodeKind::Dir {
-                    diff_trees(repo, x.subtree, y.subtree, &p, out)?;
+                    diff_trees(repo, x.subtree, y.subtree, &p, budget, out)?;
                 }
                 i += 1;
                 j += 1;
             }
         }
     }
+    budget.leave();
     Ok(())
 }

@@ -51,7 +51,8 @@ pub fn dump(repo: &Repository, snapshot: &Snapshot, path: &str, out: &mut dyn Wr
         }
         (_, Some(tree)) => {
             let mut tar = tar::Builder::new(out);
-            walk_tree(repo, &tree, "", &mut |p, n| {
+            let mut budget = crate::browse::WalkBudget::for_snapshot(snapshot);
+            walk_tree(repo, &tree, "", &mut budget, &mut |p, n| {
                 append(&mut tar, repo, p.trim_start_matches('/'), n).map_err(io)
             })?;
             tar.finish().map_err(io)

@@ -38,7 +38,7 @@ pub use backup::{BackupOptions, BackupResult, ResumeMode, backup};
 pub use baton_format::crypto::{default_kdf_params, kdf_params};
 pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
 pub use baton_format::random_id;
-pub use browse::{DiffChange, DiffEntry, diff, find_node, walk_tree};
+pub use browse::{DiffChange, DiffEntry, MAX_TREE_DEPTH, WalkBudget, diff, find_node, walk_tree};
 pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
 };

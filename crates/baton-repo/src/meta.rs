@@ -1,11 +1,10 @@
-//! File metadata: reading it into a [`Node`] at backup, applying it at restore.
+//! File metadata: reading it into a [`Node`] at backup (restore applies it
+//! through its target handle, `restore/target.rs`).
 
-use baton_types::{FsName, Node, NodeKind, Xattr, hex_decode, hex_encode};
-use nix::sys::stat::{UtimensatFlags, utimensat};
-use nix::sys::time::TimeSpec;
+use baton_types::{FsName, Node, NodeKind, Xattr, hex_encode};
 use std::collections::HashMap;
 use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 pub(crate) fn ns(sec: i64, nsec: i64) -> i64 {
@@ -124,58 +123,4 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-fn timespec(ns: i64) -> TimeSpec {
-    TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
-}
-
-/// Applies ownership, xattrs, permissions and times of `node` to `path`, in the
-/// order that keeps each from undoing another (chown clears setuid bits, so it
-/// comes before chmod; times come last). Returns the first failure, after
-/// trying everything.
-pub fn apply_metadata(path: &Path, node: &Node, is_root: bool) -> Result<(), String> {
-    let mut first_err: Option<String> = None;
-    let mut note = |e: String| {
-        first_err.get_or_insert(e);
-    };
-    let symlink = node.kind == NodeKind::Symlink;
-    if is_root && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)) {
-        note(format!("chown: {e}"));
-    }
-    if !symlink {
-        for x in &node.xattrs {
-            let Some(v) = hex_decode(&x.value) else {
-                note(format!("xattr {:?}: value is not hex", x.name));
-                continue;
-            };
-            if let Err(e) = xattr::set(path, x.name.as_os(), &v) {
-                note(format!("xattr {}: {e}", x.name.lossy()));
-            }
-        }
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
-            note(format!("chmod: {e}"));
-        }
-    }
-    let atime = if symlink {
-        TimeSpec::UTIME_OMIT
-    } else {
-        timespec(node.atime_ns)
-    };
-    // Ancestors of the backed-up paths carry no times (ctime 0): leave them.
-    if node.ctime_ns != 0
-        && let Err(e) = utimensat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            &atime,
-            &timespec(node.mtime_ns),
-            UtimensatFlags::NoFollowSymlink,
-        )
-    {
-        note(format!("setting times: {e}"));
-    }
-    match first_err {
-        None => Ok(()),
-        Some(e) => Err(e),
-    }
 }

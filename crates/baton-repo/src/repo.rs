@@ -387,6 +387,31 @@ impl Repository {
         Ok((IndexPack { id, blobs }, bytes.len() as u64))
     }
 
+    /// Stores blobs exactly as given, in one new pack with its own index
+    /// object, and adds them to the loaded index; returns their ids. Nothing
+    /// checks that they make sense: this is for tools and tests that build
+    /// repository content directly (the crafted repositories of the attack
+    /// tests: duplicate names, deep and exponential trees).
+    pub fn store_raw_blobs(&mut self, blobs: &[(BlobType, Vec<u8>)]) -> Result<Vec<Id>> {
+        let mut w = PackWriter::new();
+        let mut ids = Vec::new();
+        let mut sealed = Vec::new();
+        for (t, data) in blobs {
+            let id = self.key.blob_id(data);
+            baton_format::pack::seal_blob_into(&self.key, *t, &id, data, &mut sealed);
+            w.add(*t, id, &sealed, data.len() as u32, false);
+            ids.push(id);
+        }
+        let (pack, _) = self.store_pack(w)?;
+        let index = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![pack.clone()],
+        };
+        self.save_object(ObjectKind::Index, &index.encode())?;
+        self.index.add_pack(&pack);
+        Ok(ids)
+    }
+
     /// Reads and opens a sealed object.
     pub fn load_object(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
         let sealed = self

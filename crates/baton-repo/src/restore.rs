@@ -8,19 +8,20 @@
 //! the very end, children before parents, so nothing disturbs it.
 
 mod fetch;
+mod target;
 
-use crate::browse::{find_node, join};
+use crate::browse::{WalkBudget, find_node, join};
 use crate::filter::PatternSet;
-use crate::meta::apply_metadata;
 use crate::progress::{Cancel, EntryStatus, Progress};
 use crate::{RepoError, Repository, Result};
 use baton_types::{Id, Node, NodeKind, Snapshot};
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use target::{Existing, Target};
 
 /// Options of `baton restore`.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +54,8 @@ pub struct RestoreSummary {
 
 struct Restorer<'a> {
     repo: &'a Repository,
+    target: &'a Target,
+    budget: WalkBudget,
     includes: PatternSet,
     excludes: PatternSet,
     progress: &'a dyn Progress,
@@ -91,6 +94,7 @@ struct BatchDone {
 /// The writer thread: writes each batch's contents, then the files' metadata.
 fn write_batches(
     repo: &Repository,
+    target: &Target,
     batches: Receiver<Vec<(PathBuf, Node, bool)>>,
     done: SyncSender<Result<BatchDone>>,
     progress: &dyn Progress,
@@ -107,7 +111,7 @@ fn write_batches(
                 create: *create,
             })
             .collect();
-        let outcome = match fetch::write_files(repo, &jobs, progress, cancel) {
+        let outcome = match fetch::write_files(repo, target, &jobs, progress, cancel) {
             Ok(o) => o,
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -118,7 +122,7 @@ fn write_batches(
             .iter()
             .zip(&outcome.failed)
             .map(|((dst, n, _), failed)| match failed {
-                None => apply_metadata(dst, n, is_root).err(),
+                None => target.apply_metadata(dst, n, is_root).err(),
                 Some(_) => None,
             })
             .collect();
@@ -150,9 +154,10 @@ pub fn restore(
     lock.abort_on_loss(cancel);
     let sub = subpath.unwrap_or("/");
     let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
-    fs::create_dir_all(target).map_err(|e| RepoError::io(target, e))?;
+    let handle = Target::open(target).map_err(|e| RepoError::io(target, e))?;
+    let handle = &handle;
     // An empty target holds nothing to keep or replace.
-    let target_fresh = fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+    let target_fresh = std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
     let is_root = nix::unistd::geteuid().is_root();
     let (batch_tx, batch_rx) = sync_channel(1);
     let (done_tx, done_rx) = sync_channel(64);
@@ -160,11 +165,13 @@ pub fn restore(
         std::thread::Builder::new()
             .name("baton-writer".into())
             .spawn_scoped(s, move || {
-                write_batches(repo, batch_rx, done_tx, progress, cancel, is_root)
+                write_batches(repo, handle, batch_rx, done_tx, progress, cancel, is_root)
             })
             .expect("spawning a thread");
         let mut r = Restorer {
             repo,
+            target: handle,
+            budget: WalkBudget::for_snapshot(snapshot),
             includes: PatternSet::new(&opts.includes)?,
             excludes: PatternSet::new(&opts.excludes)?,
             progress,
@@ -214,7 +221,7 @@ impl Restorer<'_> {
             r.batch_done(d?);
         }
         for (dst, n) in std::mem::take(&mut r.dirs) {
-            if let Err(e) = apply_metadata(&dst, &n, r.is_root) {
+            if let Err(e) = r.target.apply_metadata(&dst, &n, r.is_root) {
                 r.error(&dst, e);
             }
         }
@@ -242,6 +249,7 @@ impl Restorer<'_> {
         fresh: bool,
     ) -> Result<bool> {
         let t = self.repo.read_tree(tree)?;
+        self.budget.enter(t.nodes.len())?;
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
@@ -263,9 +271,9 @@ impl Restorer<'_> {
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
                 let created = if fresh {
-                    fs::create_dir(&dst).map(|()| true)
+                    self.target.create_dir(&dst).map(|()| true)
                 } else {
-                    make_dir(&dst)
+                    make_dir(self.target, &dst)
                 };
                 let created = match created {
                     Ok(c) => c,
@@ -278,6 +286,7 @@ impl Restorer<'_> {
                     Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
                         Ok(b) => b,
                         Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
+                        Err(e) if self.budget.exceeded() => return Err(e),
                         Err(e) => {
                             self.error(&dst, format!("cannot restore directory contents: {e}"));
                             true
@@ -290,13 +299,14 @@ impl Restorer<'_> {
                     self.summary.dirs += 1;
                     any = true;
                 } else {
-                    let _ = fs::remove_dir(&dst);
+                    let _ = self.target.remove(&dst, true);
                 }
             } else if sel {
                 self.leaf(n, &dst, &p, fresh)?;
                 any = true;
             }
         }
+        self.budget.leave();
         Ok(any)
     }
 
@@ -304,45 +314,36 @@ impl Restorer<'_> {
         if n.kind == NodeKind::File {
             return self.file(n, dst, snap_path, fresh);
         }
-        if let Ok(m) = fs::symlink_metadata(dst) {
-            let removed = if m.is_dir() {
-                fs::remove_dir(dst)
-            } else {
-                fs::remove_file(dst)
-            };
-            if let Err(e) = removed {
-                self.error(dst, format!("cannot replace existing entry: {e}"));
+        let existing = match self.target.existing(dst) {
+            Ok(e) => e,
+            Err(e) => {
+                self.error(dst, format!("cannot restore: {e}"));
                 return Ok(());
             }
+        };
+        if existing != Existing::Nothing
+            && let Err(e) = self.target.remove(dst, existing == Existing::Dir)
+        {
+            self.error(dst, format!("cannot replace existing entry: {e}"));
+            return Ok(());
         }
         let result = match n.kind {
             NodeKind::File => unreachable!("files are restored by file()"),
 
             NodeKind::Symlink => match &n.link_target {
-                Some(t) => std::os::unix::fs::symlink(t.as_os(), dst).map_err(|e| e.to_string()),
+                Some(t) => self
+                    .target
+                    .symlink(t.as_os(), dst)
+                    .map_err(|e| e.to_string()),
                 None => Err("symlink without target in snapshot".into()),
             },
-            NodeKind::Fifo => {
-                nix::unistd::mkfifo(dst, nix::sys::stat::Mode::from_bits_truncate(n.mode))
-                    .map_err(|e| e.to_string())
-            }
-            NodeKind::Chardev | NodeKind::Blockdev => {
-                let kind = if n.kind == NodeKind::Chardev {
-                    nix::sys::stat::SFlag::S_IFCHR
-                } else {
-                    nix::sys::stat::SFlag::S_IFBLK
-                };
-                nix::sys::stat::mknod(
-                    dst,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(n.mode),
-                    n.rdev as _,
-                )
-                .map_err(|e| format!("cannot create device node: {e}"))
-            }
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => self
+                .target
+                .mknod(dst, n.kind, n.mode, n.rdev)
+                .map_err(|e| format!("cannot create special file: {e}")),
             NodeKind::Dir => unreachable!("directories are restored by tree()"),
         };
-        match result.and_then(|()| apply_metadata(dst, n, self.is_root)) {
+        match result.and_then(|()| self.target.apply_metadata(dst, n, self.is_root)) {
             Ok(()) => self.summary.other += 1,
             Err(e) => self.error(dst, e),
         }
@@ -360,14 +361,20 @@ impl Restorer<'_> {
         }
         // Anything but a regular file in the way is replaced; a regular file
         // is kept and verified in place (an earlier, interrupted restore).
-        let existing = fs::symlink_metadata(dst).ok();
-        let replace = match &existing {
-            Some(m) if m.is_dir() => Some(fs::remove_dir(dst)),
-            Some(m)
-                if !m.is_file()
-                    || (n.links > 1 && self.hardlinks.contains_key(&(n.device_id, n.inode))) =>
+        let existing = match self.target.existing(dst) {
+            Ok(e) => e,
+            Err(e) => {
+                self.error(dst, format!("cannot restore: {e}"));
+                return Ok(());
+            }
+        };
+        let replace = match existing {
+            Existing::Dir => Some(self.target.remove(dst, true)),
+            Existing::Other => Some(self.target.remove(dst, false)),
+            Existing::File
+                if n.links > 1 && self.hardlinks.contains_key(&(n.device_id, n.inode)) =>
             {
-                Some(fs::remove_file(dst))
+                Some(self.target.remove(dst, false))
             }
             _ => None,
         };
@@ -378,7 +385,7 @@ impl Restorer<'_> {
         if n.links > 1 {
             let key = (n.device_id, n.inode);
             if let Some(first) = self.hardlinks.get(&key) {
-                match fs::hard_link(first, dst) {
+                match self.target.hard_link(first, dst) {
                     Ok(()) => self.summary.files += 1,
                     Err(e) => self.error(
                         dst,
@@ -389,13 +396,12 @@ impl Restorer<'_> {
             }
             self.hardlinks.insert(key, dst.to_path_buf());
         }
-        let fresh = existing.is_none() || replace.is_some();
+        let fresh = existing == Existing::Nothing || replace.is_some();
         if fresh && !n.content.is_empty() {
             // New: created at its length now, its content comes in a batch.
-            let created = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(dst)
+            let created = self
+                .target
+                .open_file(dst, true, true)
                 .and_then(|f| f.set_len(n.size));
             if let Err(e) = created {
                 self.hardlinks.remove(&(n.device_id, n.inode));
@@ -409,7 +415,7 @@ impl Restorer<'_> {
             Ok(()) => {}
             Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
             Err(e) => {
-                let _ = fs::remove_file(dst);
+                let _ = self.target.remove(dst, false);
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot restore file: {e}"));
                 return Ok(());
@@ -460,7 +466,7 @@ impl Restorer<'_> {
         let results = d.content_failed.into_iter().zip(d.metadata_failed);
         for ((dst, n, _), (content, metadata)) in d.files.iter().zip(results) {
             if let Some(e) = content {
-                let _ = fs::remove_file(dst);
+                let _ = self.target.remove(dst, false);
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot restore file: {e}"));
                 continue;
@@ -474,7 +480,7 @@ impl Restorer<'_> {
 
     /// Applies a file's metadata once its content is written.
     fn finish_file(&mut self, n: &Node, dst: &Path) {
-        if let Err(e) = apply_metadata(dst, n, self.is_root) {
+        if let Err(e) = self.target.apply_metadata(dst, n, self.is_root) {
             self.error(dst, e);
         }
         self.file_restored(n, dst);
@@ -495,12 +501,9 @@ impl Restorer<'_> {
     /// restore run again never starts over and never trusts what it has not
     /// verified.
     fn write_content(&mut self, n: &Node, dst: &Path) -> Result<()> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dst)
+        let f = self
+            .target
+            .open_file(dst, true, false)
             .map_err(|e| RepoError::io(dst, e))?;
         let old_len = f.metadata().map_err(|e| RepoError::io(dst, e))?.len();
         let mut offset = 0u64;
@@ -550,7 +553,7 @@ impl Restorer<'_> {
     fn verify_all(&mut self) -> Result<()> {
         for (path, content) in std::mem::take(&mut self.to_verify) {
             self.cancel.check()?;
-            match verify_file(self.repo, &path, &content) {
+            match verify_file(self.repo, self.target, &path, &content) {
                 Ok(()) => self.summary.files_verified += 1,
                 Err(e) => self.error(&path, format!("verification failed: {e}")),
             }
@@ -591,27 +594,28 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 }
 
 /// A tree entry name that stays inside its directory: not empty, `.` or
-/// `..`, and without `/` or NUL. Trees are authenticated, so only a holder of
-/// the key could write such a name; restore refuses it all the same.
+/// `..`, and without `/` or NUL. Trees are validated when decoded, so only a
+/// tree that skipped that check could carry one; restore refuses it all the same.
 fn safe_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+    baton_types::safe_name(name)
 }
 
 /// Makes `dst` a directory; returns whether it was created (it is then empty).
-fn make_dir(dst: &Path) -> std::io::Result<bool> {
-    match fs::symlink_metadata(dst) {
-        Ok(m) if m.is_dir() => Ok(false),
-        Ok(_) => {
-            fs::remove_file(dst)?;
-            fs::create_dir(dst).map(|()| true)
+/// Whatever else is there (a symbolic link included) is removed, not followed.
+fn make_dir(t: &Target, dst: &Path) -> std::io::Result<bool> {
+    match t.existing(dst)? {
+        Existing::Dir => Ok(false),
+        Existing::Nothing => t.create_dir(dst).map(|()| true),
+        _ => {
+            t.remove(dst, false)?;
+            t.create_dir(dst).map(|()| true)
         }
-        Err(_) => fs::create_dir(dst).map(|()| true),
     }
 }
 
 /// Re-reads a restored file and checks every chunk against its id.
-fn verify_file(repo: &Repository, path: &Path, content: &[Id]) -> Result<()> {
-    let mut f = File::open(path).map_err(|e| RepoError::io(path, e))?;
+fn verify_file(repo: &Repository, t: &Target, path: &Path, content: &[Id]) -> Result<()> {
+    let mut f = t.open_read(path).map_err(|e| RepoError::io(path, e))?;
     let mut buf = Vec::new();
     for (i, id) in content.iter().enumerate() {
         let len = repo

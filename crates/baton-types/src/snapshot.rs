@@ -16,6 +16,9 @@ pub struct SnapshotSummary {
     pub files_changed: u64,
     pub files_unmodified: u64,
     pub dirs: u64,
+    /// Symbolic links, FIFOs and device nodes.
+    #[serde(default)]
+    pub others: u64,
     /// Sum of the sizes of all files in the snapshot.
     pub bytes_total: u64,
     /// Bytes actually read from the source.

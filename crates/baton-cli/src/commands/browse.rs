@@ -172,7 +172,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     };
     let recursive = a.recursive || a.path.is_none();
     if recursive {
-        baton_repo::walk_tree(&repo, &tree, prefix, &mut |p, n| {
+        let mut budget = baton_repo::WalkBudget::for_snapshot(&snap);
+        baton_repo::walk_tree(&repo, &tree, prefix, &mut budget, &mut |p, n| {
             print_node(g, a.long, p, n);
             Ok(())
         })?;
@@ -193,7 +194,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
     let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
-    let changes = baton_repo::diff(&repo, &s1.tree, &s2.tree)?;
+    let changes = baton_repo::diff(&repo, &s1, &s2)?;
     let count = |c: DiffChange| changes.iter().filter(|e| e.change == c).count();
     if g.json {
         super::print_json(&serde_json::json!({

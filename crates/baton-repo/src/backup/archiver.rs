@@ -440,6 +440,9 @@ impl<'a, 'p> Archiver<'a, 'p> {
             }
         };
         if let Some(n) = &node {
+            if n.kind != NodeKind::File {
+                self.summary.others += 1;
+            }
             self.finished(path, n)?;
         }
         Ok(node)

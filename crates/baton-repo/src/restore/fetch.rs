@@ -6,6 +6,7 @@
 //! shared out to one worker per core, so a restore reads each pack once and
 //! decrypts and decompresses on every core.
 
+use super::target::Target;
 use super::write_sparse;
 use crate::progress::{Cancel, Progress};
 use crate::{RepoError, Repository, Result};
@@ -13,7 +14,7 @@ use baton_format::pack::{BlobBuffers, open_blob_into};
 use baton_storage::ObjectKind;
 use baton_types::{BlobType, Id};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -69,6 +70,7 @@ impl Failures {
 /// written completely is reported in the outcome, the others go on.
 pub(super) fn write_files(
     repo: &Repository,
+    target: &Target,
     files: &[FileJob],
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -145,6 +147,7 @@ pub(super) fn write_files(
                             };
                             let ctx = Ctx {
                                 repo,
+                                target,
                                 files,
                                 failures: &failures,
                                 progress,
@@ -176,6 +179,7 @@ pub(super) fn write_files(
 
 struct Ctx<'a> {
     repo: &'a Repository,
+    target: &'a Target,
     files: &'a [FileJob],
     failures: &'a Failures,
     progress: &'a dyn Progress,
@@ -259,13 +263,15 @@ impl Ctx<'_> {
             }
             let job = &self.files[f];
             let last = self.remaining[f].fetch_sub(1, Ordering::AcqRel) == 1;
-            let written = out.file(f, &job.path, job.create).and_then(|file| {
-                write_sparse(file, data, offset)?;
-                if last && job.create {
-                    file.set_len(job.size)?;
-                }
-                Ok(())
-            });
+            let written = out
+                .file(self.target, f, &job.path, job.create)
+                .and_then(|file| {
+                    write_sparse(file, data, offset)?;
+                    if last && job.create {
+                        file.set_len(job.size)?;
+                    }
+                    Ok(())
+                });
             if let Err(e) = written {
                 self.failures
                     .set(f, || format!("writing {}: {e}", job.path.display()));
@@ -288,10 +294,16 @@ struct Writer {
 }
 
 impl Writer {
-    fn file(&mut self, f: usize, path: &std::path::Path, create: bool) -> std::io::Result<&File> {
+    fn file(
+        &mut self,
+        target: &Target,
+        f: usize,
+        path: &std::path::Path,
+        create: bool,
+    ) -> std::io::Result<&File> {
         if self.open.as_ref().is_none_or(|(i, _)| *i != f) {
             self.open = None;
-            let file = OpenOptions::new().write(true).create(create).open(path)?;
+            let file = target.open_file(path, create, false)?;
             self.open = Some((f, file));
         }
         Ok(&self.open.as_ref().expect("just opened").1)
