@@ -40,12 +40,13 @@ pub struct Global {
     #[arg(short = 'r', long = "repo", env = "BATON_REPOSITORY", global = true)]
     pub repo: Option<PathBuf>,
 
-    /// Read the password from this file
-    #[arg(long, env = "BATON_PASSWORD_FILE", global = true)]
+    /// Read the password from this file [env: BATON_PASSWORD_FILE]
+    #[arg(long, global = true)]
     pub password_file: Option<PathBuf>,
 
-    /// Run this shell command and use its output as the password
-    #[arg(long, env = "BATON_PASSWORD_COMMAND", global = true)]
+    /// Run this shell command and use its output as the password [env:
+    /// BATON_PASSWORD_COMMAND]
+    #[arg(long, global = true)]
     pub password_command: Option<String>,
 
     /// Print machine-readable JSON on stdout
@@ -284,9 +285,14 @@ pub struct BackupArgs {
     /// without new packs (a record is also written after every pack)
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub checkpoint_interval: f64,
-    /// Record this time (RFC 3339 in UTC) as the snapshot's time
-    #[arg(long, hide = true, value_name = "RFC3339")]
+    /// Record this time (RFC 3339 in UTC) as the snapshot's time (to import
+    /// old backups)
+    #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
+    /// Store access times too (off by default: reading a file changes its
+    /// atime, so every snapshot of unchanged data would differ)
+    #[arg(long)]
+    pub with_atime: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,39 +34,92 @@ fn strip_newline(mut s: String) -> String {
     s
 }
 
-/// The password from BATON_PASSWORD, --password-file, --password-command, or
-/// the terminal (asked once, or twice with confirmation for a new one).
+/// Where the password comes from.
+enum PasswordSource {
+    Value(String),
+    File(PathBuf),
+    Command(String),
+}
+
+/// An environment variable, an empty one counting as unset.
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The one source of the password: an explicit flag (`--password-file`,
+/// `--password-command`) wins over the environment; two flags, or two of
+/// `BATON_PASSWORD`, `BATON_PASSWORD_FILE`, `BATON_PASSWORD_COMMAND`, are a
+/// usage error (which one was meant is a guess); an empty variable counts as
+/// unset. None: ask on the terminal.
+fn password_source(g: &Global) -> Result<Option<PasswordSource>> {
+    let flags: Vec<(&str, PasswordSource)> = [
+        g.password_file
+            .clone()
+            .map(|f| ("--password-file", PasswordSource::File(f))),
+        g.password_command
+            .clone()
+            .map(|c| ("--password-command", PasswordSource::Command(c))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let env: Vec<(&str, PasswordSource)> = [
+        env_nonempty("BATON_PASSWORD").map(|p| ("BATON_PASSWORD", PasswordSource::Value(p))),
+        env_nonempty("BATON_PASSWORD_FILE")
+            .map(|f| ("BATON_PASSWORD_FILE", PasswordSource::File(f.into()))),
+        env_nonempty("BATON_PASSWORD_COMMAND")
+            .map(|c| ("BATON_PASSWORD_COMMAND", PasswordSource::Command(c))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let chosen = if flags.is_empty() { env } else { flags };
+    if chosen.len() > 1 {
+        let names: Vec<&str> = chosen.iter().map(|(n, _)| *n).collect();
+        return Err(crate::Usage(format!(
+            "the password is given twice ({}): give one source",
+            names.join(" and ")
+        ))
+        .into());
+    }
+    Ok(chosen.into_iter().next().map(|(_, s)| s))
+}
+
+/// The password from its one source (see [`password_source`]), or the
+/// terminal (asked once, or twice with confirmation for a new one).
 pub fn password(g: &Global, new: bool) -> Result<String> {
-    if let Ok(p) = std::env::var("BATON_PASSWORD") {
-        return Ok(p);
-    }
-    if let Some(f) = &g.password_file {
-        let p = std::fs::read_to_string(f)
-            .with_context(|| format!("reading password file {}", f.display()))?;
-        return Ok(strip_newline(p));
-    }
-    if let Some(cmd) = &g.password_command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("running password command {cmd:?}"))?;
-        if !out.status.success() {
-            bail!("password command {cmd:?} failed with {}", out.status);
+    match password_source(g)? {
+        Some(PasswordSource::Value(p)) => Ok(p),
+        Some(PasswordSource::File(f)) => {
+            let p = std::fs::read_to_string(&f)
+                .with_context(|| format!("reading password file {}", f.display()))?;
+            Ok(strip_newline(p))
         }
-        return Ok(strip_newline(
-            String::from_utf8(out.stdout).context("password command printed non-UTF-8")?,
-        ));
+        Some(PasswordSource::Command(cmd)) => run_password_command(&cmd),
+        None => ask(
+            if new {
+                "enter password for new repository: "
+            } else {
+                "enter password for repository: "
+            },
+            new,
+        ),
     }
-    ask(
-        if new {
-            "enter password for new repository: "
-        } else {
-            "enter password for repository: "
-        },
-        new,
-    )
+}
+
+fn run_password_command(cmd: &str) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running password command {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("password command {cmd:?} failed with {}", out.status);
+    }
+    Ok(strip_newline(
+        String::from_utf8(out.stdout).context("password command printed non-UTF-8")?,
+    ))
 }
 
 fn ask(prompt: &str, confirm: bool) -> Result<String> {
@@ -114,8 +167,25 @@ pub fn open(g: &Global) -> Result<Repository> {
         }
         .into());
     }
-    let pw = password(g, false)?;
-    Ok(Repository::open(s, pw.as_bytes())?)
+    let pw = zeroize::Zeroizing::new(password(g, false)?);
+    let repo = Repository::open(s, pw.as_bytes())?;
+    warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));
+    Ok(repo)
+}
+
+/// A key file is a password-protected copy of the master key: anyone who
+/// can read it can try passwords offline. Warn when others can.
+fn warn_if_readable_by_others(key_file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(key_file) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: key file {} can be read by others (mode {mode:04o}); run `chmod 600` on it and `chmod 700` on the repository's directories",
+                key_file.display()
+            );
+        }
+    }
 }
 
 /// Opens the repository, takes a shared lock (so prune cannot delete what

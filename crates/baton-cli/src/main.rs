@@ -1,6 +1,8 @@
 //! The `baton` binary: parses arguments, opens the repository, runs one
 //! command, prints its result, and maps errors to documented exit codes.
 
+#[macro_use]
+mod out;
 mod cli;
 mod commands;
 mod context;
@@ -13,14 +15,39 @@ use clap::Parser;
 pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
     pub const PARTIAL: i32 = 3;
     pub const NO_REPOSITORY: i32 = 10;
     pub const LOCKED: i32 = 11;
     pub const WRONG_PASSWORD: i32 = 12;
 }
 
+/// A usage error found after argument parsing (exit code 2, like clap's).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn stopped_by_closed_output(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(c.downcast_ref::<RepoError>(), Some(RepoError::Cancelled))
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<RepoError>(), Some(RepoError::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if cause.is::<Usage>() {
+            return exit::USAGE;
+        }
         if let Some(r) = cause.downcast_ref::<RepoError>() {
             return match r {
                 RepoError::NoRepository { .. } => exit::NO_REPOSITORY,
@@ -55,13 +82,26 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// A process holding repository keys writes no core dump: it would put the
+/// master key on disk, readable by whoever reads the dumps.
+fn no_core_dumps() {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+}
+
 fn main() {
     tune_allocator();
+    no_core_dumps();
     let cli = cli::Cli::parse();
     let code = match commands::run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`| head`): the output was all the
+        // command was for, so this is no failure.
+        Err(e) if out::closed() && stopped_by_closed_output(&e) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Names in messages may carry terminal escape sequences.
+            let text = format!("{e:#}");
+            let lines: Vec<_> = text.split('\n').map(context::escape).collect();
+            eprintln!("error: {}", lines.join("\n"));
             exit_code(&e)
         }
     };

@@ -42,7 +42,7 @@ impl CliProgress {
     fn println(&self, line: String) {
         match &self.bar {
             Some(b) => b.println(line),
-            None => println!("{line}"),
+            None => outln!("{line}"),
         }
     }
 }
@@ -68,7 +68,10 @@ impl Progress for CliProgress {
                 EntryStatus::Unmodified => "unmodified",
                 EntryStatus::Restored => "restored",
             };
-            self.println(format!("{s:<10} {}", path.display()));
+            self.println(format!(
+                "{s:<10} {}",
+                crate::context::escape(&path.display().to_string())
+            ));
         }
     }
     fn bytes(&self, n: u64) {
@@ -78,7 +81,11 @@ impl Progress for CliProgress {
     }
     fn error(&self, path: &str, message: &str) {
         // Errors are printed even with --quiet.
-        let line = format!("error: {path}: {message}");
+        let line = format!(
+            "error: {}: {}",
+            crate::context::escape(path),
+            crate::context::escape(message)
+        );
         match &self.bar {
             Some(b) => b.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),

@@ -37,6 +37,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
             a.checkpoint_interval.max(0.0),
         )),
         time: a.time.clone(),
+        with_atime: a.with_atime,
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     let mut stdin = std::io::stdin();
@@ -68,27 +69,29 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
             "dry_run": a.dry_run,
         }));
     } else if !g.quiet {
-        println!(
+        outln!(
             "Files:  {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
+            s.files_new,
+            s.files_changed,
+            s.files_unmodified
         );
-        println!("Dirs:   {}", s.dirs);
+        outln!("Dirs:   {}", s.dirs);
         if let Some(job) = s.resumed_job {
-            println!(
+            outln!(
                 "Resumed interrupted job {}: {} not read again",
                 job.short(),
                 super::bytes(s.bytes_resumed)
             );
         }
-        println!(
+        outln!(
             "Read {} of {}, added {} to the repository",
             super::bytes(s.bytes_read),
             super::bytes(s.bytes_total),
             super::bytes(s.bytes_stored)
         );
         match result.snapshot_id {
-            Some(id) => println!("snapshot {} saved in {:.1}s", id.short(), s.duration_s),
-            None => println!("dry run: nothing was written"),
+            Some(id) => outln!("snapshot {} saved in {:.1}s", id.short(), s.duration_s),
+            None => outln!("dry run: nothing was written"),
         }
     }
     if !s.errors.is_empty() {

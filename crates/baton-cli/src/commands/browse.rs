@@ -66,25 +66,28 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
     };
     if g.json {
         let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
-        println!("{}", serde_json::to_string(&v)?);
+        outln!("{}", serde_json::to_string(&v)?);
         return Ok(code);
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:<16}  {:<16}  Paths",
-        "ID", "Time (UTC)", "Host", "Tags"
+        "ID",
+        "Time (UTC)",
+        "Host",
+        "Tags"
     );
     for (id, s) in &list {
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:<16}  {:<16}  {}",
             id.short(),
             short_time(&s.time),
-            s.hostname,
-            s.tags.join(","),
-            s.paths.join(", ")
+            context::escape(&s.hostname),
+            context::escape(&s.tags.join(",")),
+            context::escape(&s.paths.join(", "))
         );
     }
     if !g.quiet {
-        println!("{} snapshots", list.len());
+        outln!("{} snapshots", list.len());
     }
     Ok(code)
 }
@@ -136,20 +139,20 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
         let target = n
             .link_target
             .as_ref()
-            .map(|t| format!(" -> {}", t.lossy()))
+            .map(|t| format!(" -> {}", context::escape(&t.lossy())))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{} {:>6} {:>6} {:>12} {} {}{}",
             mode_string(n),
-            n.user.clone().unwrap_or_else(|| n.uid.to_string()),
-            n.group.clone().unwrap_or_else(|| n.gid.to_string()),
+            context::escape(&n.user.clone().unwrap_or_else(|| n.uid.to_string())),
+            context::escape(&n.group.clone().unwrap_or_else(|| n.gid.to_string())),
             n.size,
             time,
-            path,
+            context::escape(path),
             target
         );
     } else {
-        println!("{path}");
+        outln!("{}", context::escape(path));
     }
 }
 
@@ -174,6 +177,10 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     if recursive {
         let mut budget = baton_repo::WalkBudget::for_snapshot(&snap);
         baton_repo::walk_tree(&repo, &tree, prefix, &mut budget, &mut |p, n| {
+            if crate::out::closed() {
+                // The reader has gone (`| head`): nothing more to list.
+                return Err(baton_repo::RepoError::Cancelled);
+            }
             print_node(g, a.long, p, n);
             Ok(())
         })?;
@@ -209,11 +216,11 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
         }));
         return Ok(crate::exit::OK);
     }
-    println!("comparing snapshot {} to {}:", id1.short(), id2.short());
+    outln!("comparing snapshot {} to {}:", id1.short(), id2.short());
     for c in &changes {
-        println!("{}    {}", c.change.symbol(), c.path);
+        outln!("{}    {}", c.change.symbol(), context::escape(&c.path));
     }
-    println!(
+    outln!(
         "\n{} added, {} removed, {} modified, {} metadata changed, {} type changed",
         count(DiffChange::Added),
         count(DiffChange::Removed),
@@ -229,8 +236,20 @@ pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    baton_repo::dump(&repo, &snap, &a.path, &mut out)?;
-    out.flush().context("writing to stdout")?;
+    let written = baton_repo::dump(&repo, &snap, &a.path, &mut out)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| out.flush().context("writing to stdout"));
+    if let Err(e) = &written {
+        for c in e.chain() {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                crate::out::mark(io);
+            }
+            if let Some(baton_repo::RepoError::Io { cause, .. }) = c.downcast_ref() {
+                crate::out::mark(cause);
+            }
+        }
+    }
+    written?;
     Ok(crate::exit::OK)
 }
 
@@ -312,7 +331,7 @@ pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
             "unknown object kind {other:?}: use config, snapshot, tree, index, key, pack, blob or lock"
         ),
     };
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    outln!("{}", serde_json::to_string_pretty(&value)?);
     Ok(crate::exit::OK)
 }
 

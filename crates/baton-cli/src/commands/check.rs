@@ -56,15 +56,15 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        println!("{sev}: {}: {}", p.object, p.message);
+        outln!("{sev}: {}: {}", p.object, p.message);
         if !p.snapshots.is_empty() {
             let ids: Vec<String> = p.snapshots.iter().map(|s| s.short()).collect();
-            println!("  affects snapshot(s) {}:", ids.join(", "));
+            outln!("  affects snapshot(s) {}:", ids.join(", "));
             for path in p.paths.iter().take(MAX_PATHS) {
-                println!("    {path}");
+                outln!("    {path}");
             }
             if p.paths.len() > MAX_PATHS {
-                println!(
+                outln!(
                     "    ... and {} more (--json lists all)",
                     p.paths.len() - MAX_PATHS
                 );
@@ -72,17 +72,20 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
         }
     }
     if r.errors > 0 {
-        println!("hint: {}", hint(r));
+        outln!("hint: {}", hint(r));
     }
     if g.quiet {
         return;
     }
-    println!(
+    outln!(
         "checked {} snapshots, {} trees, {} index objects, {} packs",
-        r.snapshots, r.trees_checked, r.index_objects, r.packs
+        r.snapshots,
+        r.trees_checked,
+        r.index_objects,
+        r.packs
     );
     if read_data {
-        println!(
+        outln!(
             "read {} packs ({}), verified {} blobs",
             r.packs_checked,
             super::bytes(r.bytes_read),
@@ -90,9 +93,9 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
         );
     }
     match (r.errors, r.warnings) {
-        (0, 0) => println!("no problems found"),
-        (0, w) => println!("no errors found, {w} warning(s)"),
-        (e, w) => println!("{e} error(s), {w} warning(s)"),
+        (0, 0) => outln!("no problems found"),
+        (0, w) => outln!("no errors found, {w} warning(s)"),
+        (e, w) => outln!("{e} error(s), {w} warning(s)"),
     }
 }
 

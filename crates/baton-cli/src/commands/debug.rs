@@ -241,7 +241,7 @@ fn primitives(g: &Global, a: &PrimitivesArgs) -> Result<i32> {
         super::print_json(&out);
         return Ok(crate::exit::OK);
     }
-    println!(
+    outln!(
         "single-core MiB/s of input ({} MiB, best of {}; chunker {}/{}/{} KiB; zstd -{}):",
         a.mib,
         a.repeat,
@@ -250,13 +250,19 @@ fn primitives(g: &Global, a: &PrimitivesArgs) -> Result<i32> {
         params.max_size / 1024,
         a.level
     );
-    println!(
+    outln!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-        "data", "chunking", "blake3", "zstd", "seal", "pipeline", "stored"
+        "data",
+        "chunking",
+        "blake3",
+        "zstd",
+        "seal",
+        "pipeline",
+        "stored"
     );
     for name in ["text", "random", "mix"] {
         let r = |k: &str| by_sample[name][k].as_f64().unwrap_or(f64::NAN);
-        println!(
+        outln!(
             "{:<8} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>7.1}%",
             name,
             r("chunking_mib_s"),
@@ -267,7 +273,7 @@ fn primitives(g: &Global, a: &PrimitivesArgs) -> Result<i32> {
             r("stored_ratio") * 100.0
         );
     }
-    println!("pipeline = bytes / (sum of the four stage times): one core doing all of it");
+    outln!("pipeline = bytes / (sum of the four stage times): one core doing all of it");
     Ok(crate::exit::OK)
 }
 
@@ -388,20 +394,22 @@ fn index_memory(g: &Global, a: &IndexMemoryArgs) -> Result<i32> {
         super::print_json(&out);
         return Ok(crate::exit::OK);
     }
-    println!(
+    outln!(
         "index of {n} chunks in {packs} packs: built in {build_s:.2}s; {} B per chunk by its own accounting",
         out["accounted_bytes_per_chunk"]
     );
-    println!(
+    outln!(
         "resident +{} ({} B/chunk), peak +{} ({} B/chunk)",
         super::bytes((rss1.saturating_sub(rss0)) * 1024),
         out["bytes_per_chunk"],
         super::bytes((hwm1.saturating_sub(rss0)) * 1024),
         out["peak_bytes_per_chunk"]
     );
-    println!(
+    outln!(
         "look-ups: {} ns (present), {} ns (absent), {} per second",
-        out["lookup_hit_ns"], out["lookup_miss_ns"], out["lookups_per_s"]
+        out["lookup_hit_ns"],
+        out["lookup_miss_ns"],
+        out["lookups_per_s"]
     );
     Ok(crate::exit::OK)
 }

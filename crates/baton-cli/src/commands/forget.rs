@@ -97,12 +97,12 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
     }
     let short = super::browse::short_time;
     for grp in &r.groups {
-        println!("{}:", grp.key);
+        outln!("{}:", grp.key);
         if !grp.keep.is_empty() {
-            println!("  keep {} snapshot(s):", grp.keep.len());
+            outln!("  keep {} snapshot(s):", grp.keep.len());
             for e in &grp.keep {
                 let why: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
-                println!(
+                outln!(
                     "    {}  {}  {}",
                     e.id.short(),
                     short(&e.time),
@@ -111,19 +111,19 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
             }
         }
         if !grp.remove.is_empty() {
-            println!("  remove {} snapshot(s):", grp.remove.len());
+            outln!("  remove {} snapshot(s):", grp.remove.len());
             for e in &grp.remove {
-                println!("    {}  {}", e.id.short(), short(&e.time));
+                outln!("    {}  {}", e.id.short(), short(&e.time));
             }
         }
     }
     let n = r.removed.len();
     if dry_run {
-        println!("dry run: would remove {n} snapshot(s); nothing was changed");
+        outln!("dry run: would remove {n} snapshot(s); nothing was changed");
     } else {
-        println!("removed {n} snapshot(s)");
+        outln!("removed {n} snapshot(s)");
         if n > 0 && !prune {
-            println!("run `baton prune` to delete the data only they used");
+            outln!("run `baton prune` to delete the data only they used");
         }
     }
 }

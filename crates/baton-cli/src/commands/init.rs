@@ -34,12 +34,12 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
             "repository": repo.storage().location(),
         }));
     } else if !g.quiet {
-        println!(
+        outln!(
             "created baton repository {} at {}",
             repo.config().id.short(),
             repo.storage().location()
         );
-        println!("Keep the password safe: without it the data cannot be recovered.");
+        outln!("Keep the password safe: without it the data cannot be recovered.");
     }
     Ok(crate::exit::OK)
 }

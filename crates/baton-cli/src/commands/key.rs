@@ -20,24 +20,27 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
                         }),
                     })
                     .collect();
-                println!("{}", serde_json::to_string(&v)?);
+                outln!("{}", serde_json::to_string(&v)?);
             } else {
-                println!(
+                outln!(
                     "  {:<8}  {:<16}  {:<16}  {:<11}  Created",
-                    "ID", "User", "Host", "Rights"
+                    "ID",
+                    "User",
+                    "Host",
+                    "Rights"
                 );
                 for (id, k) in &keys {
                     let mark = if id == repo.key_name() { '*' } else { ' ' };
                     let short = &id[..8.min(id.len())];
                     match k {
-                        Ok(k) => println!(
+                        Ok(k) => outln!(
                             "{mark} {short:<8}  {:<16}  {:<16}  {:<11}  {}",
                             crate::context::escape(&k.username),
                             crate::context::escape(&k.hostname),
                             if k.append_only { "append-only" } else { "full" },
                             crate::context::escape(&k.created)
                         ),
-                        Err(e) => println!(
+                        Err(e) => outln!(
                             "{mark} {short:<8}  damaged: {} (remove it with `baton key remove {short}`)",
                             crate::context::escape(e)
                         ),
@@ -76,7 +79,7 @@ fn report(g: &Global, what: &str, id: &str) {
     if g.json {
         super::print_json(&serde_json::json!({ "message_type": what, "id": id }));
     } else if !g.quiet {
-        println!("{}: {}", what.replace('_', " "), &id[..8.min(id.len())]);
+        outln!("{}: {}", what.replace('_', " "), &id[..8.min(id.len())]);
     }
 }
 
@@ -86,7 +89,7 @@ pub fn unlock(g: &Global, a: &UnlockArgs) -> Result<i32> {
     if g.json {
         super::print_json(&serde_json::json!({ "message_type": "unlocked", "removed": n }));
     } else if !g.quiet {
-        println!("removed {n} lock(s)");
+        outln!("removed {n} lock(s)");
     }
     Ok(crate::exit::OK)
 }
@@ -116,14 +119,18 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string(&v)?);
+                outln!("{}", serde_json::to_string(&v)?);
             } else {
-                println!(
+                outln!(
                     "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  Paths",
-                    "ID", "Host", "Last record (UTC)", "Packs", "Durable"
+                    "ID",
+                    "Host",
+                    "Last record (UTC)",
+                    "Packs",
+                    "Durable"
                 );
                 for j in &jobs {
-                    println!(
+                    outln!(
                         "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  {}",
                         j.job.short(),
                         j.manifest.hostname,
@@ -137,7 +144,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                     );
                 }
                 if !g.quiet {
-                    println!("{} unfinished job(s)", jobs.len());
+                    outln!("{} unfinished job(s)", jobs.len());
                 }
             }
         }
@@ -152,7 +159,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                     &serde_json::json!({ "message_type": "job_forgotten", "id": job.to_hex(), "records": n }),
                 );
             } else if !g.quiet {
-                println!("forgot job {} ({n} journal records)", job.short());
+                outln!("forgot job {} ({n} journal records)", job.short());
             }
         }
     }

@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> Result<i32> {
 
 /// Prints one JSON value on a line of stdout.
 pub fn print_json(v: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(v).expect("JSON values serialize")
     );

@@ -58,14 +58,14 @@ pub fn report(g: &Global, r: &PruneResult) {
     }
     let s = &r.stats;
     let would = |done: &'static str, planned: &'static str| if r.dry_run { planned } else { done };
-    println!(
+    outln!(
         "{} snapshot(s) in use; {} unfinished job(s) keep their data ({} pack(s) only their journals list)",
         r.snapshots,
         r.jobs_kept.len(),
         r.job_packs
     );
     for j in &r.jobs_stale {
-        println!(
+        outln!(
             "{} stale job {} (last record {}, {} pack(s))",
             would("forgot", "would forget"),
             j.id.short(),
@@ -74,13 +74,13 @@ pub fn report(g: &Global, r: &PruneResult) {
         );
     }
     for j in &r.jobs_finished {
-        println!(
+        outln!(
             "{} the leftover journal of finished job {}",
             would("removed", "would remove"),
             j.short()
         );
     }
-    println!(
+    outln!(
         "indexed:  {} pack(s), {}: {} used in {} blob(s), {} unused",
         s.packs,
         bytes(s.bytes),
@@ -88,38 +88,38 @@ pub fn report(g: &Global, r: &PruneResult) {
         s.blobs_used,
         bytes(s.bytes_unused)
     );
-    println!(
+    outln!(
         "delete:   {} pack(s) without used data ({}), {} unreferenced pack(s) ({})",
         s.packs_delete,
         bytes(s.bytes_delete),
         s.packs_unreferenced,
         bytes(s.bytes_unreferenced)
     );
-    println!(
+    outln!(
         "repack:   {} pack(s) ({}), rewriting {}",
         s.packs_repack,
         bytes(s.bytes_repack),
         bytes(s.bytes_rewrite)
     );
     if s.packs_missing > 0 {
-        println!(
+        outln!(
             "warning:  the index lists {} pack(s) that are gone (nothing used was in them); {} from the index",
             s.packs_missing,
             would("dropped", "would be dropped")
         );
     }
-    println!(
+    outln!(
         "keep:     {} pack(s), {} unused left in them",
         s.packs_keep,
         bytes(s.bytes_unused_after)
     );
     if r.dry_run {
-        println!(
+        outln!(
             "dry run: would free about {}; nothing was changed",
             bytes(r.bytes_freed)
         );
     } else {
-        println!(
+        outln!(
             "freed {}; wrote {} new pack(s) and {} ({})",
             bytes(r.bytes_freed),
             r.packs_written,

@@ -33,14 +33,14 @@ fn index(g: &Global) -> Result<i32> {
     }
     if !g.quiet {
         match r.new_index {
-            Some(id) => println!(
+            Some(id) => outln!(
                 "indexed {} blobs in {} packs as index {}; replaced {} index object(s)",
                 r.blobs_indexed,
                 r.packs_indexed,
                 id.short(),
                 r.removed.len()
             ),
-            None => println!("no packs and no index objects: nothing to do"),
+            None => outln!("no packs and no index objects: nothing to do"),
         }
     }
     Ok(crate::exit::OK)
@@ -66,7 +66,7 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
         eprintln!("warning: snapshot {name} cannot be read and was left alone: {why}");
     }
     for s in &r.repaired {
-        println!(
+        outln!(
             "snapshot {} -> {} ({}): removed {} entries",
             s.original.short(),
             s.repaired.short(),
@@ -83,11 +83,11 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
             } else {
                 "removed"
             };
-            println!("  {what} {}: {}", e.path, e.reason);
+            outln!("  {what} {}: {}", e.path, e.reason);
         }
     }
     if !g.quiet {
-        println!(
+        outln!(
             "checked {} snapshots, repaired {}",
             r.snapshots_checked,
             r.repaired.len()

@@ -42,7 +42,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         v["snapshot_id"] = id.to_hex().into();
         super::print_json(&v);
     } else if !g.quiet {
-        println!(
+        outln!(
             "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
             id.short(),
             a.target.display(),
@@ -52,7 +52,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
             super::bytes(summary.bytes)
         );
         if a.verify {
-            println!("verified {} files", summary.files_verified);
+            outln!("verified {} files", summary.files_verified);
         }
     }
     if !summary.errors.is_empty() {

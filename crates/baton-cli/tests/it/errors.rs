@@ -58,9 +58,20 @@ fn init_refuses_existing_repository_and_empty_password() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);
     let env2 = Env::empty();
-    let r = run(env2.cmd().env("BATON_PASSWORD", "").arg("init"));
+    let empty = env2.path("empty");
+    std::fs::write(&empty, "").unwrap();
+    let r = run(env2
+        .cmd()
+        .env_remove("BATON_PASSWORD")
+        .arg("--password-file")
+        .arg(&empty)
+        .arg("init"));
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    // An empty BATON_PASSWORD counts as unset: no password, no terminal.
+    let r = run(env2.cmd().env("BATON_PASSWORD", "").arg("init"));
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no password given"), "{}", r.stderr);
 }
 
 /// A file that cannot be read is recorded, the backup goes on, exit code 3.

@@ -335,5 +335,6 @@ fn help_lists_forget_and_prune() {
         assert!(h.contains(o), "prune --help lacks {o}:\n{h}");
     }
     let b = env.run(&["backup", "--help"]).ok().stdout;
-    assert!(!b.contains("--time"), "--time is hidden");
+    assert!(b.contains("--time"), "--time is documented");
+    assert!(b.contains("--with-atime"), "{b}");
 }

@@ -84,3 +84,149 @@ fn a_snapshot_dated_in_the_future_never_wins() {
     assert!(left.contains(&id(&future)), "{left:?}");
     assert!(!left.contains(&id(&first)), "{left:?}");
 }
+
+/// Access times are not stored unless asked: a file read by anything else
+/// between two backups leaves the second snapshot's tree id unchanged.
+#[test]
+fn atimes_are_stored_only_with_with_atime() {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("a"), 10_000, 1).unwrap();
+    // An atime before the mtime: the next read updates it (relatime).
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        &src.join("a"),
+        &TimeSpec::new(1_000_000, 0),
+        &TimeSpec::UTIME_OMIT,
+        UtimensatFlags::FollowSymlink,
+    )
+    .unwrap();
+    let first = env.backup(&[&src], &[]);
+    let before = std::fs::metadata(src.join("a")).unwrap();
+    std::fs::read(src.join("a")).unwrap();
+    let after = std::fs::metadata(src.join("a")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let read_moved_atime = before.atime() != after.atime();
+    let second = env.backup(&[&src], &[]);
+    assert_eq!(
+        first["tree_id"], second["tree_id"],
+        "atime={read_moved_atime}"
+    );
+    let with = env.backup(&[&src], &["--with-atime"]);
+    assert_ne!(with["tree_id"], second["tree_id"]);
+}
+
+/// Runs `baton ARGS`, reads one line of its stdout, closes the pipe, and
+/// returns the exit code and stderr.
+fn run_and_close_stdout(env: &Env, args: &[&str]) -> (i32, String) {
+    use std::io::{BufRead, Read};
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.dir.path())
+        .env("BATON_REPOSITORY", &env.repo)
+        .env("BATON_PASSWORD", crate::common::PASSWORD)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+/// `baton ls latest | head -1` does not panic, and `baton backup -vv SRC |
+/// head -1` still finishes its backup.
+#[test]
+fn a_closed_stdout_never_aborts_a_backup() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..3000 {
+        std::fs::create_dir_all(src.join(format!("d{}", i % 30))).unwrap();
+        std::fs::write(
+            src.join(format!("d{}/file-with-a-long-name-{i}", i % 30)),
+            b"x",
+        )
+        .unwrap();
+    }
+    let (code, err) = run_and_close_stdout(&env, &["backup", "-vv", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    let (code, err) = run_and_close_stdout(&env, &["ls", "latest"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, err) = run_and_close_stdout(&env, &["dump", "latest", src.to_str().unwrap()]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Explicit flags win over the environment; two sources at once are a usage
+/// error (exit 2); an empty variable counts as unset.
+#[test]
+fn password_sources_and_precedence() {
+    let env = Env::new();
+    let good = env.path("good");
+    std::fs::write(&good, crate::common::PASSWORD).unwrap();
+    let bad = env.path("bad");
+    std::fs::write(&bad, "wrong").unwrap();
+    let run = |c: &mut assert_cmd::Command| crate::common::run(c);
+    // The flag beats BATON_PASSWORD (wrong here).
+    let r = run(env.cmd().env("BATON_PASSWORD", "wrong").args([
+        "--password-file",
+        good.to_str().unwrap(),
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // ... and BATON_PASSWORD_FILE.
+    let r = run(env
+        .cmd()
+        .env_remove("BATON_PASSWORD")
+        .env("BATON_PASSWORD_FILE", &bad)
+        .args(["--password-file", good.to_str().unwrap(), "snapshots"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Two flags: usage error.
+    let r = run(env.cmd().args([
+        "--password-file",
+        good.to_str().unwrap(),
+        "--password-command",
+        "echo x",
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // Two variables: usage error, naming both.
+    let r = run(env.cmd().env("BATON_PASSWORD_FILE", &good).arg("snapshots"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("BATON_PASSWORD_FILE"), "{}", r.stderr);
+    // An empty variable is unset.
+    let r = run(env.cmd().env("BATON_PASSWORD_FILE", "").arg("snapshots"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+/// A file name carrying terminal escape sequences is shown escaped.
+#[test]
+fn control_characters_in_names_are_escaped() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("evil\x1b]0;pwned\x07\x1b[2J"), b"x").unwrap();
+    env.backup(&[&src], &[]);
+    for args in [&["ls", "latest"][..], &["ls", "-l", "latest"]] {
+        let out = env.run(args).ok().stdout;
+        assert!(!out.contains('\x1b') && !out.contains('\x07'), "{out:?}");
+        assert!(out.contains("evil\\x1b]0;pwned\\x07"), "{out}");
+    }
+}

@@ -73,16 +73,32 @@ struct PrevNode {
     resumed: bool,
 }
 
-/// Opens a file for reading without updating its access time when allowed.
+/// Opens a listed file for reading without updating its access time when
+/// allowed. Never follows a symbolic link (the entry was listed as a regular
+/// file: a link there now was swapped in) and never blocks (a FIFO swapped
+/// in would otherwise hang the backup); the caller checks that the handle is
+/// the entry that was listed.
 pub(super) fn open_noatime(path: &Path) -> std::io::Result<File> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => File::open(path),
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    let open = |extra: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(flags | extra)
+            .open(path)
+    };
+    match open(nix::libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => open(0),
         r => r,
     }
+    .map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) {
+            std::io::Error::other(
+                "it was replaced by a symbolic link after it was listed (not followed, not stored)",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// Lists a directory (without touching its access time when allowed), sorted by name.
@@ -347,7 +363,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
                     nodes.push(n);
                 }
             } else {
-                let mut node = node_from_metadata(name, NodeKind::Dir, &meta, &mut self.names);
+                let mut node = self.node(name, NodeKind::Dir, &meta);
                 node.xattrs = self.xattrs(&child);
                 // An ancestor of the sources keeps its owner and mode, but not
                 // what changes whenever anything else happens in it (times,
@@ -421,7 +437,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
                     .map(Some);
             }
             NodeKind::Symlink => {
-                let mut node = node_from_metadata(name, kind, meta, &mut self.names);
+                let mut node = self.node(name, kind, meta);
                 match std::fs::read_link(path) {
                     Ok(t) => {
                         node.link_target = Some(FsName::from_os(t.as_os_str()));
@@ -434,7 +450,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 }
             }
             NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
-                let mut node = node_from_metadata(name, kind, meta, &mut self.names);
+                let mut node = self.node(name, kind, meta);
                 node.xattrs = self.xattrs(path);
                 Some(node)
             }
@@ -457,7 +473,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         root_dev: u64,
     ) -> Result<Node> {
         self.cancel.check()?;
-        let mut node = node_from_metadata(name, NodeKind::Dir, meta, &mut self.names);
+        let mut node = self.node(name, NodeKind::Dir, meta);
         node.xattrs = self.xattrs(path);
         self.progress.entry(path, EntryStatus::New);
         let mut names = match read_dir_sorted(path) {
@@ -544,6 +560,17 @@ impl<'a, 'p> Archiver<'a, 'p> {
             && n.inode == meta.ino()
     }
 
+    /// A node from `lstat` data; the access time only with `--with-atime`
+    /// (anything that reads a file changes it, so storing it would make
+    /// every snapshot of unchanged data differ).
+    fn node(&mut self, name: FsName, kind: NodeKind, meta: &Metadata) -> Node {
+        let mut n = node_from_metadata(name, kind, meta, &mut self.names);
+        if !self.opts.with_atime {
+            n.atime_ns = 0;
+        }
+        n
+    }
+
     fn file_node(
         &mut self,
         path: &Path,
@@ -551,7 +578,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         meta: &Metadata,
         prev: Option<PrevNode>,
     ) -> Result<Option<Node>> {
-        let mut node = node_from_metadata(name, NodeKind::File, meta, &mut self.names);
+        let mut node = self.node(name, NodeKind::File, meta);
         if let Some(p) = &prev
             && self.unchanged(p, meta)
             && p.node
@@ -576,11 +603,6 @@ impl<'a, 'p> Archiver<'a, 'p> {
         }
         node.xattrs = self.xattrs(path);
         let (file, hinted) = match self.prefetch.take(path) {
-            // Opened ahead, then deleted before its turn: it vanished.
-            Some((f, _)) if f.metadata().is_ok_and(|m| m.nlink() == 0) => {
-                self.record_error(path, "cannot open: the file was deleted".into());
-                return Ok(None);
-            }
             Some(f) => f,
             None => match open_noatime(path) {
                 Ok(f) => (f, 0),
@@ -590,6 +612,27 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 }
             },
         };
+        // The handle must be the entry that was listed: what is read is
+        // stored under its name.
+        match file.metadata() {
+            // Opened ahead, then deleted before its turn: it vanished.
+            Ok(m) if m.nlink() == 0 => {
+                self.record_error(path, "cannot open: the file was deleted".into());
+                return Ok(None);
+            }
+            Ok(m) if !m.is_file() || m.dev() != meta.dev() || m.ino() != meta.ino() => {
+                self.record_error(
+                    path,
+                    "it was replaced by another entry after it was listed (not stored)".into(),
+                );
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.record_error(path, format!("cannot open: {e}"));
+                return Ok(None);
+            }
+        }
         let mut content = Vec::new();
         let read = match self.chunk_stream(ReadAhead::new(&file, hinted, meta.len()), &mut content)
         {

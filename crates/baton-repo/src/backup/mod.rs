@@ -54,6 +54,9 @@ pub struct BackupOptions {
     /// The snapshot's time (RFC 3339 in UTC) instead of the backup's start,
     /// e.g. to import old backups, or for tests of retention policies.
     pub time: Option<String>,
+    /// Store access times (off by default, as restic and Borg: reading a
+    /// file changes its atime, so snapshots of unchanged data would differ).
+    pub with_atime: bool,
 }
 
 /// `--resume=auto|never`.

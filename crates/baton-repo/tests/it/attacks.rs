@@ -320,3 +320,96 @@ fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
         sum.errors
     );
 }
+
+/// Swaps listed files for a symbolic link to a secret and for a FIFO when
+/// the backup reports its first file.
+struct Swapper {
+    after: PathBuf,
+    link: PathBuf,
+    fifo: PathBuf,
+    secret: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Progress for Swapper {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut done = self.done.lock().unwrap();
+        if !*done && path == self.after {
+            std::fs::remove_file(&self.link).unwrap();
+            std::os::unix::fs::symlink(&self.secret, &self.link).unwrap();
+            std::fs::remove_file(&self.fifo).unwrap();
+            nix::unistd::mkfifo(&self.fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                .unwrap();
+            *done = true;
+        }
+    }
+}
+
+/// A file swapped for a symbolic link between listing and opening: the
+/// link's target is never stored under the file's name. A file swapped for a
+/// FIFO: the backup does not hang. Both are recorded as errors. Made
+/// deterministic: the swap happens when the backup reports the directory's
+/// first file, and 200 files come before the swapped ones (beyond the
+/// read-ahead, which opens at most 128 files ahead).
+#[test]
+fn files_swapped_during_backup_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let mut repo = Repository::init(storage, b"pw", &fast_init()).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..200 {
+        std::fs::write(src.join(format!("f{i:03}")), format!("file {i}")).unwrap();
+    }
+    std::fs::write(src.join("x-fifo"), b"original fifo").unwrap();
+    std::fs::write(src.join("x-link"), b"original link").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"SECRET").unwrap();
+    let swapper = Arc::new(Swapper {
+        after: src.join("f000"),
+        link: src.join("x-link"),
+        fifo: src.join("x-fifo"),
+        secret: secret.clone(),
+        done: Mutex::new(false),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (swapper, src) = (swapper.clone(), src.clone());
+        // A thread of its own: a FIFO opened for reading would block it
+        // forever, and the test must fail instead of hanging.
+        std::thread::spawn(move || {
+            let r = baton_repo::backup(
+                &mut repo,
+                &BackupOptions {
+                    paths: vec![src],
+                    ..Default::default()
+                },
+                None,
+                &*swapper,
+                &Cancel::new(),
+            );
+            let _ = tx.send((repo, r.map(|_| ())));
+        });
+    }
+    let (mut repo, result) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the backup hung on the FIFO");
+    result.unwrap();
+    assert!(*swapper.done.lock().unwrap(), "the swap never ran");
+    repo.load_index().unwrap();
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let errors = &snap.summary.as_ref().unwrap().errors;
+    let named = |n: &str| errors.iter().any(|e| e.path.ends_with(n));
+    assert!(named("x-link"), "{errors:?}");
+    assert!(named("x-fifo"), "{errors:?}");
+    let sub = src.to_str().unwrap();
+    let (_, tree) = baton_repo::find_node(&repo, &snap.tree, sub).unwrap();
+    let t = repo.read_tree(&tree.unwrap()).unwrap();
+    for n in &t.nodes {
+        for c in &n.content {
+            assert_ne!(repo.load_blob(c).unwrap(), b"SECRET", "{:?}", n.name);
+        }
+    }
+    assert!(t.find(b"x-link").is_none());
+    assert!(t.find(b"x-fifo").is_none());
+}
