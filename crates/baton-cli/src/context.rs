@@ -197,6 +197,49 @@ pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
     Ok((r, lock))
 }
 
+/// The cancellation handle of this process's operation: SIGINT and SIGTERM
+/// trigger it (see [`handle_signals`]).
+pub fn cancel() -> &'static baton_repo::Cancel {
+    static CANCEL: std::sync::OnceLock<baton_repo::Cancel> = std::sync::OnceLock::new();
+    CANCEL.get_or_init(baton_repo::Cancel::new)
+}
+
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal (SIGINT, SIGTERM) that interrupted this process, if any.
+pub fn interrupted_by() -> Option<i32> {
+    match SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// The first SIGINT or SIGTERM cancels the running operation: it stops at
+/// its next safe point, writes its last journal record, releases its lock,
+/// and `main` exits with 128 + the signal. A second one exits at once (what
+/// is durable stays durable; the lock goes stale).
+pub fn handle_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if SIGNAL.swap(sig, std::sync::atomic::Ordering::SeqCst) != 0 {
+                    eprintln!("\n{name} again: stopping at once");
+                    std::process::exit(128 + sig);
+                }
+                eprintln!(
+                    "\n{name}: stopping cleanly (what is stored stays stored; press Ctrl-C again to stop at once)"
+                );
+                cancel().cancel();
+            }
+        });
+}
+
 /// Text for a terminal: control characters (a file name can hold terminal
 /// escape sequences) are shown escaped, `\x1b` and the like, never sent.
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {

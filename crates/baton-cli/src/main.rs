@@ -92,7 +92,20 @@ fn main() {
     tune_allocator();
     no_core_dumps();
     let cli = cli::Cli::parse();
-    let code = match commands::run(cli) {
+    context::handle_signals();
+    let result = commands::run(cli);
+    if let Some(sig) = context::interrupted_by() {
+        if let Err(e) = &result
+            && !matches!(e.downcast_ref::<RepoError>(), Some(RepoError::Cancelled))
+        {
+            eprintln!("error: {}", context::escape(&format!("{e:#}")));
+        }
+        eprintln!(
+            "interrupted: stopped cleanly and released the repository lock. Run the same command again to continue: an interrupted backup resumes where it stopped (`baton jobs` lists it), an interrupted restore keeps what it verified"
+        );
+        std::process::exit(128 + sig);
+    }
+    let code = match result {
         Ok(code) => code,
         // The reader of stdout went away (`| head`): the output was all the
         // command was for, so this is no failure.

@@ -44,6 +44,10 @@ pub enum RepoError {
     Invalid(String),
     #[error("operation cancelled")]
     Cancelled,
+    #[error(
+        "{path}: no space left on the restore target's device ({cause}); free space and run the same restore again: it keeps what is already restored and verified"
+    )]
+    TargetFull { path: String, cause: std::io::Error },
 }
 
 impl RepoError {

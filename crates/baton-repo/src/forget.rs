@@ -13,7 +13,7 @@ mod calendar;
 #[cfg(test)]
 mod tests;
 
-use crate::{LockGuard, RepoError, Repository, Result};
+use crate::{Cancel, LockGuard, RepoError, Repository, Result};
 use baton_storage::ObjectKind;
 use baton_types::{Id, Snapshot};
 pub use calendar::{SnapTime, Within};
@@ -343,6 +343,8 @@ pub struct ForgetOptions {
     pub snapshots: Vec<String>,
     /// Decide and report, but delete nothing.
     pub dry_run: bool,
+    /// Stops between deletions (each snapshot is deleted whole or not).
+    pub cancel: Cancel,
 }
 
 /// What `forget` decided (and, unless a dry run, did).
@@ -443,6 +445,7 @@ pub fn forget_locked(
     removed.extend(unreadable_ids);
     if !opts.dry_run {
         for id in &removed {
+            opts.cancel.check()?;
             lock.ensure_fresh()?;
             repo.storage().remove(ObjectKind::Snapshot, &id.to_hex())?;
         }

@@ -66,10 +66,13 @@ pub(crate) fn from_journal_pack(p: &JournalPack) -> IndexPack {
 impl JournalWriter {
     /// Starts a new job: writes its manifest as record 0.
     pub fn create(repo: &Repository, manifest: JobManifest) -> Result<Self> {
-        let mut w = JournalWriter {
-            job: baton_format::random_id(),
-            next_seq: 0,
-        };
+        Self::create_with_id(repo, baton_format::random_id(), manifest)
+    }
+
+    /// Starts a new job with a chosen id (claimed in the lock first, so no
+    /// other process takes it for an abandoned one).
+    pub fn create_with_id(repo: &Repository, job: Id, manifest: JobManifest) -> Result<Self> {
+        let mut w = JournalWriter { job, next_seq: 0 };
         w.append(repo, Some(manifest), Vec::new(), 0, Vec::new(), Vec::new())?;
         Ok(w)
     }

@@ -34,6 +34,46 @@ pub struct LockInfo {
     pub hostname: String,
     pub username: String,
     pub pid: u32,
+    /// The backup job this lock's holder is running: a live job is never
+    /// resumed by another process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Id>,
+    /// The kernel's boot id of the holder's host: a lock of this host from
+    /// an earlier boot is stale, even if its pid was reused since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+/// This host's boot id (`/proc/sys/kernel/random/boot_id`), if known.
+fn boot_id() -> Option<String> {
+    static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .clone()
+}
+
+/// Names of the lock objects this process holds right now. A lock of this
+/// host and pid that is not among them was left by an operation of this
+/// process that has ended (a library caller that carried on after a
+/// failure): it protects nothing.
+fn held() -> &'static Mutex<std::collections::HashSet<String>> {
+    static HELD: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+/// Whether lock object `name` holding `info` protects nothing any more.
+pub fn lock_is_stale(name: &str, info: &LockInfo) -> bool {
+    if info.is_stale() {
+        return true;
+    }
+    info.hostname == hostname()
+        && info.pid == std::process::id()
+        && !held().lock().expect("held locks").contains(name)
 }
 
 impl LockInfo {
@@ -44,19 +84,33 @@ impl LockInfo {
             hostname: hostname(),
             username: username(),
             pid: std::process::id(),
+            job: None,
+            boot_id: boot_id(),
         }
     }
 
-    /// Whether this lock no longer protects anything.
+    /// Whether this lock no longer protects anything: older than
+    /// [`STALE_AFTER`], taken on this host by a process that is gone, or
+    /// with a time that does not parse or lies in the future beyond
+    /// [`crate::repo::FUTURE_TOLERANCE`] (a lock dated 2999 would otherwise
+    /// block everything forever).
     pub fn is_stale(&self) -> bool {
-        let age = humantime::parse_rfc3339(&self.time)
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .unwrap_or_default();
+        let Ok(t) = humantime::parse_rfc3339_weak(&self.time) else {
+            return true;
+        };
+        if crate::repo::in_future(&self.time) {
+            return true;
+        }
+        let age = SystemTime::now().duration_since(t).unwrap_or_default();
         if age > STALE_AFTER {
             return true;
         }
         if self.hostname == hostname() {
+            if let (Some(theirs), Some(ours)) = (&self.boot_id, boot_id())
+                && *theirs != ours
+            {
+                return true;
+            }
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
             if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(pid, None) {
                 return true;
@@ -85,6 +139,10 @@ impl LockInfo {
 /// A held lock; released (deleted) on drop.
 pub struct LockGuard {
     storage: Arc<dyn Storage>,
+    key: MasterKey,
+    repository: Id,
+    /// The backup job this holder runs, written into every lock object.
+    job: Arc<Mutex<Option<Id>>>,
     name: Arc<Mutex<String>>,
     exclusive: bool,
     /// When the lock object now in storage was written.
@@ -106,6 +164,24 @@ impl LockGuard {
 impl LockGuard {
     pub fn is_exclusive(&self) -> bool {
         self.exclusive
+    }
+
+    /// The name of the lock object now in storage.
+    pub fn name(&self) -> String {
+        self.name.lock().expect("lock name").clone()
+    }
+
+    /// Rewrites the lock to say that its holder runs backup `job` (or none).
+    pub fn set_job(&self, job: Option<Id>) -> Result<()> {
+        let mut current = self.name.lock().expect("lock name");
+        let mut info = LockInfo::new(self.exclusive);
+        info.job = job;
+        let new = write_lock(&*self.storage, &self.key, &self.repository, &info)?;
+        *self.job.lock().expect("lock job") = job;
+        *self.written.lock().expect("lock time") = std::time::Instant::now();
+        let old = std::mem::replace(&mut *current, new);
+        release(&*self.storage, &old);
+        Ok(())
     }
 
     /// Fails unless the lock is certain to still protect us: its object was
@@ -132,7 +208,7 @@ impl Drop for LockGuard {
             let _ = t.join();
         }
         let name = self.name.lock().expect("lock name").clone();
-        let _ = self.storage.remove(ObjectKind::Lock, &name);
+        release(&*self.storage, &name);
     }
 }
 
@@ -149,8 +225,20 @@ fn write_lock(
         &to_json(info),
     );
     let name = storage_id(&sealed).to_hex();
-    storage.put(ObjectKind::Lock, &name, &sealed)?;
+    // Registered before it exists, so this process never sees its own live
+    // lock as one left behind.
+    held().lock().expect("held locks").insert(name.clone());
+    if let Err(e) = storage.put(ObjectKind::Lock, &name, &sealed) {
+        held().lock().expect("held locks").remove(&name);
+        return Err(e.into());
+    }
     Ok(name)
+}
+
+/// Deletes a lock object this process wrote.
+fn release(storage: &dyn Storage, name: &str) {
+    let _ = storage.remove(ObjectKind::Lock, name);
+    held().lock().expect("held locks").remove(name);
 }
 
 impl Repository {
@@ -185,6 +273,8 @@ impl Repository {
                         hostname: "?".into(),
                         username: "?".into(),
                         pid: 0,
+                        job: None,
+                        boot_id: None,
                     },
                 )),
             }
@@ -194,7 +284,7 @@ impl Repository {
 
     fn conflicting(&self, exclusive: bool, own: Option<&str>) -> Result<Option<LockInfo>> {
         for (name, info) in self.list_locks()? {
-            if Some(name.as_str()) == own || info.is_stale() {
+            if Some(name.as_str()) == own || lock_is_stale(&name, &info) {
                 continue;
             }
             if exclusive || info.exclusive {
@@ -202,6 +292,32 @@ impl Repository {
             }
         }
         Ok(None)
+    }
+
+    /// Whether a live process (a lock that is not stale) runs backup `job`.
+    pub fn job_is_live(&self, job: &Id, own: Option<&LockGuard>) -> Result<bool> {
+        let own = own.map(|l| l.name());
+        Ok(self.list_locks()?.into_iter().any(|(name, info)| {
+            Some(&name) != own.as_ref()
+                && !lock_is_stale(&name, &info)
+                && info.job.as_ref() == Some(job)
+        }))
+    }
+
+    /// Claims backup `job` for the holder of `lock`: writes the claim, then
+    /// checks that no other live process claims it too (check, write,
+    /// re-check, as for locks: of two racing claimers at least one backs
+    /// off). Returns whether the job is ours.
+    pub fn claim_job(&self, lock: &LockGuard, job: Id) -> Result<bool> {
+        if self.job_is_live(&job, Some(lock))? {
+            return Ok(false);
+        }
+        lock.set_job(Some(job))?;
+        if self.job_is_live(&job, Some(lock))? {
+            lock.set_job(None)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Takes a shared (`exclusive = false`) or exclusive lock.
@@ -220,22 +336,24 @@ impl Repository {
             &LockInfo::new(exclusive),
         )?;
         if let Some(h) = self.conflicting(exclusive, Some(&name))? {
-            let _ = self.storage().remove(ObjectKind::Lock, &name);
+            release(&**self.storage(), &name);
             return Err(RepoError::Locked {
                 holder: h.describe(),
             });
         }
         let name = Arc::new(Mutex::new(name));
+        let job: Arc<Mutex<Option<Id>>> = Arc::new(Mutex::new(None));
         let written = Arc::new(Mutex::new(written_at));
         let stop = Arc::new(AtomicBool::new(false));
         let lost: Arc<Mutex<Option<Cancel>>> = Arc::new(Mutex::new(None));
         let refresher = {
-            let (storage, key, name, stop, written) = (
+            let (storage, key, name, stop, written, job) = (
                 self.storage().clone(),
                 self.key().clone(),
                 name.clone(),
                 stop.clone(),
                 written.clone(),
+                job.clone(),
             );
             let lost = lost.clone();
             std::thread::Builder::new()
@@ -249,12 +367,17 @@ impl Repository {
                             continue;
                         }
                         last_try = std::time::Instant::now();
-                        match write_lock(&*storage, &key, &repository, &LockInfo::new(exclusive)) {
+                        // The name's mutex is held across the rewrite, so a
+                        // concurrent `set_job` cannot interleave with it.
+                        let mut current = name.lock().expect("lock name");
+                        let mut info = LockInfo::new(exclusive);
+                        info.job = *job.lock().expect("lock job");
+                        match write_lock(&*storage, &key, &repository, &info) {
                             Ok(new) => {
                                 last_ok = std::time::Instant::now();
                                 *written.lock().expect("lock time") = last_try;
-                                let old = std::mem::replace(&mut *name.lock().expect("lock name"), new);
-                                let _ = storage.remove(ObjectKind::Lock, &old);
+                                let old = std::mem::replace(&mut *current, new);
+                                release(&*storage, &old);
                             }
                             Err(e) if last_ok.elapsed() + REFRESH >= STALE_AFTER => {
                                 if let Some(c) = lost.lock().expect("lock watcher").as_ref() {
@@ -272,6 +395,9 @@ impl Repository {
         };
         Ok(LockGuard {
             storage: self.storage().clone(),
+            key: self.key().clone(),
+            repository,
+            job,
             name,
             exclusive,
             written,
@@ -286,7 +412,7 @@ impl Repository {
         self.require_deletes("unlock")?;
         let mut n = 0;
         for (name, info) in self.list_locks()? {
-            if all || info.is_stale() {
+            if all || lock_is_stale(&name, &info) {
                 self.storage().remove(ObjectKind::Lock, &name)?;
                 n += 1;
             }

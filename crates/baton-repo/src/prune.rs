@@ -20,7 +20,7 @@ use crate::forget::require_exclusive;
 use crate::index::Index;
 use crate::journal::{self, JobState};
 use crate::progress::Progress;
-use crate::{LockGuard, RepoError, Repository, Result};
+use crate::{Cancel, LockGuard, RepoError, Repository, Result};
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::from_json;
 use baton_storage::ObjectKind;
@@ -41,6 +41,10 @@ pub struct PruneOptions {
     pub max_job_age: Duration,
     /// Snapshots to treat as already deleted (`forget --dry-run --prune`).
     pub ignore_snapshots: Vec<Id>,
+    /// Stops prune at its next safe point: while planning, between
+    /// repacked packs, between deletions (each leaves a repository that the
+    /// next prune finishes).
+    pub cancel: Cancel,
 }
 
 impl Default for PruneOptions {
@@ -50,6 +54,7 @@ impl Default for PruneOptions {
             max_unused: MaxUnused::default(),
             max_job_age: Duration::from_secs(7 * 86_400),
             ignore_snapshots: Vec::new(),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -110,9 +115,11 @@ fn mark_tree(
     root: Id,
     seen: &mut HashSet<Id>,
     used: &mut HashSet<Id>,
+    cancel: &Cancel,
 ) -> Result<()> {
     let mut stack = vec![root];
     while let Some(t) = stack.pop() {
+        cancel.check()?;
         if !seen.insert(t) {
             continue;
         }
@@ -229,7 +236,7 @@ pub fn prune_locked(
     let mut seen = HashSet::new();
     for (id, s) in snapshots.iter().filter(|(id, _)| !ignored.contains(id)) {
         result.snapshots += 1;
-        mark_tree(repo, s.tree, &mut seen, &mut used).map_err(|e| {
+        mark_tree(repo, s.tree, &mut seen, &mut used, &opts.cancel).map_err(|e| {
             RepoError::Invalid(format!(
                 "snapshot {}: {e}; the repository is damaged, prune changed nothing",
                 id.short()
@@ -249,7 +256,7 @@ pub fn prune_locked(
     for node in kept_jobs.iter().flat_map(|j| j.catalog.values()) {
         wanted.extend(node.content.iter().copied());
         if let Some(t) = node.subtree {
-            let _ = mark_tree(repo, t, &mut seen, &mut wanted);
+            let _ = mark_tree(repo, t, &mut seen, &mut wanted, &opts.cancel);
         }
     }
 
@@ -298,12 +305,15 @@ pub fn prune_locked(
     }
 
     // (4) Execute. Journals first: their packs become unreferenced garbage.
+    opts.cancel.check()?;
     for job in &dropped_jobs {
+        opts.cancel.check()?;
         lock.ensure_fresh()?;
         journal::forget_job(repo, job)?;
     }
     progress.set_total(0, result.stats.bytes_rewrite);
-    let (new_packs, new_bytes) = repack::repack(repo, lock, &packs, &plan.copy, progress)?;
+    let (new_packs, new_bytes) =
+        repack::repack(repo, lock, &packs, &plan.copy, progress, &opts.cancel)?;
     result.packs_written = new_packs.len();
     result.bytes_written = new_bytes;
     let old_index: Vec<Id> = if index_changes {
@@ -334,6 +344,7 @@ pub fn prune_locked(
             .collect()
     };
     for id in &old_index {
+        opts.cancel.check()?;
         lock.ensure_fresh()?;
         storage.remove(ObjectKind::Index, &id.to_hex())?;
     }
@@ -344,6 +355,7 @@ pub fn prune_locked(
         .map(|(p, _)| p.id)
         .chain(unreferenced);
     for id in obsolete {
+        opts.cancel.check()?;
         lock.ensure_fresh()?;
         storage.remove(ObjectKind::Pack, &id.to_hex())?;
     }

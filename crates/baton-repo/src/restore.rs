@@ -118,6 +118,12 @@ fn write_batches(
                 return;
             }
         };
+        if let Some((path, cause)) = outcome.no_space {
+            // The batch's files stay as they are: the next run verifies
+            // and completes them.
+            let _ = done.send(Err(target_full(&path, cause)));
+            return;
+        }
         let metadata_failed = files
             .iter()
             .zip(&outcome.failed)
@@ -277,6 +283,7 @@ impl Restorer<'_> {
                 };
                 let created = match created {
                     Ok(c) => c,
+                    Err(e) if is_no_space(&e) => return Err(target_full(&dst, e)),
                     Err(e) => {
                         self.error(&dst, format!("cannot create directory: {e}"));
                         continue;
@@ -286,6 +293,7 @@ impl Restorer<'_> {
                     Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
                         Ok(b) => b,
                         Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
+                        Err(e @ RepoError::TargetFull { .. }) => return Err(e),
                         Err(e) if self.budget.exceeded() => return Err(e),
                         Err(e) => {
                             self.error(&dst, format!("cannot restore directory contents: {e}"));
@@ -327,21 +335,21 @@ impl Restorer<'_> {
             self.error(dst, format!("cannot replace existing entry: {e}"));
             return Ok(());
         }
-        let result = match n.kind {
+        let created = match n.kind {
             NodeKind::File => unreachable!("files are restored by file()"),
-
             NodeKind::Symlink => match &n.link_target {
-                Some(t) => self
-                    .target
-                    .symlink(t.as_os(), dst)
-                    .map_err(|e| e.to_string()),
-                None => Err("symlink without target in snapshot".into()),
+                Some(t) => self.target.symlink(t.as_os(), dst).map(Ok),
+                None => Ok(Err("symlink without target in snapshot".to_string())),
             },
-            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => self
-                .target
-                .mknod(dst, n.kind, n.mode, n.rdev)
-                .map_err(|e| format!("cannot create special file: {e}")),
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                self.target.mknod(dst, n.kind, n.mode, n.rdev).map(Ok)
+            }
             NodeKind::Dir => unreachable!("directories are restored by tree()"),
+        };
+        let result = match created {
+            Ok(r) => r,
+            Err(e) if is_no_space(&e) => return Err(target_full(dst, e)),
+            Err(e) => Err(format!("cannot create: {e}")),
         };
         match result.and_then(|()| self.target.apply_metadata(dst, n, self.is_root)) {
             Ok(()) => self.summary.other += 1,
@@ -404,6 +412,9 @@ impl Restorer<'_> {
                 .open_file(dst, true, true)
                 .and_then(|f| f.set_len(n.size));
             if let Err(e) = created {
+                if is_no_space(&e) {
+                    return Err(target_full(dst, e));
+                }
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot create file: {e}"));
                 return Ok(());
@@ -414,6 +425,10 @@ impl Restorer<'_> {
         match self.write_content(n, dst) {
             Ok(()) => {}
             Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
+            Err(RepoError::Io { cause, .. }) if is_no_space(&cause) => {
+                // Kept as it is: the next run verifies what it holds.
+                return Err(target_full(dst, cause));
+            }
             Err(e) => {
                 let _ = self.target.remove(dst, false);
                 self.hardlinks.remove(&(n.device_id, n.inode));
@@ -559,6 +574,22 @@ impl Restorer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether an I/O error says the target's device (or quota) is full: the
+/// restore stops there with one message, instead of failing every file after.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
+    )
+}
+
+fn target_full(path: &Path, cause: std::io::Error) -> RepoError {
+    RepoError::TargetFull {
+        path: path.display().to_string(),
+        cause,
     }
 }
 

@@ -2,7 +2,7 @@ use crate::cli::{BackupArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::{BackupOptions, Cancel, InitOptions};
+use baton_repo::{BackupOptions, InitOptions};
 use std::io::Read;
 
 pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
@@ -42,7 +42,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     let mut stdin = std::io::stdin();
     let input: Option<&mut (dyn Read + Send)> = if a.stdin { Some(&mut stdin) } else { None };
-    let result = baton_repo::backup(&mut repo, &opts, input, &progress, &Cancel::new());
+    let result = baton_repo::backup(&mut repo, &opts, input, &progress, context::cancel());
     progress.finish();
     let result = result?;
     let s = result.summary();

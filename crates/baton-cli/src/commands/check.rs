@@ -5,7 +5,7 @@ use crate::cli::{CheckArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::{Result, bail};
-use baton_repo::{Cancel, CheckOptions, CheckReport, ProblemKind, ReadData, Severity};
+use baton_repo::{CheckOptions, CheckReport, ProblemKind, ReadData, Severity};
 use baton_storage::ObjectKind;
 
 /// Paths listed per problem in the human report (`--json` lists all).
@@ -35,7 +35,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<i32> {
         },
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let report = baton_repo::check(&repo, &opts, &progress, &Cancel::new());
+    let report = baton_repo::check(&repo, &opts, &progress, context::cancel());
     progress.finish();
     let report = report?;
     if g.json {

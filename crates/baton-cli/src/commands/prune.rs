@@ -12,6 +12,7 @@ pub fn options(t: &PruneTuning, dry_run: bool) -> Result<PruneOptions> {
         max_job_age: humantime::parse_duration(&t.max_job_age)
             .with_context(|| format!("--max-job-age {:?} is not a duration", t.max_job_age))?,
         ignore_snapshots: Vec::new(),
+        cancel: crate::context::cancel().clone(),
     })
 }
 

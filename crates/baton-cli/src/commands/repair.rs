@@ -4,7 +4,7 @@ use crate::cli::{Global, RepairCommand, RepairSnapshotsArgs};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::{Cancel, RepairSnapshotsOptions};
+use baton_repo::RepairSnapshotsOptions;
 
 pub fn run(g: &Global, cmd: RepairCommand) -> Result<i32> {
     match cmd {
@@ -16,7 +16,7 @@ pub fn run(g: &Global, cmd: RepairCommand) -> Result<i32> {
 fn index(g: &Global) -> Result<i32> {
     let repo = context::open(g)?;
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::repair_index(&repo, &progress, &Cancel::new());
+    let r = baton_repo::repair_index(&repo, &progress, context::cancel());
     progress.finish();
     let r = r?;
     if g.json {
@@ -53,7 +53,7 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
         read_data: a.read_data,
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::repair_snapshots(&mut repo, &opts, &progress, &Cancel::new());
+    let r = baton_repo::repair_snapshots(&mut repo, &opts, &progress, context::cancel());
     progress.finish();
     let r = r?;
     if g.json {

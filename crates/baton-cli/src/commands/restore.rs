@@ -2,7 +2,7 @@ use crate::cli::{Global, RestoreArgs};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::{Cancel, RestoreOptions};
+use baton_repo::RestoreOptions;
 
 /// Splits `SNAPSHOT[:PATH]`.
 pub fn split_ref(s: &str) -> (&str, Option<&str>) {
@@ -32,7 +32,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         &a.target,
         &opts,
         &progress,
-        &Cancel::new(),
+        context::cancel(),
     );
     progress.finish();
     let summary = summary?;

@@ -230,3 +230,140 @@ fn control_characters_in_names_are_escaped() {
         assert!(out.contains("evil\\x1b]0;pwned\\x07"), "{out}");
     }
 }
+
+/// SIGINT (SIGTERM) during a backup: it stops cleanly, says how to go on,
+/// leaves no lock behind and exits 130 (143). The backup reads an endless
+/// stream, so the signal always arrives while it runs.
+#[test]
+fn sigint_and_sigterm_stop_cleanly_and_release_the_lock() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    for (sig, code) in [
+        (nix::sys::signal::Signal::SIGINT, 130),
+        (nix::sys::signal::Signal::SIGTERM, 143),
+    ] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.dir.path())
+            .env("BATON_REPOSITORY", &env.repo)
+            .env("BATON_PASSWORD", crate::common::PASSWORD)
+            .args(["backup", "--stdin", "--stdin-filename", "endless"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            let mut block = vec![0u8; 1 << 16];
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            loop {
+                for b in block.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                if stdin.write_all(&block).is_err() {
+                    return;
+                }
+            }
+        });
+        // Wait until the backup holds its lock, then interrupt it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while crate::common::objects(&env.repo, "locks").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no lock appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        feeder.join().unwrap();
+        assert_eq!(status.code(), Some(code), "{sig}: {err}");
+        assert!(err.contains("stopping cleanly"), "{err}");
+        assert!(
+            err.contains("run the same command again")
+                || err.contains("Run the same command again"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            crate::common::objects(&env.repo, "locks").is_empty(),
+            "{sig} left a lock"
+        );
+    }
+    // The repository is fine: a backup, then check.
+    let src = env.path("src");
+    write_file(&src.join("a"), 1000, 1).unwrap();
+    env.backup(&[&src], &[]);
+    env.run(&["check"]).ok();
+}
+
+/// A restore onto a full disk stops at the first "no space" with one clear
+/// message (not one per file); with space again, the same restore completes
+/// and the result equals the source. Uses a real tmpfs (root only).
+#[test]
+fn restore_onto_a_full_disk_stops_once_and_resumes() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..200 {
+        write_file(&src.join(format!("d{}/f{i}", i % 10)), 40_000, i).unwrap();
+    }
+    env.backup(&[&src], &[]);
+    let mnt = env.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !st.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let sub = format!("latest:{}", src.display());
+    let r = env.run(&["restore", &sub, "--target", mnt.to_str().unwrap()]);
+    no_panic(&r);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no space"), "{}", r.stderr);
+    let errors = r.stderr.lines().filter(|l| l.starts_with("error")).count();
+    assert_eq!(errors, 1, "{}", r.stderr);
+    assert!(crate::common::objects(&env.repo, "locks").is_empty());
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = env.run(&[
+        "restore",
+        &sub,
+        "--target",
+        mnt.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let o = baton_testing::CompareOptions {
+        ownership: true,
+        ..Default::default()
+    };
+    baton_testing::compare_trees(&src, &mnt, &o).unwrap_or_else(|d| panic!("{}", d.join("\n")));
+}

@@ -169,11 +169,12 @@ fn find_parent(
 /// have their journal deleted here.
 fn find_resumable(
     repo: &Repository,
+    lock: &crate::LockGuard,
     snapshots: &[(Id, Snapshot)],
     host: &str,
     paths: &[String],
 ) -> Result<Option<JobState>> {
-    let mut best: Option<JobState> = None;
+    let mut candidates: Vec<JobState> = Vec::new();
     for job in journal::list_job_ids(repo)? {
         // A damaged journal is not resumed; `baton jobs` shows it.
         let Ok(st) = journal::load_job(repo, &job) else {
@@ -186,11 +187,21 @@ fn find_resumable(
             journal::forget_job(repo, &job)?;
             continue;
         }
-        if best.as_ref().is_none_or(|b| st.last_time > b.last_time) {
-            best = Some(st);
+        // A job dated in the future would win every later choice.
+        if crate::repo::in_future(&st.last_time) {
+            continue;
+        }
+        candidates.push(st);
+    }
+    candidates.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+    for st in candidates {
+        // A job another live process is running is never resumed here
+        // (both would write the same data); claiming it tells the others.
+        if repo.claim_job(lock, st.job)? {
+            return Ok(Some(st));
         }
     }
-    Ok(best)
+    Ok(None)
 }
 
 /// Runs a backup. `stdin` is read when `opts.stdin_filename` is set.
@@ -241,7 +252,7 @@ pub fn backup(
     let snapshots = repo.list_snapshots()?;
     let journaled = !opts.dry_run && opts.stdin_filename.is_none();
     let resumed = match (journaled, opts.resume) {
-        (true, ResumeMode::Auto) => find_resumable(repo, &snapshots, &host, &paths)?,
+        (true, ResumeMode::Auto) => find_resumable(repo, &lock, &snapshots, &host, &paths)?,
         _ => None,
     };
     let parent = find_parent(repo, opts, &snapshots, resumed.as_ref(), &host, &paths)?;
@@ -266,8 +277,14 @@ pub fn backup(
     let checkpoint = if journaled {
         let writer = match &resumed {
             Some(job) => JournalWriter::resume(job.job, job.next_seq),
-            None => JournalWriter::create(
+            None => JournalWriter::create_with_id(
                 repo,
+                {
+                    // Claimed before its first record exists.
+                    let job = baton_format::random_id();
+                    lock.set_job(Some(job))?;
+                    job
+                },
                 JobManifest {
                     hostname: host.clone(),
                     paths: paths.clone(),

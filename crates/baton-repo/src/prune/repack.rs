@@ -87,6 +87,7 @@ pub(super) fn repack(
     packs: &[PackInfo],
     work: &[(usize, Vec<PackEntry>)],
     progress: &dyn Progress,
+    cancel: &crate::Cancel,
 ) -> Result<(Vec<IndexPack>, u64)> {
     let mut w = Writers {
         repo,
@@ -101,6 +102,7 @@ pub(super) fn repack(
     order.sort_by_key(|(i, list)| (is_tree(list), packs[*i].id));
     let mut flushed_data = false;
     for (i, list) in order {
+        cancel.check()?;
         lock.ensure_fresh()?;
         if is_tree(list) && !flushed_data {
             w.flush(BlobType::Data)?;

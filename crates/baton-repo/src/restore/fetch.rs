@@ -40,6 +40,8 @@ pub(super) struct Outcome {
     pub failed: Vec<Option<String>>,
     /// Plaintext bytes of blobs loaded from the repository.
     pub bytes_fetched: u64,
+    /// The first write that found the target full: the batch stopped there.
+    pub no_space: Option<(PathBuf, std::io::Error)>,
 }
 
 struct Want {
@@ -131,6 +133,7 @@ pub(super) fn write_files(
         .collect();
     let next = AtomicUsize::new(0);
     let fetched = AtomicU64::new(0);
+    let no_space: Mutex<Option<(PathBuf, std::io::Error)>> = Mutex::new(None);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -141,6 +144,9 @@ pub(super) fn write_files(
                         let mut out = Writer::default();
                         loop {
                             cancel.check()?;
+                            if no_space.lock().expect("no space").is_some() {
+                                return Ok(());
+                            }
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some((pack, ws)) = packs.get(i) else {
                                 return Ok(());
@@ -153,6 +159,7 @@ pub(super) fn write_files(
                                 progress,
                                 fetched: &fetched,
                                 remaining: &remaining,
+                                no_space: &no_space,
                             };
                             ctx.pack(pack, ws, &wants, &mut out);
                         }
@@ -174,6 +181,7 @@ pub(super) fn write_files(
     Ok(Outcome {
         failed: failures.0.into_inner().expect("failure list"),
         bytes_fetched: fetched.into_inner(),
+        no_space: no_space.into_inner().expect("no space"),
     })
 }
 
@@ -185,6 +193,7 @@ struct Ctx<'a> {
     progress: &'a dyn Progress,
     fetched: &'a AtomicU64,
     remaining: &'a [AtomicUsize],
+    no_space: &'a Mutex<Option<(PathBuf, std::io::Error)>>,
 }
 
 impl Ctx<'_> {
@@ -273,6 +282,13 @@ impl Ctx<'_> {
                     Ok(())
                 });
             if let Err(e) = written {
+                if super::is_no_space(&e) {
+                    let mut first = self.no_space.lock().expect("no space");
+                    if first.is_none() {
+                        *first = Some((job.path.clone(), e));
+                    }
+                    break;
+                }
                 self.failures
                     .set(f, || format!("writing {}: {e}", job.path.display()));
             }

@@ -413,3 +413,105 @@ fn files_swapped_during_backup_are_not_followed() {
     assert!(t.find(b"x-link").is_none());
     assert!(t.find(b"x-fifo").is_none());
 }
+
+/// Runs a second backup of the same paths from inside the first one (at its
+/// first file), through another handle of the repository.
+struct Nested {
+    after: PathBuf,
+    storage: Arc<LocalStorage>,
+    src: PathBuf,
+    second: Mutex<Option<baton_repo::BackupResult>>,
+}
+
+impl Progress for Nested {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut second = self.second.lock().unwrap();
+        if second.is_none() && path == self.after {
+            let mut repo = Repository::open(self.storage.clone(), b"pw").unwrap();
+            let r = baton_repo::backup(
+                &mut repo,
+                &BackupOptions {
+                    paths: vec![self.src.clone()],
+                    ..Default::default()
+                },
+                None,
+                &NoProgress,
+                &Cancel::new(),
+            )
+            .unwrap();
+            *second = Some(r);
+        }
+    }
+}
+
+/// A second backup of the same paths while the first still runs does not
+/// "resume" the first one's job (both would write the same data): the live
+/// job is claimed in its lock. Both finish, neither resumed anything.
+#[test]
+fn a_live_job_is_never_resumed_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let mut repo = Repository::init(storage.clone(), b"pw", &fast_init()).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("f{i:02}")), format!("file {i}")).unwrap();
+    }
+    let nested = Nested {
+        after: src.join("f00"),
+        storage: storage.clone(),
+        src: src.clone(),
+        second: Mutex::new(None),
+    };
+    let first = baton_repo::backup(
+        &mut repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        None,
+        &nested,
+        &Cancel::new(),
+    )
+    .unwrap();
+    let second = nested
+        .second
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the second backup ran");
+    assert!(first.summary().resumed_job.is_none());
+    assert!(
+        second.summary().resumed_job.is_none(),
+        "the second backup resumed the live job {:?}",
+        second.summary().resumed_job
+    );
+    assert_ne!(first.snapshot.job, second.snapshot.job);
+    assert_eq!(repo.list_snapshots().unwrap().len(), 2);
+}
+
+/// A lock dated in the future (planted, or from a clock far ahead) goes
+/// stale like any other: it does not block an exclusive operation forever.
+#[test]
+fn a_lock_dated_in_the_future_is_stale() {
+    let info = baton_repo::LockInfo {
+        time: "2999-01-01T00:00:00Z".into(),
+        exclusive: true,
+        hostname: "elsewhere".into(),
+        username: "u".into(),
+        pid: 1,
+        job: None,
+        boot_id: None,
+    };
+    assert!(info.is_stale());
+    let garbage = baton_repo::LockInfo {
+        time: "not a time".into(),
+        ..info.clone()
+    };
+    assert!(garbage.is_stale());
+    let now = baton_repo::LockInfo {
+        time: humantime::format_rfc3339(std::time::SystemTime::now()).to_string(),
+        ..info
+    };
+    assert!(!now.is_stale());
+}
