@@ -159,6 +159,7 @@ fn main() {
                 blobs: vec![],
             },
         ],
+        damaged: vec![(id(5), id(1))],
     };
     write("index", "two_packs", &idx.encode());
 

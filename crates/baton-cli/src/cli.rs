@@ -107,6 +107,16 @@ pub enum RepairCommand {
     Index,
     /// Write a copy of each damaged snapshot without its lost files (tagged `repaired`)
     Snapshots(RepairSnapshotsArgs),
+    /// Replace damaged packs: copy their intact blobs to new packs, drop the
+    /// rest from the index, delete them (default: every pack with damage that
+    /// `check` recorded)
+    Packs(RepairPacksArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairPacksArgs {
+    /// Pack ids (full, as `check` prints them)
+    pub packs: Vec<String>,
 }
 
 #[derive(Args, Debug)]

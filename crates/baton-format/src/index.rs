@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! index  = sealed_object(payload)    (see object.rs; ids rarely compress, so it is usually raw)
-//! payload = "BTNIDX01" n_supersedes:u32le id* n_packs:u32le pack*
+//! payload = "BTNIDX01" n_supersedes:u32le id* n_packs:u32le pack* n_damaged:u32le damaged*
 //! pack   = pack_id:[32] n_blobs:u32le blob*
 //! blob   = type:u8 flags:u8 offset:u32le length:u32le raw_length:u32le id:[32]   (46 bytes)
+//! damaged = pack_id:[32] blob_id:[32]
 //! ```
 //! `supersedes` lists index objects this one replaces (written by prune and
 //! repair); a reader ignores superseded index objects that still exist.
+//! `damaged` lists copies of blobs that `check --read-data` found damaged
+//! (or whose pack is missing): a reader leaves those copies out, so the next
+//! backup stores a fresh copy instead of deduplicating against a bad one.
 
 use crate::FormatError;
 use crate::pack::PackEntry;
@@ -29,6 +33,8 @@ pub struct IndexPack {
 pub struct IndexFile {
     pub supersedes: Vec<Id>,
     pub packs: Vec<IndexPack>,
+    /// (pack, blob) copies known damaged.
+    pub damaged: Vec<(Id, Id)>,
 }
 
 impl IndexFile {
@@ -54,6 +60,11 @@ impl IndexFile {
                 b.extend_from_slice(&e.raw_length.to_le_bytes());
                 b.extend_from_slice(e.id.as_bytes());
             }
+        }
+        b.extend_from_slice(&(self.damaged.len() as u32).to_le_bytes());
+        for (pack, blob) in &self.damaged {
+            b.extend_from_slice(pack.as_bytes());
+            b.extend_from_slice(blob.as_bytes());
         }
         b
     }
@@ -101,13 +112,22 @@ impl IndexFile {
             }
             packs.push(IndexPack { id, blobs });
         }
+        let nd = r.u32()? as usize;
+        let mut damaged = Vec::with_capacity(nd.min(r.remaining() / 64));
+        for _ in 0..nd {
+            damaged.push((r.id()?, r.id()?));
+        }
         if r.remaining() != 0 {
             return Err(FormatError::malformed(
                 "index",
                 format!("{} trailing bytes", r.remaining()),
             ));
         }
-        Ok(IndexFile { supersedes, packs })
+        Ok(IndexFile {
+            supersedes,
+            packs,
+            damaged,
+        })
     }
 }
 
@@ -169,8 +189,9 @@ mod tests {
         fn round_trip(sup in proptest::collection::vec(proptest::array::uniform32(any::<u8>()), 0..3),
                       packs in proptest::collection::vec((proptest::array::uniform32(any::<u8>()), proptest::collection::vec(entry(), 0..20)), 0..5)) {
             let f = IndexFile {
-                supersedes: sup.into_iter().map(Id::from_bytes).collect(),
+                supersedes: sup.iter().copied().map(Id::from_bytes).collect(),
                 packs: packs.into_iter().map(|(id, blobs)| IndexPack { id: Id::from_bytes(id), blobs }).collect(),
+                damaged: sup.into_iter().map(|s| (Id::from_bytes(s), Id::from_bytes([1; 32]))).collect(),
             };
             let enc = f.encode();
             prop_assert_eq!(IndexFile::decode(&enc).unwrap(), f);

@@ -179,6 +179,9 @@ pub struct CheckReport {
     pub index_objects: u64,
     /// Distinct trees loaded.
     pub trees_checked: u64,
+    /// Damaged copies of blobs recorded by this check (see [`check`]): the
+    /// next backup stores fresh copies of their content.
+    pub damage_recorded: u64,
     pub errors: u64,
     pub warnings: u64,
 }
@@ -292,6 +295,7 @@ pub fn check(
     if !c.bad_blobs.is_empty() {
         affected::attribute(&mut c)?;
     }
+    record_damage(&mut c)?;
     let mut report = c.report;
     report.problems.sort_by_key(|p| p.severity);
     report.errors = report
@@ -301,6 +305,65 @@ pub fn check(
         .count() as u64;
     report.warnings = report.problems.len() as u64 - report.errors;
     Ok(report)
+}
+
+/// Records the copies of blobs found damaged or in missing packs, in an
+/// index object of their own, so that every later backup leaves them out and
+/// stores a fresh copy of their content instead of deduplicating against
+/// them (`repair packs` then replaces the damaged packs). Damage already
+/// recorded is not recorded again.
+fn record_damage(c: &mut Checker<'_>) -> Result<()> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for p in &c.report.problems {
+        if p.severity != Severity::Error
+            || !matches!(p.kind, ProblemKind::DamagedBlob | ProblemKind::MissingPack)
+        {
+            continue;
+        }
+        let named = p
+            .object
+            .strip_prefix("pack ")
+            .and_then(|h| Id::from_hex(h).ok());
+        for b in &p.blobs {
+            let pack = named.or_else(|| {
+                c.indexed_packs
+                    .iter()
+                    .find(|(_, (es, _))| es.iter().any(|e| e.id == *b))
+                    .map(|(id, _)| *id)
+            });
+            let Some(pack) = pack else { continue };
+            let listed = c
+                .indexed_packs
+                .get(&pack)
+                .is_some_and(|(es, _)| es.iter().any(|e| e.id == *b));
+            if listed && !c.index.is_damaged(&pack, b) {
+                pairs.insert((pack, *b));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let f = baton_format::index::IndexFile {
+        supersedes: Vec::new(),
+        packs: Vec::new(),
+        damaged: pairs.into_iter().collect(),
+    };
+    match c
+        .repo
+        .save_object(baton_storage::ObjectKind::Index, &f.encode())
+    {
+        Ok(_) => c.report.damage_recorded = f.damaged.len() as u64,
+        // A read-only repository: the check stands, the damage stays unrecorded.
+        Err(e) => c.problem(
+            Severity::Warning,
+            ProblemKind::Unreadable,
+            "index".into(),
+            format!("could not record the damage found, so later backups may still reuse it: {e}"),
+            vec![],
+        ),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub struct Index {
     buckets: Vec<u32>,
     bucket_bits: u32,
     recent: HashMap<Id, Loc>,
+    /// (pack, blob) copies known damaged: left out of look-ups, so a backup
+    /// stores a fresh copy instead of deduplicating against them.
+    damaged: std::collections::HashSet<(Id, Id)>,
 }
 
 /// The top `bits` bits of an id.
@@ -82,9 +85,36 @@ impl Index {
 
     /// Adds the entries of one decoded index object.
     pub fn add_file(&mut self, f: &IndexFile) {
+        self.damaged.extend(f.damaged.iter().copied());
         for p in &f.packs {
             self.add_pack(p);
         }
+        if !f.damaged.is_empty() {
+            self.drop_damaged();
+        }
+    }
+
+    /// The (pack, blob) copies known damaged.
+    pub fn damaged(&self) -> impl Iterator<Item = &(Id, Id)> {
+        self.damaged.iter()
+    }
+
+    /// Whether the copy of `blob` in `pack` is known damaged.
+    pub fn is_damaged(&self, pack: &Id, blob: &Id) -> bool {
+        self.damaged.contains(&(*pack, *blob))
+    }
+
+    /// Removes the damaged copies from the look-up structures.
+    fn drop_damaged(&mut self) {
+        if self.damaged.is_empty() {
+            return;
+        }
+        let packs = &self.packs;
+        let damaged = &self.damaged;
+        let bad = |id: &Id, l: &Loc| damaged.contains(&(packs[pack_number(l) as usize], *id));
+        self.sorted.retain(|e| !bad(&e.id, &e.loc));
+        self.recent.retain(|id, l| !bad(id, l));
+        self.build_buckets();
     }
 
     fn number(&mut self, pack: Id) -> u32 {
@@ -110,6 +140,7 @@ impl Index {
     /// Adds the entries of one index object in bulk, while loading: they
     /// are only appended, and [`Index::compact`] must run before look-ups.
     pub fn load_file(&mut self, f: &IndexFile) {
+        self.damaged.extend(f.damaged.iter().copied());
         for p in &f.packs {
             let number = self.number(p.id);
             self.sorted.extend(p.blobs.iter().map(|e| Entry {
@@ -125,6 +156,14 @@ impl Index {
     fn compact_loaded(&mut self) {
         if !self.unsorted {
             return;
+        }
+        // Damaged copies go before duplicates are dropped, so that a fresh
+        // copy of the same blob (stored after the damage was found) stays.
+        if !self.damaged.is_empty() {
+            let packs = &self.packs;
+            let damaged = &self.damaged;
+            self.sorted
+                .retain(|e| !damaged.contains(&(packs[pack_number(&e.loc) as usize], e.id)));
         }
         self.sorted.sort_unstable_by(|a, b| {
             a.id.cmp(&b.id)
@@ -274,6 +313,7 @@ mod tests {
                     id: id((1 << 40) | p),
                     blobs,
                 }],
+                damaged: Vec::new(),
             });
         }
         idx.compact();
@@ -313,7 +353,7 @@ mod tests {
                 let blobs = chunk.iter().enumerate().map(|(i, id)| PackEntry {
                     blob_type: BlobType::Data, id: *id, offset: i as u32 * 100, length: 100, raw_length: 60, compressed: false,
                 }).collect();
-                idx.add_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: pack, blobs }] });
+                idx.add_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: pack, blobs }], damaged: vec![] });
             }
             prop_assert_eq!(idx.len(), ids.len());
             // Half of the lookups before compaction, half after.
@@ -325,9 +365,9 @@ mod tests {
                 let blobs: Vec<PackEntry> = chunk.iter().enumerate().map(|(i, id)| PackEntry {
                     blob_type: BlobType::Data, id: *id, offset: i as u32 * 100, length: 100, raw_length: 60, compressed: false,
                 }).collect();
-                bulk.load_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: pack, blobs: blobs.clone() }] });
+                bulk.load_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: pack, blobs: blobs.clone() }], damaged: vec![] });
                 // The same blobs again in a pack loaded later: ignored.
-                bulk.load_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: Id::from_bytes([200 + n as u8; 32]), blobs }] });
+                bulk.load_file(&IndexFile { supersedes: vec![], packs: vec![IndexPack { id: Id::from_bytes([200 + n as u8; 32]), blobs }], damaged: vec![] });
             }
             bulk.compact();
             prop_assert_eq!(bulk.len(), ids.len());

@@ -57,8 +57,8 @@ pub use prune::{
     ForgottenJob, MaxUnused, PlanStats, PruneOptions, PruneResult, prune, prune_locked,
 };
 pub use repair::{
-    RemovedEntry, RepairIndexReport, RepairSnapshotsOptions, RepairSnapshotsReport,
-    RepairedSnapshot, repair_index, repair_snapshots,
+    RemovedEntry, RepairIndexReport, RepairPacksReport, RepairSnapshotsOptions,
+    RepairSnapshotsReport, RepairedSnapshot, repair_index, repair_packs, repair_snapshots,
 };
 pub use repo::{InitOptions, Repository, SnapshotListing};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

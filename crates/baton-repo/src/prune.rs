@@ -326,10 +326,20 @@ pub fn prune_locked(
                 blobs: p.entries.clone(),
             })
             .collect();
+        // Known damage stays known for the packs that stay.
+        let kept_ids: HashSet<Id> = kept.iter().map(|p| p.id).collect();
+        let mut damaged: Vec<(Id, Id)> = files
+            .iter()
+            .flat_map(|(_, f)| f.damaged.iter().copied())
+            .filter(|(p, _)| kept_ids.contains(p))
+            .collect();
+        damaged.sort();
+        damaged.dedup();
         kept.extend(new_packs);
         let idx = IndexFile {
             supersedes: index_names.clone(),
             packs: kept,
+            damaged,
         };
         // The new index is durable before anything it replaces is deleted.
         let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;

@@ -3,7 +3,10 @@
 //! Both take an exclusive lock and only ever add objects before deleting
 //! any, so a crash at any point leaves a readable repository.
 
+mod packs;
 mod snapshots;
+
+pub use packs::{RepairPacksReport, repair_packs};
 
 pub use snapshots::{
     RemovedEntry, RepairSnapshotsOptions, RepairSnapshotsReport, RepairedSnapshot, repair_snapshots,
@@ -70,8 +73,10 @@ pub fn repair_index(
         .map(|o| o.name)
         .collect();
     let mut old: HashMap<Id, Vec<PackEntry>> = HashMap::new();
+    let mut damaged: Vec<(Id, Id)> = Vec::new();
     for name in &old_names {
         if let Ok(f) = repo.read_index(name) {
+            damaged.extend(f.damaged.iter().copied());
             for p in f.packs {
                 old.entry(p.id).or_insert(p.blobs);
             }
@@ -86,6 +91,7 @@ pub fn repair_index(
             .filter_map(|n| Id::from_hex(n).ok())
             .collect(),
         packs: Vec::new(),
+        damaged: Vec::new(),
     };
     for o in packs {
         cancel.check()?;
@@ -115,6 +121,15 @@ pub fn repair_index(
         index.packs.push(IndexPack { id, blobs: entries });
     }
     report.packs_indexed = index.packs.len() as u64;
+    // Damage found by check stays known while its pack exists (rebuilding
+    // from pack headers does not read the blobs).
+    let present: std::collections::HashSet<Id> = index.packs.iter().map(|p| p.id).collect();
+    damaged.sort();
+    damaged.dedup();
+    index.damaged = damaged
+        .into_iter()
+        .filter(|(p, _)| present.contains(p))
+        .collect();
     if index.packs.is_empty() && index.supersedes.is_empty() {
         return Ok(report);
     }

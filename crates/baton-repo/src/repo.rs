@@ -406,6 +406,7 @@ impl Repository {
         let index = IndexFile {
             supersedes: Vec::new(),
             packs: vec![pack.clone()],
+            damaged: Vec::new(),
         };
         self.save_object(ObjectKind::Index, &index.encode())?;
         self.index.add_pack(&pack);

@@ -74,6 +74,12 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
     if r.errors > 0 {
         outln!("hint: {}", hint(r));
     }
+    if r.damage_recorded > 0 {
+        outln!(
+            "recorded {} damaged blob copies: the next `baton backup` of the affected files stores fresh copies; `baton repair packs` replaces the damaged packs",
+            r.damage_recorded
+        );
+    }
     if g.quiet {
         return;
     }
@@ -108,13 +114,17 @@ fn hint(r: &CheckReport) -> &'static str {
         .any(|p| p.severity == Severity::Error && p.object.starts_with("index "));
     if index_damaged || has(ProblemKind::MissingBlob) && has(ProblemKind::UnreferencedPack) {
         "`baton repair index` rebuilds the index from the packs; run it, then check again"
+    } else if has(ProblemKind::DamagedBlob) {
+        "run `baton backup` of the affected paths again (it stores fresh copies of what is \
+         damaged), then `baton repair packs` (replaces the damaged packs) and `baton repair \
+         snapshots --forget` (rewrites the snapshots whose files stay lost)"
     } else if has(ProblemKind::MissingPack) || has(ProblemKind::IndexMismatch) {
-        "`baton repair index` makes the index match the packs; then `baton repair snapshots` \
-         removes what is lost from the snapshots"
+        "`baton repair index` makes the index match the packs; then `baton repair snapshots \
+         --forget` removes what is lost from the snapshots"
     } else if r.problems.iter().any(|p| !p.snapshots.is_empty()) {
-        "`baton repair snapshots --read-data` writes copies of the affected snapshots without \
-         the damaged files"
+        "`baton repair snapshots --read-data --forget` writes copies of the affected snapshots \
+         without the damaged files"
     } else {
-        "see docs/design.md, \"Check and repair\""
+        "`baton repair index`, then `baton check` again; `baton help repair` lists the repairs"
     }
 }

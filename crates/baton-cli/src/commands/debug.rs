@@ -327,6 +327,7 @@ fn index_memory(g: &Global, a: &IndexMemoryArgs) -> Result<i32> {
                 id: synthetic_id(2, packs),
                 blobs,
             }],
+            damaged: Vec::new(),
         });
         i += k;
         packs += 1;

@@ -1,6 +1,6 @@
 //! `baton repair index` and `baton repair snapshots`.
 
-use crate::cli::{Global, RepairCommand, RepairSnapshotsArgs};
+use crate::cli::{Global, RepairCommand, RepairPacksArgs, RepairSnapshotsArgs};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
@@ -10,7 +10,51 @@ pub fn run(g: &Global, cmd: RepairCommand) -> Result<i32> {
     match cmd {
         RepairCommand::Index => index(g),
         RepairCommand::Snapshots(a) => snapshots(g, &a),
+        RepairCommand::Packs(a) => packs(g, &a),
     }
+}
+
+fn packs(g: &Global, a: &RepairPacksArgs) -> Result<i32> {
+    let ids = a
+        .packs
+        .iter()
+        .map(|p| {
+            baton_types::Id::from_hex(p)
+                .map_err(|e| crate::Usage(format!("{p:?} is not a pack id: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut repo = context::open(g)?;
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let r = baton_repo::repair_packs(&mut repo, &ids, &progress, context::cancel());
+    progress.finish();
+    let r = r?;
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = "repair_packs".into();
+        super::print_json(&v);
+        return Ok(crate::exit::OK);
+    }
+    if !g.quiet {
+        if r.packs.is_empty() {
+            outln!(
+                "no damaged packs recorded: nothing to do (run `baton check --read-data` to look for damage)"
+            );
+        } else {
+            outln!(
+                "replaced {} pack(s): {} blob(s) salvaged into {} new pack(s), {} lost",
+                r.packs.len(),
+                r.blobs_salvaged,
+                r.packs_written.len(),
+                r.blobs_lost
+            );
+            if r.blobs_lost > 0 {
+                outln!(
+                    "the lost blobs are stored again by the next backup of the files that held them; `baton repair snapshots --forget` rewrites the snapshots that lost them"
+                );
+            }
+        }
+    }
+    Ok(crate::exit::OK)
 }
 
 fn index(g: &Global) -> Result<i32> {

@@ -370,6 +370,7 @@ pub fn backup(
         let idx = IndexFile {
             supersedes: Vec::new(),
             packs,
+            damaged: Vec::new(),
         };
         let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
         summary.bytes_stored += n;

@@ -86,10 +86,31 @@ impl Checker<'_> {
                         ),
                     },
                     NodeKind::File => {
+                        let mut held = Some(0u64);
                         for c in &n.content {
-                            if !self.index.contains(c) {
-                                missing_data.entry(*c).or_insert(tree);
+                            match self.index.plain_len(c) {
+                                Some(len) => held = held.map(|h| h + len),
+                                None => {
+                                    held = None;
+                                    missing_data.entry(*c).or_insert(tree);
+                                }
                             }
+                        }
+                        // A file whose chunks do not add up to its size
+                        // cannot be restored as recorded.
+                        if let Some(h) = held
+                            && h != n.size
+                        {
+                            self.error(
+                                ProblemKind::Damaged,
+                                blob_object(BlobType::Tree, &tree),
+                                format!(
+                                    "file {:?} records {} bytes but its chunks hold {h}",
+                                    n.name.lossy(),
+                                    n.size
+                                ),
+                                vec![],
+                            );
                         }
                     }
                     _ => {}

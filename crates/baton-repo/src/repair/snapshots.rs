@@ -348,6 +348,7 @@ pub fn repair_snapshots(
         let idx = IndexFile {
             supersedes: Vec::new(),
             packs: std::mem::take(&mut w.stored),
+            damaged: Vec::new(),
         };
         repo.save_object(ObjectKind::Index, &idx.encode())?;
     }

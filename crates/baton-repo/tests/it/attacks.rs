@@ -515,3 +515,30 @@ fn a_lock_dated_in_the_future_is_stale() {
     };
     assert!(!now.is_stale());
 }
+
+/// `check` reports a file whose chunks do not add up to its recorded size.
+#[test]
+fn check_reports_a_file_whose_chunks_do_not_add_up() {
+    let mut s = setup();
+    let mut f = file_node(&mut s.repo, "f", b"four");
+    f.size = 1 << 20;
+    let root = raw_tree(&mut s.repo, vec![f]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    s.repo.save_snapshot(&snap).unwrap();
+    let report = baton_repo::check(
+        &s.repo,
+        &baton_repo::CheckOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("chunks hold 4")),
+        "{:?}",
+        report.problems
+    );
+}

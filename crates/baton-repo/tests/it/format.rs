@@ -90,6 +90,7 @@ fn unreadable_index_objects_are_skipped_once_superseded() {
     let replacement = baton_format::index::IndexFile {
         supersedes: vec![bad],
         packs: vec![],
+        damaged: Vec::new(),
     };
     repo.save_object(ObjectKind::Index, &replacement.encode())
         .unwrap();
