@@ -53,6 +53,7 @@ fn exit_code(err: &anyhow::Error) -> i32 {
                 RepoError::NoRepository { .. } => exit::NO_REPOSITORY,
                 RepoError::Locked { .. } => exit::LOCKED,
                 RepoError::WrongPassword => exit::WRONG_PASSWORD,
+                RepoError::Invalid(_) => exit::USAGE,
                 _ => exit::FAILED,
             };
         }

@@ -83,13 +83,13 @@ impl WalkBudget {
     pub fn enter(&mut self, n: usize) -> Result<()> {
         if self.depth >= MAX_TREE_DEPTH {
             self.exceeded = true;
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "the snapshot's directories nest more than {MAX_TREE_DEPTH} deep (a crafted or damaged snapshot); refused"
             )));
         }
         let Some(left) = self.entries_left.checked_sub(n as u64) else {
             self.exceeded = true;
-            return Err(RepoError::Invalid(
+            return Err(RepoError::Damaged(
                 "the snapshot's trees expand to far more entries than it records (a crafted or damaged snapshot, whose trees hold each other many times over); refused"
                     .into(),
             ));

@@ -292,7 +292,7 @@ pub fn plan_forget(
             continue;
         }
         let time = SnapTime::parse(&s.time)
-            .map_err(|e| RepoError::Invalid(format!("snapshot {}: {e}", id.short())))?;
+            .map_err(|e| RepoError::Damaged(format!("snapshot {}: {e}", id.short())))?;
         let input = PolicyInput {
             id: *id,
             time,
@@ -397,7 +397,7 @@ pub fn forget_locked(
             repo.find_snapshot(r)?.0
         } else {
             let name = repo.resolve_snapshot_name(r)?;
-            Id::from_hex(&name).map_err(|e| RepoError::Invalid(e.to_string()))?
+            Id::from_hex(&name).map_err(|e| RepoError::Damaged(e.to_string()))?
         };
         if listing.snapshots.iter().any(|(s, _)| *s == id) {
             if !ids.contains(&id) {

@@ -190,7 +190,7 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
         let rec: JournalRecord = from_json("journal record", &plain)
             .map_err(|e| RepoError::format(format!("journal {name}"), e))?;
         if rec.job != *job || record_name(job, rec.seq) != *name {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "journal {name} holds record {} of job {}",
                 rec.seq, rec.job
             )));
@@ -208,7 +208,7 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
                 completed_sources: Vec::new(),
             }),
             (None, None) => {
-                return Err(RepoError::Invalid(format!(
+                return Err(RepoError::Damaged(format!(
                     "journal of job {} has no manifest record",
                     job.short()
                 )));

@@ -43,7 +43,7 @@ pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
 };
 pub use dump::dump;
-pub use error::{RepoError, Result};
+pub use error::{ErrorClass, RepoError, Result};
 pub use filter::PatternSet;
 pub use forget::{
     ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,

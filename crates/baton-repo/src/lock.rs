@@ -191,7 +191,7 @@ impl LockGuard {
     pub fn ensure_fresh(&self) -> Result<()> {
         let age = self.written.lock().expect("lock time").elapsed();
         if age >= STALE_AFTER - REFRESH {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::LockLost(format!(
                 "our lock could not be refreshed for {}s; stopping before other processes consider it stale",
                 age.as_secs()
             )));

@@ -67,7 +67,7 @@ impl Cancel {
             return Ok(());
         }
         match self.0.reason.lock().expect("cancel reason").clone() {
-            Some(r) => Err(crate::RepoError::Invalid(r)),
+            Some(r) => Err(crate::RepoError::LockLost(r)),
             None => Err(crate::RepoError::Cancelled),
         }
     }

@@ -165,7 +165,7 @@ pub fn prune_locked(
     let mut superseded = HashSet::new();
     for o in storage.list(ObjectKind::Index)? {
         let id = Id::from_hex(&o.name).map_err(|_| {
-            RepoError::Invalid(format!("index object {:?} has an invalid name", o.name))
+            RepoError::Damaged(format!("index object {:?} has an invalid name", o.name))
         })?;
         let f = repo.read_index(&o.name)?;
         superseded.extend(f.supersedes.iter().copied());
@@ -187,7 +187,7 @@ pub fn prune_locked(
     {
         // Prune must know everything every snapshot uses: an unreadable
         // one might still reference data that repair could save.
-        return Err(RepoError::Invalid(format!(
+        return Err(RepoError::Damaged(format!(
             "snapshot {name} cannot be read ({e}); prune must know what every snapshot uses: remove it with `baton forget {}` or `baton repair snapshots --forget`, then prune again",
             &name[..8.min(name.len())]
         )));
@@ -199,7 +199,7 @@ pub fn prune_locked(
     let mut dropped_jobs = Vec::new();
     for job in journal::list_job_ids(repo)? {
         let st = journal::load_job(repo, &job).map_err(|e| {
-            RepoError::Invalid(format!(
+            RepoError::Damaged(format!(
                 "the journal of unfinished job {} cannot be read ({e}); prune must know which packs unfinished jobs use: drop it with `baton jobs forget {}`, then prune again",
                 job.short(),
                 job.short()
@@ -237,7 +237,7 @@ pub fn prune_locked(
     for (id, s) in snapshots.iter().filter(|(id, _)| !ignored.contains(id)) {
         result.snapshots += 1;
         mark_tree(repo, s.tree, &mut seen, &mut used, &opts.cancel).map_err(|e| {
-            RepoError::Invalid(format!(
+            RepoError::Damaged(format!(
                 "snapshot {}: {e}; the repository is damaged, prune changed nothing",
                 id.short()
             ))

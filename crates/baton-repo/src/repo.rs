@@ -167,7 +167,7 @@ impl Repository {
         }
         let keys = storage.list(ObjectKind::Key)?;
         if keys.is_empty() {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "repository at {} has no keys",
                 storage.location()
             )));
@@ -235,7 +235,7 @@ impl Repository {
                 });
             }
             if !damaged.is_empty() {
-                return Err(RepoError::Invalid(format!(
+                return Err(RepoError::Damaged(format!(
                     "no key opened with this password, and some keys are damaged: {}",
                     damaged.join("; ")
                 )));
@@ -261,9 +261,9 @@ impl Repository {
         }
         config
             .validate()
-            .map_err(|e| RepoError::Invalid(format!("config: {e}")))?;
+            .map_err(|e| RepoError::Damaged(format!("config: {e}")))?;
         if config.id != repository {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "config: repository id {} differs from the key's {}",
                 config.id.short(),
                 repository.short()
@@ -433,7 +433,7 @@ impl Repository {
             RepoError::NotFound(format!("blob {id} is not in the index (missing data)"))
         })?;
         if loc.blob_type != blob_type {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "blob {} is a {:?} blob, not a {blob_type:?} blob",
                 id.short(),
                 loc.blob_type
@@ -481,7 +481,7 @@ impl Repository {
         let tree: Tree =
             from_json("tree", &bytes).map_err(|e| RepoError::format(format!("tree {id}"), e))?;
         tree.validate()
-            .map_err(|e| RepoError::Invalid(format!("tree {}: {e}", id.short())))?;
+            .map_err(|e| RepoError::Damaged(format!("tree {}: {e}", id.short())))?;
         Ok(Arc::new(tree))
     }
 
@@ -512,7 +512,7 @@ impl Repository {
     }
 
     fn load_snapshot_exact(&self, name: &str) -> Result<(Id, Snapshot)> {
-        let id = Id::from_hex(name).map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let id = Id::from_hex(name).map_err(|e| RepoError::Damaged(e.to_string()))?;
         let plain = self.load_object(ObjectKind::Snapshot, name)?;
         let s = from_json("snapshot", &plain)
             .map_err(|e| RepoError::format(format!("snapshot {name}"), e))?;
@@ -581,7 +581,7 @@ impl Repository {
         append_only: bool,
     ) -> Result<String> {
         if self.append_only && !append_only {
-            return Err(RepoError::Invalid(
+            return Err(RepoError::AppendOnly(
                 "this key is append-only: it can only add append-only keys".into(),
             ));
         }
@@ -604,7 +604,7 @@ impl Repository {
     /// Fails when the key in use is append-only: `what` would delete objects.
     pub fn require_deletes(&self, what: &str) -> Result<()> {
         if self.append_only {
-            Err(RepoError::Invalid(format!(
+            Err(RepoError::AppendOnly(format!(
                 "this key is append-only: {what} would delete data; use a key with full rights"
             )))
         } else {

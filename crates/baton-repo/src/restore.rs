@@ -227,6 +227,7 @@ impl Restorer<'_> {
             r.batch_done(d?);
         }
         for (dst, n) in std::mem::take(&mut r.dirs) {
+            r.cancel.check()?;
             if let Err(e) = r.target.apply_metadata(&dst, &n, r.is_root) {
                 r.error(&dst, e);
             }
@@ -293,7 +294,11 @@ impl Restorer<'_> {
                     Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
                         Ok(b) => b,
                         Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
-                        Err(e @ RepoError::TargetFull { .. }) => return Err(e),
+                        // A full device or a lost lock stops the whole
+                        // restore: it is not one failed directory.
+                        Err(e @ (RepoError::TargetFull { .. } | RepoError::LockLost(_))) => {
+                            return Err(e);
+                        }
                         Err(e) if self.budget.exceeded() => return Err(e),
                         Err(e) => {
                             self.error(&dst, format!("cannot restore directory contents: {e}"));
@@ -424,7 +429,7 @@ impl Restorer<'_> {
         }
         match self.write_content(n, dst) {
             Ok(()) => {}
-            Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
+            Err(e @ (RepoError::Cancelled | RepoError::LockLost(_))) => return Err(e),
             Err(RepoError::Io { cause, .. }) if is_no_space(&cause) => {
                 // Kept as it is: the next run verifies what it holds.
                 return Err(target_full(dst, cause));
@@ -466,7 +471,7 @@ impl Restorer<'_> {
                 self.batches = None;
                 return match self.done.recv() {
                     Ok(Err(e)) => Err(e),
-                    _ => Err(RepoError::Invalid("the restore writer stopped".into())),
+                    _ => Err(RepoError::Internal("the restore writer stopped".into())),
                 };
             }
         }
@@ -554,7 +559,7 @@ impl Restorer<'_> {
         }
         f.set_len(offset).map_err(|e| RepoError::io(dst, e))?;
         if offset != n.size {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "snapshot records {} bytes but its chunks hold {offset}",
                 n.size
             )));
@@ -656,14 +661,14 @@ fn verify_file(repo: &Repository, t: &Target, path: &Path, content: &[Id]) -> Re
         buf.resize(len as usize, 0);
         f.read_exact(&mut buf).map_err(|e| RepoError::io(path, e))?;
         if &repo.key().blob_id(&buf) != id {
-            return Err(RepoError::Invalid(format!(
+            return Err(RepoError::Damaged(format!(
                 "chunk {i} differs from the snapshot"
             )));
         }
     }
     let mut extra = [0u8; 1];
     if f.read(&mut extra).map_err(|e| RepoError::io(path, e))? != 0 {
-        return Err(RepoError::Invalid(
+        return Err(RepoError::Damaged(
             "file is longer than in the snapshot".into(),
         ));
     }

@@ -250,14 +250,14 @@ fn refusals_ids_and_forget_with_prune() {
     let s3 = snap_at(&env, &v2, "2024-01-03T00:00:00Z", &[]);
 
     let r = env.run(&["forget"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 2, "a usage error: {}", r.stderr);
     assert!(
         r.stderr.contains("refusing to delete all snapshots"),
         "{}",
         r.stderr
     );
     let r = env.run(&["forget", "--keep-last", "1", &s1[..8]]);
-    assert_eq!(r.code, 1);
+    assert_eq!(r.code, 2);
     assert!(r.stderr.contains("not both"), "{}", r.stderr);
     for bad in [
         &["forget", "--keep-within", "2x"][..],
@@ -272,7 +272,7 @@ fn refusals_ids_and_forget_with_prune() {
         ],
     ] {
         let r = env.run(bad);
-        assert_eq!(r.code, 1, "{bad:?}: {}", r.stderr);
+        assert_eq!(r.code, 2, "usage errors exit 2: {bad:?}: {}", r.stderr);
     }
     assert_eq!(snapshot_count(&env), 3, "refusals removed nothing");
 

@@ -30,7 +30,7 @@ fn add_list_remove_passwd() {
     run(env.cmd().env("BATON_PASSWORD", "second").arg("snapshots")).ok();
     // The key in use cannot be removed; the other one can.
     let r = env.run(&["key", "remove", &first_id[..8]]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, 2, "a usage error: {}", r.stderr);
     run(env
         .cmd()
         .env("BATON_PASSWORD", "second")

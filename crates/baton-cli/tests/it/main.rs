@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod corruption;
 mod errors;
+mod fixtures;
 mod forget;
 mod keys;
 mod prune;

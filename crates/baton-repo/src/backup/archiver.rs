@@ -287,7 +287,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         }) {
             Ok(())
         } else {
-            Err(RepoError::Invalid("storing data failed".into()))
+            Err(RepoError::Internal("storing data failed".into()))
         }
     }
 

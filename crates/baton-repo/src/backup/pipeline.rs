@@ -268,16 +268,16 @@ impl<'scope> Pipeline<'scope> {
         self.jobs.lock().expect("pipeline input").take();
         for w in self.workers {
             w.join()
-                .map_err(|_| RepoError::Invalid("a compression worker panicked".into()))?;
+                .map_err(|_| RepoError::Internal("a compression worker panicked".into()))?;
         }
         let packed = self
             .packer
             .join()
-            .map_err(|_| RepoError::Invalid("the packer thread panicked".into()))?;
+            .map_err(|_| RepoError::Internal("the packer thread panicked".into()))?;
         let uploaded = self
             .uploader
             .join()
-            .map_err(|_| RepoError::Invalid("the uploader thread panicked".into()))?;
+            .map_err(|_| RepoError::Internal("the uploader thread panicked".into()))?;
         // A failed upload stops the packer too; the upload's error says why.
         let out = uploaded?;
         packed?;
@@ -354,7 +354,7 @@ impl OpenPack {
         let pack = IndexPack { id, blobs: entries };
         out.send(Finished { id, bytes, pack })
             // The uploader stopped: its error is the one to report.
-            .map_err(|_| RepoError::Invalid("storing a pack failed".into()))
+            .map_err(|_| RepoError::Internal("storing a pack failed".into()))
     }
 }
 

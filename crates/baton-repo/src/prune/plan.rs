@@ -165,7 +165,7 @@ pub fn plan(
     if !lost.is_empty() {
         lost.sort();
         let some: Vec<String> = lost.iter().take(5).map(|id| id.short()).collect();
-        return Err(RepoError::Invalid(format!(
+        return Err(RepoError::Damaged(format!(
             "{} blob(s) used by snapshots are in no existing pack (e.g. {}); the repository is damaged, prune changed nothing",
             lost.len(),
             some.join(", ")

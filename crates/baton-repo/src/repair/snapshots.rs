@@ -259,7 +259,7 @@ fn refuse_unindexed_packs(repo: &Repository) -> Result<()> {
         .collect();
     match unindexed.first() {
         None => Ok(()),
-        Some(first) => Err(RepoError::Invalid(format!(
+        Some(first) => Err(RepoError::Damaged(format!(
             "{} pack(s) are in no index (pack {first}{}): they may hold the data the snapshots \
              miss; run `baton repair index` first",
             unindexed.len(),

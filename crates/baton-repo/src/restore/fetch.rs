@@ -171,7 +171,7 @@ pub(super) fn write_files(
         for h in handles {
             let r = h
                 .join()
-                .unwrap_or_else(|_| Err(RepoError::Invalid("a restore worker panicked".into())));
+                .unwrap_or_else(|_| Err(RepoError::Internal("a restore worker panicked".into())));
             if result.is_ok() {
                 result = r;
             }

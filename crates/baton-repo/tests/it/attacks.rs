@@ -196,7 +196,7 @@ fn an_exponential_tree_is_not_walked() {
         Ok(())
     })
     .unwrap_err();
-    assert!(matches!(err, RepoError::Invalid(_)), "{err}");
+    assert!(matches!(err, RepoError::Damaged(_)), "{err}");
     assert!(n < 3_000_000, "{n}");
     let err = baton_repo::diff(&s.repo, &s.snapshot, &snap).unwrap_err();
     assert!(err.to_string().contains("expand"), "{err}");
@@ -540,5 +540,62 @@ fn check_reports_a_file_whose_chunks_do_not_add_up() {
             .any(|p| p.message.contains("chunks hold 4")),
         "{:?}",
         report.problems
+    );
+}
+
+/// Aborts `cancel` the way the lock watcher does, at the first entry.
+struct LoseLock {
+    cancel: Cancel,
+}
+
+impl Progress for LoseLock {
+    fn entry(&self, _path: &Path, _status: EntryStatus) {
+        self.cancel
+            .abort("lost the repository lock: it could not be refreshed");
+    }
+}
+
+/// A lost lock stops a restore as a whole (typed, so a director can tell it
+/// from a failed file), instead of being reported as one failed entry.
+#[test]
+fn a_lost_lock_stops_a_restore() {
+    let mut s = setup();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut f = node(name, NodeKind::Fifo);
+        f.mode = 0o644;
+        nodes.push(f);
+    }
+    let root = raw_tree(&mut s.repo, nodes);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let cancel = Cancel::new();
+    let progress = LoseLock {
+        cancel: cancel.clone(),
+    };
+    let target = s.root.join("t");
+    let err = baton_repo::restore(
+        &s.repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &progress,
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RepoError::LockLost(_)), "{err:?}");
+    assert_eq!(err.class(), baton_repo::ErrorClass::AlertHuman);
+    assert_eq!(
+        RepoError::Locked { holder: "x".into() }.class(),
+        baton_repo::ErrorClass::RetryLater
+    );
+    assert_eq!(
+        RepoError::Invalid("bad".into()).class(),
+        baton_repo::ErrorClass::UserError
+    );
+    assert_eq!(
+        RepoError::Cancelled.class(),
+        baton_repo::ErrorClass::Cancelled
     );
 }

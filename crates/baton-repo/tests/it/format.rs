@@ -68,7 +68,7 @@ fn damaged_key_is_not_a_wrong_password() {
     b[at] = if b[at] == b'0' { b'1' } else { b'0' }; // still hex
     std::fs::write(&path, b).unwrap();
     let err = Repository::open(storage, b"pw").unwrap_err();
-    assert!(matches!(err, RepoError::Invalid(_)), "{err}");
+    assert!(matches!(err, RepoError::Damaged(_)), "{err}");
     assert!(err.to_string().contains(&name), "{err}");
     assert!(err.to_string().contains("damaged"), "{err}");
 }
