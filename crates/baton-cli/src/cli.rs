@@ -137,8 +137,8 @@ pub struct CheckArgs {
     /// Read only some packs: N% (a random share), K/M (group K of M, by pack
     /// id: M runs cover every pack once) or a size such as 500M (random packs
     /// up to that many bytes)
-    #[arg(long, value_name = "SUBSET", value_parser = |s: &str| s.parse::<baton_repo::Subset>())]
-    pub read_data_subset: Option<baton_repo::Subset>,
+    #[arg(long, value_name = "SUBSET", value_parser = |s: &str| s.parse::<crate::baton::Subset>())]
+    pub read_data_subset: Option<crate::baton::Subset>,
 }
 
 /// Settings of prune (also for `forget --prune`).

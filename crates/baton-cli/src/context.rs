@@ -1,8 +1,8 @@
 //! Resolving global options: where the repository is, and the password.
 
+use crate::baton::{LockGuard, RepoError, Repository};
 use crate::cli::{Global, KdfArgs};
 use anyhow::{Context, Result, bail};
-use baton_repo::{LockGuard, RepoError, Repository};
 use baton_storage::{LocalStorage, Storage};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -155,7 +155,7 @@ pub fn new_password(file: Option<&PathBuf>) -> Result<String> {
 }
 
 pub fn kdf(a: &KdfArgs) -> baton_types::KdfParams {
-    baton_repo::kdf_params(a.kdf_memory, a.kdf_iterations)
+    crate::baton::kdf_params(a.kdf_memory, a.kdf_iterations)
 }
 
 /// Opens the repository (checking that it exists before asking a password).
@@ -199,9 +199,9 @@ pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
 
 /// The cancellation handle of this process's operation: SIGINT and SIGTERM
 /// trigger it (see [`handle_signals`]).
-pub fn cancel() -> &'static baton_repo::Cancel {
-    static CANCEL: std::sync::OnceLock<baton_repo::Cancel> = std::sync::OnceLock::new();
-    CANCEL.get_or_init(baton_repo::Cancel::new)
+pub fn cancel() -> &'static crate::baton::Cancel {
+    static CANCEL: std::sync::OnceLock<crate::baton::Cancel> = std::sync::OnceLock::new();
+    CANCEL.get_or_init(crate::baton::Cancel::new)
 }
 
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);

@@ -1,6 +1,14 @@
 //! The `baton` binary: parses arguments, opens the repository, runs one
 //! command, prints its result, and maps errors to documented exit codes.
 
+/// The library crates under one name: commands use the repository core,
+/// the file-system source and target, and maintenance together.
+mod baton {
+    pub use baton_fs::*;
+    pub use baton_maint::*;
+    pub use baton_repo::*;
+}
+
 #[macro_use]
 mod out;
 mod cli;
@@ -8,7 +16,7 @@ mod commands;
 mod context;
 mod progress;
 
-use baton_repo::RepoError;
+use baton::RepoError;
 use clap::Parser;
 
 /// Exit codes (documented in the README and `baton --help`).

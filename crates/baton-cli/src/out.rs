@@ -2,7 +2,7 @@
 //!
 //! `println!` panics when the reader of a pipe has gone (`baton ls latest |
 //! head -1`), and a panic in the middle of `backup -v` would abort the
-//! backup. Every line goes through [`line`] instead: once stdout is found
+//! backup. Every line goes through [`line()`] instead: once stdout is found
 //! closed, later lines are dropped, the command goes on (a backup finishes
 //! and commits its snapshot) or stops early where the output was all it was
 //! for ([`closed`]), and the exit code is unaffected.

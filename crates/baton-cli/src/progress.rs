@@ -1,6 +1,6 @@
 //! Progress bars on stderr (only when it is a terminal) and verbose listings.
 
-use baton_repo::{EntryStatus, Progress};
+use crate::baton::{EntryStatus, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::Path;

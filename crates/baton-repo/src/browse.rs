@@ -5,7 +5,7 @@ use baton_types::{Id, Node, NodeKind, Snapshot, Tree};
 use std::sync::Arc;
 
 /// Joins a snapshot path and a name ("/" + "a" = "/a").
-pub(crate) fn join(prefix: &str, name: &str) -> String {
+pub fn join(prefix: &str, name: &str) -> String {
     if prefix.ends_with('/') {
         format!("{prefix}{name}")
     } else {

@@ -21,7 +21,7 @@ fn spec() -> &'static Option<(String, u64)> {
 }
 
 /// Aborts the process here if this crash point is armed.
-pub(crate) fn crashpoint(name: &str) {
+pub fn crashpoint(name: &str) {
     static HITS: AtomicU64 = AtomicU64::new(0);
     if let Some((want, n)) = spec()
         && want == name

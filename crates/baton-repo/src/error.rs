@@ -118,14 +118,14 @@ impl RepoError {
         }
     }
 
-    pub(crate) fn format(what: impl Into<String>, cause: FormatError) -> Self {
+    pub fn format(what: impl Into<String>, cause: FormatError) -> Self {
         RepoError::Format {
             what: what.into(),
             cause,
         }
     }
 
-    pub(crate) fn io(path: impl AsRef<std::path::Path>, cause: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<std::path::Path>, cause: std::io::Error) -> Self {
         RepoError::Io {
             path: path.as_ref().display().to_string(),
             cause,

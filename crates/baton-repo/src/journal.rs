@@ -27,7 +27,7 @@ fn record_name(job: &Id, seq: u64) -> String {
 }
 
 /// Converts between the index's pack entries and the journal's JSON form.
-pub(crate) fn to_journal_pack(p: &IndexPack) -> JournalPack {
+pub fn to_journal_pack(p: &IndexPack) -> JournalPack {
     JournalPack {
         id: p.id,
         blobs: p
@@ -45,7 +45,7 @@ pub(crate) fn to_journal_pack(p: &IndexPack) -> JournalPack {
     }
 }
 
-pub(crate) fn from_journal_pack(p: &JournalPack) -> IndexPack {
+pub fn from_journal_pack(p: &JournalPack) -> IndexPack {
     IndexPack {
         id: p.id,
         blobs: p

@@ -70,18 +70,18 @@ pub fn in_future(time: &str) -> bool {
     }
 }
 
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
 }
 
-pub(crate) fn username() -> String {
+pub fn username() -> String {
     let uid = nix::unistd::geteuid();
     nix::unistd::User::from_uid(uid)
         .ok()
@@ -342,7 +342,7 @@ impl Repository {
     pub fn index(&self) -> &Index {
         &self.index
     }
-    pub(crate) fn index_mut(&mut self) -> &mut Index {
+    pub fn index_mut(&mut self) -> &mut Index {
         &mut self.index
     }
 
@@ -380,7 +380,7 @@ impl Repository {
 
     /// Seals the header of a finished pack and stores the pack durably.
     /// Returns its index entry and its size.
-    pub(crate) fn store_pack(&self, w: PackWriter) -> Result<(IndexPack, u64)> {
+    pub fn store_pack(&self, w: PackWriter) -> Result<(IndexPack, u64)> {
         let (bytes, blobs) = w.finish(&self.key, &self.config.id);
         let id = storage_id(&bytes);
         put_content_addressed(&*self.storage, ObjectKind::Pack, &id, &bytes)?;
@@ -733,7 +733,7 @@ fn key_wrap_ad(kf: &KeyFile) -> Vec<u8> {
 }
 
 /// The associated data of object `kind/name` in repository `id`.
-pub(crate) fn object_ad(id: &Id, kind: ObjectKind, name: &str) -> Vec<u8> {
+pub fn object_ad(id: &Id, kind: ObjectKind, name: &str) -> Vec<u8> {
     let label = match kind {
         ObjectKind::Config => "config",
         k => k.dir(),
@@ -753,7 +753,7 @@ fn bound_name(kind: ObjectKind, name: &str) -> &str {
 
 /// Stores an object named by the hash of its bytes: one already stored
 /// under that name holds the same bytes, so it counts as stored.
-pub(crate) fn put_content_addressed(
+pub fn put_content_addressed(
     storage: &dyn Storage,
     kind: ObjectKind,
     id: &Id,

@@ -1,8 +1,8 @@
+use crate::baton::{BackupOptions, InitOptions};
 use crate::cli::{BackupArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::{BackupOptions, InitOptions};
 use std::io::Read;
 
 pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
@@ -30,8 +30,8 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         host: a.host.clone(),
         dry_run: a.dry_run,
         resume: match a.resume {
-            crate::cli::ResumeArg::Auto => baton_repo::ResumeMode::Auto,
-            crate::cli::ResumeArg::Never => baton_repo::ResumeMode::Never,
+            crate::cli::ResumeArg::Auto => crate::baton::ResumeMode::Auto,
+            crate::cli::ResumeArg::Never => crate::baton::ResumeMode::Never,
         },
         checkpoint_interval: Some(std::time::Duration::from_secs_f64(
             a.checkpoint_interval.max(0.0),
@@ -42,7 +42,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     let mut stdin = std::io::stdin();
     let input: Option<&mut (dyn Read + Send)> = if a.stdin { Some(&mut stdin) } else { None };
-    let result = baton_repo::backup(&mut repo, &opts, input, &progress, context::cancel());
+    let result = crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel());
     progress.finish();
     let result = result?;
     let s = result.summary();

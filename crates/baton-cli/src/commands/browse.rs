@@ -1,8 +1,8 @@
 use super::restore::split_ref;
+use crate::baton::{DiffChange, Repository};
 use crate::cli::{CatArgs, DiffArgs, DumpArgs, Global, LsArgs, SnapshotFilter, SnapshotsArgs};
 use crate::context;
 use anyhow::{Context, Result, bail};
-use baton_repo::{DiffChange, Repository};
 use baton_storage::ObjectKind;
 use baton_types::{Id, Node, NodeKind, Snapshot};
 use std::io::Write;
@@ -160,7 +160,7 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let path = a.path.as_deref().unwrap_or("/");
-    let (node, subtree) = baton_repo::find_node(&repo, &snap.tree, path)?;
+    let (node, subtree) = crate::baton::find_node(&repo, &snap.tree, path)?;
     let prefix = if path.is_empty() { "/" } else { path };
     let prefix = if prefix.len() > 1 {
         prefix.trim_end_matches('/')
@@ -175,11 +175,11 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     };
     let recursive = a.recursive || a.path.is_none();
     if recursive {
-        let mut budget = baton_repo::WalkBudget::for_snapshot(&snap);
-        baton_repo::walk_tree(&repo, &tree, prefix, &mut budget, &mut |p, n| {
+        let mut budget = crate::baton::WalkBudget::for_snapshot(&snap);
+        crate::baton::walk_tree(&repo, &tree, prefix, &mut budget, &mut |p, n| {
             if crate::out::closed() {
                 // The reader has gone (`| head`): nothing more to list.
-                return Err(baton_repo::RepoError::Cancelled);
+                return Err(crate::baton::RepoError::Cancelled);
             }
             print_node(g, a.long, p, n);
             Ok(())
@@ -201,7 +201,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
     let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
-    let changes = baton_repo::diff(&repo, &s1, &s2)?;
+    let changes = crate::baton::diff(&repo, &s1, &s2)?;
     let count = |c: DiffChange| changes.iter().filter(|e| e.change == c).count();
     if g.json {
         super::print_json(&serde_json::json!({
@@ -236,7 +236,7 @@ pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = baton_repo::dump(&repo, &snap, &a.path, &mut out)
+    let written = crate::baton::dump(&repo, &snap, &a.path, &mut out)
         .map_err(anyhow::Error::from)
         .and_then(|()| out.flush().context("writing to stdout"));
     if let Err(e) = &written {
@@ -244,7 +244,7 @@ pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
             if let Some(io) = c.downcast_ref::<std::io::Error>() {
                 crate::out::mark(io);
             }
-            if let Some(baton_repo::RepoError::Io { cause, .. }) = c.downcast_ref() {
+            if let Some(crate::baton::RepoError::Io { cause, .. }) = c.downcast_ref() {
                 crate::out::mark(cause);
             }
         }
@@ -310,7 +310,7 @@ pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
                 Err(_) => {
                     let (snap, path) = split_ref(arg);
                     let (_, s) = repo.find_snapshot(snap)?;
-                    let (_, sub) = baton_repo::find_node(&repo, &s.tree, path.unwrap_or("/"))?;
+                    let (_, sub) = crate::baton::find_node(&repo, &s.tree, path.unwrap_or("/"))?;
                     sub.with_context(|| format!("{arg} is not a directory"))?
                 }
             };
@@ -335,8 +335,11 @@ pub fn cat(g: &Global, a: &CatArgs) -> Result<i32> {
     Ok(crate::exit::OK)
 }
 
-fn baton_format_read_header(repo: &Repository, pack: &[u8]) -> Result<Vec<baton_repo::PackEntry>> {
-    Ok(baton_repo::read_pack_header(
+fn baton_format_read_header(
+    repo: &Repository,
+    pack: &[u8],
+) -> Result<Vec<crate::baton::PackEntry>> {
+    Ok(crate::baton::read_pack_header(
         repo.key(),
         &repo.config().id,
         pack,
@@ -345,7 +348,7 @@ fn baton_format_read_header(repo: &Repository, pack: &[u8]) -> Result<Vec<baton_
 
 fn index_json<'a>(
     supersedes: &[Id],
-    packs: impl Iterator<Item = (Id, &'a [baton_repo::PackEntry])>,
+    packs: impl Iterator<Item = (Id, &'a [crate::baton::PackEntry])>,
 ) -> serde_json::Value {
     let packs: Vec<_> = packs
         .map(|(id, blobs)| {

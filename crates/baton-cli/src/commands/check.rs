@@ -1,11 +1,11 @@
 //! `baton check`: print the report of a repository check; exit 1 when it
 //! found errors (warnings alone exit 0).
 
+use crate::baton::{CheckOptions, CheckReport, ProblemKind, ReadData, Severity};
 use crate::cli::{CheckArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::{Result, bail};
-use baton_repo::{CheckOptions, CheckReport, ProblemKind, ReadData, Severity};
 use baton_storage::ObjectKind;
 
 /// Paths listed per problem in the human report (`--json` lists all).
@@ -35,7 +35,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<i32> {
         },
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let report = baton_repo::check(&repo, &opts, &progress, context::cancel());
+    let report = crate::baton::check(&repo, &opts, &progress, context::cancel());
     progress.finish();
     let report = report?;
     if g.json {

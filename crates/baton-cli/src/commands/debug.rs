@@ -10,6 +10,7 @@
 //!
 //! Both print a table, or one JSON object with `--json`.
 
+use crate::baton::Index;
 use crate::cli::{DebugCommand, Global, IndexMemoryArgs, PrimitivesArgs};
 use anyhow::{Context, Result};
 use baton_format::chunker::ChunkStream;
@@ -17,7 +18,6 @@ use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::pack::PackEntry;
-use baton_repo::Index;
 use baton_types::{BlobType, ChunkerParams, Id};
 use serde_json::{Value, json};
 use std::hint::black_box;

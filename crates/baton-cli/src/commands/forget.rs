@@ -1,8 +1,8 @@
+use crate::baton::{ForgetEntry, ForgetOptions, ForgetResult, GroupBy, KeepPolicy, Within};
 use crate::cli::{ForgetArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::{ForgetEntry, ForgetOptions, ForgetResult, GroupBy, KeepPolicy, Within};
 
 fn policy(a: &ForgetArgs) -> Result<KeepPolicy> {
     Ok(KeepPolicy {
@@ -46,7 +46,7 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<i32> {
         // A policy passes over snapshots whose root tree is missing.
         repo.load_index()?;
     }
-    let r = baton_repo::forget_locked(&repo, &lock, &opts)?;
+    let r = crate::baton::forget_locked(&repo, &lock, &opts)?;
     for (name, why) in &r.skipped {
         eprintln!(
             "warning: snapshot {}: {}",
@@ -61,7 +61,7 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<i32> {
             p.ignore_snapshots = r.removed.clone();
         }
         let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-        let pr = baton_repo::prune_locked(&mut repo, &lock, &p, &progress);
+        let pr = crate::baton::prune_locked(&mut repo, &lock, &p, &progress);
         progress.finish();
         super::prune::report(g, &pr?);
     }

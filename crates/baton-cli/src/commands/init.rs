@@ -1,7 +1,7 @@
+use crate::baton::{InitOptions, Repository};
 use crate::cli::{Global, InitArgs};
 use crate::context;
 use anyhow::{Result, bail};
-use baton_repo::{InitOptions, Repository};
 use baton_types::ChunkerParams;
 
 pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
@@ -58,6 +58,6 @@ pub fn create(
 }
 
 fn getrandom_seed(buf: &mut [u8]) {
-    let id = baton_repo::random_id();
+    let id = crate::baton::random_id();
     buf.copy_from_slice(&id.as_bytes()[..buf.len()]);
 }

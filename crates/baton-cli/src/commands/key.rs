@@ -98,7 +98,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
     let repo = context::open(g)?;
     match a.command.unwrap_or(crate::cli::JobsCommand::List) {
         crate::cli::JobsCommand::List => {
-            let jobs = baton_repo::list_jobs(&repo)?;
+            let jobs = crate::baton::list_jobs(&repo)?;
             if g.json {
                 let v: Vec<_> = jobs
                     .iter()
@@ -152,8 +152,8 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
             repo.require_deletes("jobs forget")?;
             // Exclusive: a running backup may still be appending to the journal.
             let _lock = repo.lock(true)?;
-            let job = baton_repo::find_job(&repo, &id)?;
-            let n = baton_repo::forget_job(&repo, &job)?;
+            let job = crate::baton::find_job(&repo, &id)?;
+            let n = crate::baton::forget_job(&repo, &job)?;
             if g.json {
                 super::print_json(
                     &serde_json::json!({ "message_type": "job_forgotten", "id": job.to_hex(), "records": n }),

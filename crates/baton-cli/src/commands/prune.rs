@@ -1,8 +1,8 @@
+use crate::baton::{MaxUnused, PruneOptions, PruneResult};
 use crate::cli::{Global, PruneArgs, PruneTuning};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::{Context, Result};
-use baton_repo::{MaxUnused, PruneOptions, PruneResult};
 
 /// Prune options from the command line.
 pub fn options(t: &PruneTuning, dry_run: bool) -> Result<PruneOptions> {
@@ -20,7 +20,7 @@ pub fn run(g: &Global, a: &PruneArgs) -> Result<i32> {
     let opts = options(&a.tuning, a.dry_run)?;
     let mut repo = context::open(g)?;
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::prune(&mut repo, &opts, &progress);
+    let r = crate::baton::prune(&mut repo, &opts, &progress);
     progress.finish();
     report(g, &r?);
     Ok(crate::exit::OK)

@@ -1,10 +1,10 @@
 //! `baton repair index` and `baton repair snapshots`.
 
+use crate::baton::RepairSnapshotsOptions;
 use crate::cli::{Global, RepairCommand, RepairPacksArgs, RepairSnapshotsArgs};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::RepairSnapshotsOptions;
 
 pub fn run(g: &Global, cmd: RepairCommand) -> Result<i32> {
     match cmd {
@@ -25,7 +25,7 @@ fn packs(g: &Global, a: &RepairPacksArgs) -> Result<i32> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut repo = context::open(g)?;
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::repair_packs(&mut repo, &ids, &progress, context::cancel());
+    let r = crate::baton::repair_packs(&mut repo, &ids, &progress, context::cancel());
     progress.finish();
     let r = r?;
     if g.json {
@@ -60,7 +60,7 @@ fn packs(g: &Global, a: &RepairPacksArgs) -> Result<i32> {
 fn index(g: &Global) -> Result<i32> {
     let repo = context::open(g)?;
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::repair_index(&repo, &progress, context::cancel());
+    let r = crate::baton::repair_index(&repo, &progress, context::cancel());
     progress.finish();
     let r = r?;
     if g.json {
@@ -97,7 +97,7 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
         read_data: a.read_data,
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
-    let r = baton_repo::repair_snapshots(&mut repo, &opts, &progress, context::cancel());
+    let r = crate::baton::repair_snapshots(&mut repo, &opts, &progress, context::cancel());
     progress.finish();
     let r = r?;
     if g.json {

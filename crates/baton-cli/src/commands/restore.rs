@@ -1,8 +1,8 @@
+use crate::baton::RestoreOptions;
 use crate::cli::{Global, RestoreArgs};
 use crate::context;
 use crate::progress::CliProgress;
 use anyhow::Result;
-use baton_repo::RestoreOptions;
 
 /// Splits `SNAPSHOT[:PATH]`.
 pub fn split_ref(s: &str) -> (&str, Option<&str>) {
@@ -23,9 +23,9 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     if let Some(s) = &snapshot.summary {
-        baton_repo::Progress::set_total(&progress, 0, s.bytes_total);
+        crate::baton::Progress::set_total(&progress, 0, s.bytes_total);
     }
-    let summary = baton_repo::restore(
+    let summary = crate::baton::restore(
         &repo,
         &snapshot,
         path,

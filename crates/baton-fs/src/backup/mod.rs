@@ -1,0 +1,414 @@
+//! `baton backup`: walk sources, store new content, commit a snapshot.
+//!
+//! Commit protocol (see docs/design.md): packs are stored (each durably) as
+//! they fill; then one index object listing them; then the snapshot object,
+//! which is the commit point. A crash before the snapshot leaves only packs
+//! and maybe an index that nothing references yet: the repository stays valid.
+
+mod archiver;
+mod checkpoint;
+mod pipeline;
+mod prefetch;
+mod scan;
+
+use crate::filter::PatternSet;
+use archiver::Archiver;
+use baton_format::index::IndexFile;
+use baton_repo::journal::{self, JobState, JournalWriter};
+use baton_repo::progress::{Cancel, Progress};
+use baton_repo::repo::{hostname, now_rfc3339, username};
+use baton_repo::{RepoError, Repository, Result};
+use baton_storage::ObjectKind;
+use baton_types::{Id, JobManifest, Snapshot, SnapshotSummary, Tree};
+use checkpoint::Checkpointer;
+use pipeline::{Pipeline, PipelineConfig};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Options of `baton backup`.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    /// Back up a stream (passed to [`backup`]) as one file of this name.
+    pub stdin_filename: Option<String>,
+    pub excludes: Vec<String>,
+    pub exclude_files: Vec<PathBuf>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    /// Read every file again, ignoring the parent snapshot.
+    pub force: bool,
+    /// Snapshot to compare against (default: latest with the same host and paths).
+    pub parent: Option<String>,
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+    /// Read and chunk everything but store nothing.
+    pub dry_run: bool,
+    /// Whether to resume an unfinished job of the same host and paths.
+    pub resume: ResumeMode,
+    /// Longest time between journal records while progress is made without
+    /// new packs (default 5 s). A record is also written after every pack.
+    pub checkpoint_interval: Option<std::time::Duration>,
+    /// The snapshot's time (RFC 3339 in UTC) instead of the backup's start,
+    /// e.g. to import old backups, or for tests of retention policies.
+    pub time: Option<String>,
+    /// Store access times (off by default, as restic and Borg: reading a
+    /// file changes its atime, so snapshots of unchanged data would differ).
+    pub with_atime: bool,
+}
+
+/// `--resume=auto|never`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResumeMode {
+    /// Continue the newest unfinished job of the same host and paths.
+    #[default]
+    Auto,
+    /// Always start a new job.
+    Never,
+}
+
+/// What a backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    /// `None` for a dry run.
+    pub snapshot_id: Option<Id>,
+    pub snapshot: Snapshot,
+}
+
+impl BackupResult {
+    pub fn summary(&self) -> &SnapshotSummary {
+        self.snapshot
+            .summary
+            .as_ref()
+            .expect("backups always record a summary")
+    }
+}
+
+/// Makes a source path absolute, resolving symlinks in its ancestors (so
+/// they are recorded as the directories they lead to) but not in its last
+/// component (a symlink given as a source is backed up as a symlink).
+fn normalize(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| RepoError::io(p, e))?;
+    let name = match abs.components().next_back() {
+        Some(Component::Normal(n)) => n.to_owned(),
+        _ => return std::fs::canonicalize(&abs).map_err(|e| RepoError::io(p, e)),
+    };
+    let parent = abs.parent().unwrap_or(Path::new("/"));
+    let parent = std::fs::canonicalize(parent).map_err(|e| RepoError::io(p, e))?;
+    Ok(parent.join(name))
+}
+
+fn resolve_sources(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(RepoError::Invalid(
+            "nothing to back up: give at least one path".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        let n = normalize(p)?;
+        if let Err(e) = std::fs::symlink_metadata(&n) {
+            return Err(RepoError::NotFound(format!(
+                "source path {} cannot be read: {e}",
+                p.display()
+            )));
+        }
+        out.push(n);
+    }
+    out.sort();
+    out.dedup();
+    // A source inside another source is already covered.
+    let all = out.clone();
+    out.retain(|p| !all.iter().any(|q| q != p && p.starts_with(q)));
+    Ok(out)
+}
+
+fn same_paths(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    snapshots: &[(Id, Snapshot)],
+    resumed: Option<&JobState>,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
+    if opts.force {
+        return Ok(None);
+    }
+    if let Some(p) = &opts.parent {
+        return repo.find_snapshot(p).map(Some);
+    }
+    // A resumed job keeps the parent it started with.
+    if let Some(job) = resumed
+        && let Some(pid) = job.manifest.parent
+        && let Some(found) = snapshots.iter().find(|(id, _)| *id == pid)
+    {
+        return Ok(Some(found.clone()));
+    }
+    // Never a snapshot dated in the future (it would be the parent of every
+    // later backup) nor one whose root tree is gone (nothing to compare
+    // with): such a one is passed over, and the backup reads every file.
+    Ok(snapshots
+        .iter()
+        .rev()
+        .filter(|(_, s)| s.hostname == host && same_paths(&s.paths, paths))
+        .find(|(_, s)| !baton_repo::repo::in_future(&s.time) && repo.index().contains(&s.tree))
+        .cloned())
+}
+
+/// The newest unfinished job of this host and paths. Jobs whose snapshot
+/// was already written (a crash between sealing and deleting the journal)
+/// have their journal deleted here.
+fn find_resumable(
+    repo: &Repository,
+    lock: &baton_repo::LockGuard,
+    snapshots: &[(Id, Snapshot)],
+    host: &str,
+    paths: &[String],
+) -> Result<Option<JobState>> {
+    let mut candidates: Vec<JobState> = Vec::new();
+    for job in journal::list_job_ids(repo)? {
+        // A damaged journal is not resumed; `baton jobs` shows it.
+        let Ok(st) = journal::load_job(repo, &job) else {
+            continue;
+        };
+        if st.manifest.hostname != host || !same_paths(&st.manifest.paths, paths) {
+            continue;
+        }
+        if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
+            journal::forget_job(repo, &job)?;
+            continue;
+        }
+        // A job dated in the future would win every later choice.
+        if baton_repo::repo::in_future(&st.last_time) {
+            continue;
+        }
+        candidates.push(st);
+    }
+    candidates.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+    for st in candidates {
+        // A job another live process is running is never resumed here
+        // (both would write the same data); claiming it tells the others.
+        if repo.claim_job(lock, st.job)? {
+            return Ok(Some(st));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs a backup. `stdin` is read when `opts.stdin_filename` is set.
+pub fn backup(
+    repo: &mut Repository,
+    opts: &BackupOptions,
+    stdin: Option<&mut (dyn Read + Send)>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<BackupResult> {
+    let start = Instant::now();
+    let start_time = now_rfc3339();
+    let snapshot_time = match &opts.time {
+        Some(t) => humantime::format_rfc3339_nanos(humantime::parse_rfc3339(t).map_err(|e| {
+            RepoError::Invalid(format!(
+                "snapshot time {t:?} is not RFC 3339 in UTC (like 2025-01-31T14:00:00Z): {e}"
+            ))
+        })?)
+        .to_string(),
+        None => start_time.clone(),
+    };
+    let lock = repo.lock(false)?;
+    lock.abort_on_loss(cancel);
+    repo.load_index()?;
+
+    let sources = match &opts.stdin_filename {
+        Some(name) => {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(RepoError::Invalid(format!(
+                    "--stdin-filename {name:?} must be a plain file name"
+                )));
+            }
+            Vec::new()
+        }
+        None => resolve_sources(&opts.paths)?,
+    };
+    let paths: Vec<String> = match &opts.stdin_filename {
+        Some(n) => vec![format!("/{n}")],
+        None => sources
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let mut patterns = opts.excludes.clone();
+    patterns.extend(PatternSet::read_files(&opts.exclude_files)?);
+    let filter = PatternSet::new(&patterns)?;
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let snapshots = repo.list_snapshots()?;
+    let journaled = !opts.dry_run && opts.stdin_filename.is_none();
+    let resumed = match (journaled, opts.resume) {
+        (true, ResumeMode::Auto) => find_resumable(repo, &lock, &snapshots, &host, &paths)?,
+        _ => None,
+    };
+    let parent = find_parent(repo, opts, &snapshots, resumed.as_ref(), &host, &paths)?;
+    // The packs an interrupted run stored are known from its journal.
+    let mut earlier_packs = Vec::new();
+    if let Some(job) = &resumed {
+        for p in &job.packs {
+            if repo
+                .storage()
+                .size(ObjectKind::Pack, &p.id.to_hex())
+                .is_ok()
+            {
+                let ip = journal::from_journal_pack(p);
+                repo.index_mut().add_pack(&ip);
+                earlier_packs.push(ip);
+            }
+        }
+    }
+    let checkpoint_interval = opts
+        .checkpoint_interval
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let checkpoint = if journaled {
+        let writer = match &resumed {
+            Some(job) => JournalWriter::resume(job.job, job.next_seq),
+            None => JournalWriter::create_with_id(
+                repo,
+                {
+                    // Claimed before its first record exists.
+                    let job = baton_format::random_id();
+                    lock.set_job(Some(job))?;
+                    job
+                },
+                JobManifest {
+                    hostname: host.clone(),
+                    paths: paths.clone(),
+                    tags: opts.tags.clone(),
+                    parent: parent.as_ref().map(|(id, _)| *id),
+                    started: start_time.clone(),
+                },
+            )?,
+        };
+        let interval = checkpoint_interval;
+        let source_bytes = sources
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect();
+        Some(Checkpointer::new(writer, interval, source_bytes))
+    } else {
+        None
+    };
+    let job_id = checkpoint.as_ref().map(|c| c.job());
+    if let Some(job) = &resumed {
+        progress.bytes(job.catalog_bytes());
+    }
+    let resume_catalog = resumed.as_ref().map(|j| j.catalog.clone());
+    let parent_root: Option<Arc<Tree>> = match &parent {
+        Some((_, s)) => Some(repo.load_tree(&s.tree)?),
+        None => None,
+    };
+
+    let repo_ref: &Repository = repo;
+    let cfg = PipelineConfig {
+        storage: &**repo_ref.storage(),
+        key: repo_ref.key(),
+        repository: repo_ref.config().id,
+        compression: repo_ref.config().compression,
+        pack_size: repo_ref.config().pack_size,
+        dry_run: opts.dry_run,
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        flush_age: checkpoint_interval.max(std::time::Duration::from_secs(1)),
+    };
+    let scan_done = Cancel::new();
+    let (walk, packed) = std::thread::scope(|s| {
+        // The scan counts totals for the progress and, on a spare core,
+        // warms the metadata caches ahead of the archiver (see scan.rs).
+        let warm = cfg.workers > 1;
+        if (progress.wants_totals() || warm) && opts.stdin_filename.is_none() {
+            let (sources, filter, done) = (&sources, &filter, &scan_done);
+            s.spawn(move || {
+                if let Some((files, bytes)) = scan::scan(sources, filter, opts, done)
+                    && progress.wants_totals()
+                {
+                    progress.set_total(files, bytes);
+                }
+            });
+        }
+        let pipe = Pipeline::start(s, cfg);
+        let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel)
+            .with_journal(checkpoint, resume_catalog);
+        let walk = match stdin {
+            Some(r) if opts.stdin_filename.is_some() => a.stdin_tree(
+                opts.stdin_filename.as_deref().unwrap_or("stdin"),
+                r,
+                parent_root.as_deref(),
+            ),
+            _ => a.run(&sources, parent_root),
+        };
+        if walk.is_err() {
+            a.salvage();
+        }
+        let walk = walk.map(|id| (id, a.into_summary()));
+        scan_done.cancel();
+        (walk, pipe.finish())
+    });
+    // The packer's error is the root cause when both failed (e.g. a full disk).
+    let packed = packed?;
+    let (tree, mut summary) = walk?;
+
+    summary.bytes_stored = packed.bytes_stored;
+    summary.resumed_job = resumed.as_ref().map(|j| j.job);
+    let mut packs = earlier_packs;
+    packs.extend(packed.packs);
+    if !opts.dry_run && !packs.is_empty() {
+        // The journal's packs are folded into the index here.
+        let idx = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+            damaged: Vec::new(),
+        };
+        let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
+        summary.bytes_stored += n;
+        repo.index_mut().add_file(&idx);
+        baton_repo::crashpoint::crashpoint("after-index");
+    }
+    summary.backup_start = start_time;
+    summary.backup_end = now_rfc3339();
+    summary.duration_s = start.elapsed().as_secs_f64();
+    let mut tags = opts.tags.clone();
+    tags.sort();
+    tags.dedup();
+    let snapshot = Snapshot {
+        time: snapshot_time,
+        tree,
+        paths,
+        hostname: host,
+        username: username(),
+        tags,
+        parent: parent.map(|(id, _)| id),
+        program_version: concat!("baton ", env!("CARGO_PKG_VERSION")).to_string(),
+        job: job_id,
+        original: None,
+        summary: Some(summary),
+    };
+    let snapshot_id = if opts.dry_run {
+        None
+    } else {
+        Some(repo.save_snapshot(&snapshot)?.0)
+    };
+    baton_repo::crashpoint::crashpoint("after-snapshot");
+    if let Some(job) = job_id {
+        // The snapshot is the commit point; a journal left by a crash here is
+        // recognised by the snapshot's job id and deleted by the next backup.
+        journal::forget_job(repo, &job)?;
+    }
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+    })
+}

@@ -1,0 +1,710 @@
+//! `baton restore`: recreate a snapshot (or part of it) in a directory with
+//! all metadata. The tree walk creates directories, special files and new
+//! files at their final length; the contents of new files are then written
+//! in batches, in pack order, by one worker per core ([`fetch`]); files
+//! left by an interrupted restore are verified in place instead. Writes are
+//! positional and skip all-zero blocks, so sparse files stay sparse. A
+//! file's metadata is applied once its content is written, a directory's at
+//! the very end, children before parents, so nothing disturbs it.
+
+mod fetch;
+mod target;
+
+use crate::filter::PatternSet;
+use baton_repo::browse::{WalkBudget, find_node, join};
+use baton_repo::progress::{Cancel, EntryStatus, Progress};
+use baton_repo::{RepoError, Repository, Result};
+use baton_types::{Id, Node, NodeKind, Snapshot};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use target::{Existing, Target};
+
+/// Options of `baton restore`.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore only paths matching these patterns (and what is below them).
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+    /// Re-read every restored file and compare it with the snapshot.
+    pub verify: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub other: u64,
+    pub bytes: u64,
+    pub files_verified: u64,
+    /// Bytes loaded from the repository.
+    pub bytes_fetched: u64,
+    /// Bytes of files left by an earlier, interrupted restore that were
+    /// verified intact and kept.
+    pub bytes_verified_in_place: u64,
+    /// Files found complete and intact from an earlier restore.
+    pub files_already_restored: u64,
+    /// (path, message) of every entry that could not be restored or verified.
+    pub errors: Vec<(String, String)>,
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    target: &'a Target,
+    budget: WalkBudget,
+    includes: PatternSet,
+    excludes: PatternSet,
+    progress: &'a dyn Progress,
+    cancel: &'a Cancel,
+    is_root: bool,
+    hardlinks: HashMap<(u64, u64), PathBuf>,
+    to_verify: Vec<(PathBuf, Vec<Id>)>,
+    verify: bool,
+    summary: RestoreSummary,
+    /// New files created at their length, waiting for their content.
+    pending: Vec<(PathBuf, Node, bool)>,
+    pending_chunks: usize,
+    /// Batches go to the writer thread, which writes them while the walk
+    /// goes on, and sends back what it did.
+    batches: Option<SyncSender<Vec<(PathBuf, Node, bool)>>>,
+    done: Receiver<Result<BatchDone>>,
+    /// Directories whose metadata is applied last, children first.
+    dirs: Vec<(PathBuf, Node)>,
+}
+
+/// A batch of files is written when it holds this many chunks or files
+/// (bounding the memory of its plan; small enough that writing overlaps
+/// with the walk, large enough that each pack is read about once).
+const BATCH_CHUNKS: usize = 16 * 1024;
+const BATCH_FILES: usize = 4096;
+
+/// A batch written: per file, why its content could not be written, or
+/// else why its metadata could not be applied.
+struct BatchDone {
+    files: Vec<(PathBuf, Node, bool)>,
+    content_failed: Vec<Option<String>>,
+    metadata_failed: Vec<Option<String>>,
+    bytes_fetched: u64,
+}
+
+/// The writer thread: writes each batch's contents, then the files' metadata.
+fn write_batches(
+    repo: &Repository,
+    target: &Target,
+    batches: Receiver<Vec<(PathBuf, Node, bool)>>,
+    done: SyncSender<Result<BatchDone>>,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    is_root: bool,
+) {
+    for files in batches {
+        let jobs: Vec<fetch::FileJob> = files
+            .iter()
+            .map(|(dst, n, create)| fetch::FileJob {
+                path: dst.clone(),
+                content: n.content.clone(),
+                size: n.size,
+                create: *create,
+            })
+            .collect();
+        let outcome = match fetch::write_files(repo, target, &jobs, progress, cancel) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                return;
+            }
+        };
+        if let Some((path, cause)) = outcome.no_space {
+            // The batch's files stay as they are: the next run verifies
+            // and completes them.
+            let _ = done.send(Err(target_full(&path, cause)));
+            return;
+        }
+        let metadata_failed = files
+            .iter()
+            .zip(&outcome.failed)
+            .map(|((dst, n, _), failed)| match failed {
+                None => target.apply_metadata(dst, n, is_root).err(),
+                Some(_) => None,
+            })
+            .collect();
+        let d = BatchDone {
+            files,
+            content_failed: outcome.failed,
+            metadata_failed,
+            bytes_fetched: outcome.bytes_fetched,
+        };
+        if done.send(Ok(d)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Restores `subpath` (or the whole snapshot) of `snapshot` into `target`.
+/// The repository's index must be loaded. A directory's contents go directly
+/// into `target`; a single file goes to `target/<name>`.
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    subpath: Option<&str>,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<RestoreSummary> {
+    let lock = repo.lock(false)?;
+    lock.abort_on_loss(cancel);
+    let sub = subpath.unwrap_or("/");
+    let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
+    let handle = Target::open(target).map_err(|e| RepoError::io(target, e))?;
+    let handle = &handle;
+    // An empty target holds nothing to keep or replace.
+    let target_fresh = std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+    let is_root = nix::unistd::geteuid().is_root();
+    let (batch_tx, batch_rx) = sync_channel(1);
+    let (done_tx, done_rx) = sync_channel(64);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("baton-writer".into())
+            .spawn_scoped(s, move || {
+                write_batches(repo, handle, batch_rx, done_tx, progress, cancel, is_root)
+            })
+            .expect("spawning a thread");
+        let mut r = Restorer {
+            repo,
+            target: handle,
+            budget: WalkBudget::for_snapshot(snapshot),
+            includes: PatternSet::new(&opts.includes)?,
+            excludes: PatternSet::new(&opts.excludes)?,
+            progress,
+            cancel,
+            is_root,
+            hardlinks: HashMap::new(),
+            to_verify: Vec::new(),
+            verify: opts.verify,
+            summary: RestoreSummary::default(),
+            pending: Vec::new(),
+            pending_chunks: 0,
+            batches: Some(batch_tx),
+            done: done_rx,
+            dirs: Vec::new(),
+        };
+        let result = r.run(node, subtree, target, sub, opts.verify, target_fresh);
+        // Stops the writer thread (after its batch) however the walk ended.
+        r.batches = None;
+        result.map(|()| r.summary)
+    })
+}
+
+impl Restorer<'_> {
+    fn run(
+        &mut self,
+        node: Option<Node>,
+        subtree: Option<Id>,
+        target: &Path,
+        sub: &str,
+        verify: bool,
+        target_fresh: bool,
+    ) -> Result<()> {
+        let r = self;
+        match (node, subtree) {
+            (Some(n), _) if n.kind != NodeKind::Dir => {
+                let dst = target.join(n.name.as_os());
+                r.leaf(&n, &dst, sub, target_fresh)?;
+            }
+            (_, Some(tree)) => {
+                r.tree(&tree, target, sub, false, target_fresh)?;
+            }
+            (_, None) => {}
+        }
+        r.flush()?;
+        r.batches = None;
+        while let Ok(d) = r.done.recv() {
+            r.batch_done(d?);
+        }
+        for (dst, n) in std::mem::take(&mut r.dirs) {
+            r.cancel.check()?;
+            if let Err(e) = r.target.apply_metadata(&dst, &n, r.is_root) {
+                r.error(&dst, e);
+            }
+        }
+        if verify {
+            r.verify_all()?;
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, path: &Path, msg: String) {
+        let p = path.display().to_string();
+        self.progress.error(&p, &msg);
+        self.summary.errors.push((p, msg));
+    }
+
+    /// Restores the entries of `tree` into `dir`. Returns whether anything was restored.
+    /// `fresh`: `dir` was created by this restore (or was empty), so nothing
+    /// in it needs to be checked, kept or replaced.
+    fn tree(
+        &mut self,
+        tree: &Id,
+        dir: &Path,
+        prefix: &str,
+        selected: bool,
+        fresh: bool,
+    ) -> Result<bool> {
+        let t = self.repo.read_tree(tree)?;
+        self.budget.enter(t.nodes.len())?;
+        let mut any = false;
+        for n in &t.nodes {
+            self.cancel.check()?;
+            let p = join(prefix, &n.name.lossy());
+            if self.excludes.matches(Path::new(&p)) {
+                continue;
+            }
+            let sel = selected || self.includes.is_empty() || self.includes.matches(Path::new(&p));
+            if !safe_name(&n.name.0) {
+                self.error(
+                    dir,
+                    format!(
+                        "refusing entry with unsafe name {:?} (it would escape the target)",
+                        n.name.lossy()
+                    ),
+                );
+                continue;
+            }
+            let dst = dir.join(n.name.as_os());
+            if n.kind == NodeKind::Dir {
+                let created = if fresh {
+                    self.target.create_dir(&dst).map(|()| true)
+                } else {
+                    make_dir(self.target, &dst)
+                };
+                let created = match created {
+                    Ok(c) => c,
+                    Err(e) if is_no_space(&e) => return Err(target_full(&dst, e)),
+                    Err(e) => {
+                        self.error(&dst, format!("cannot create directory: {e}"));
+                        continue;
+                    }
+                };
+                let inner = match n.subtree {
+                    Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
+                        Ok(b) => b,
+                        Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
+                        // A full device or a lost lock stops the whole
+                        // restore: it is not one failed directory.
+                        Err(e @ (RepoError::TargetFull { .. } | RepoError::LockLost(_))) => {
+                            return Err(e);
+                        }
+                        Err(e) if self.budget.exceeded() => return Err(e),
+                        Err(e) => {
+                            self.error(&dst, format!("cannot restore directory contents: {e}"));
+                            true
+                        }
+                    },
+                    None => false,
+                };
+                if sel || inner {
+                    self.dirs.push((dst, n.clone()));
+                    self.summary.dirs += 1;
+                    any = true;
+                } else {
+                    let _ = self.target.remove(&dst, true);
+                }
+            } else if sel {
+                self.leaf(n, &dst, &p, fresh)?;
+                any = true;
+            }
+        }
+        self.budget.leave();
+        Ok(any)
+    }
+
+    fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str, fresh: bool) -> Result<()> {
+        if n.kind == NodeKind::File {
+            return self.file(n, dst, snap_path, fresh);
+        }
+        let existing = match self.target.existing(dst) {
+            Ok(e) => e,
+            Err(e) => {
+                self.error(dst, format!("cannot restore: {e}"));
+                return Ok(());
+            }
+        };
+        if existing != Existing::Nothing
+            && let Err(e) = self.target.remove(dst, existing == Existing::Dir)
+        {
+            self.error(dst, format!("cannot replace existing entry: {e}"));
+            return Ok(());
+        }
+        let created = match n.kind {
+            NodeKind::File => unreachable!("files are restored by file()"),
+            NodeKind::Symlink => match &n.link_target {
+                Some(t) => self.target.symlink(t.as_os(), dst).map(Ok),
+                None => Ok(Err("symlink without target in snapshot".to_string())),
+            },
+            NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
+                self.target.mknod(dst, n.kind, n.mode, n.rdev).map(Ok)
+            }
+            NodeKind::Dir => unreachable!("directories are restored by tree()"),
+        };
+        let result = match created {
+            Ok(r) => r,
+            Err(e) if is_no_space(&e) => return Err(target_full(dst, e)),
+            Err(e) => Err(format!("cannot create: {e}")),
+        };
+        match result.and_then(|()| self.target.apply_metadata(dst, n, self.is_root)) {
+            Ok(()) => self.summary.other += 1,
+            Err(e) => self.error(dst, e),
+        }
+        self.progress.entry(dst, EntryStatus::Restored);
+        Ok(())
+    }
+
+    fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str, fresh: bool) -> Result<()> {
+        if fresh && n.links <= 1 && !n.content.is_empty() {
+            // In a directory this restore created: the workers create the
+            // file when they write its first chunk, so creating files is
+            // spread over the cores instead of serialising the walk.
+            self.queue_file(n, dst, true)?;
+            return Ok(());
+        }
+        // Anything but a regular file in the way is replaced; a regular file
+        // is kept and verified in place (an earlier, interrupted restore).
+        let existing = match self.target.existing(dst) {
+            Ok(e) => e,
+            Err(e) => {
+                self.error(dst, format!("cannot restore: {e}"));
+                return Ok(());
+            }
+        };
+        let replace = match existing {
+            Existing::Dir => Some(self.target.remove(dst, true)),
+            Existing::Other => Some(self.target.remove(dst, false)),
+            Existing::File
+                if n.links > 1 && self.hardlinks.contains_key(&(n.device_id, n.inode)) =>
+            {
+                Some(self.target.remove(dst, false))
+            }
+            _ => None,
+        };
+        if let Some(Err(e)) = replace {
+            self.error(dst, format!("cannot replace existing entry: {e}"));
+            return Ok(());
+        }
+        if n.links > 1 {
+            let key = (n.device_id, n.inode);
+            if let Some(first) = self.hardlinks.get(&key) {
+                match self.target.hard_link(first, dst) {
+                    Ok(()) => self.summary.files += 1,
+                    Err(e) => self.error(
+                        dst,
+                        format!("cannot create hard link to {}: {e}", first.display()),
+                    ),
+                }
+                return Ok(());
+            }
+            self.hardlinks.insert(key, dst.to_path_buf());
+        }
+        let fresh = existing == Existing::Nothing || replace.is_some();
+        if fresh && !n.content.is_empty() {
+            // New: created at its length now, its content comes in a batch.
+            let created = self
+                .target
+                .open_file(dst, true, true)
+                .and_then(|f| f.set_len(n.size));
+            if let Err(e) = created {
+                if is_no_space(&e) {
+                    return Err(target_full(dst, e));
+                }
+                self.hardlinks.remove(&(n.device_id, n.inode));
+                self.error(dst, format!("cannot create file: {e}"));
+                return Ok(());
+            }
+            self.queue_file(n, dst, false)?;
+            return Ok(());
+        }
+        match self.write_content(n, dst) {
+            Ok(()) => {}
+            Err(e @ (RepoError::Cancelled | RepoError::LockLost(_))) => return Err(e),
+            Err(RepoError::Io { cause, .. }) if is_no_space(&cause) => {
+                // Kept as it is: the next run verifies what it holds.
+                return Err(target_full(dst, cause));
+            }
+            Err(e) => {
+                let _ = self.target.remove(dst, false);
+                self.hardlinks.remove(&(n.device_id, n.inode));
+                self.error(dst, format!("cannot restore file: {e}"));
+                return Ok(());
+            }
+        }
+        self.finish_file(n, dst);
+        Ok(())
+    }
+
+    /// Queues a new file for the writer; `create`: the workers create it
+    /// (else it exists at its length already).
+    fn queue_file(&mut self, n: &Node, dst: &Path, create: bool) -> Result<()> {
+        self.pending_chunks += n.content.len();
+        self.pending.push((dst.to_path_buf(), n.clone(), create));
+        if self.pending_chunks >= BATCH_CHUNKS || self.pending.len() >= BATCH_FILES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pending new files to the writer thread, and takes in what
+    /// it finished meanwhile.
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.pending_chunks = 0;
+            let sent = self
+                .batches
+                .as_ref()
+                .is_some_and(|b| b.send(pending).is_ok());
+            if !sent {
+                // The writer stopped: its result says why.
+                self.batches = None;
+                return match self.done.recv() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(RepoError::Internal("the restore writer stopped".into())),
+                };
+            }
+        }
+        while let Ok(d) = self.done.try_recv() {
+            self.batch_done(d?);
+        }
+        Ok(())
+    }
+
+    fn batch_done(&mut self, d: BatchDone) {
+        self.summary.bytes_fetched += d.bytes_fetched;
+        let results = d.content_failed.into_iter().zip(d.metadata_failed);
+        for ((dst, n, _), (content, metadata)) in d.files.iter().zip(results) {
+            if let Some(e) = content {
+                let _ = self.target.remove(dst, false);
+                self.hardlinks.remove(&(n.device_id, n.inode));
+                self.error(dst, format!("cannot restore file: {e}"));
+                continue;
+            }
+            if let Some(e) = metadata {
+                self.error(dst, e);
+            }
+            self.file_restored(n, dst);
+        }
+    }
+
+    /// Applies a file's metadata once its content is written.
+    fn finish_file(&mut self, n: &Node, dst: &Path) {
+        if let Err(e) = self.target.apply_metadata(dst, n, self.is_root) {
+            self.error(dst, e);
+        }
+        self.file_restored(n, dst);
+    }
+
+    fn file_restored(&mut self, n: &Node, dst: &Path) {
+        self.summary.files += 1;
+        self.summary.bytes += n.size;
+        if self.verify {
+            self.to_verify.push((dst.to_path_buf(), n.content.clone()));
+        }
+        self.progress.entry(dst, EntryStatus::Restored);
+    }
+
+    /// Writes a file's content. An existing file (left by an interrupted
+    /// restore) is verified chunk by chunk against the snapshot: intact
+    /// chunks are kept and only the others are fetched and written, so a
+    /// restore run again never starts over and never trusts what it has not
+    /// verified.
+    fn write_content(&mut self, n: &Node, dst: &Path) -> Result<()> {
+        let f = self
+            .target
+            .open_file(dst, true, false)
+            .map_err(|e| RepoError::io(dst, e))?;
+        let old_len = f.metadata().map_err(|e| RepoError::io(dst, e))?.len();
+        let mut offset = 0u64;
+        let mut buf = Vec::new();
+        let mut fetched_any = false;
+        for id in &n.content {
+            self.cancel.check()?;
+            let len = self.repo.index().plain_len(id);
+            if let Some(len) = len
+                && offset + len <= old_len
+            {
+                buf.resize(len as usize, 0);
+                if f.read_exact_at(&mut buf, offset).is_ok() && &self.repo.key().blob_id(&buf) == id
+                {
+                    offset += len;
+                    self.summary.bytes_verified_in_place += len;
+                    self.progress.bytes(len);
+                    continue;
+                }
+            }
+            let data = self.repo.load_blob(id)?;
+            self.summary.bytes_fetched += data.len() as u64;
+            fetched_any = true;
+            if offset >= old_len {
+                // Beyond the old end the file reads as zeros: keep holes.
+                write_sparse(&f, &data, offset).map_err(|e| RepoError::io(dst, e))?;
+            } else {
+                f.write_all_at(&data, offset)
+                    .map_err(|e| RepoError::io(dst, e))?;
+            }
+            offset += data.len() as u64;
+            self.progress.bytes(data.len() as u64);
+        }
+        f.set_len(offset).map_err(|e| RepoError::io(dst, e))?;
+        if offset != n.size {
+            return Err(RepoError::Damaged(format!(
+                "snapshot records {} bytes but its chunks hold {offset}",
+                n.size
+            )));
+        }
+        if !fetched_any && old_len == offset && old_len > 0 {
+            self.summary.files_already_restored += 1;
+        }
+        Ok(())
+    }
+
+    fn verify_all(&mut self) -> Result<()> {
+        for (path, content) in std::mem::take(&mut self.to_verify) {
+            self.cancel.check()?;
+            match verify_file(self.repo, self.target, &path, &content) {
+                Ok(()) => self.summary.files_verified += 1,
+                Err(e) => self.error(&path, format!("verification failed: {e}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an I/O error says the target's device (or quota) is full: the
+/// restore stops there with one message, instead of failing every file after.
+pub(crate) fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT)
+    )
+}
+
+fn target_full(path: &Path, cause: std::io::Error) -> RepoError {
+    RepoError::TargetFull {
+        path: path.display().to_string(),
+        cause,
+    }
+}
+
+/// Granularity of hole detection: the usual filesystem block size.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `data` at `offset`, leaving all-zero filesystem blocks unwritten so
+/// they stay holes (the file was just truncated, so they read as zeros).
+/// Sparse source files therefore restore sparse, even when a chunk mixes
+/// data and zeros.
+fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    let mut pos = 0usize;
+    let mut run_start: Option<usize> = None;
+    while pos < data.len() {
+        // Blocks are aligned to the file, not the chunk.
+        let block_end = (((offset + pos as u64) / HOLE_BLOCK + 1) * HOLE_BLOCK - offset) as usize;
+        let end = block_end.min(data.len());
+        let zero = data[pos..end].iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..pos], offset + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(s) = run_start {
+        f.write_all_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
+}
+
+/// A tree entry name that stays inside its directory: not empty, `.` or
+/// `..`, and without `/` or NUL. Trees are validated when decoded, so only a
+/// tree that skipped that check could carry one; restore refuses it all the same.
+fn safe_name(name: &[u8]) -> bool {
+    baton_types::safe_name(name)
+}
+
+/// Makes `dst` a directory; returns whether it was created (it is then empty).
+/// Whatever else is there (a symbolic link included) is removed, not followed.
+fn make_dir(t: &Target, dst: &Path) -> std::io::Result<bool> {
+    match t.existing(dst)? {
+        Existing::Dir => Ok(false),
+        Existing::Nothing => t.create_dir(dst).map(|()| true),
+        _ => {
+            t.remove(dst, false)?;
+            t.create_dir(dst).map(|()| true)
+        }
+    }
+}
+
+/// Re-reads a restored file and checks every chunk against its id.
+fn verify_file(repo: &Repository, t: &Target, path: &Path, content: &[Id]) -> Result<()> {
+    let mut f = t.open_read(path).map_err(|e| RepoError::io(path, e))?;
+    let mut buf = Vec::new();
+    for (i, id) in content.iter().enumerate() {
+        let len = repo
+            .index()
+            .plain_len(id)
+            .ok_or_else(|| RepoError::NotFound(format!("blob {id} is not in the index")))?;
+        buf.resize(len as usize, 0);
+        f.read_exact(&mut buf).map_err(|e| RepoError::io(path, e))?;
+        if &repo.key().blob_id(&buf) != id {
+            return Err(RepoError::Damaged(format!(
+                "chunk {i} differs from the snapshot"
+            )));
+        }
+    }
+    let mut extra = [0u8; 1];
+    if f.read(&mut extra).map_err(|e| RepoError::io(path, e))? != 0 {
+        return Err(RepoError::Damaged(
+            "file is longer than in the snapshot".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"../x", b"a\0b"] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+        assert!(safe_name(b"..."));
+        assert!(safe_name("naïve ☃".as_bytes()));
+    }
+
+    #[test]
+    fn sparse_writes_leave_zero_blocks_as_holes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let f = File::create(&p).unwrap();
+        // A chunk at an unaligned offset: zeros, 10 data bytes, many zeros, data at the end.
+        let mut data = vec![0u8; 3 << 20];
+        data[100_000..100_010].copy_from_slice(b"0123456789");
+        let n = data.len();
+        data[n - 5..].copy_from_slice(b"tail!");
+        write_sparse(&f, &data, 1234).unwrap();
+        f.set_len(1234 + n as u64).unwrap();
+        let back = std::fs::read(&p).unwrap();
+        assert_eq!(&back[1234..], &data[..]);
+        assert!(back[..1234].iter().all(|&b| b == 0));
+        let allocated = std::fs::metadata(&p).unwrap().blocks() * 512;
+        assert!(allocated <= 4 * HOLE_BLOCK, "{allocated} bytes allocated");
+    }
+}

@@ -1,0 +1,419 @@
+//! The restore target: every file-system operation of a restore goes through
+//! one directory handle, never through a path the kernel would resolve on
+//! its own.
+//!
+//! A restore writes where someone else may write too (a local user with a
+//! directory inside a non-empty target) and reads trees that only a key
+//! holder could have made, but must still not trust. So:
+//!
+//! - The target directory is opened once; every entry below it is reached
+//!   with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`
+//!   from that handle: a symbolic link anywhere on the way, or `..`, fails
+//!   with `ELOOP`/`EXDEV` instead of leading elsewhere.
+//! - The last component is created or opened with no-follow and, where the
+//!   entry is new, exclusive flags (`O_CREAT | O_EXCL | O_NOFOLLOW`,
+//!   `mkdirat`, `symlinkat`, `mknodat`, `linkat` without
+//!   `AT_SYMLINK_FOLLOW`), and an opened entry's type is checked on the
+//!   handle (`fstat`) before anything is written to it.
+//! - Metadata is applied to a handle of the entry (`O_PATH | O_NOFOLLOW`,
+//!   type checked), through `/proc/self/fd/N`, which names exactly the inode
+//!   that was opened; symbolic links themselves by `fchownat`/`utimensat`
+//!   with `AT_SYMLINK_NOFOLLOW` on their parent's handle.
+//! - Directories are created `0700` and get their mode at the very end, so
+//!   nobody else can add entries to them while the restore runs.
+
+use baton_types::{Node, NodeKind, hex_decode};
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags, fstat, utimensat};
+use nix::sys::time::TimeSpec;
+use nix::unistd::UnlinkatFlags;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Mode of a directory while the restore fills it.
+const DIR_MODE_WHILE_RESTORING: u32 = 0o700;
+/// Mode of a new file until its metadata is applied.
+const FILE_MODE_WHILE_RESTORING: u32 = 0o600;
+
+/// The restore target, opened once.
+pub(crate) struct Target {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+fn errno(e: Errno) -> io::Error {
+    match e {
+        Errno::ELOOP => {
+            io::Error::other("a path component inside the target is a symbolic link (not followed)")
+        }
+        Errno::EXDEV => io::Error::other("the path would leave the restore target (not followed)"),
+        e => io::Error::from(e),
+    }
+}
+
+fn beneath() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+fn is_type(st: &FileStat, t: SFlag) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == t
+}
+
+fn type_of(kind: NodeKind) -> SFlag {
+    match kind {
+        NodeKind::File => SFlag::S_IFREG,
+        NodeKind::Dir => SFlag::S_IFDIR,
+        NodeKind::Symlink => SFlag::S_IFLNK,
+        NodeKind::Fifo => SFlag::S_IFIFO,
+        NodeKind::Chardev => SFlag::S_IFCHR,
+        NodeKind::Blockdev => SFlag::S_IFBLK,
+    }
+}
+
+fn changed() -> io::Error {
+    io::Error::other(
+        "the entry was replaced by something of another type while the restore ran (left alone)",
+    )
+}
+
+fn timespec(ns: i64) -> TimeSpec {
+    TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+/// What is at a path below the target, without following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    Nothing,
+    Dir,
+    File,
+    Other,
+}
+
+impl Target {
+    /// Opens (creating it and its parents if needed) the target directory.
+    /// The target itself is the user's choice and may be reached through
+    /// symbolic links; nothing below it is.
+    pub fn open(path: &Path) -> io::Result<Target> {
+        std::fs::create_dir_all(path)?;
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(Target {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `p` relative to the target (`p` is the target joined with names).
+    fn rel<'a>(&self, p: &'a Path) -> io::Result<&'a Path> {
+        p.strip_prefix(&self.path).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not inside the restore target", p.display()),
+            )
+        })
+    }
+
+    /// A handle of the directory holding `p`, and `p`'s last component.
+    fn parent<'a>(&self, p: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let rel = self.rel(p)?;
+        let name = rel.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the target itself has no parent here",
+            )
+        })?;
+        let dir = match rel.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(beneath());
+        let fd = openat2(&self.root, dir, how).map_err(errno)?;
+        Ok((fd, name))
+    }
+
+    /// Opens `p` itself in one call: every component, the last included,
+    /// resolved beneath the target without following any symbolic link.
+    fn open_beneath(&self, p: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        let rel = self.rel(p)?;
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(beneath());
+        openat2(&self.root, rel, how).map_err(errno)
+    }
+
+    /// What is at `p` (not followed).
+    pub fn existing(&self, p: &Path) -> io::Result<Existing> {
+        let (dir, name) = self.parent(p)?;
+        match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_type(&st, SFlag::S_IFDIR) => Ok(Existing::Dir),
+            Ok(st) if is_type(&st, SFlag::S_IFREG) => Ok(Existing::File),
+            Ok(_) => Ok(Existing::Other),
+            Err(Errno::ENOENT) => Ok(Existing::Nothing),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Creates the directory `p` (mode 0700 until its metadata is applied).
+    pub fn create_dir(&self, p: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        nix::sys::stat::mkdirat(
+            &dir,
+            name,
+            Mode::from_bits_truncate(DIR_MODE_WHILE_RESTORING),
+        )
+        .map_err(errno)
+    }
+
+    /// Removes the entry `p` (a directory only if empty), not following it.
+    pub fn remove(&self, p: &Path, is_dir: bool) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        let flag = if is_dir {
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
+        nix::unistd::unlinkat(&dir, name, flag).map_err(errno)
+    }
+
+    pub fn symlink(&self, target: &OsStr, p: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        nix::unistd::symlinkat(target, &dir, name).map_err(errno)
+    }
+
+    pub fn mknod(&self, p: &Path, kind: NodeKind, mode: u32, rdev: u64) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        let perm = Mode::from_bits_truncate(mode & 0o777);
+        match kind {
+            NodeKind::Fifo => nix::unistd::mkfifoat(&dir, name, perm).map_err(errno),
+            NodeKind::Chardev | NodeKind::Blockdev => {
+                nix::sys::stat::mknodat(&dir, name, type_of(kind), perm, rdev as _).map_err(errno)
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a special file",
+            )),
+        }
+    }
+
+    /// Opens the regular file `p` for writing (and reading), creating it
+    /// (exclusively with `exclusive`) if it does not exist; never follows a
+    /// symbolic link, and refuses anything that is not a regular file.
+    pub fn open_file(&self, p: &Path, create: bool, exclusive: bool) -> io::Result<File> {
+        // O_NONBLOCK keeps a FIFO planted in the way from blocking the open;
+        // on the regular file that is checked for below it changes nothing.
+        let mut flags = OFlag::O_RDWR | OFlag::O_NONBLOCK;
+        if create {
+            flags |= OFlag::O_CREAT;
+        }
+        if exclusive {
+            flags |= OFlag::O_EXCL;
+        }
+        // openat2 refuses a mode without O_CREAT.
+        let mode = if create { FILE_MODE_WHILE_RESTORING } else { 0 };
+        let fd = self.open_beneath(p, flags, mode)?;
+        let st = fstat(&fd).map_err(errno)?;
+        if !is_type(&st, SFlag::S_IFREG) {
+            return Err(changed());
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Opens the regular file `p` for reading (never following it).
+    pub fn open_read(&self, p: &Path) -> io::Result<File> {
+        let fd = self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)?;
+        let st = fstat(&fd).map_err(errno)?;
+        if !is_type(&st, SFlag::S_IFREG) {
+            return Err(changed());
+        }
+        Ok(File::from(fd))
+    }
+
+    /// Makes `to` a hard link of `from` (both below the target).
+    pub fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (fdir, fname) = self.parent(from)?;
+        let (tdir, tname) = self.parent(to)?;
+        nix::unistd::linkat(&fdir, fname, &tdir, tname, AtFlags::empty()).map_err(errno)
+    }
+
+    /// Applies ownership, xattrs, permissions and times of `node` to the
+    /// entry at `p`, on a handle of that very entry (its type checked), in
+    /// the order that keeps each from undoing another (chown clears setuid
+    /// bits, so it comes before chmod; times come last). Returns the first
+    /// failure, after trying everything.
+    pub fn apply_metadata(&self, p: &Path, node: &Node, is_root: bool) -> Result<(), String> {
+        if matches!(node.kind, NodeKind::File | NodeKind::Dir) {
+            // The common case, on a plain handle of the entry (one call
+            // to open it, then calls on the handle alone). A file this
+            // process may not read (mode 0 from an earlier restore, not
+            // root) takes the way below.
+            let flags = if node.kind == NodeKind::Dir {
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY
+            } else {
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK
+            };
+            match self.open_beneath(p, flags, 0) {
+                Ok(fd) => return metadata_on_handle(&fd, node, is_root),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let (dir, name) = self.parent(p).map_err(|e| e.to_string())?;
+        if node.kind == NodeKind::Symlink {
+            return symlink_metadata(&dir, name, node, is_root);
+        }
+        let fd = nix::fcntl::openat(
+            &dir,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(e).to_string())?;
+        let st = fstat(&fd).map_err(|e| errno(e).to_string())?;
+        if !is_type(&st, type_of(node.kind)) {
+            return Err(changed().to_string());
+        }
+        // The handle's own name: following it reaches exactly this inode,
+        // whatever the name in the directory points at by now.
+        let me = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let mut first_err: Option<String> = None;
+        let mut note = |e: String| {
+            first_err.get_or_insert(e);
+        };
+        if is_root && let Err(e) = std::os::unix::fs::chown(&me, Some(node.uid), Some(node.gid)) {
+            note(format!("chown: {e}"));
+        }
+        for x in &node.xattrs {
+            let Some(v) = hex_decode(&x.value) else {
+                note(format!("xattr {:?}: value is not hex", x.name));
+                continue;
+            };
+            if let Err(e) =
+                rustix::fs::setxattr(&me, x.name.as_os(), &v, rustix::fs::XattrFlags::empty())
+            {
+                note(format!("xattr {}: {e}", x.name.lossy()));
+            }
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) =
+                std::fs::set_permissions(&me, std::fs::Permissions::from_mode(node.mode & 0o7777))
+            {
+                note(format!("chmod: {e}"));
+            }
+        }
+        // Ancestors of the backed-up paths carry no times (ctime 0): leave them.
+        if node.ctime_ns != 0 {
+            let atime = if node.atime_ns == 0 {
+                TimeSpec::UTIME_OMIT
+            } else {
+                timespec(node.atime_ns)
+            };
+            if let Err(e) = utimensat(
+                nix::fcntl::AT_FDCWD,
+                &me,
+                &atime,
+                &timespec(node.mtime_ns),
+                UtimensatFlags::FollowSymlink,
+            ) {
+                note(format!("setting times: {e}"));
+            }
+        }
+        drop(fd);
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Ownership, xattrs, mode and times of `node`, on an open handle of the
+/// entry (its type checked first).
+fn metadata_on_handle(fd: &OwnedFd, node: &Node, is_root: bool) -> Result<(), String> {
+    let st = fstat(fd).map_err(|e| errno(e).to_string())?;
+    if !is_type(&st, type_of(node.kind)) {
+        return Err(changed().to_string());
+    }
+    let mut first_err: Option<String> = None;
+    let mut note = |e: String| {
+        first_err.get_or_insert(e);
+    };
+    if is_root && let Err(e) = nix::unistd::fchown(fd, Some(node.uid.into()), Some(node.gid.into()))
+    {
+        note(format!("chown: {e}"));
+    }
+    for x in &node.xattrs {
+        let Some(v) = hex_decode(&x.value) else {
+            note(format!("xattr {:?}: value is not hex", x.name));
+            continue;
+        };
+        if let Err(e) =
+            rustix::fs::fsetxattr(fd, x.name.as_os(), &v, rustix::fs::XattrFlags::empty())
+        {
+            note(format!("xattr {}: {e}", x.name.lossy()));
+        }
+    }
+    if let Err(e) = nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(node.mode & 0o7777)) {
+        note(format!("chmod: {e}"));
+    }
+    // Ancestors of the backed-up paths carry no times (ctime 0): leave them.
+    if node.ctime_ns != 0 {
+        let atime = if node.atime_ns == 0 {
+            TimeSpec::UTIME_OMIT
+        } else {
+            timespec(node.atime_ns)
+        };
+        if let Err(e) = nix::sys::stat::futimens(fd, &atime, &timespec(node.mtime_ns)) {
+            note(format!("setting times: {e}"));
+        }
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// A symbolic link's owner and modification time, on the link itself.
+fn symlink_metadata(dir: &OwnedFd, name: &OsStr, node: &Node, is_root: bool) -> Result<(), String> {
+    let mut first_err = None;
+    if is_root
+        && let Err(e) = nix::unistd::fchownat(
+            dir,
+            name,
+            Some(node.uid.into()),
+            Some(node.gid.into()),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+    {
+        first_err = Some(format!("chown: {e}"));
+    }
+    if node.ctime_ns != 0
+        && let Err(e) = utimensat(
+            dir,
+            name,
+            &TimeSpec::UTIME_OMIT,
+            &timespec(node.mtime_ns),
+            UtimensatFlags::NoFollowSymlink,
+        )
+        && first_err.is_none()
+    {
+        first_err = Some(format!("setting times: {e}"));
+    }
+    match first_err {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

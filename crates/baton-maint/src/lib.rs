@@ -1,0 +1,25 @@
+//! Maintenance of a Baton repository: `check` (structure, and with
+//! `--read-data` every byte), `repair` (index, snapshots, packs), `forget`
+//! (retention policies) and `prune` (garbage collection). Built on the
+//! repository core (`baton-repo`); nothing here parses arguments or draws on
+//! a terminal. Every operation takes a cancellation handle.
+
+mod check;
+mod forget;
+mod prune;
+mod repair;
+
+pub use check::{
+    CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
+};
+pub use forget::{
+    ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,
+    KeepReason, PolicyInput, SnapTime, Within, apply_policy, forget, forget_locked, plan_forget,
+};
+pub use prune::{
+    ForgottenJob, MaxUnused, PlanStats, PruneOptions, PruneResult, prune, prune_locked,
+};
+pub use repair::{
+    RemovedEntry, RepairIndexReport, RepairPacksReport, RepairSnapshotsOptions,
+    RepairSnapshotsReport, RepairedSnapshot, repair_index, repair_packs, repair_snapshots,
+};

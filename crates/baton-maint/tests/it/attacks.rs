@@ -1,0 +1,601 @@
+//! Restore never writes outside its target: crafted trees (written with the
+//! key by a test helper) and a local user racing the restore.
+
+use crate::baton::{
+    BackupOptions, Cancel, EntryStatus, NoProgress, Progress, RepoError, Repository, RestoreOptions,
+};
+use crate::faults::fast_init;
+use baton_format::object::to_json;
+use baton_storage::LocalStorage;
+use baton_types::{BlobType, FsName, Id, Node, NodeKind, Snapshot, Tree};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+fn node(name: &str, kind: NodeKind) -> Node {
+    Node {
+        name: FsName::from(name),
+        kind,
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime_ns: 1,
+        atime_ns: 0,
+        ctime_ns: 1,
+        inode: 0,
+        device_id: 0,
+        links: 1,
+        size: 0,
+        rdev: 0,
+        content: Vec::new(),
+        subtree: None,
+        link_target: None,
+        xattrs: Vec::new(),
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    repo: Repository,
+    snapshot: Snapshot,
+}
+
+/// A repository with one real snapshot (whose metadata the crafted ones copy).
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let storage = Arc::new(LocalStorage::new(root.join("repo")));
+    let mut repo = Repository::init(storage, b"pw", &fast_init()).unwrap();
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let r = crate::baton::backup(
+        &mut repo,
+        &BackupOptions {
+            paths: vec![src],
+            ..Default::default()
+        },
+        None,
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    repo.load_index().unwrap();
+    Setup {
+        _dir: dir,
+        root,
+        repo,
+        snapshot: r.snapshot,
+    }
+}
+
+fn file_node(repo: &mut Repository, name: &str, data: &[u8]) -> Node {
+    let id = repo
+        .store_raw_blobs(&[(BlobType::Data, data.to_vec())])
+        .unwrap()[0];
+    let mut n = node(name, NodeKind::File);
+    n.mode = 0o644;
+    n.size = data.len() as u64;
+    n.content = vec![id];
+    n
+}
+
+/// Stores `nodes` as a tree blob as given (unsorted, duplicated: anything).
+fn raw_tree(repo: &mut Repository, nodes: Vec<Node>) -> Id {
+    repo.store_raw_blobs(&[(BlobType::Tree, to_json(&Tree { nodes }))])
+        .unwrap()[0]
+}
+
+fn restore(
+    s: &Setup,
+    snap: &Snapshot,
+    target: &Path,
+    progress: &dyn Progress,
+) -> crate::baton::Result<crate::baton::RestoreSummary> {
+    crate::baton::restore(
+        &s.repo,
+        snap,
+        None,
+        target,
+        &RestoreOptions::default(),
+        progress,
+        &Cancel::new(),
+    )
+}
+
+/// A directory `x` holding `f`, then a symbolic link `x` to a directory
+/// outside: restore of version 1 wrote `f` through the link and chmodded the
+/// outside directory 0777. The tree is refused when decoded; nothing outside
+/// changes, and `check` names the tree.
+#[test]
+fn a_tree_with_a_name_twice_is_refused() {
+    let mut s = setup();
+    let outside = s.root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let f = file_node(&mut s.repo, "f", b"planted");
+    let inner = raw_tree(&mut s.repo, vec![f]);
+    let mut dir = node("x", NodeKind::Dir);
+    dir.subtree = Some(inner);
+    let mut link = node("x", NodeKind::Symlink);
+    link.link_target = Some(FsName::from(outside.to_str().unwrap()));
+    for nodes in [vec![dir.clone(), link.clone()], vec![link, dir]] {
+        let root = raw_tree(&mut s.repo, nodes);
+        let mut snap = s.snapshot.clone();
+        snap.tree = root;
+        let target = s.root.join(format!("t-{}", root.short()));
+        let r = restore(&s, &snap, &target, &NoProgress);
+        let refused = match r {
+            Err(e) => e.to_string(),
+            Ok(sum) => format!("{:?}", sum.errors),
+        };
+        assert!(refused.contains("twice"), "{refused}");
+        assert!(!outside.join("f").exists());
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        // check reports the tree.
+        s.repo.save_snapshot(&snap).unwrap();
+        let report = crate::baton::check(
+            &s.repo,
+            &crate::baton::CheckOptions::default(),
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert!(
+            report.problems.iter().any(|p| p.message.contains("twice")),
+            "{:?}",
+            report.problems
+        );
+    }
+}
+
+/// Unsorted names, `..` and names with `/` are refused the same way.
+#[test]
+fn unsafe_or_unsorted_names_are_refused() {
+    let mut s = setup();
+    for nodes in [
+        vec![node("b", NodeKind::Fifo), node("a", NodeKind::Fifo)],
+        vec![node("..", NodeKind::Fifo)],
+        vec![node("a/b", NodeKind::Fifo)],
+    ] {
+        let root = raw_tree(&mut s.repo, nodes);
+        let mut snap = s.snapshot.clone();
+        snap.tree = root;
+        let target = s.root.join(format!("t-{}", root.short()));
+        assert!(restore(&s, &snap, &target, &NoProgress).is_err());
+        assert!(s.repo.read_tree(&root).is_err());
+    }
+}
+
+/// 41 trees, each holding the next twice: 2^41 entries from 41 objects. A
+/// walk of it (restore, ls, dump, diff) stops at the snapshot's recorded size.
+#[test]
+fn an_exponential_tree_is_not_walked() {
+    let mut s = setup();
+    let mut t = raw_tree(&mut s.repo, vec![]);
+    for _ in 0..41 {
+        let mut a = node("a", NodeKind::Dir);
+        a.subtree = Some(t);
+        let mut b = node("b", NodeKind::Dir);
+        b.subtree = Some(t);
+        t = raw_tree(&mut s.repo, vec![a, b]);
+    }
+    let mut snap = s.snapshot.clone();
+    snap.tree = t;
+    let target = s.root.join("t");
+    let err = restore(&s, &snap, &target, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("expand"), "{err}");
+    let mut budget = crate::baton::WalkBudget::for_snapshot(&snap);
+    let mut n = 0u64;
+    let err = crate::baton::walk_tree(&s.repo, &t, "/", &mut budget, &mut |_, _| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(matches!(err, RepoError::Damaged(_)), "{err}");
+    assert!(n < 3_000_000, "{n}");
+    let err = crate::baton::diff(&s.repo, &s.snapshot, &snap).unwrap_err();
+    assert!(err.to_string().contains("expand"), "{err}");
+}
+
+/// Directories nested deeper than any path Linux resolves are refused.
+#[test]
+fn a_deep_tree_is_refused() {
+    let mut s = setup();
+    let mut t = raw_tree(&mut s.repo, vec![]);
+    let mut trees = Vec::new();
+    for _ in 0..crate::baton::MAX_TREE_DEPTH + 5 {
+        let mut d = node("d", NodeKind::Dir);
+        d.subtree = Some(t);
+        let json = to_json(&Tree { nodes: vec![d] });
+        t = s.repo.key().blob_id(&json);
+        trees.push((BlobType::Tree, json));
+    }
+    s.repo.store_raw_blobs(&trees).unwrap();
+    let mut snap = s.snapshot.clone();
+    snap.tree = t;
+    let err = restore(&s, &snap, &s.root.join("t"), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("nest"), "{err}");
+}
+
+/// Symbolic links already in a (non-empty) target, where the snapshot has a
+/// directory or a file: replaced, never followed.
+#[test]
+fn links_in_the_target_are_replaced_not_followed() {
+    let mut s = setup();
+    let outside = s.root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"keep").unwrap();
+    let f = file_node(&mut s.repo, "f", b"new content");
+    let victim = file_node(&mut s.repo, "victim", b"overwritten?");
+    let inner = raw_tree(&mut s.repo, vec![f]);
+    let mut x = node("x", NodeKind::Dir);
+    x.subtree = Some(inner);
+    let root = raw_tree(&mut s.repo, vec![victim, x]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("x")).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), target.join("victim")).unwrap();
+    let sum = restore(&s, &snap, &target, &NoProgress).unwrap();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
+    assert!(!outside.join("f").exists());
+    assert!(target.join("x").symlink_metadata().unwrap().is_dir());
+    assert_eq!(std::fs::read(target.join("x/f")).unwrap(), b"new content");
+    assert_eq!(
+        std::fs::read(target.join("victim")).unwrap(),
+        b"overwritten?"
+    );
+}
+
+/// Swaps `dir` for a symbolic link to `outside` when restore reports `after`.
+struct Racer {
+    after: PathBuf,
+    dir: PathBuf,
+    outside: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Progress for Racer {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut done = self.done.lock().unwrap();
+        if !*done && path == self.after {
+            std::fs::rename(&self.dir, self.dir.with_extension("moved")).unwrap();
+            std::os::unix::fs::symlink(&self.outside, &self.dir).unwrap();
+            *done = true;
+        }
+    }
+}
+
+/// A local user swaps a directory inside a non-empty target for a symbolic
+/// link while the restore runs (made deterministic: at the moment restore
+/// reports the directory's first file). Nothing is written, created or
+/// chmodded outside; the entries behind the swap fail, naming the link.
+#[test]
+fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
+    let mut s = setup();
+    let outside = s.root.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(outside.join("b"), b"victim").unwrap();
+    let a = file_node(&mut s.repo, "a", b"first");
+    let b = file_node(&mut s.repo, "b", b"second");
+    let c = file_node(&mut s.repo, "c", b"third");
+    let inner = raw_tree(&mut s.repo, vec![a, b, c]);
+    let mut sub = node("sub", NodeKind::Dir);
+    sub.subtree = Some(inner);
+    sub.mode = 0o777;
+    let root = raw_tree(&mut s.repo, vec![sub]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    // Non-empty target: `sub` exists with an older `a` and `b`, so the walk
+    // handles them itself, one by one.
+    std::fs::create_dir_all(target.join("sub")).unwrap();
+    std::fs::write(target.join("sub/a"), b"old").unwrap();
+    std::fs::write(target.join("sub/b"), b"old").unwrap();
+    let racer = Racer {
+        after: target.join("sub/a"),
+        dir: target.join("sub"),
+        outside: outside.clone(),
+        done: Mutex::new(false),
+    };
+    let sum = restore(&s, &snap, &target, &racer).unwrap();
+    assert!(*racer.done.lock().unwrap(), "the race never ran");
+    assert_eq!(std::fs::read(outside.join("b")).unwrap(), b"victim");
+    assert!(!outside.join("c").exists());
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the outside directory was chmodded");
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(_, e)| e.contains("symbolic link") || e.contains("replaced")),
+        "{:?}",
+        sum.errors
+    );
+}
+
+/// Swaps listed files for a symbolic link to a secret and for a FIFO when
+/// the backup reports its first file.
+struct Swapper {
+    after: PathBuf,
+    link: PathBuf,
+    fifo: PathBuf,
+    secret: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Progress for Swapper {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut done = self.done.lock().unwrap();
+        if !*done && path == self.after {
+            std::fs::remove_file(&self.link).unwrap();
+            std::os::unix::fs::symlink(&self.secret, &self.link).unwrap();
+            std::fs::remove_file(&self.fifo).unwrap();
+            nix::unistd::mkfifo(&self.fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                .unwrap();
+            *done = true;
+        }
+    }
+}
+
+/// A file swapped for a symbolic link between listing and opening: the
+/// link's target is never stored under the file's name. A file swapped for a
+/// FIFO: the backup does not hang. Both are recorded as errors. Made
+/// deterministic: the swap happens when the backup reports the directory's
+/// first file, and 200 files come before the swapped ones (beyond the
+/// read-ahead, which opens at most 128 files ahead).
+#[test]
+fn files_swapped_during_backup_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let mut repo = Repository::init(storage, b"pw", &fast_init()).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..200 {
+        std::fs::write(src.join(format!("f{i:03}")), format!("file {i}")).unwrap();
+    }
+    std::fs::write(src.join("x-fifo"), b"original fifo").unwrap();
+    std::fs::write(src.join("x-link"), b"original link").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"SECRET").unwrap();
+    let swapper = Arc::new(Swapper {
+        after: src.join("f000"),
+        link: src.join("x-link"),
+        fifo: src.join("x-fifo"),
+        secret: secret.clone(),
+        done: Mutex::new(false),
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (swapper, src) = (swapper.clone(), src.clone());
+        // A thread of its own: a FIFO opened for reading would block it
+        // forever, and the test must fail instead of hanging.
+        std::thread::spawn(move || {
+            let r = crate::baton::backup(
+                &mut repo,
+                &BackupOptions {
+                    paths: vec![src],
+                    ..Default::default()
+                },
+                None,
+                &*swapper,
+                &Cancel::new(),
+            );
+            let _ = tx.send((repo, r.map(|_| ())));
+        });
+    }
+    let (mut repo, result) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the backup hung on the FIFO");
+    result.unwrap();
+    assert!(*swapper.done.lock().unwrap(), "the swap never ran");
+    repo.load_index().unwrap();
+    let (_, snap) = repo.find_snapshot("latest").unwrap();
+    let errors = &snap.summary.as_ref().unwrap().errors;
+    let named = |n: &str| errors.iter().any(|e| e.path.ends_with(n));
+    assert!(named("x-link"), "{errors:?}");
+    assert!(named("x-fifo"), "{errors:?}");
+    let sub = src.to_str().unwrap();
+    let (_, tree) = crate::baton::find_node(&repo, &snap.tree, sub).unwrap();
+    let t = repo.read_tree(&tree.unwrap()).unwrap();
+    for n in &t.nodes {
+        for c in &n.content {
+            assert_ne!(repo.load_blob(c).unwrap(), b"SECRET", "{:?}", n.name);
+        }
+    }
+    assert!(t.find(b"x-link").is_none());
+    assert!(t.find(b"x-fifo").is_none());
+}
+
+/// Runs a second backup of the same paths from inside the first one (at its
+/// first file), through another handle of the repository.
+struct Nested {
+    after: PathBuf,
+    storage: Arc<LocalStorage>,
+    src: PathBuf,
+    second: Mutex<Option<crate::baton::BackupResult>>,
+}
+
+impl Progress for Nested {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut second = self.second.lock().unwrap();
+        if second.is_none() && path == self.after {
+            let mut repo = Repository::open(self.storage.clone(), b"pw").unwrap();
+            let r = crate::baton::backup(
+                &mut repo,
+                &BackupOptions {
+                    paths: vec![self.src.clone()],
+                    ..Default::default()
+                },
+                None,
+                &NoProgress,
+                &Cancel::new(),
+            )
+            .unwrap();
+            *second = Some(r);
+        }
+    }
+}
+
+/// A second backup of the same paths while the first still runs does not
+/// "resume" the first one's job (both would write the same data): the live
+/// job is claimed in its lock. Both finish, neither resumed anything.
+#[test]
+fn a_live_job_is_never_resumed_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let mut repo = Repository::init(storage.clone(), b"pw", &fast_init()).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("f{i:02}")), format!("file {i}")).unwrap();
+    }
+    let nested = Nested {
+        after: src.join("f00"),
+        storage: storage.clone(),
+        src: src.clone(),
+        second: Mutex::new(None),
+    };
+    let first = crate::baton::backup(
+        &mut repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        None,
+        &nested,
+        &Cancel::new(),
+    )
+    .unwrap();
+    let second = nested
+        .second
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the second backup ran");
+    assert!(first.summary().resumed_job.is_none());
+    assert!(
+        second.summary().resumed_job.is_none(),
+        "the second backup resumed the live job {:?}",
+        second.summary().resumed_job
+    );
+    assert_ne!(first.snapshot.job, second.snapshot.job);
+    assert_eq!(repo.list_snapshots().unwrap().len(), 2);
+}
+
+/// A lock dated in the future (planted, or from a clock far ahead) goes
+/// stale like any other: it does not block an exclusive operation forever.
+#[test]
+fn a_lock_dated_in_the_future_is_stale() {
+    let info = crate::baton::LockInfo {
+        time: "2999-01-01T00:00:00Z".into(),
+        exclusive: true,
+        hostname: "elsewhere".into(),
+        username: "u".into(),
+        pid: 1,
+        job: None,
+        boot_id: None,
+    };
+    assert!(info.is_stale());
+    let garbage = crate::baton::LockInfo {
+        time: "not a time".into(),
+        ..info.clone()
+    };
+    assert!(garbage.is_stale());
+    let now = crate::baton::LockInfo {
+        time: humantime::format_rfc3339(std::time::SystemTime::now()).to_string(),
+        ..info
+    };
+    assert!(!now.is_stale());
+}
+
+/// `check` reports a file whose chunks do not add up to its recorded size.
+#[test]
+fn check_reports_a_file_whose_chunks_do_not_add_up() {
+    let mut s = setup();
+    let mut f = file_node(&mut s.repo, "f", b"four");
+    f.size = 1 << 20;
+    let root = raw_tree(&mut s.repo, vec![f]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    s.repo.save_snapshot(&snap).unwrap();
+    let report = crate::baton::check(
+        &s.repo,
+        &crate::baton::CheckOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("chunks hold 4")),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// Aborts `cancel` the way the lock watcher does, at the first entry.
+struct LoseLock {
+    cancel: Cancel,
+}
+
+impl Progress for LoseLock {
+    fn entry(&self, _path: &Path, _status: EntryStatus) {
+        self.cancel
+            .abort("lost the repository lock: it could not be refreshed");
+    }
+}
+
+/// A lost lock stops a restore as a whole (typed, so a director can tell it
+/// from a failed file), instead of being reported as one failed entry.
+#[test]
+fn a_lost_lock_stops_a_restore() {
+    let mut s = setup();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut f = node(name, NodeKind::Fifo);
+        f.mode = 0o644;
+        nodes.push(f);
+    }
+    let root = raw_tree(&mut s.repo, nodes);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let cancel = Cancel::new();
+    let progress = LoseLock {
+        cancel: cancel.clone(),
+    };
+    let target = s.root.join("t");
+    let err = crate::baton::restore(
+        &s.repo,
+        &snap,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &progress,
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RepoError::LockLost(_)), "{err:?}");
+    assert_eq!(err.class(), crate::baton::ErrorClass::AlertHuman);
+    assert_eq!(
+        RepoError::Locked { holder: "x".into() }.class(),
+        crate::baton::ErrorClass::RetryLater
+    );
+    assert_eq!(
+        RepoError::Invalid("bad".into()).class(),
+        crate::baton::ErrorClass::UserError
+    );
+    assert_eq!(
+        RepoError::Cancelled.class(),
+        crate::baton::ErrorClass::Cancelled
+    );
+}
