@@ -42,7 +42,7 @@ pub struct Cancel(Arc<CancelInner>);
 
 #[derive(Default, Debug)]
 struct CancelInner {
-    flag: AtomicBool,
+    flag: Arc<AtomicBool>,
     reason: Mutex<Option<String>>,
 }
 
@@ -57,6 +57,11 @@ impl Cancel {
     pub fn abort(&self, reason: impl Into<String>) {
         *self.0.reason.lock().expect("cancel reason") = Some(reason.into());
         self.cancel();
+    }
+    /// The flag itself, for layers below that know no `Cancel` (the
+    /// storage's retry waits: `RetryStorage::with_stop`).
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.flag.clone()
     }
     pub fn is_cancelled(&self) -> bool {
         self.0.flag.load(Ordering::Relaxed)

@@ -2,7 +2,9 @@
 //! backend (a local disk rarely needs it; S3 and network stores do).
 
 use crate::{ErrorKind, ObjectInfo, ObjectKind, Storage, StorageError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// How often and how long to retry.
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +28,16 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Runs `op` until it succeeds, fails permanently, or attempts run out.
-    pub fn run<T>(
+    pub fn run<T>(&self, op: impl FnMut() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        self.run_until(None, op)
+    }
+
+    /// Like [`RetryPolicy::run`]; a wait between attempts ends early, with
+    /// [`ErrorKind::Cancelled`], as soon as `stop` is set (Ctrl-C must not
+    /// wait out a back-off of minutes).
+    pub fn run_until<T>(
         &self,
+        stop: Option<&AtomicBool>,
         mut op: impl FnMut() -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let mut delay = self.initial_delay;
@@ -35,7 +45,13 @@ impl RetryPolicy {
         loop {
             match op() {
                 Err(e) if e.kind == ErrorKind::Transient && attempt < self.attempts => {
-                    std::thread::sleep(delay);
+                    if !wait(delay, stop) {
+                        return Err(StorageError::new(
+                            ErrorKind::Cancelled,
+                            e.what,
+                            format!("cancelled while waiting to retry after: {}", e.message),
+                        ));
+                    }
                     delay = (delay * 2).min(self.max_delay);
                     attempt += 1;
                 }
@@ -49,6 +65,25 @@ impl RetryPolicy {
     }
 }
 
+/// Sleeps `delay`, in slices, unless `stop` is set; false when stopped.
+fn wait(delay: Duration, stop: Option<&AtomicBool>) -> bool {
+    let Some(stop) = stop else {
+        std::thread::sleep(delay);
+        return true;
+    };
+    let end = Instant::now() + delay;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
 /// Wraps a storage and retries its transient errors. Safe for every
 /// operation: puts are create-only and content-addressed, so a put that
 /// succeeded but whose answer was lost fails with `AlreadyExists` when
@@ -56,11 +91,27 @@ impl RetryPolicy {
 pub struct RetryStorage<S> {
     inner: S,
     policy: RetryPolicy,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl<S: Storage> RetryStorage<S> {
     pub fn new(inner: S, policy: RetryPolicy) -> Self {
-        RetryStorage { inner, policy }
+        RetryStorage {
+            inner,
+            policy,
+            stop: None,
+        }
+    }
+
+    /// Waits between attempts end as soon as `stop` is set (a
+    /// cancellation flag, e.g. `baton_repo::Cancel::flag`).
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn run<T>(&self, op: impl FnMut() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        self.policy.run_until(self.stop.as_deref(), op)
     }
 }
 
@@ -69,19 +120,19 @@ impl<S: Storage> Storage for RetryStorage<S> {
         self.inner.location()
     }
     fn exists(&self) -> Result<bool, StorageError> {
-        self.policy.run(|| self.inner.exists())
+        self.run(|| self.inner.exists())
     }
     fn create(&self) -> Result<(), StorageError> {
-        self.policy.run(|| self.inner.create())
+        self.run(|| self.inner.create())
     }
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        self.policy.run(|| self.inner.put(kind, name, data))
+        self.run(|| self.inner.put(kind, name, data))
     }
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
-        self.policy.run(|| self.inner.get(kind, name))
+        self.run(|| self.inner.get(kind, name))
     }
     fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
-        self.policy.run(|| self.inner.get_limited(kind, name, max))
+        self.run(|| self.inner.get_limited(kind, name, max))
     }
     fn get_range(
         &self,
@@ -90,17 +141,16 @@ impl<S: Storage> Storage for RetryStorage<S> {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StorageError> {
-        self.policy
-            .run(|| self.inner.get_range(kind, name, offset, len))
+        self.run(|| self.inner.get_range(kind, name, offset, len))
     }
     fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
-        self.policy.run(|| self.inner.size(kind, name))
+        self.run(|| self.inner.size(kind, name))
     }
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.policy.run(|| self.inner.list(kind))
+        self.run(|| self.inner.list(kind))
     }
     fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
-        self.policy.run(|| self.inner.remove(kind, name))
+        self.run(|| self.inner.remove(kind, name))
     }
 }
 
@@ -115,6 +165,31 @@ mod tests {
             initial_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
         }
+    }
+
+    /// A stop flag ends a back-off at once: an operation that keeps failing
+    /// with a transient error, under a policy that would wait an hour, is
+    /// tried once and then reported cancelled.
+    #[test]
+    fn a_stop_flag_interrupts_the_wait() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            initial_delay: Duration::from_secs(3600),
+            max_delay: Duration::from_secs(3600),
+        };
+        let stop = AtomicBool::new(true);
+        let mut calls = 0;
+        let r: Result<(), _> = policy.run_until(Some(&stop), || {
+            calls += 1;
+            Err(StorageError::new(
+                ErrorKind::Transient,
+                "x",
+                "connection reset",
+            ))
+        });
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert_eq!(calls, 1);
     }
 
     #[test]

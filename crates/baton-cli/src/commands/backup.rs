@@ -45,6 +45,9 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     let result = crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel());
     progress.finish();
     let result = result?;
+    for w in &result.warnings {
+        eprintln!("warning: {}", context::escape(w));
+    }
     let s = result.summary();
     if g.json {
         super::print_json(&serde_json::json!({

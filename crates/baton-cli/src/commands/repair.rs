@@ -107,7 +107,17 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
         return Ok(crate::exit::OK);
     }
     for (name, why) in &r.unreadable {
-        eprintln!("warning: snapshot {name} cannot be read and was left alone: {why}");
+        if r.unreadable_forgotten {
+            eprintln!(
+                "snapshot {name} could not be read and was removed: {}",
+                context::escape(why)
+            );
+        } else {
+            eprintln!(
+                "warning: snapshot {name} cannot be read and was left alone (`--forget` removes it): {}",
+                context::escape(why)
+            );
+        }
     }
     for s in &r.repaired {
         outln!(

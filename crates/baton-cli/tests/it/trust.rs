@@ -425,3 +425,36 @@ fn a_damaged_blob_is_stored_afresh_and_its_pack_replaced() {
             .ok();
     }
 }
+
+/// A parent that cannot serve (dated in the future) is passed over with a
+/// warning, and `repair snapshots --forget` removes an unreadable snapshot.
+#[test]
+fn parent_passed_over_warns_and_repair_forgets_unreadable_snapshots() {
+    let env = Env::new();
+    let src = env.path("src");
+    write_file(&src.join("a"), 10_000, 1).unwrap();
+    env.backup(&[&src], &["--time", "2099-01-01T00:00:00Z"]);
+    let r = env.run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("was not used as the parent"),
+        "{}",
+        r.stderr
+    );
+    // Damage the newer (real) snapshot beyond reading.
+    let ids = snapshot_ids(&env);
+    let victim = objects(&env.repo, "snapshots")
+        .into_iter()
+        .find(|p| ids.iter().any(|i| p.ends_with(i)))
+        .unwrap();
+    let mut b = std::fs::read(&victim).unwrap();
+    b[30] ^= 0x04;
+    std::fs::write(&victim, b).unwrap();
+    assert_eq!(env.run(&["snapshots"]).code, 3);
+    let r = env.run(&["repair", "snapshots", "--forget"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("removed"), "{}", r.stderr);
+    let r = env.run(&["snapshots"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.run(&["prune"]).ok();
+}

@@ -75,6 +75,8 @@ pub struct BackupResult {
     /// `None` for a dry run.
     pub snapshot_id: Option<Id>,
     pub snapshot: Snapshot,
+    /// What the caller should tell the user (e.g. a parent passed over).
+    pub warnings: Vec<String>,
 }
 
 impl BackupResult {
@@ -255,7 +257,26 @@ pub fn backup(
         (true, ResumeMode::Auto) => find_resumable(repo, &lock, &snapshots, &host, &paths)?,
         _ => None,
     };
+    let mut warnings = Vec::new();
     let parent = find_parent(repo, opts, &snapshots, resumed.as_ref(), &host, &paths)?;
+    if parent.is_none() && !opts.force && opts.parent.is_none() {
+        // The newest snapshot of these paths could not serve as the parent.
+        if let Some((id, s)) = snapshots
+            .iter()
+            .rev()
+            .find(|(_, s)| s.hostname == host && same_paths(&s.paths, &paths))
+        {
+            let why = if baton_repo::repo::in_future(&s.time) {
+                format!("it is dated in the future ({})", s.time)
+            } else {
+                "its root tree is missing".to_string()
+            };
+            warnings.push(format!(
+                "snapshot {} was not used as the parent: {why}; every file is read",
+                id.short()
+            ));
+        }
+    }
     // The packs an interrupted run stored are known from its journal.
     let mut earlier_packs = Vec::new();
     if let Some(job) = &resumed {
@@ -410,5 +431,6 @@ pub fn backup(
     Ok(BackupResult {
         snapshot_id,
         snapshot,
+        warnings,
     })
 }

@@ -56,8 +56,11 @@ pub struct RepairedSnapshot {
 pub struct RepairSnapshotsReport {
     pub snapshots_checked: u64,
     pub repaired: Vec<RepairedSnapshot>,
-    /// Snapshot objects that cannot be read (left alone), with the reason.
+    /// Snapshot objects that cannot be read, with the reason: left alone,
+    /// or with `--forget` deleted (nothing in them can be saved).
     pub unreadable: Vec<(String, String)>,
+    /// Whether the unreadable snapshot objects were deleted (`--forget`).
+    pub unreadable_forgotten: bool,
     pub trees_written: u64,
 }
 
@@ -366,6 +369,15 @@ pub fn repair_snapshots(
             removed,
             forgotten: opts.forget,
         });
+    }
+    if opts.forget {
+        // A snapshot that cannot be read holds nothing to copy; it must
+        // not stay to block prune and name itself in every listing.
+        for (name, _) in &report.unreadable {
+            lock.ensure_fresh()?;
+            repo.storage().remove(ObjectKind::Snapshot, name)?;
+        }
+        report.unreadable_forgotten = !report.unreadable.is_empty();
     }
     drop(lock);
     Ok(report)
