@@ -194,6 +194,13 @@ pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
     let mut r = open(g)?;
     let lock = r.lock(false)?;
     r.load_index().context("loading the index")?;
+    for (name, why) in r.index_skipped() {
+        eprintln!(
+            "warning: index {} left out: {}; its packs are not used (`baton check` names it, `baton repair index` rebuilds the index)",
+            &name[..8.min(name.len())],
+            escape(why)
+        );
+    }
     Ok((r, lock))
 }
 

@@ -109,6 +109,7 @@ fn write_batches(
                 content: n.content.clone(),
                 size: n.size,
                 create: *create,
+                linked: n.links > 1,
             })
             .collect();
         let outcome = match fetch::write_files(repo, target, &jobs, progress, cancel) {
@@ -414,7 +415,7 @@ impl Restorer<'_> {
             // New: created at its length now, its content comes in a batch.
             let created = self
                 .target
-                .open_file(dst, true, true)
+                .open_file(dst, true, true, n.links > 1)
                 .and_then(|f| f.set_len(n.size));
             if let Err(e) = created {
                 if is_no_space(&e) {
@@ -523,7 +524,7 @@ impl Restorer<'_> {
     fn write_content(&mut self, n: &Node, dst: &Path) -> Result<()> {
         let f = self
             .target
-            .open_file(dst, true, false)
+            .open_file(dst, true, false, n.links > 1)
             .map_err(|e| RepoError::io(dst, e))?;
         let old_len = f.metadata().map_err(|e| RepoError::io(dst, e))?.len();
         let mut offset = 0u64;

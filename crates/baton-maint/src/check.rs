@@ -320,16 +320,28 @@ fn record_damage(c: &mut Checker<'_>) -> Result<()> {
         {
             continue;
         }
+        // The tree pass reports trees it cannot load for any reason (a
+        // transient read, a validation failure): not recorded as damage.
+        if p.object.starts_with("tree ") {
+            continue;
+        }
         let named = p
             .object
             .strip_prefix("pack ")
             .and_then(|h| Id::from_hex(h).ok());
         for b in &p.blobs {
+            // Without a named pack, only a blob held by exactly one pack
+            // is recorded (never a guess between a damaged and a good copy).
             let pack = named.or_else(|| {
-                c.indexed_packs
+                let mut holders = c
+                    .indexed_packs
                     .iter()
-                    .find(|(_, (es, _))| es.iter().any(|e| e.id == *b))
-                    .map(|(id, _)| *id)
+                    .filter(|(_, (es, _))| es.iter().any(|e| e.id == *b))
+                    .map(|(id, _)| *id);
+                match (holders.next(), holders.next()) {
+                    (Some(one), None) => Some(one),
+                    _ => None,
+                }
             });
             let Some(pack) = pack else { continue };
             let listed = c

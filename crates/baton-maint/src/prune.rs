@@ -260,7 +260,13 @@ pub fn prune_locked(
         }
     }
 
-    // (3) Plan.
+    // (3) Plan. Copies known damaged are no copies: they never own a blob
+    // (a fresh copy elsewhere does), so their bytes count as unused.
+    let damaged: HashSet<(Id, Id)> = files
+        .iter()
+        .filter(|(id, _)| !superseded.contains(id))
+        .flat_map(|(_, f)| f.damaged.iter().copied())
+        .collect();
     let mut packs: Vec<PackInfo> = Vec::new();
     let mut listed = HashSet::new();
     for (id, f) in &files {
@@ -272,7 +278,12 @@ pub fn prune_locked(
                 packs.push(PackInfo {
                     id: p.id,
                     size: stored.get(&p.id).copied(),
-                    entries: p.blobs.clone(),
+                    entries: p
+                        .blobs
+                        .iter()
+                        .filter(|e| !damaged.contains(&(p.id, e.id)))
+                        .copied()
+                        .collect(),
                     protected: protected.contains(&p.id),
                 });
             }

@@ -54,6 +54,9 @@ pub struct Repository {
     config: Config,
     index: Index,
     tree_cache: Mutex<HashMap<Id, Arc<Tree>>>,
+    /// Index objects the last `load_index` left out (damaged, planted or
+    /// replayed under another name), with why.
+    index_skipped: Vec<(String, String)>,
 }
 
 /// How far ahead of this machine's clock a time may be and still count as
@@ -155,6 +158,7 @@ impl Repository {
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
+            index_skipped: Vec::new(),
         })
     }
 
@@ -277,6 +281,7 @@ impl Repository {
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
+            index_skipped: Vec::new(),
         })
     }
 
@@ -302,9 +307,22 @@ impl Repository {
         }
         let is_superseded =
             |name: &str| Id::from_hex(name).is_ok_and(|id| superseded.contains(&id));
-        if let Some((_, e)) = failed.into_iter().find(|(name, _)| !is_superseded(name)) {
-            return Err(e);
+        // One unreadable index object must not stop every backup: it is
+        // left out (its packs are not indexed, so a backup stores their
+        // content again, and `check` names it); only a fault that may pass
+        // fails the load.
+        let mut skipped = Vec::new();
+        for (name, e) in failed {
+            if is_superseded(&name) {
+                continue;
+            }
+            match e {
+                RepoError::Storage(se) if se.is_transient() => return Err(RepoError::Storage(se)),
+                RepoError::Storage(se) if se.is_not_found() => {}
+                e => skipped.push((name, e.to_string())),
+            }
         }
+        self.index_skipped = skipped;
         if loaded.iter().any(|n| is_superseded(n)) {
             // Index objects that a rewrite (prune, repair) replaced are still
             // there (it was interrupted before deleting them): load again
@@ -324,6 +342,11 @@ impl Repository {
         let what = format!("index {name}");
         let plain = self.load_object(ObjectKind::Index, name)?;
         IndexFile::decode(&plain).map_err(|e| RepoError::format(&what, e))
+    }
+
+    /// Index objects the last [`Repository::load_index`] left out, with why.
+    pub fn index_skipped(&self) -> &[(String, String)] {
+        &self.index_skipped
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -370,6 +393,18 @@ impl Repository {
     /// Opens the sealed bytes of object `kind/name`: refused unless they
     /// were sealed as exactly that kind of object of this repository.
     pub fn open_sealed(&self, kind: ObjectKind, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        // A content-named object is bound to its name by its hash: an old
+        // object put back under a new name (a replayed index) is refused.
+        if matches!(
+            kind,
+            ObjectKind::Index | ObjectKind::Snapshot | ObjectKind::Lock
+        ) && storage_id(sealed).to_hex() != name
+        {
+            return Err(RepoError::Damaged(format!(
+                "{} {name}: its bytes do not hash to its name (damaged, or put there under another name)",
+                kind.dir()
+            )));
+        }
         open_object(
             &self.key,
             &object_ad(&self.config.id, kind, bound_name(kind, name)),
@@ -621,6 +656,10 @@ impl Repository {
                 .storage
                 .get_limited(ObjectKind::Key, &k.name, MAX_KEY_FILE)
             {
+                // A key file is named by the hash of its bytes.
+                Ok(bytes) if storage_id(&bytes).to_hex() != k.name => {
+                    Err("its bytes no longer hash to its name (damaged or edited)".to_string())
+                }
                 Ok(bytes) => from_json::<KeyFile>("key file", &bytes).map_err(|e| e.to_string()),
                 Err(e) if e.is_not_found() => continue,
                 Err(e) if e.is_transient() => return Err(e.into()),

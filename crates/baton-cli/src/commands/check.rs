@@ -56,12 +56,16 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        outln!("{sev}: {}: {}", p.object, p.message);
+        outln!(
+            "{sev}: {}: {}",
+            context::escape(&p.object),
+            context::escape(&p.message)
+        );
         if !p.snapshots.is_empty() {
             let ids: Vec<String> = p.snapshots.iter().map(|s| s.short()).collect();
             outln!("  affects snapshot(s) {}:", ids.join(", "));
             for path in p.paths.iter().take(MAX_PATHS) {
-                outln!("    {path}");
+                outln!("    {}", context::escape(path));
             }
             if p.paths.len() > MAX_PATHS {
                 outln!(

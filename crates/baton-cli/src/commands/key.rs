@@ -133,14 +133,14 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                     outln!(
                         "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  {}",
                         j.job.short(),
-                        j.manifest.hostname,
+                        crate::context::escape(&j.manifest.hostname),
                         j.last_time
                             .get(..19)
                             .unwrap_or(&j.last_time)
                             .replace('T', " "),
                         j.packs.len(),
                         super::bytes(j.position),
-                        j.manifest.paths.join(", ")
+                        crate::context::escape(&j.manifest.paths.join(", "))
                     );
                 }
                 if !g.quiet {

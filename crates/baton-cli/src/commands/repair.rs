@@ -137,7 +137,11 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
             } else {
                 "removed"
             };
-            outln!("  {what} {}: {}", e.path, e.reason);
+            outln!(
+                "  {what} {}: {}",
+                context::escape(&e.path),
+                context::escape(&e.reason)
+            );
         }
     }
     if !g.quiet {

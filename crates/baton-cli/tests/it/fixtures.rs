@@ -150,10 +150,12 @@ fn damaged_key_fixture() {
     let r = run(env.cmd().env("BATON_PASSWORD", "second").arg("snapshots"));
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("damaged"), "{}", r.stderr);
+    let list = fx(&env, &["key", "list"]).ok().stdout;
+    assert!(list.contains("damaged"), "{list}");
     let keys = fx(&env, &["key", "list", "--json"]).ok().json();
     let keys = keys.as_array().unwrap();
     assert_eq!(keys.len(), 2);
-    let bad = keys.iter().find(|k| k["current"] == false).unwrap()["id"]
+    let bad = keys.iter().find(|k| k.get("damaged").is_some()).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();

@@ -130,7 +130,19 @@ pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
 
 fn is_cache_dir(path: &Path) -> bool {
     let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
-    File::open(path.join("CACHEDIR.TAG"))
+    // Not followed, and never blocking: a FIFO named CACHEDIR.TAG must not
+    // hang the backup.
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path.join("CACHEDIR.TAG"))
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                Ok(f)
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
         .and_then(|mut f| f.read_exact(&mut buf))
         .is_ok()
         && buf == CACHEDIR_SIGNATURE

@@ -32,6 +32,8 @@ pub(super) struct FileJob {
     /// The size the snapshot records.
     pub size: u64,
     pub create: bool,
+    /// The snapshot hard-links this file: other links are expected.
+    pub linked: bool,
 }
 
 /// What writing a batch did.
@@ -273,7 +275,7 @@ impl Ctx<'_> {
             let job = &self.files[f];
             let last = self.remaining[f].fetch_sub(1, Ordering::AcqRel) == 1;
             let written = out
-                .file(self.target, f, &job.path, job.create)
+                .file(self.target, f, &job.path, job.create, job.linked)
                 .and_then(|file| {
                     write_sparse(file, data, offset)?;
                     if last && job.create {
@@ -316,10 +318,11 @@ impl Writer {
         f: usize,
         path: &std::path::Path,
         create: bool,
+        linked: bool,
     ) -> std::io::Result<&File> {
         if self.open.as_ref().is_none_or(|(i, _)| *i != f) {
             self.open = None;
-            let file = target.open_file(path, create, false)?;
+            let file = target.open_file(path, create, false, linked)?;
             self.open = Some((f, file));
         }
         Ok(&self.open.as_ref().expect("just opened").1)

@@ -83,6 +83,12 @@ fn changed() -> io::Error {
     )
 }
 
+fn other_links() -> io::Error {
+    io::Error::other(
+        "the file has other hard links (one may lie outside the target): not written through (left alone)",
+    )
+}
+
 fn timespec(ns: i64) -> TimeSpec {
     TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
 }
@@ -160,7 +166,10 @@ impl Target {
         let (dir, name) = self.parent(p)?;
         match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) if is_type(&st, SFlag::S_IFDIR) => Ok(Existing::Dir),
-            Ok(st) if is_type(&st, SFlag::S_IFREG) => Ok(Existing::File),
+            // A file with other hard links is never written through: the
+            // other name may be outside the target (a link planted by a
+            // local user); it is replaced like anything else in the way.
+            Ok(st) if is_type(&st, SFlag::S_IFREG) && st.st_nlink == 1 => Ok(Existing::File),
             Ok(_) => Ok(Existing::Other),
             Err(Errno::ENOENT) => Ok(Existing::Nothing),
             Err(e) => Err(errno(e)),
@@ -212,7 +221,15 @@ impl Target {
     /// Opens the regular file `p` for writing (and reading), creating it
     /// (exclusively with `exclusive`) if it does not exist; never follows a
     /// symbolic link, and refuses anything that is not a regular file.
-    pub fn open_file(&self, p: &Path, create: bool, exclusive: bool) -> io::Result<File> {
+    /// `linked`: the snapshot hard-links this file, so other links are
+    /// expected; otherwise a file with other links is refused.
+    pub fn open_file(
+        &self,
+        p: &Path,
+        create: bool,
+        exclusive: bool,
+        linked: bool,
+    ) -> io::Result<File> {
         // O_NONBLOCK keeps a FIFO planted in the way from blocking the open;
         // on the regular file that is checked for below it changes nothing.
         let mut flags = OFlag::O_RDWR | OFlag::O_NONBLOCK;
@@ -228,6 +245,9 @@ impl Target {
         let st = fstat(&fd).map_err(errno)?;
         if !is_type(&st, SFlag::S_IFREG) {
             return Err(changed());
+        }
+        if st.st_nlink != 1 && !linked {
+            return Err(other_links());
         }
         Ok(File::from(fd))
     }
@@ -285,6 +305,9 @@ impl Target {
         let st = fstat(&fd).map_err(|e| errno(e).to_string())?;
         if !is_type(&st, type_of(node.kind)) {
             return Err(changed().to_string());
+        }
+        if node.kind == NodeKind::File && node.links <= 1 && st.st_nlink != 1 {
+            return Err(other_links().to_string());
         }
         // The handle's own name: following it reaches exactly this inode,
         // whatever the name in the directory points at by now.
@@ -347,6 +370,10 @@ fn metadata_on_handle(fd: &OwnedFd, node: &Node, is_root: bool) -> Result<(), St
     if !is_type(&st, type_of(node.kind)) {
         return Err(changed().to_string());
     }
+    // Only a file the snapshot itself hard-links may have other links.
+    if node.kind == NodeKind::File && node.links <= 1 && st.st_nlink != 1 {
+        return Err(other_links().to_string());
+    }
     let mut first_err: Option<String> = None;
     let mut note = |e: String| {
         first_err.get_or_insert(e);
@@ -386,31 +413,53 @@ fn metadata_on_handle(fd: &OwnedFd, node: &Node, is_root: bool) -> Result<(), St
     }
 }
 
-/// A symbolic link's owner and modification time, on the link itself.
+/// A symbolic link's owner and modification time, on the link itself: an
+/// `O_PATH | O_NOFOLLOW` handle of the entry, checked to be a symbolic link,
+/// then `fchownat`/`utimensat` with `AT_EMPTY_PATH` on that handle, so a
+/// name swapped meanwhile (for a hard link to a file elsewhere) is never
+/// chowned.
 fn symlink_metadata(dir: &OwnedFd, name: &OsStr, node: &Node, is_root: bool) -> Result<(), String> {
+    use rustix::fs::{AtFlags as RAt, Timestamps, chownat, utimensat as r_utimensat};
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(e).to_string())?;
+    let st = fstat(&fd).map_err(|e| errno(e).to_string())?;
+    if !is_type(&st, SFlag::S_IFLNK) {
+        return Err(changed().to_string());
+    }
     let mut first_err = None;
     if is_root
-        && let Err(e) = nix::unistd::fchownat(
-            dir,
-            name,
-            Some(node.uid.into()),
-            Some(node.gid.into()),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
+        && let Err(e) = chownat(
+            &fd,
+            "",
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(node.gid)),
+            RAt::EMPTY_PATH | RAt::SYMLINK_NOFOLLOW,
         )
     {
         first_err = Some(format!("chown: {e}"));
     }
-    if node.ctime_ns != 0
-        && let Err(e) = utimensat(
-            dir,
-            name,
-            &TimeSpec::UTIME_OMIT,
-            &timespec(node.mtime_ns),
-            UtimensatFlags::NoFollowSymlink,
-        )
-        && first_err.is_none()
-    {
-        first_err = Some(format!("setting times: {e}"));
+    if node.ctime_ns != 0 {
+        let ts = |ns: i64| rustix::fs::Timespec {
+            tv_sec: ns.div_euclid(1_000_000_000),
+            tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+        };
+        let times = Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: ts(node.mtime_ns),
+        };
+        if let Err(e) = r_utimensat(&fd, "", &times, RAt::EMPTY_PATH | RAt::SYMLINK_NOFOLLOW)
+            && first_err.is_none()
+        {
+            first_err = Some(format!("setting times: {e}"));
+        }
     }
     match first_err {
         None => Ok(()),

@@ -91,7 +91,13 @@ pub fn repair_packs(
         cancel.check()?;
         lock.ensure_fresh()?;
         let listed = entries.get(t).cloned().unwrap_or_default();
-        let bytes = storage.get(ObjectKind::Pack, &t.to_hex()).ok();
+        let bytes = match storage.get(ObjectKind::Pack, &t.to_hex()) {
+            Ok(b) => Some(b),
+            // Missing: nothing to salvage. Any other failure may pass (or
+            // needs a person): the pack is not replaced on its account.
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
         if let Some(b) = &bytes {
             progress.bytes(b.len() as u64);
         }

@@ -296,6 +296,14 @@ pub fn repair_snapshots(
             });
         match (loaded, Id::from_hex(&o.name)) {
             (Ok(s), Ok(id)) => snapshots.push((id, s)),
+            // A fault that may pass says nothing about the snapshot: stop
+            // (with --forget it would otherwise be deleted).
+            (Err(RepoError::Storage(e)), _) if e.is_transient() || e.is_not_found() => {
+                if e.is_not_found() {
+                    continue;
+                }
+                return Err(RepoError::Storage(e));
+            }
             (Err(e), _) => report.unreadable.push((o.name, e.to_string())),
             (_, Err(e)) => report.unreadable.push((o.name, e.to_string())),
         }

@@ -599,3 +599,29 @@ fn a_lost_lock_stops_a_restore() {
         crate::baton::ErrorClass::Cancelled
     );
 }
+
+/// A hard link planted in a non-empty target (to a file outside it) is
+/// never written through, chowned or chmodded: the name is replaced.
+#[test]
+fn a_hard_link_planted_in_the_target_is_replaced_not_written_through() {
+    let mut s = setup();
+    let outside = s.root.join("outside-file");
+    std::fs::write(&outside, b"precious").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let f = file_node(&mut s.repo, "notes.txt", b"attacker's content");
+    let root = raw_tree(&mut s.repo, vec![f]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::hard_link(&outside, target.join("notes.txt")).unwrap();
+    let sum = restore(&s, &snap, &target, &NoProgress).unwrap();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        std::fs::read(target.join("notes.txt")).unwrap(),
+        b"attacker's content"
+    );
+}
