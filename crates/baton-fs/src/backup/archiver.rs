@@ -103,8 +103,19 @@ pub(super) fn open_noatime(path: &Path) -> std::io::Result<File> {
 
 /// Lists a directory (without touching its access time when allowed), sorted by name.
 pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
+    read_dir_checked(path, None)
+}
+
+/// Like [`read_dir_sorted`], never following a symbolic link in place of the
+/// directory, and (with `expect`) only if the opened directory is the
+/// (device, inode) that was listed: a directory swapped for a link to
+/// another one after it was listed is not read under its name.
+pub(super) fn read_dir_checked(
+    path: &Path,
+    expect: Option<(u64, u64)>,
+) -> std::io::Result<Vec<OsString>> {
     use nix::fcntl::OFlag;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
     let dir = match nix::dir::Dir::open(
         path,
         flags | OFlag::O_NOATIME,
@@ -115,7 +126,23 @@ pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
         }
         r => r,
     }
-    .map_err(std::io::Error::from)?;
+    .map_err(|e| {
+        if e == nix::errno::Errno::ELOOP || e == nix::errno::Errno::ENOTDIR {
+            std::io::Error::other(
+                "it was replaced by another entry after it was listed (not followed)",
+            )
+        } else {
+            std::io::Error::from(e)
+        }
+    })?;
+    if let Some((dev, ino)) = expect {
+        let st = nix::sys::stat::fstat(&dir).map_err(std::io::Error::from)?;
+        if st.st_dev as u64 != dev || st.st_ino as u64 != ino {
+            return Err(std::io::Error::other(
+                "it was replaced by another directory after it was listed (not read)",
+            ));
+        }
+    }
     let mut names = Vec::new();
     for e in dir {
         let e = e.map_err(std::io::Error::from)?;
@@ -488,7 +515,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
         let mut node = self.node(name, NodeKind::Dir, meta);
         node.xattrs = self.xattrs(path);
         self.progress.entry(path, EntryStatus::New);
-        let mut names = match read_dir_sorted(path) {
+        let mut names = match read_dir_checked(path, Some((meta.dev(), meta.ino()))) {
             Ok(n) => n,
             Err(e) => {
                 self.record_error(path, format!("cannot list directory: {e}"));

@@ -41,10 +41,14 @@ fn read_named(
     name: &str,
 ) -> (Option<Vec<u8>>, Vec<Finding>) {
     let object = format!("{} {name}", label(kind));
-    let bytes = match repo.storage().get(kind, name) {
-        Ok(b) => b,
-        Err(e) => return (None, vec![(ProblemKind::Unreadable, object, e.to_string())]),
-    };
+    let bytes =
+        match repo
+            .storage()
+            .get_limited(kind, name, baton_repo::repo::max_object_size(kind))
+        {
+            Ok(b) => b,
+            Err(e) => return (None, vec![(ProblemKind::Unreadable, object, e.to_string())]),
+        };
     let problem = match Id::from_hex(name) {
         Err(_) => Some((
             ProblemKind::InvalidName,

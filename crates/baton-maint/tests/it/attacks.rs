@@ -625,3 +625,67 @@ fn a_hard_link_planted_in_the_target_is_replaced_not_written_through() {
         b"attacker's content"
     );
 }
+
+/// Swaps directory `dir` for a symbolic link to `to` when the backup
+/// reports `after`.
+struct DirSwapper {
+    after: PathBuf,
+    dir: PathBuf,
+    to: PathBuf,
+    done: Mutex<bool>,
+}
+
+impl Progress for DirSwapper {
+    fn entry(&self, path: &Path, _status: EntryStatus) {
+        let mut done = self.done.lock().unwrap();
+        if !*done && path == self.after {
+            std::fs::rename(&self.dir, self.dir.with_extension("moved")).unwrap();
+            std::os::unix::fs::symlink(&self.to, &self.dir).unwrap();
+            *done = true;
+        }
+    }
+}
+
+/// A subdirectory swapped for a symbolic link to another directory after
+/// it was listed (files are read before subdirectories are entered): the
+/// other directory's contents are never stored under its name.
+#[test]
+fn a_directory_swapped_during_backup_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let mut repo = Repository::init(storage, b"pw", &fast_init()).unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("zzz")).unwrap();
+    std::fs::write(src.join("a"), b"first").unwrap();
+    std::fs::write(src.join("zzz/own"), b"mine").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    std::fs::write(secret.join("key"), b"SECRET").unwrap();
+    let swapper = DirSwapper {
+        after: src.join("a"),
+        dir: src.join("zzz"),
+        to: secret.clone(),
+        done: Mutex::new(false),
+    };
+    let r = crate::baton::backup(
+        &mut repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+        None,
+        &swapper,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(*swapper.done.lock().unwrap(), "the swap never ran");
+    repo.load_index().unwrap();
+    let sub = format!("{}/zzz", src.display());
+    let (_, tree) = crate::baton::find_node(&repo, &r.snapshot.tree, &sub).unwrap();
+    if let Some(t) = tree {
+        let t = repo.read_tree(&t).unwrap();
+        assert!(t.find(b"key").is_none(), "the other directory was stored");
+    }
+    let errors = &r.snapshot.summary.as_ref().unwrap().errors;
+    assert!(errors.iter().any(|e| e.path.ends_with("zzz")), "{errors:?}");
+}
