@@ -103,7 +103,17 @@ pub(super) fn open_noatime(path: &Path) -> std::io::Result<File> {
 
 /// Lists a directory (without touching its access time when allowed), sorted by name.
 pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
-    read_dir_checked(path, None)
+    read_dir_checked(path, None).map(|(names, _)| names)
+}
+
+/// The path through which the entry `name` of the directory open as `dir`
+/// is reached: `/proc/self/fd/N/name` names an entry of exactly that
+/// directory, whatever its path leads to by now.
+fn beneath_handle(dir: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
 }
 
 /// Like [`read_dir_sorted`], never following a symbolic link in place of the
@@ -113,16 +123,16 @@ pub(super) fn read_dir_sorted(path: &Path) -> std::io::Result<Vec<OsString>> {
 pub(super) fn read_dir_checked(
     path: &Path,
     expect: Option<(u64, u64)>,
-) -> std::io::Result<Vec<OsString>> {
+) -> std::io::Result<(Vec<OsString>, std::os::fd::OwnedFd)> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-    let dir = match nix::dir::Dir::open(
+    let handle = match nix::fcntl::open(
         path,
         flags | OFlag::O_NOATIME,
         nix::sys::stat::Mode::empty(),
     ) {
         Err(nix::errno::Errno::EPERM) => {
-            nix::dir::Dir::open(path, flags, nix::sys::stat::Mode::empty())
+            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
         }
         r => r,
     }
@@ -136,13 +146,21 @@ pub(super) fn read_dir_checked(
         }
     })?;
     if let Some((dev, ino)) = expect {
-        let st = nix::sys::stat::fstat(&dir).map_err(std::io::Error::from)?;
+        let st = nix::sys::stat::fstat(&handle).map_err(std::io::Error::from)?;
         if st.st_dev as u64 != dev || st.st_ino as u64 != ino {
             return Err(std::io::Error::other(
                 "it was replaced by another directory after it was listed (not read)",
             ));
         }
     }
+    // The listing is of exactly the directory checked above.
+    let dir = nix::dir::Dir::openat(
+        &handle,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(std::io::Error::from)?;
     let mut names = Vec::new();
     for e in dir {
         let e = e.map_err(std::io::Error::from)?;
@@ -152,7 +170,7 @@ pub(super) fn read_dir_checked(
         }
     }
     names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
+    Ok((names, handle))
 }
 
 fn is_cache_dir(path: &Path) -> bool {
@@ -352,7 +370,14 @@ impl<'a, 'p> Archiver<'a, 'p> {
         });
         let root = if sources.len() == 1 && sources[0] == Path::new("/") {
             let m = std::fs::symlink_metadata("/").map_err(|e| RepoError::io("/", e))?;
-            let node = self.dir_node(Path::new("/"), FsName::from("/"), &m, parent, m.dev())?;
+            let node = self.dir_node(
+                Path::new("/"),
+                Path::new("/"),
+                FsName::from("/"),
+                &m,
+                parent,
+                m.dev(),
+            )?;
             node.subtree.expect("directories have subtrees")
         } else {
             let tree = self.virtual_level(Path::new("/"), sources, parent.as_ref())?;
@@ -398,12 +423,12 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 .resumed_node(&child)
                 .or_else(|| Self::prev_node(parent, &name));
             if group.iter().any(|s| s == &child) {
-                if let Some(n) = self.entry_node(&child, name, &meta, prev, meta.dev())? {
+                if let Some(n) = self.entry_node(&child, &child, name, &meta, prev, meta.dev())? {
                     nodes.push(n);
                 }
             } else {
                 let mut node = self.node(name, NodeKind::Dir, &meta);
-                node.xattrs = self.xattrs(&child);
+                node.xattrs = self.xattrs(&child, &child);
                 // An ancestor of the sources keeps its owner and mode, but not
                 // what changes whenever anything else happens in it (times,
                 // link count): those would make snapshots of unchanged data
@@ -427,8 +452,9 @@ impl<'a, 'p> Archiver<'a, 'p> {
         })
     }
 
-    fn xattrs(&mut self, path: &Path) -> Vec<baton_types::Xattr> {
-        match read_xattrs(path) {
+    /// The xattrs of the entry reached as `sys` (`path` names it in errors).
+    fn xattrs(&mut self, path: &Path, sys: &Path) -> Vec<baton_types::Xattr> {
+        match read_xattrs(sys) {
             Ok(x) => x,
             // A vanished entry is reported once, by the step that needs it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -456,9 +482,12 @@ impl<'a, 'p> Archiver<'a, 'p> {
     }
 
     /// Any kind of entry; `None` when it is skipped (socket, unreadable file).
+    /// `path` names the entry for people (progress, errors, the catalog);
+    /// `sys` is how it is reached: below its directory's handle.
     fn entry_node(
         &mut self,
         path: &Path,
+        sys: &Path,
         name: FsName,
         meta: &Metadata,
         prev: Option<PrevNode>,
@@ -468,16 +497,16 @@ impl<'a, 'p> Archiver<'a, 'p> {
             return Ok(None);
         };
         let node = match kind {
-            NodeKind::File => self.file_node(path, name, meta, prev)?,
+            NodeKind::File => self.file_node(path, sys, name, meta, prev)?,
             NodeKind::Dir => {
                 let sub_parent = self.prev_subtree(prev.as_ref());
                 return self
-                    .dir_node(path, name, meta, sub_parent, root_dev)
+                    .dir_node(path, sys, name, meta, sub_parent, root_dev)
                     .map(Some);
             }
             NodeKind::Symlink => {
                 let mut node = self.node(name, kind, meta);
-                match std::fs::read_link(path) {
+                match std::fs::read_link(sys) {
                     Ok(t) => {
                         node.link_target = Some(FsName::from_os(t.as_os_str()));
                         Some(node)
@@ -490,7 +519,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             }
             NodeKind::Fifo | NodeKind::Chardev | NodeKind::Blockdev => {
                 let mut node = self.node(name, kind, meta);
-                node.xattrs = self.xattrs(path);
+                node.xattrs = self.xattrs(path, sys);
                 Some(node)
             }
         };
@@ -506,6 +535,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
     fn dir_node(
         &mut self,
         path: &Path,
+        sys: &Path,
         name: FsName,
         meta: &Metadata,
         parent: Option<Prev>,
@@ -513,16 +543,19 @@ impl<'a, 'p> Archiver<'a, 'p> {
     ) -> Result<Node> {
         self.cancel.check()?;
         let mut node = self.node(name, NodeKind::Dir, meta);
-        node.xattrs = self.xattrs(path);
+        node.xattrs = self.xattrs(path, sys);
         self.progress.entry(path, EntryStatus::New);
-        let mut names = match read_dir_checked(path, Some((meta.dev(), meta.ino()))) {
-            Ok(n) => n,
+        // Every entry below is reached through this directory's handle, so
+        // a directory swapped for a link after it was checked is never
+        // read through.
+        let (mut names, handle) = match read_dir_checked(sys, Some((meta.dev(), meta.ino()))) {
+            Ok((n, h)) => (n, Some(h)),
             Err(e) => {
                 self.record_error(path, format!("cannot list directory: {e}"));
-                Vec::new()
+                (Vec::new(), None)
             }
         };
-        if self.opts.exclude_caches && is_cache_dir(path) {
+        if self.opts.exclude_caches && is_cache_dir(sys) {
             names.retain(|n| n.as_bytes() == b"CACHEDIR.TAG");
         }
         let mut entries = Vec::with_capacity(names.len());
@@ -531,8 +564,10 @@ impl<'a, 'p> Archiver<'a, 'p> {
             if self.filter.matches(&child) {
                 continue;
             }
-            match std::fs::symlink_metadata(&child) {
-                Ok(m) => entries.push((n, child, m)),
+            let Some(h) = &handle else { continue };
+            let child_sys = beneath_handle(h, &n);
+            match std::fs::symlink_metadata(&child_sys) {
+                Ok(m) => entries.push((n, (child, child_sys), m)),
                 Err(e) => self.record_error(&child, format!("cannot read: {e}")),
             }
         }
@@ -550,23 +585,27 @@ impl<'a, 'p> Archiver<'a, 'p> {
                     // Below a resumed directory the catalog holds nothing more.
                     Some(p) if p.resumed => Self::prev_node(Some(p), &fname),
                     _ => self
-                        .resumed_node(&child)
+                        .resumed_node(&child.0)
                         .or_else(|| Self::prev_node(parent.as_ref(), &fname)),
                 };
                 (fname, child, m, prev)
             })
             .collect();
-        for (_, child, m, prev) in &entries {
+        for (_, (_, child_sys), m, prev) in &entries {
             if m.is_file() && !prev.as_ref().is_some_and(|p| self.unchanged(p, m)) {
-                self.prefetch.push(child.clone(), m.len());
+                self.prefetch.push(child_sys.clone(), m.len());
             }
         }
-        for (fname, child, m, prev) in entries {
+        for (fname, (child, child_sys), m, prev) in entries {
             self.cancel.check()?;
-            if let Some(c) = self.entry_node(&child, fname, &m, prev, root_dev)? {
+            if let Some(c) = self.entry_node(&child, &child_sys, fname, &m, prev, root_dev)? {
                 nodes.push(c);
             }
         }
+        // Nothing queued here may be opened once the handle is closed (its
+        // number may then name another directory).
+        self.prefetch.clear();
+        drop(handle);
         let mut tree = Tree { nodes };
         tree.sort();
         // Unchanged since the parent: its stored tree is this one (no need
@@ -613,6 +652,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
     fn file_node(
         &mut self,
         path: &Path,
+        sys: &Path,
         name: FsName,
         meta: &Metadata,
         prev: Option<PrevNode>,
@@ -640,10 +680,10 @@ impl<'a, 'p> Archiver<'a, 'p> {
             self.progress.entry(path, EntryStatus::Unmodified);
             return Ok(Some(node));
         }
-        node.xattrs = self.xattrs(path);
-        let (file, hinted) = match self.prefetch.take(path) {
+        node.xattrs = self.xattrs(path, sys);
+        let (file, hinted) = match self.prefetch.take(sys) {
             Some(f) => f,
-            None => match open_noatime(path) {
+            None => match open_noatime(sys) {
                 Ok(f) => (f, 0),
                 Err(e) => {
                     self.record_error(path, format!("cannot open: {e}"));

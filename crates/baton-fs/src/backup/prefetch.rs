@@ -77,6 +77,12 @@ impl Prefetcher {
         found
     }
 
+    /// Forgets everything queued and closes what was opened ahead.
+    pub fn clear(&mut self) {
+        self.drop_ahead();
+        self.waiting.clear();
+    }
+
     fn drop_ahead(&mut self) {
         self.ahead.clear();
         self.ahead_bytes = 0;
