@@ -51,6 +51,31 @@ pub fn no_panic(r: &Run) {
     );
 }
 
+/// A tmpfs of `size` (like `2m`) mounted at `dir` (created), unmounted when
+/// dropped; `None` (with a note) where it cannot be mounted.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot mount tmpfs here");
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

@@ -325,22 +325,9 @@ fn full_disk_fails_cleanly_and_repository_stays_usable() {
     }
     let env = Env::empty();
     let mnt = env.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !st.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount tmpfs here");
+    let Some(_tmpfs) = Tmpfs::mount(&mnt, "24m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let repo = mnt.join("repo");
     let e = |args: &[&str]| run(env.cmd().env("BATON_REPOSITORY", &repo).args(args));
     e(&["init", "--kdf-memory", "8192", "--kdf-iterations", "1"]).ok();

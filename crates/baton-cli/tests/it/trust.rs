@@ -323,22 +323,9 @@ fn restore_onto_a_full_disk_stops_once_and_resumes() {
     }
     env.backup(&[&src], &[]);
     let mnt = env.path("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status();
-    if !st.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot mount tmpfs here");
+    let Some(_tmpfs) = crate::common::Tmpfs::mount(&mnt, "2m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let sub = format!("latest:{}", src.display());
     let r = env.run(&["restore", &sub, "--target", mnt.to_str().unwrap()]);
     no_panic(&r);
