@@ -19,21 +19,36 @@ struct Walk<'c, 'a> {
     c: &'c Checker<'a>,
     clean: HashSet<Id>,
     hits: HashMap<Id, Hit>,
+    /// Trees still to visit: trees are content-addressed, so a crafted
+    /// snapshot can hold one damaged tree 2^41 times over; naming what is
+    /// affected stops at this bound (the problems themselves are reported).
+    visits_left: u64,
 }
+
+/// Most trees the attribution pass visits, over all snapshots.
+const MAX_VISITS: u64 = 200_000;
+/// Most paths named per lost blob.
+const MAX_PATHS: usize = 100_000;
 
 impl Walk<'_, '_> {
     fn hit(&mut self, blob: Id, snapshot: Id, path: &str) {
         let h = self.hits.entry(blob).or_default();
         h.snapshots.insert(snapshot);
-        h.paths.insert(path.to_string());
+        if h.paths.len() < MAX_PATHS {
+            h.paths.insert(path.to_string());
+        }
     }
 
     /// Returns whether anything below `tree` is damaged.
-    fn visit(&mut self, snapshot: Id, tree: Id, path: &str) -> Result<bool> {
+    fn visit(&mut self, snapshot: Id, tree: Id, path: &str, depth: usize) -> Result<bool> {
         if self.clean.contains(&tree) {
             return Ok(false);
         }
         self.c.cancel.check()?;
+        if self.visits_left == 0 || depth > baton_repo::MAX_TREE_DEPTH {
+            return Ok(false);
+        }
+        self.visits_left -= 1;
         if self.c.bad_blobs.contains(&tree) {
             self.hit(tree, snapshot, path);
             return Ok(true);
@@ -54,7 +69,7 @@ impl Walk<'_, '_> {
                         }
                     }
                 }
-                (NodeKind::Dir, Some(sub)) => any |= self.visit(snapshot, sub, &p)?,
+                (NodeKind::Dir, Some(sub)) => any |= self.visit(snapshot, sub, &p, depth + 1)?,
                 _ => {}
             }
         }
@@ -72,9 +87,10 @@ pub(super) fn attribute(c: &mut Checker<'_>) -> Result<()> {
             c,
             clean: HashSet::new(),
             hits: HashMap::new(),
+            visits_left: MAX_VISITS,
         };
         for (id, s) in &c.snapshots {
-            w.visit(*id, s.tree, "/")?;
+            w.visit(*id, s.tree, "/", 0)?;
         }
         w.hits
     };

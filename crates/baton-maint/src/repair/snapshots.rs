@@ -80,7 +80,14 @@ struct Rewriter<'a> {
     pack: PackWriter,
     stored: Vec<IndexPack>,
     trees_written: u64,
+    /// Trees still to visit (see `check`'s attribution pass: a crafted
+    /// snapshot can hold one tree exponentially often).
+    visits_left: u64,
+    depth: usize,
 }
+
+/// Most trees `repair snapshots` visits, over all snapshots.
+const MAX_VISITS: u64 = 200_000;
 
 impl Rewriter<'_> {
     fn is_bad(&self, id: &Id) -> bool {
@@ -129,6 +136,12 @@ impl Rewriter<'_> {
             return Ok(Outcome::Unchanged);
         }
         self.cancel.check()?;
+        if self.visits_left == 0 || self.depth > baton_repo::MAX_TREE_DEPTH {
+            return Err(RepoError::Damaged(
+                "the snapshots' trees nest too deep or hold each other too many times over (crafted or damaged); nothing was rewritten".into(),
+            ));
+        }
+        self.visits_left -= 1;
         if self.is_bad(&id) {
             return Ok(Outcome::Unreadable(format!(
                 "tree {} is missing or damaged",
@@ -162,7 +175,12 @@ impl Rewriter<'_> {
                 }
                 NodeKind::Dir => {
                     let outcome = match n.subtree {
-                        Some(sub) => self.tree(sub, &p, removed)?,
+                        Some(sub) => {
+                            self.depth += 1;
+                            let o = self.tree(sub, &p, removed);
+                            self.depth -= 1;
+                            o?
+                        }
                         None => Outcome::Unreadable("the directory has no subtree".into()),
                     };
                     match outcome {
@@ -324,6 +342,8 @@ pub fn repair_snapshots(
         pack: PackWriter::new(),
         stored: Vec::new(),
         trees_written: 0,
+        visits_left: MAX_VISITS,
+        depth: 0,
     };
     let mut changed = Vec::new();
     for (id, s) in snapshots {

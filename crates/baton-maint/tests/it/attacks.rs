@@ -689,3 +689,41 @@ fn a_directory_swapped_during_backup_is_not_followed() {
     let errors = &r.snapshot.summary.as_ref().unwrap().errors;
     assert!(errors.iter().any(|e| e.path.ends_with("zzz")), "{errors:?}");
 }
+
+/// The exponential tree with a lost chunk at its bottom: `check` still
+/// finishes (naming what is affected stops at a bound) and `repair
+/// snapshots` refuses instead of walking 2^41 trees.
+#[test]
+fn check_and_repair_stop_on_an_exponential_tree() {
+    let mut s = setup();
+    let mut f = node("f", NodeKind::File);
+    f.size = 1;
+    f.content = vec![Id::from_bytes([9; 32])]; // in no pack
+    let mut t = raw_tree(&mut s.repo, vec![f]);
+    for _ in 0..41 {
+        let mut a = node("a", NodeKind::Dir);
+        a.subtree = Some(t);
+        let mut b = node("b", NodeKind::Dir);
+        b.subtree = Some(t);
+        t = raw_tree(&mut s.repo, vec![a, b]);
+    }
+    let mut snap = s.snapshot.clone();
+    snap.tree = t;
+    s.repo.save_snapshot(&snap).unwrap();
+    let report = crate::baton::check(
+        &s.repo,
+        &crate::baton::CheckOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(report.errors > 0);
+    let err = crate::baton::repair_snapshots(
+        &mut s.repo,
+        &crate::baton::RepairSnapshotsOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, RepoError::Damaged(_)), "{err}");
+}
