@@ -130,6 +130,18 @@ impl Env {
         c
     }
 
+    /// Like [`Env::cmd`], as a `std::process::Command`, for tests that
+    /// spawn baton and talk to it while it runs (pipes, signals).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("BATON_REPOSITORY", &self.repo)
+            .env("BATON_PASSWORD", PASSWORD);
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         run(self.cmd().args(args))
     }

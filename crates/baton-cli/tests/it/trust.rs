@@ -122,13 +122,8 @@ fn atimes_are_stored_only_with_with_atime() {
 /// returns the exit code and stderr.
 fn run_and_close_stdout(env: &Env, args: &[&str]) -> (i32, String) {
     use std::io::{BufRead, Read};
-    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", env.dir.path())
-        .env("BATON_REPOSITORY", &env.repo)
-        .env("BATON_PASSWORD", crate::common::PASSWORD)
-        .args(args)
+    let mut c = env.std_cmd();
+    c.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -242,12 +237,8 @@ fn sigint_and_sigterm_stop_cleanly_and_release_the_lock() {
         (nix::sys::signal::Signal::SIGINT, 130),
         (nix::sys::signal::Signal::SIGTERM, 143),
     ] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", env.dir.path())
-            .env("BATON_REPOSITORY", &env.repo)
-            .env("BATON_PASSWORD", crate::common::PASSWORD)
+        let mut child = env
+            .std_cmd()
             .args(["backup", "--stdin", "--stdin-filename", "endless"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())

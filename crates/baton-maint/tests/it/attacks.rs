@@ -254,22 +254,43 @@ fn links_in_the_target_are_replaced_not_followed() {
     );
 }
 
-/// Swaps `dir` for a symbolic link to `outside` when restore reports `after`.
-struct Racer {
+/// Runs `act` once, when the operation reports `after`: the attacker's
+/// move, made at a deterministic moment.
+struct OnceAt {
     after: PathBuf,
-    dir: PathBuf,
-    outside: PathBuf,
+    act: Box<dyn Fn() + Send + Sync>,
     done: Mutex<bool>,
 }
 
-impl Progress for Racer {
+impl OnceAt {
+    fn new(after: PathBuf, act: impl Fn() + Send + Sync + 'static) -> Self {
+        OnceAt {
+            after,
+            act: Box::new(act),
+            done: Mutex::new(false),
+        }
+    }
+
+    fn ran(&self) -> bool {
+        *self.done.lock().unwrap()
+    }
+}
+
+impl Progress for OnceAt {
     fn entry(&self, path: &Path, _status: EntryStatus) {
         let mut done = self.done.lock().unwrap();
         if !*done && path == self.after {
-            std::fs::rename(&self.dir, self.dir.with_extension("moved")).unwrap();
-            std::os::unix::fs::symlink(&self.outside, &self.dir).unwrap();
+            (self.act)();
             *done = true;
         }
+    }
+}
+
+/// The attacker's move: `dir` becomes a symbolic link to `to`.
+fn swap_dir_for_link(dir: PathBuf, to: PathBuf) -> impl Fn() + Send + Sync + 'static {
+    move || {
+        std::fs::rename(&dir, dir.with_extension("moved")).unwrap();
+        std::os::unix::fs::symlink(&to, &dir).unwrap();
     }
 }
 
@@ -300,14 +321,12 @@ fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
     std::fs::create_dir_all(target.join("sub")).unwrap();
     std::fs::write(target.join("sub/a"), b"old").unwrap();
     std::fs::write(target.join("sub/b"), b"old").unwrap();
-    let racer = Racer {
-        after: target.join("sub/a"),
-        dir: target.join("sub"),
-        outside: outside.clone(),
-        done: Mutex::new(false),
-    };
+    let racer = OnceAt::new(
+        target.join("sub/a"),
+        swap_dir_for_link(target.join("sub"), outside.clone()),
+    );
     let sum = restore(&s, &snap, &target, &racer).unwrap();
-    assert!(*racer.done.lock().unwrap(), "the race never ran");
+    assert!(racer.ran(), "the race never ran");
     assert_eq!(std::fs::read(outside.join("b")).unwrap(), b"victim");
     assert!(!outside.join("c").exists());
     let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777;
@@ -319,30 +338,6 @@ fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
         "{:?}",
         sum.errors
     );
-}
-
-/// Swaps listed files for a symbolic link to a secret and for a FIFO when
-/// the backup reports its first file.
-struct Swapper {
-    after: PathBuf,
-    link: PathBuf,
-    fifo: PathBuf,
-    secret: PathBuf,
-    done: Mutex<bool>,
-}
-
-impl Progress for Swapper {
-    fn entry(&self, path: &Path, _status: EntryStatus) {
-        let mut done = self.done.lock().unwrap();
-        if !*done && path == self.after {
-            std::fs::remove_file(&self.link).unwrap();
-            std::os::unix::fs::symlink(&self.secret, &self.link).unwrap();
-            std::fs::remove_file(&self.fifo).unwrap();
-            nix::unistd::mkfifo(&self.fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))
-                .unwrap();
-            *done = true;
-        }
-    }
 }
 
 /// A file swapped for a symbolic link between listing and opening: the
@@ -365,13 +360,15 @@ fn files_swapped_during_backup_are_not_followed() {
     std::fs::write(src.join("x-link"), b"original link").unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, b"SECRET").unwrap();
-    let swapper = Arc::new(Swapper {
-        after: src.join("f000"),
-        link: src.join("x-link"),
-        fifo: src.join("x-fifo"),
-        secret: secret.clone(),
-        done: Mutex::new(false),
-    });
+    // At the first file: one listed file becomes a symbolic link to the
+    // secret, another a FIFO.
+    let (link, fifo, to) = (src.join("x-link"), src.join("x-fifo"), secret.clone());
+    let swapper = Arc::new(OnceAt::new(src.join("f000"), move || {
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&to, &link).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    }));
     let (tx, rx) = std::sync::mpsc::channel();
     {
         let (swapper, src) = (swapper.clone(), src.clone());
@@ -395,7 +392,7 @@ fn files_swapped_during_backup_are_not_followed() {
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("the backup hung on the FIFO");
     result.unwrap();
-    assert!(*swapper.done.lock().unwrap(), "the swap never ran");
+    assert!(swapper.ran(), "the swap never ran");
     repo.load_index().unwrap();
     let (_, snap) = repo.find_snapshot("latest").unwrap();
     let errors = &snap.summary.as_ref().unwrap().errors;
@@ -626,26 +623,6 @@ fn a_hard_link_planted_in_the_target_is_replaced_not_written_through() {
     );
 }
 
-/// Swaps directory `dir` for a symbolic link to `to` when the backup
-/// reports `after`.
-struct DirSwapper {
-    after: PathBuf,
-    dir: PathBuf,
-    to: PathBuf,
-    done: Mutex<bool>,
-}
-
-impl Progress for DirSwapper {
-    fn entry(&self, path: &Path, _status: EntryStatus) {
-        let mut done = self.done.lock().unwrap();
-        if !*done && path == self.after {
-            std::fs::rename(&self.dir, self.dir.with_extension("moved")).unwrap();
-            std::os::unix::fs::symlink(&self.to, &self.dir).unwrap();
-            *done = true;
-        }
-    }
-}
-
 /// A subdirectory swapped for a symbolic link to another directory after
 /// it was listed (files are read before subdirectories are entered): the
 /// other directory's contents are never stored under its name.
@@ -661,12 +638,10 @@ fn a_directory_swapped_during_backup_is_not_followed() {
     let secret = dir.path().join("secret");
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("key"), b"SECRET").unwrap();
-    let swapper = DirSwapper {
-        after: src.join("a"),
-        dir: src.join("zzz"),
-        to: secret.clone(),
-        done: Mutex::new(false),
-    };
+    let swapper = OnceAt::new(
+        src.join("a"),
+        swap_dir_for_link(src.join("zzz"), secret.clone()),
+    );
     let r = crate::baton::backup(
         &mut repo,
         &BackupOptions {
@@ -678,7 +653,7 @@ fn a_directory_swapped_during_backup_is_not_followed() {
         &Cancel::new(),
     )
     .unwrap();
-    assert!(*swapper.done.lock().unwrap(), "the swap never ran");
+    assert!(swapper.ran(), "the swap never ran");
     repo.load_index().unwrap();
     let sub = format!("{}/zzz", src.display());
     let (_, tree) = crate::baton::find_node(&repo, &r.snapshot.tree, &sub).unwrap();
