@@ -49,6 +49,11 @@ pub struct Global {
     #[arg(long, global = true)]
     pub password_command: Option<String>,
 
+    /// Try the key whose id starts with this first (see `baton key list`);
+    /// for repositories with many keys
+    #[arg(long, env = "BATON_KEY_HINT", global = true, value_name = "ID")]
+    pub key_hint: Option<String>,
+
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,

@@ -168,7 +168,7 @@ pub fn open(g: &Global) -> Result<Repository> {
         .into());
     }
     let pw = zeroize::Zeroizing::new(password(g, false)?);
-    let repo = Repository::open(s, pw.as_bytes())?;
+    let repo = Repository::open_with_hint(s, pw.as_bytes(), g.key_hint.as_deref())?;
     warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));
     Ok(repo)
 }

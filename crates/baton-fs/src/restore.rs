@@ -11,7 +11,7 @@ mod fetch;
 mod target;
 
 use crate::filter::PatternSet;
-use baton_repo::browse::{WalkBudget, find_node, join};
+use baton_repo::browse::{WalkBudget, find_node, join, preflight};
 use baton_repo::progress::{Cancel, EntryStatus, Progress};
 use baton_repo::{RepoError, Repository, Result};
 use baton_types::{Id, Node, NodeKind, Snapshot};
@@ -56,6 +56,8 @@ struct Restorer<'a> {
     repo: &'a Repository,
     target: &'a Target,
     budget: WalkBudget,
+    /// Trees read by the preflight walk, taken (once) by the restoring walk.
+    prefetched: HashMap<Id, std::sync::Arc<baton_types::Tree>>,
     includes: PatternSet,
     excludes: PatternSet,
     progress: &'a dyn Progress,
@@ -161,6 +163,15 @@ pub fn restore(
     lock.abort_on_loss(cancel);
     let sub = subpath.unwrap_or("/");
     let (node, subtree) = find_node(repo, &snapshot.tree, sub)?;
+    let budget = WalkBudget::for_snapshot(snapshot);
+    // Every tree is read (and bounded) before anything is written; the
+    // first quarter million entries' worth are kept for the walk.
+    let prefetched = match subtree {
+        Some(t) if node.as_ref().is_none_or(|n| n.kind == NodeKind::Dir) => {
+            preflight(repo, &t, &budget, 1 << 18)?
+        }
+        _ => HashMap::new(),
+    };
     let handle = Target::open(target).map_err(|e| RepoError::io(target, e))?;
     let handle = &handle;
     // An empty target holds nothing to keep or replace.
@@ -178,7 +189,8 @@ pub fn restore(
         let mut r = Restorer {
             repo,
             target: handle,
-            budget: WalkBudget::for_snapshot(snapshot),
+            budget,
+            prefetched,
             includes: PatternSet::new(&opts.includes)?,
             excludes: PatternSet::new(&opts.excludes)?,
             progress,
@@ -256,8 +268,11 @@ impl Restorer<'_> {
         selected: bool,
         fresh: bool,
     ) -> Result<bool> {
-        let t = self.repo.read_tree(tree)?;
-        self.budget.enter(t.nodes.len())?;
+        let t = match self.prefetched.remove(tree) {
+            Some(t) => t,
+            None => self.repo.read_tree(tree)?,
+        };
+        self.budget.enter(tree, t.nodes.len())?;
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
@@ -385,11 +400,9 @@ impl Restorer<'_> {
         let replace = match existing {
             Existing::Dir => Some(self.target.remove(dst, true)),
             Existing::Other => Some(self.target.remove(dst, false)),
-            Existing::File
-                if n.links > 1 && self.hardlinks.contains_key(&(n.device_id, n.inode)) =>
-            {
-                Some(self.target.remove(dst, false))
-            }
+            // A hard-linked file is always created anew: only a file this
+            // restore created is written through while it has other links.
+            Existing::File if n.links > 1 => Some(self.target.remove(dst, false)),
             _ => None,
         };
         if let Some(Err(e)) = replace {
@@ -411,7 +424,7 @@ impl Restorer<'_> {
             self.hardlinks.insert(key, dst.to_path_buf());
         }
         let fresh = existing == Existing::Nothing || replace.is_some();
-        if fresh && !n.content.is_empty() {
+        if fresh && (!n.content.is_empty() || n.links > 1) {
             // New: created at its length now, its content comes in a batch.
             let created = self
                 .target
@@ -425,7 +438,11 @@ impl Restorer<'_> {
                 self.error(dst, format!("cannot create file: {e}"));
                 return Ok(());
             }
-            self.queue_file(n, dst, false)?;
+            if n.content.is_empty() {
+                self.finish_file(n, dst);
+            } else {
+                self.queue_file(n, dst, false)?;
+            }
             return Ok(());
         }
         match self.write_content(n, dst) {
@@ -532,7 +549,7 @@ impl Restorer<'_> {
         let mut fetched_any = false;
         for id in &n.content {
             self.cancel.check()?;
-            let len = self.repo.index().plain_len(id);
+            let len = self.repo.index().plain_len_any(id);
             if let Some(len) = len
                 && offset + len <= old_len
             {

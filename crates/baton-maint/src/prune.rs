@@ -22,7 +22,9 @@ use baton_format::object::from_json;
 use baton_repo::index::Index;
 use baton_repo::journal::{self, JobState};
 use baton_repo::progress::Progress;
-use baton_repo::{Cancel, LockGuard, RepoError, Repository, Result};
+use baton_repo::{
+    Cancel, IndexSummary, LockGuard, RepoError, Repository, Result, superseded_index_objects,
+};
 use baton_storage::ObjectKind;
 use baton_types::{Id, Tree};
 use plan::{Fate, PackInfo};
@@ -162,13 +164,11 @@ pub fn prune_locked(
     // (1) Index objects, packs in storage, snapshots, jobs.
     let mut index_names = Vec::new();
     let mut files = Vec::new();
-    let mut superseded = HashSet::new();
     for o in storage.list(ObjectKind::Index)? {
         let id = Id::from_hex(&o.name).map_err(|_| {
             RepoError::Damaged(format!("index object {:?} has an invalid name", o.name))
         })?;
         let f = repo.read_index(&o.name)?;
-        superseded.extend(f.supersedes.iter().copied());
         index_names.push(id);
         files.push((id, f));
     }
@@ -178,6 +178,13 @@ pub fn prune_locked(
         .into_iter()
         .filter_map(|o| Id::from_hex(&o.name).ok().map(|id| (id, o.size)))
         .collect();
+    // A claim to supersede is honoured only where it hides no pack that
+    // exists (see `superseded_index_objects`).
+    let summaries: Vec<IndexSummary> = files
+        .iter()
+        .map(|(id, f)| IndexSummary::of(&id.to_hex(), f))
+        .collect();
+    let superseded = superseded_index_objects(&summaries, || Ok(stored.keys().copied().collect()))?;
     let listing = repo.list_snapshots_all()?;
     let ignored_ids: HashSet<Id> = opts.ignore_snapshots.iter().copied().collect();
     if let Some((name, e)) = listing
@@ -267,24 +274,40 @@ pub fn prune_locked(
         .filter(|(id, _)| !superseded.contains(id))
         .flat_map(|(_, f)| f.damaged.iter().copied())
         .collect();
+    // But a copy marked damaged that is the only copy of its blob stays,
+    // with its whole pack (never repacked: reading it may fail): the mark
+    // may be wrong (a faulty read, or an append-only key's doing), and
+    // deleting the only copy would lose what a repair could still save.
+    let live_files = || files.iter().filter(|(id, _)| !superseded.contains(id));
+    let healthy: HashSet<Id> = live_files()
+        .flat_map(|(_, f)| &f.packs)
+        .filter(|p| stored.contains_key(&p.id))
+        .flat_map(|p| {
+            p.blobs
+                .iter()
+                .filter(|e| !damaged.contains(&(p.id, e.id)))
+                .map(|e| e.id)
+        })
+        .collect();
     let mut packs: Vec<PackInfo> = Vec::new();
     let mut listed = HashSet::new();
-    for (id, f) in &files {
-        if superseded.contains(id) {
-            continue;
-        }
+    for (_, f) in live_files() {
         for p in &f.packs {
             if listed.insert(p.id) {
+                let only_copy = |e: &&baton_format::pack::PackEntry| {
+                    damaged.contains(&(p.id, e.id)) && !healthy.contains(&e.id)
+                };
+                let last_resort = p.blobs.iter().any(|e| only_copy(&e));
                 packs.push(PackInfo {
                     id: p.id,
                     size: stored.get(&p.id).copied(),
                     entries: p
                         .blobs
                         .iter()
-                        .filter(|e| !damaged.contains(&(p.id, e.id)))
+                        .filter(|e| !damaged.contains(&(p.id, e.id)) || only_copy(e))
                         .copied()
                         .collect(),
-                    protected: protected.contains(&p.id),
+                    protected: protected.contains(&p.id) || last_resort,
                 });
             }
         }

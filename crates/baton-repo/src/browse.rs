@@ -2,6 +2,7 @@
 
 use crate::{RepoError, Repository, Result};
 use baton_types::{Id, Node, NodeKind, Snapshot, Tree};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Joins a snapshot path and a name ("/" + "a" = "/a").
@@ -23,7 +24,7 @@ pub fn walk_tree(
     f: &mut dyn FnMut(&str, &Node) -> Result<()>,
 ) -> Result<()> {
     let t = repo.load_tree(tree)?;
-    budget.enter(t.nodes.len())?;
+    budget.enter(tree, t.nodes.len())?;
     for n in &t.nodes {
         let p = join(prefix, &n.name.lossy());
         f(&p, n)?;
@@ -39,64 +40,107 @@ pub fn walk_tree(
 /// least 4096 bytes, the longest path Linux resolves).
 pub const MAX_TREE_DEPTH: usize = 2048;
 
+/// A walk may visit this many entries whatever its trees look like.
+pub const WALK_FLOOR: u64 = 16 << 20;
+
+/// And beyond [`WALK_FLOOR`], this many entries for every distinct entry it
+/// read: how often an honest snapshot may repeat its identical directories.
+pub const WALK_EXPANSION: u64 = 1024;
+
 /// Bounds a walk of a snapshot's trees. Trees are content-addressed, so one
 /// tree can be the subtree of many (identical directories are stored once),
 /// and a crafted snapshot of 41 trees, each holding the next twice, expands
-/// to 2^41 entries. A walk may visit at most the entries the snapshot
-/// records, twice over plus a million (a tree is authenticated, and so is the
-/// snapshot that records its counts), and nest at most [`MAX_TREE_DEPTH`] deep.
+/// to 2^41 entries. Two bounds hold at once:
+///
+/// - one that does not trust the snapshot: at most [`WALK_FLOOR`] entries
+///   plus [`WALK_EXPANSION`] for every distinct entry of the distinct trees
+///   read so far. Whoever crafts trees must store real, distinct entries to
+///   make a walk long; repeating a few trees buys only the floor;
+/// - one from the snapshot's own summary (twice the entries it records, plus
+///   20,000), tighter for the snapshots Baton writes itself.
+///
+/// And a walk nests at most [`MAX_TREE_DEPTH`] deep.
 #[derive(Debug, Clone)]
 pub struct WalkBudget {
     entries_left: u64,
+    visited: u64,
+    distinct: u64,
+    seen: std::collections::HashSet<Id>,
     depth: usize,
     exceeded: bool,
 }
 
 impl WalkBudget {
-    /// The budget of one walk of `s` (or of part of it): twice the entries
-    /// it records, plus 20,000. A snapshot without a summary, or one that
-    /// resumed an interrupted job (whose completed subtrees were taken over
-    /// without being counted), gets 2^28 entries.
+    /// The budget of one walk of `s` (or of part of it). A snapshot without
+    /// a summary, or one that resumed an interrupted job (whose completed
+    /// subtrees were taken over without being counted), has only the bound
+    /// that does not trust it.
     pub fn for_snapshot(s: &Snapshot) -> Self {
-        let recorded = match &s.summary {
-            Some(m) if m.resumed_job.is_none() => m
-                .files_new
-                .saturating_add(m.files_changed)
-                .saturating_add(m.files_unmodified)
-                .saturating_add(m.dirs)
-                .saturating_add(m.others),
-            _ => 1 << 27,
-        };
-        Self::entries(recorded.saturating_mul(2).saturating_add(20_000))
+        match &s.summary {
+            Some(m) if m.resumed_job.is_none() => {
+                let recorded = m
+                    .files_new
+                    .saturating_add(m.files_changed)
+                    .saturating_add(m.files_unmodified)
+                    .saturating_add(m.dirs)
+                    .saturating_add(m.others);
+                Self::entries(recorded.saturating_mul(2).saturating_add(20_000))
+            }
+            _ => Self::entries(u64::MAX),
+        }
     }
 
-    /// A budget of `n` entries.
+    /// A budget of at most `n` entries (and the bound on expansion).
     pub fn entries(n: u64) -> Self {
         WalkBudget {
             entries_left: n,
+            visited: 0,
+            distinct: 0,
+            seen: Default::default(),
             depth: 0,
             exceeded: false,
         }
     }
 
-    /// Enters a tree of `n` entries.
-    pub fn enter(&mut self, n: usize) -> Result<()> {
+    /// Enters tree `id` of `n` entries.
+    pub fn enter(&mut self, id: &Id, n: usize) -> Result<()> {
         if self.depth >= MAX_TREE_DEPTH {
             self.exceeded = true;
             return Err(RepoError::Damaged(format!(
                 "the snapshot's directories nest more than {MAX_TREE_DEPTH} deep (a crafted or damaged snapshot); refused"
             )));
         }
-        let Some(left) = self.entries_left.checked_sub(n as u64) else {
-            self.exceeded = true;
-            return Err(RepoError::Damaged(
-                "the snapshot's trees expand to far more entries than it records (a crafted or damaged snapshot, whose trees hold each other many times over); refused"
-                    .into(),
-            ));
-        };
-        self.entries_left = left;
+        self.count(id, n)?;
         self.depth += 1;
         Ok(())
+    }
+
+    /// Enters two trees at once (a comparison of two directories).
+    pub fn enter_pair(&mut self, a: (&Id, usize), b: (&Id, usize)) -> Result<()> {
+        self.count(a.0, a.1)?;
+        self.enter(b.0, b.1)
+    }
+
+    fn count(&mut self, id: &Id, n: usize) -> Result<()> {
+        let n = n as u64;
+        if self.seen.insert(*id) {
+            self.distinct = self.distinct.saturating_add(n);
+        }
+        self.visited = self.visited.saturating_add(n);
+        let bound = WALK_FLOOR.saturating_add(self.distinct.saturating_mul(WALK_EXPANSION));
+        match self.entries_left.checked_sub(n) {
+            Some(left) if self.visited <= bound => {
+                self.entries_left = left;
+                Ok(())
+            }
+            _ => {
+                self.exceeded = true;
+                Err(RepoError::Damaged(
+                    "the snapshot's trees expand to far more entries than it records or stores (a crafted or damaged snapshot, whose trees hold each other many times over); refused"
+                        .into(),
+                ))
+            }
+        }
     }
 
     /// Whether a walk ran out of this budget (it must stop, not skip on).
@@ -108,6 +152,73 @@ impl WalkBudget {
     pub fn leave(&mut self) {
         self.depth = self.depth.saturating_sub(1);
     }
+}
+
+/// Reads every distinct tree below `root` once and checks, before anything
+/// is written, that a walk of `root` fits `budget`: the number of entries the
+/// walk would visit is computed per distinct tree (a tree repeated anywhere
+/// is read once), so a crafted snapshot whose trees expand to 2^41 entries is
+/// refused after reading its few trees. Restore calls this first, so that it
+/// never creates millions of entries of a snapshot it would then refuse.
+///
+/// Returns the trees read, up to `keep` entries' worth in walk order, for
+/// the walk that follows to take instead of reading them again.
+pub fn preflight(
+    repo: &Repository,
+    root: &Id,
+    budget: &WalkBudget,
+    keep: usize,
+) -> Result<HashMap<Id, Arc<Tree>>> {
+    struct Pre<'a> {
+        repo: &'a Repository,
+        sizes: HashMap<Id, u64>,
+        distinct: u64,
+        kept: HashMap<Id, Arc<Tree>>,
+        keep_left: usize,
+    }
+    fn size(p: &mut Pre, id: &Id, depth: usize) -> Result<u64> {
+        if let Some(s) = p.sizes.get(id) {
+            return Ok(*s);
+        }
+        if depth >= MAX_TREE_DEPTH {
+            return Err(RepoError::Damaged(format!(
+                "the snapshot's directories nest more than {MAX_TREE_DEPTH} deep (a crafted or damaged snapshot); refused"
+            )));
+        }
+        let t = p.repo.read_tree(id)?;
+        let n = t.nodes.len();
+        p.distinct = p.distinct.saturating_add(n as u64);
+        if n <= p.keep_left {
+            p.keep_left -= n;
+            p.kept.insert(*id, t.clone());
+        }
+        let mut total = n as u64;
+        for node in &t.nodes {
+            if let (NodeKind::Dir, Some(sub)) = (node.kind, node.subtree) {
+                total = total.saturating_add(size(p, &sub, depth + 1)?);
+            }
+        }
+        p.sizes.insert(*id, total);
+        Ok(total)
+    }
+    let mut p = Pre {
+        repo,
+        sizes: HashMap::new(),
+        distinct: 0,
+        kept: HashMap::new(),
+        keep_left: keep,
+    };
+    let total = size(&mut p, root, 0)?;
+    let bound = WALK_FLOOR
+        .saturating_add(p.distinct.saturating_mul(WALK_EXPANSION))
+        .min(budget.entries_left);
+    if total > bound {
+        return Err(RepoError::Damaged(format!(
+            "the snapshot's trees expand to {total} entries from {} stored ones (a crafted or damaged snapshot, whose trees hold each other many times over); refused",
+            p.distinct
+        )));
+    }
+    Ok(p.kept)
 }
 
 /// Finds the node at snapshot path `path` ("/" or "" is the root, returned as
@@ -236,7 +347,10 @@ fn diff_trees(
         }
     };
     let (ta, tb) = (load(a)?, load(b)?);
-    budget.enter(ta.nodes.len() + tb.nodes.len())?;
+    budget.enter_pair(
+        (&a.unwrap_or_default(), ta.nodes.len()),
+        (&b.unwrap_or_default(), tb.nodes.len()),
+    )?;
     let (mut i, mut j) = (0, 0);
     while i < ta.nodes.len() || j < tb.nodes.len() {
         let na = ta.nodes.get(i);

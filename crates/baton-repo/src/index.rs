@@ -49,6 +49,12 @@ pub struct Index {
     /// (pack, blob) copies known damaged: left out of look-ups, so a backup
     /// stores a fresh copy instead of deduplicating against them.
     damaged: std::collections::HashSet<(Id, Id)>,
+    /// One copy known damaged of each blob that has no other: a read
+    /// still tries it (it is authenticated, so a really damaged copy fails
+    /// to open), so that a copy marked damaged wrongly (by a faulty disk
+    /// read, or by whoever holds an append-only key) never makes data
+    /// unreadable; only deduplication leaves it out.
+    last_resort: HashMap<Id, Loc>,
 }
 
 /// The top `bits` bits of an id.
@@ -112,8 +118,21 @@ impl Index {
         let packs = &self.packs;
         let damaged = &self.damaged;
         let bad = |id: &Id, l: &Loc| damaged.contains(&(packs[pack_number(l) as usize], *id));
-        self.sorted.retain(|e| !bad(&e.id, &e.loc));
-        self.recent.retain(|id, l| !bad(id, l));
+        let last_resort = &mut self.last_resort;
+        self.sorted.retain(|e| {
+            let keep = !bad(&e.id, &e.loc);
+            if !keep {
+                last_resort.entry(e.id).or_insert(e.loc);
+            }
+            keep
+        });
+        self.recent.retain(|id, l| {
+            let keep = !bad(id, l);
+            if !keep {
+                last_resort.entry(*id).or_insert(*l);
+            }
+            keep
+        });
         self.build_buckets();
     }
 
@@ -162,8 +181,14 @@ impl Index {
         if !self.damaged.is_empty() {
             let packs = &self.packs;
             let damaged = &self.damaged;
-            self.sorted
-                .retain(|e| !damaged.contains(&(packs[pack_number(&e.loc) as usize], e.id)));
+            let last_resort = &mut self.last_resort;
+            self.sorted.retain(|e| {
+                let keep = !damaged.contains(&(packs[pack_number(&e.loc) as usize], e.id));
+                if !keep {
+                    last_resort.entry(e.id).or_insert(e.loc);
+                }
+                keep
+            });
         }
         self.sorted.sort_unstable_by(|a, b| {
             a.id.cmp(&b.id)
@@ -240,6 +265,18 @@ impl Index {
 
     pub fn get(&self, id: &Id) -> Option<BlobLocation> {
         self.find(id).map(|l| self.location(l))
+    }
+
+    /// Where to read a blob: a copy not known damaged, else (the last
+    /// resort) one known damaged, which its authentication then judges.
+    pub fn locate(&self, id: &Id) -> Option<BlobLocation> {
+        self.get(id)
+            .or_else(|| self.last_resort.get(id).map(|l| self.location(*l)))
+    }
+
+    /// Plaintext length of a blob, from any copy of it (see [`Index::locate`]).
+    pub fn plain_len_any(&self, id: &Id) -> Option<u64> {
+        self.locate(id).map(|l| l.raw_length as u64)
     }
 
     pub fn contains(&self, id: &Id) -> bool {

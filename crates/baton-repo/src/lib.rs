@@ -29,10 +29,13 @@ pub mod repo;
 pub use baton_format::crypto::{default_kdf_params, kdf_params};
 pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
 pub use baton_format::random_id;
-pub use browse::{DiffChange, DiffEntry, MAX_TREE_DEPTH, WalkBudget, diff, find_node, walk_tree};
+pub use browse::{
+    DiffChange, DiffEntry, MAX_TREE_DEPTH, WALK_EXPANSION, WALK_FLOOR, WalkBudget, diff, find_node,
+    preflight, walk_tree,
+};
 pub use error::{ErrorClass, RepoError, Result};
 pub use index::Index;
 pub use journal::{JobState, JournalWriter, find_job, forget_job, list_jobs, load_job};
 pub use lock::{LockGuard, LockInfo};
 pub use progress::{Cancel, EntryStatus, NoProgress, Progress};
-pub use repo::{InitOptions, Repository, SnapshotListing};
+pub use repo::{IndexSummary, InitOptions, Repository, SnapshotListing, superseded_index_objects};

@@ -7,7 +7,11 @@
 //! (two racing writers both see each other and one backs off). A held lock is
 //! rewritten every [`REFRESH`]; a lock is stale when its time is older than
 //! [`STALE_AFTER`], or when it was taken on this host by a process that no
-//! longer exists. Stale locks are ignored and removed by `baton unlock`.
+//! longer exists. "This host" is decided by hostname, machine id, boot id and
+//! pid namespace together (see `LockInfo::location`), never by hostname
+//! alone: two containers or cloned machines that share a hostname do not
+//! take each other's live locks for dead. Stale locks are ignored and
+//! removed by `baton unlock`.
 
 use crate::repo::{hostname, now_rfc3339, object_ad, username};
 use crate::{Cancel, RepoError, Repository, Result};
@@ -42,6 +46,65 @@ pub struct LockInfo {
     /// an earlier boot is stale, even if its pid was reused since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// A hash of the holder's machine id (`/etc/machine-id`): two machines
+    /// or containers that share a hostname are told apart by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// The holder's pid namespace (`/proc/self/ns/pid`): containers of one
+    /// machine share its boot id but not their pids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
+}
+
+/// Hash of this machine's id, if it has one (systemd and dbus write it; many
+/// containers have none).
+fn machine() -> Option<String> {
+    static MACHINE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+                .iter()
+                .find_map(|p| {
+                    let s = std::fs::read_to_string(p).ok()?;
+                    let s = s.trim();
+                    (s.len() >= 16 && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| s.to_string())
+                })
+                .map(|id| {
+                    // Only the hash is stored: the id itself is meant to
+                    // stay on the machine.
+                    let h = blake3::keyed_hash(b"baton lock host id, machine-id!!", id.as_bytes());
+                    h.to_hex()[..32].to_string()
+                })
+        })
+        .clone()
+}
+
+/// This process's pid namespace ("pid:[4026531836]"), if known.
+fn pid_ns() -> Option<String> {
+    static NS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    })
+    .clone()
+}
+
+/// Whether a lock's holder ran where this process can see its pid.
+#[derive(Debug, PartialEq, Eq)]
+enum Where {
+    /// Same machine, boot and pid namespace: its pid can be checked.
+    Here,
+    /// Same machine, an earlier boot: the holder is gone.
+    EarlierBoot,
+    /// Another machine or container, or not known: only its age tells.
+    Elsewhere,
+}
+
+/// Both known and equal, or both unknown.
+fn same(a: &Option<String>, b: &Option<String>) -> bool {
+    a == b
 }
 
 /// This host's boot id (`/proc/sys/kernel/random/boot_id`), if known.
@@ -71,7 +134,7 @@ pub fn lock_is_stale(name: &str, info: &LockInfo) -> bool {
     if info.is_stale() {
         return true;
     }
-    info.hostname == hostname()
+    info.location() == Where::Here
         && info.pid == std::process::id()
         && !held().lock().expect("held locks").contains(name)
 }
@@ -86,7 +149,35 @@ impl LockInfo {
             pid: std::process::id(),
             job: None,
             boot_id: boot_id(),
+            machine: machine(),
+            pid_ns: pid_ns(),
         }
+    }
+
+    /// Where the holder ran, seen from this process. A hostname alone does
+    /// not tell machines apart (containers and cloned machines share them),
+    /// so a lock is taken for this machine's only when the machine ids
+    /// match, or when neither has one and the boot ids match; and its pid
+    /// is checked only in the same pid namespace.
+    fn location(&self) -> Where {
+        if self.hostname != hostname() {
+            return Where::Elsewhere;
+        }
+        let (boot, machine) = (boot_id(), machine());
+        let same_boot = same(&self.boot_id, &boot);
+        match (&self.machine, &machine) {
+            (Some(a), Some(b)) if a == b => {
+                if !same_boot && self.boot_id.is_some() && boot.is_some() {
+                    return Where::EarlierBoot;
+                }
+            }
+            (None, None) if same_boot => {}
+            _ => return Where::Elsewhere,
+        }
+        if !same_boot || !same(&self.pid_ns, &pid_ns()) {
+            return Where::Elsewhere;
+        }
+        Where::Here
     }
 
     /// Whether this lock no longer protects anything: older than
@@ -105,18 +196,17 @@ impl LockInfo {
         if age > STALE_AFTER {
             return true;
         }
-        if self.hostname == hostname() {
-            if let (Some(theirs), Some(ours)) = (&self.boot_id, boot_id())
-                && *theirs != ours
-            {
-                return true;
+        match self.location() {
+            Where::EarlierBoot => true,
+            Where::Here => {
+                let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                matches!(
+                    nix::sys::signal::kill(pid, None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
             }
-            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-            if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(pid, None) {
-                return true;
-            }
+            Where::Elsewhere => false,
         }
-        false
     }
 
     /// "exclusive lock held by PID 12 on host h by user u since T".
@@ -275,6 +365,8 @@ impl Repository {
                         pid: 0,
                         job: None,
                         boot_id: None,
+                        machine: None,
+                        pid_ns: None,
                     },
                 )),
             }
@@ -418,5 +510,82 @@ impl Repository {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that has certainly exited: its pid is free (until reused,
+    /// which the test does not wait for).
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn a_dead_holder_on_this_machine_is_stale() {
+        let info = LockInfo {
+            pid: dead_pid(),
+            ..LockInfo::new(true)
+        };
+        assert_eq!(info.location(), Where::Here);
+        assert!(info.is_stale());
+        let live = LockInfo::new(true);
+        assert!(!live.is_stale());
+    }
+
+    /// Another machine or container with the same hostname: its pids are
+    /// not ours to check, so a fresh lock of it is live whatever pid it
+    /// names.
+    #[test]
+    fn a_lock_of_another_machine_or_container_sharing_the_hostname_is_live() {
+        let pid = dead_pid();
+        let other_machine = LockInfo {
+            pid,
+            machine: Some("another machine".into()),
+            boot_id: Some("another boot".into()),
+            ..LockInfo::new(true)
+        };
+        assert_eq!(other_machine.location(), Where::Elsewhere);
+        assert!(!other_machine.is_stale());
+        let other_container = LockInfo {
+            pid,
+            pid_ns: Some("pid:[1]".into()),
+            ..LockInfo::new(true)
+        };
+        assert_eq!(other_container.location(), Where::Elsewhere);
+        assert!(!other_container.is_stale());
+        // Neither has a machine id, the boot ids differ: another machine
+        // or a reboot cannot be told apart, so only age decides.
+        let unknown = LockInfo {
+            pid,
+            machine: None,
+            boot_id: Some("another boot".into()),
+            ..LockInfo::new(true)
+        };
+        if machine().is_none() {
+            assert_eq!(unknown.location(), Where::Elsewhere);
+        }
+        assert!(!unknown.is_stale());
+    }
+
+    /// The same machine (by its id) after a reboot: every lock of the
+    /// earlier boot is stale, even if its pid is alive again.
+    #[test]
+    fn a_lock_of_an_earlier_boot_of_this_machine_is_stale() {
+        if machine().is_none() || boot_id().is_none() {
+            return; // nothing to tell a reboot by here
+        }
+        let info = LockInfo {
+            pid: std::process::id(),
+            boot_id: Some("an earlier boot".into()),
+            ..LockInfo::new(true)
+        };
+        assert_eq!(info.location(), Where::EarlierBoot);
+        assert!(info.is_stale());
     }
 }

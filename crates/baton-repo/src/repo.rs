@@ -59,6 +59,108 @@ pub struct Repository {
     index_skipped: Vec<(String, String)>,
 }
 
+/// How many default-cost key derivations one `open` spends at most on
+/// trying key files (the hinted key and the first are always tried).
+pub const KEY_SEARCH_WORK: u64 = 24;
+
+/// The work of one Argon2 run: memory times passes.
+fn kdf_cost(p: &baton_types::KdfParams) -> u64 {
+    u64::from(p.memory_kib) * u64::from(p.iterations.max(1))
+}
+
+/// Most Argon2 memory (KiB) this machine spends on one key: the
+/// `BATON_KDF_MAX_MEMORY` variable (MiB) if set, else half the physical
+/// memory, at most the format's limit.
+pub fn kdf_memory_limit_kib() -> u32 {
+    let max = baton_format::crypto::MAX_KDF_MEMORY_KIB;
+    if let Some(mib) = std::env::var("BATON_KDF_MAX_MEMORY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return mib.saturating_mul(1024).min(u64::from(max)) as u32;
+    }
+    let half = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(u64::from(max), |kib| kib / 2);
+    half.clamp(
+        u64::from(baton_format::crypto::MIN_KDF_MEMORY_KIB),
+        u64::from(max),
+    ) as u32
+}
+
+/// What deciding which index objects are superseded needs of one.
+#[derive(Debug, Clone)]
+pub struct IndexSummary {
+    pub name: String,
+    pub supersedes: Vec<Id>,
+    pub packs: Vec<Id>,
+}
+
+impl IndexSummary {
+    pub fn of(name: &str, f: &IndexFile) -> Self {
+        IndexSummary {
+            name: name.to_string(),
+            supersedes: f.supersedes.clone(),
+            packs: f.packs.iter().map(|p| p.id).collect(),
+        }
+    }
+}
+
+/// The index objects to leave out as superseded. A rewrite (prune, repair)
+/// writes one index object naming every old one in `supersedes`, then
+/// deletes packs, then the old objects; an old object still there is left
+/// out only if every pack it lists is listed by an object that is not left
+/// out, or is gone from storage. So an index object that claims to
+/// supersede others (one written by an append-only key, say) can never hide
+/// a pack that exists: the claim is ignored and both are loaded.
+/// `stored_packs` is asked only when a claim must be checked against storage.
+pub fn superseded_index_objects(
+    files: &[IndexSummary],
+    stored_packs: impl FnOnce() -> Result<std::collections::HashSet<Id>>,
+) -> Result<std::collections::HashSet<Id>> {
+    use std::collections::HashSet;
+    let claimed: HashSet<Id> = files
+        .iter()
+        .flat_map(|f| f.supersedes.iter().copied())
+        .collect();
+    let id_of = |f: &IndexSummary| Id::from_hex(&f.name).ok();
+    let is_claimed = |f: &IndexSummary| id_of(f).is_some_and(|id| claimed.contains(&id));
+    if !files.iter().any(is_claimed) {
+        return Ok(claimed);
+    }
+    let covered: HashSet<Id> = files
+        .iter()
+        .filter(|f| !is_claimed(f))
+        .flat_map(|f| f.packs.iter().copied())
+        .collect();
+    let mut stored_packs = Some(stored_packs);
+    let mut stored: Option<HashSet<Id>> = None;
+    let mut left_out = claimed.clone();
+    for f in files.iter().filter(|f| is_claimed(f)) {
+        let mut uncovered = f.packs.iter().filter(|p| !covered.contains(p)).peekable();
+        if uncovered.peek().is_none() {
+            continue;
+        }
+        if stored.is_none() {
+            stored = Some((stored_packs.take().expect("asked once"))()?);
+        }
+        let stored = stored.as_ref().expect("listed");
+        if uncovered.any(|p| stored.contains(p)) {
+            // Its claim would hide packs that exist: it stays.
+            if let Some(id) = id_of(f) {
+                left_out.remove(&id);
+            }
+        }
+    }
+    Ok(left_out)
+}
+
 /// How far ahead of this machine's clock a time may be and still count as
 /// now (clocks of different machines drift).
 pub const FUTURE_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -164,6 +266,24 @@ impl Repository {
 
     /// Opens an existing repository with `password` (the index is not loaded).
     pub fn open(storage: Arc<dyn Storage>, password: &[u8]) -> Result<Repository> {
+        Self::open_with_hint(storage, password, None)
+    }
+
+    /// Opens an existing repository, trying the key file whose name starts
+    /// with `hint` first.
+    ///
+    /// Key files are plaintext and anyone who can write the repository can
+    /// plant some, each asking for an Argon2 run of up to 4 GiB and 64
+    /// passes. So the keys are tried cheapest first (the hinted one before
+    /// all), a key whose memory exceeds [`kdf_memory_limit_kib`] is not tried
+    /// at all, and the search stops once the work spent reaches
+    /// [`KEY_SEARCH_WORK`] default-cost keys: a few planted files cost a few
+    /// hundred milliseconds, never minutes or the machine's memory.
+    pub fn open_with_hint(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        hint: Option<&str>,
+    ) -> Result<Repository> {
         if !storage.exists()? {
             return Err(RepoError::NoRepository {
                 location: storage.location(),
@@ -176,9 +296,9 @@ impl Repository {
                 storage.location()
             )));
         }
-        let mut found = None;
         let mut damaged = Vec::new();
         let mut old_versions = Vec::new();
+        let mut candidates = Vec::new();
         for k in keys {
             let bytes = match storage.get_limited(ObjectKind::Key, &k.name, MAX_KEY_FILE) {
                 Ok(b) => b,
@@ -200,29 +320,60 @@ impl Repository {
                 old_versions.push(kf.version);
                 continue;
             }
+            if let Err(e) = baton_format::crypto::check_kdf_floor(&kf.kdf) {
+                damaged.push(format!("key {}: {e}", k.name));
+                continue;
+            }
+            let hinted = hint.is_some_and(|h| !h.is_empty() && k.name.starts_with(h));
+            let cost = kdf_cost(&kf.kdf);
+            candidates.push((!hinted, cost, k.name, kf, bytes));
+        }
+        candidates.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        let memory_limit = kdf_memory_limit_kib();
+        let budget = KEY_SEARCH_WORK * kdf_cost(&baton_format::crypto::default_kdf_params());
+        let mut spent = 0u64;
+        let mut skipped = Vec::new();
+        let mut found = None;
+        for (not_hinted, cost, name, kf, bytes) in candidates {
+            if kf.kdf.memory_kib > memory_limit {
+                skipped.push(format!(
+                    "key {name} needs {} MiB for its password hash, more than this machine allows ({} MiB; set BATON_KDF_MAX_MEMORY in MiB to raise it)",
+                    kf.kdf.memory_kib / 1024,
+                    memory_limit / 1024
+                ));
+                continue;
+            }
+            // The hinted key, and the first one, are always tried.
+            if not_hinted && spent > 0 && spent.saturating_add(cost) > budget {
+                skipped.push(format!(
+                    "key {name} and any others were not tried: trying keys stops after the work of {KEY_SEARCH_WORK} ordinary ones (name the key with --key-hint)"
+                ));
+                break;
+            }
+            spent = spent.saturating_add(cost);
             let Some(repository) = kf.repository else {
-                damaged.push(format!("key {}: names no repository", k.name));
+                damaged.push(format!("key {name}: names no repository"));
                 continue;
             };
             match MasterKey::unwrap(&kf.data, password, &kf.kdf, &key_wrap_ad(&kf)) {
                 Ok(m) => {
-                    found = Some((m, k.name, kf.append_only, repository));
+                    found = Some((m, name, kf.append_only, repository));
                     break;
                 }
                 // A key file is named by the hash of its bytes: when they no
                 // longer match, the failure is damage (or an edit, which the
                 // wrap's binding to every field refuses), not a wrong password.
-                Err(baton_format::FormatError::Decrypt)
-                    if storage_id(&bytes).to_hex() != k.name =>
-                {
+                Err(baton_format::FormatError::Decrypt) if storage_id(&bytes).to_hex() != name => {
                     damaged.push(format!(
-                        "key {}: its bytes no longer hash to its name (damaged or edited)",
-                        k.name
+                        "key {name}: its bytes no longer hash to its name (damaged or edited)"
                     ))
                 }
                 Err(baton_format::FormatError::Decrypt) => continue,
-                Err(e) => damaged.push(format!("key {}: {e}", k.name)),
+                Err(e) => damaged.push(format!("key {name}: {e}")),
             }
+        }
+        if found.is_none() && !skipped.is_empty() {
+            damaged.extend(skipped);
         }
         let Some((key, key_name, append_only, repository)) = found else {
             if let Some(&v) = old_versions.iter().max() {
@@ -240,7 +391,7 @@ impl Repository {
             }
             if !damaged.is_empty() {
                 return Err(RepoError::Damaged(format!(
-                    "no key opened with this password, and some keys are damaged: {}",
+                    "no key opened with this password, and some keys are damaged or were not tried: {}",
                     damaged.join("; ")
                 )));
             }
@@ -294,26 +445,28 @@ impl Repository {
         let mut index = Index::new();
         let mut loaded = Vec::new();
         let mut failed = Vec::new();
-        let mut superseded = std::collections::HashSet::new();
         for obj in self.storage.list(ObjectKind::Index)? {
             match self.read_index(&obj.name) {
                 Ok(f) => {
-                    superseded.extend(f.supersedes.iter().copied());
                     index.load_file(&f);
-                    loaded.push(obj.name);
+                    loaded.push(IndexSummary::of(&obj.name, &f));
                 }
                 Err(e) => failed.push((obj.name, e)),
             }
         }
-        let is_superseded =
-            |name: &str| Id::from_hex(name).is_ok_and(|id| superseded.contains(&id));
+        let left_out = superseded_index_objects(&loaded, || self.stored_packs())?;
+        let is_superseded = |name: &str| Id::from_hex(name).is_ok_and(|id| left_out.contains(&id));
         // One unreadable index object must not stop every backup: it is
         // left out (its packs are not indexed, so a backup stores their
         // content again, and `check` names it); only a fault that may pass
         // fails the load.
+        let claimed: std::collections::HashSet<Id> = loaded
+            .iter()
+            .flat_map(|f| f.supersedes.iter().copied())
+            .collect();
         let mut skipped = Vec::new();
         for (name, e) in failed {
-            if is_superseded(&name) {
+            if Id::from_hex(&name).is_ok_and(|id| claimed.contains(&id)) {
                 continue;
             }
             match e {
@@ -323,18 +476,28 @@ impl Repository {
             }
         }
         self.index_skipped = skipped;
-        if loaded.iter().any(|n| is_superseded(n)) {
+        if loaded.iter().any(|f| is_superseded(&f.name)) {
             // Index objects that a rewrite (prune, repair) replaced are still
             // there (it was interrupted before deleting them): load again
             // without them.
             index = Index::new();
-            for name in loaded.iter().filter(|n| !is_superseded(n)) {
-                index.load_file(&self.read_index(name)?);
+            for f in loaded.iter().filter(|f| !is_superseded(&f.name)) {
+                index.load_file(&self.read_index(&f.name)?);
             }
         }
         index.compact();
         self.index = index;
         Ok(())
+    }
+
+    /// The packs in storage.
+    pub fn stored_packs(&self) -> Result<std::collections::HashSet<Id>> {
+        Ok(self
+            .storage
+            .list(ObjectKind::Pack)?
+            .into_iter()
+            .filter_map(|o| Id::from_hex(&o.name).ok())
+            .collect())
     }
 
     /// Reads and decodes one index object.
@@ -464,7 +627,7 @@ impl Repository {
     /// Loads one blob of `blob_type` through the index, verifying its hash;
     /// a blob of another type is refused.
     pub fn load_blob_of(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let loc = self.index.get(id).ok_or_else(|| {
+        let loc = self.index.locate(id).ok_or_else(|| {
             RepoError::NotFound(format!("blob {id} is not in the index (missing data)"))
         })?;
         if loc.blob_type != blob_type {

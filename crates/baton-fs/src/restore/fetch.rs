@@ -88,7 +88,7 @@ pub(super) fn write_files(
     for (fi, f) in files.iter().enumerate() {
         let mut offset = 0u64;
         for id in &f.content {
-            let Some(loc) = repo.index().get(id) else {
+            let Some(loc) = repo.index().locate(id) else {
                 failures.set(fi, || {
                     format!("blob {id} is not in the index (missing data)")
                 });

@@ -29,11 +29,13 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, UtimensatFlags, fstat, utimensat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::UnlinkatFlags;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Mode of a directory while the restore fills it.
 const DIR_MODE_WHILE_RESTORING: u32 = 0o700;
@@ -44,6 +46,12 @@ const FILE_MODE_WHILE_RESTORING: u32 = 0o600;
 pub(crate) struct Target {
     root: OwnedFd,
     path: PathBuf,
+    /// The files the snapshot hard-links, by path: the (device, inode) this
+    /// restore created each as. Such a file is expected to have other links,
+    /// so it is written and given metadata only while its path still names
+    /// that very inode (a local user who swaps in a link to a file outside
+    /// the target in between is refused).
+    linked: Mutex<HashMap<PathBuf, (u64, u64)>>,
 }
 
 fn errno(e: Errno) -> io::Error {
@@ -89,6 +97,16 @@ fn other_links() -> io::Error {
     )
 }
 
+fn not_ours() -> io::Error {
+    io::Error::other(
+        "the hard-linked file is no longer the one this restore created (replaced while the restore ran): not written through (left alone)",
+    )
+}
+
+fn dev_ino(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
+}
+
 fn timespec(ns: i64) -> TimeSpec {
     TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
 }
@@ -117,6 +135,7 @@ impl Target {
         Ok(Target {
             root,
             path: path.to_path_buf(),
+            linked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -222,7 +241,9 @@ impl Target {
     /// (exclusively with `exclusive`) if it does not exist; never follows a
     /// symbolic link, and refuses anything that is not a regular file.
     /// `linked`: the snapshot hard-links this file, so other links are
-    /// expected; otherwise a file with other links is refused.
+    /// expected, and it must be created here exclusively (it is then
+    /// remembered) or be the very inode created so; otherwise a file with
+    /// other links is refused.
     pub fn open_file(
         &self,
         p: &Path,
@@ -246,7 +267,13 @@ impl Target {
         if !is_type(&st, SFlag::S_IFREG) {
             return Err(changed());
         }
-        if st.st_nlink != 1 && !linked {
+        if linked {
+            if create && exclusive {
+                self.remember(p, &st);
+            } else {
+                self.check_ours(p, &st)?;
+            }
+        } else if st.st_nlink != 1 {
             return Err(other_links());
         }
         Ok(File::from(fd))
@@ -262,11 +289,54 @@ impl Target {
         Ok(File::from(fd))
     }
 
-    /// Makes `to` a hard link of `from` (both below the target).
+    fn remember(&self, p: &Path, st: &FileStat) {
+        self.linked
+            .lock()
+            .expect("linked files")
+            .insert(p.to_path_buf(), dev_ino(st));
+    }
+
+    /// Whether `p`, opened as `st`, is the inode this restore created there.
+    fn check_ours(&self, p: &Path, st: &FileStat) -> io::Result<()> {
+        match self.linked.lock().expect("linked files").get(p) {
+            Some(known) if *known == dev_ino(st) => Ok(()),
+            _ => Err(not_ours()),
+        }
+    }
+
+    /// Makes `to` a hard link of `from` (both below the target), `from`
+    /// being a hard-linked file this restore created: the new link is
+    /// checked to reach that very inode, and removed if it does not.
     pub fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
         let (tdir, tname) = self.parent(to)?;
-        nix::unistd::linkat(&fdir, fname, &tdir, tname, AtFlags::empty()).map_err(errno)
+        nix::unistd::linkat(&fdir, fname, &tdir, tname, AtFlags::empty()).map_err(errno)?;
+        let st =
+            nix::sys::stat::fstatat(&tdir, tname, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        let expected = self.linked.lock().expect("linked files").get(from).copied();
+        if !is_type(&st, SFlag::S_IFREG) || expected != Some(dev_ino(&st)) {
+            let _ = nix::unistd::unlinkat(&tdir, tname, UnlinkatFlags::NoRemoveDir);
+            return Err(not_ours());
+        }
+        self.remember(to, &st);
+        Ok(())
+    }
+
+    /// Whether the entry at `p`, opened as `st`, may be given `node`'s
+    /// metadata: of the node's type, and a file with other links only if
+    /// the snapshot hard-links it and it is the inode this restore created.
+    fn check_links(&self, p: &Path, node: &Node, st: &FileStat) -> Result<(), String> {
+        if !is_type(st, type_of(node.kind)) {
+            return Err(changed().to_string());
+        }
+        if node.kind == NodeKind::File {
+            if node.links > 1 {
+                self.check_ours(p, st).map_err(|e| e.to_string())?;
+            } else if st.st_nlink != 1 {
+                return Err(other_links().to_string());
+            }
+        }
+        Ok(())
     }
 
     /// Applies ownership, xattrs, permissions and times of `node` to the
@@ -286,7 +356,11 @@ impl Target {
                 OFlag::O_RDONLY | OFlag::O_NONBLOCK
             };
             match self.open_beneath(p, flags, 0) {
-                Ok(fd) => return metadata_on_handle(&fd, node, is_root),
+                Ok(fd) => {
+                    let st = fstat(&fd).map_err(|e| errno(e).to_string())?;
+                    self.check_links(p, node, &st)?;
+                    return metadata_on_handle(&fd, node, is_root);
+                }
                 Err(e) if e.raw_os_error() == Some(nix::libc::EACCES) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -303,12 +377,7 @@ impl Target {
         )
         .map_err(|e| errno(e).to_string())?;
         let st = fstat(&fd).map_err(|e| errno(e).to_string())?;
-        if !is_type(&st, type_of(node.kind)) {
-            return Err(changed().to_string());
-        }
-        if node.kind == NodeKind::File && node.links <= 1 && st.st_nlink != 1 {
-            return Err(other_links().to_string());
-        }
+        self.check_links(p, node, &st)?;
         // The handle's own name: following it reaches exactly this inode,
         // whatever the name in the directory points at by now.
         let me = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -364,16 +433,8 @@ impl Target {
 }
 
 /// Ownership, xattrs, mode and times of `node`, on an open handle of the
-/// entry (its type checked first).
+/// entry (its type and links checked first by [`Target::check_links`]).
 fn metadata_on_handle(fd: &OwnedFd, node: &Node, is_root: bool) -> Result<(), String> {
-    let st = fstat(fd).map_err(|e| errno(e).to_string())?;
-    if !is_type(&st, type_of(node.kind)) {
-        return Err(changed().to_string());
-    }
-    // Only a file the snapshot itself hard-links may have other links.
-    if node.kind == NodeKind::File && node.links <= 1 && st.st_nlink != 1 {
-        return Err(other_links().to_string());
-    }
     let mut first_err: Option<String> = None;
     let mut note = |e: String| {
         first_err.get_or_insert(e);

@@ -197,10 +197,12 @@ impl Checker<'_> {
                 )),
             }
         }
-        let superseded: HashSet<Id> = files
+        let summaries: Vec<baton_repo::IndexSummary> = files
             .iter()
-            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .map(|(name, f)| baton_repo::IndexSummary::of(name, f))
             .collect();
+        let superseded: HashSet<Id> =
+            baton_repo::superseded_index_objects(&summaries, || self.repo.stored_packs())?;
         let is_superseded =
             |name: &str| Id::from_hex(name).is_ok_and(|id| superseded.contains(&id));
         for (name, (kind, object, message)) in found {

@@ -47,12 +47,15 @@ pub fn repair_packs(
         .map(|o| o.name)
         .collect();
     let mut files = Vec::new();
-    let mut superseded = HashSet::new();
     for name in &names {
         let f = repo.read_index(name)?;
-        superseded.extend(f.supersedes.iter().copied());
         files.push((name.clone(), f));
     }
+    let summaries: Vec<baton_repo::IndexSummary> = files
+        .iter()
+        .map(|(name, f)| baton_repo::IndexSummary::of(name, f))
+        .collect();
+    let superseded = baton_repo::superseded_index_objects(&summaries, || repo.stored_packs())?;
     let live = |name: &str| Id::from_hex(name).is_ok_and(|id| !superseded.contains(&id));
     let mut entries: BTreeMap<Id, Vec<PackEntry>> = BTreeMap::new();
     let mut damaged: BTreeSet<(Id, Id)> = BTreeSet::new();

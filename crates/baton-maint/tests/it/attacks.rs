@@ -202,6 +202,48 @@ fn an_exponential_tree_is_not_walked() {
     assert!(err.to_string().contains("expand"), "{err}");
 }
 
+/// The same tree under a snapshot whose summary was lifted by whoever wrote
+/// it (or that has none): the bound that does not trust the snapshot holds.
+/// Restore refuses before it creates anything; a walk stops after at most
+/// the floor plus the expansion allowed for the entries actually stored.
+#[test]
+fn an_exponential_tree_is_refused_whatever_its_summary_says() {
+    let mut s = setup();
+    let mut t = raw_tree(&mut s.repo, vec![]);
+    for _ in 0..41 {
+        let mut a = node("a", NodeKind::Dir);
+        a.subtree = Some(t);
+        let mut b = node("b", NodeKind::Dir);
+        b.subtree = Some(t);
+        t = raw_tree(&mut s.repo, vec![a, b]);
+    }
+    for lifted in [true, false] {
+        let mut snap = s.snapshot.clone();
+        snap.tree = t;
+        match (&mut snap.summary, lifted) {
+            (Some(m), true) => m.dirs = u64::MAX,
+            (m, _) => *m = None,
+        }
+        let target = s.root.join(format!("t{lifted}"));
+        let err = restore(&s, &snap, &target, &NoProgress).unwrap_err();
+        assert!(err.to_string().contains("expand"), "{err}");
+        let created = std::fs::read_dir(&target).map_or(0, |d| d.count());
+        assert_eq!(created, 0, "restore created entries before refusing");
+        if lifted {
+            let mut budget = crate::baton::WalkBudget::for_snapshot(&snap);
+            let mut n = 0u64;
+            let err = crate::baton::walk_tree(&s.repo, &t, "/", &mut budget, &mut |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(matches!(err, RepoError::Damaged(_)), "{err}");
+            let bound = crate::baton::WALK_FLOOR + 82 * crate::baton::WALK_EXPANSION;
+            assert!(n <= bound, "{n} > {bound}");
+        }
+    }
+}
+
 /// Directories nested deeper than any path Linux resolves are refused.
 #[test]
 fn a_deep_tree_is_refused() {
@@ -499,6 +541,8 @@ fn a_lock_dated_in_the_future_is_stale() {
         pid: 1,
         job: None,
         boot_id: None,
+        machine: None,
+        pid_ns: None,
     };
     assert!(info.is_stale());
     let garbage = crate::baton::LockInfo {
@@ -623,6 +667,87 @@ fn a_hard_link_planted_in_the_target_is_replaced_not_written_through() {
     );
 }
 
+/// Files the snapshot itself hard-links may have other links, so the link
+/// count cannot tell a planted link from the snapshot's own. A local user
+/// swaps the first name of a hard-linked pair for a link to a file outside
+/// the target after restore created it (made deterministic: when restore
+/// reports the file between the pair's two names). Neither the content nor
+/// the mode of the outside file changes, and the second name is not left
+/// linked to it.
+#[test]
+fn a_hard_linked_file_swapped_mid_restore_is_not_written_through() {
+    let mut s = setup();
+    let outside = s.root.join("outside-file");
+    std::fs::write(&outside, b"precious").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut h1 = file_node(&mut s.repo, "h1", b"attacker's content");
+    (h1.links, h1.device_id, h1.inode, h1.mode) = (2, 7, 42, 0o4777);
+    let mut h2 = h1.clone();
+    h2.name = FsName::from("z2");
+    let m = node("m", NodeKind::File);
+    let root = raw_tree(&mut s.repo, vec![h1, m, h2]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    // Non-empty target: the walk handles each entry itself.
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("m"), b"old").unwrap();
+    let (name, to) = (target.join("h1"), outside.clone());
+    let racer = OnceAt::new(target.join("m"), move || {
+        std::fs::remove_file(&name).unwrap();
+        std::fs::hard_link(&to, &name).unwrap();
+    });
+    let sum = restore(&s, &snap, &target, &racer).unwrap();
+    assert!(racer.ran(), "the race never ran");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "the outside file was chmodded");
+    assert!(
+        !target.join("z2").exists() || std::fs::read(target.join("z2")).unwrap() != b"precious",
+        "the second name was linked to the outside file"
+    );
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(_, e)| e.contains("no longer the one")),
+        "{:?}",
+        sum.errors
+    );
+}
+
+/// A hard-linked pair restored without interference: both names are one
+/// inode with the content and mode of the snapshot, also when an earlier,
+/// interrupted restore left the first name behind.
+#[test]
+fn hard_linked_files_are_restored_as_one_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let mut s = setup();
+    let mut h1 = file_node(&mut s.repo, "h1", b"shared content");
+    (h1.links, h1.device_id, h1.inode, h1.mode) = (2, 7, 42, 0o640);
+    let mut h2 = h1.clone();
+    h2.name = FsName::from("h2");
+    let root = raw_tree(&mut s.repo, vec![h1, h2]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    for pre in [false, true] {
+        let target = s.root.join(format!("t{pre}"));
+        if pre {
+            std::fs::create_dir(&target).unwrap();
+            std::fs::write(target.join("h1"), b"shared").unwrap();
+        }
+        let sum = restore(&s, &snap, &target, &NoProgress).unwrap();
+        assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+        let (a, b) = (
+            std::fs::metadata(target.join("h1")).unwrap(),
+            std::fs::metadata(target.join("h2")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(a.nlink(), 2);
+        assert_eq!(a.mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read(target.join("h2")).unwrap(), b"shared content");
+    }
+}
+
 /// A subdirectory swapped for a symbolic link to another directory after
 /// it was listed (files are read before subdirectories are entered): the
 /// other directory's contents are never stored under its name.
@@ -701,4 +826,71 @@ fn check_and_repair_stop_on_an_exponential_tree() {
     )
     .unwrap_err();
     assert!(matches!(err, RepoError::Damaged(_)), "{err}");
+}
+
+/// An append-only key may add objects, never remove data. An index object
+/// it writes claiming to supersede every real one (listing no packs) would
+/// hide all data from restore and from prune; the claim is ignored because
+/// the packs it would hide still exist. It also marks every copy damaged:
+/// backups then store fresh copies, but reads still try the only copy
+/// (authenticated, so a really damaged one fails). A full key's restore and
+/// prune then work as before.
+#[test]
+fn an_append_only_key_cannot_hide_data_by_superseding_the_index() {
+    let s = setup();
+    let all: Vec<(Id, Id)> = s.repo.index().iter().map(|(id, l)| (l.pack, *id)).collect();
+    let storage = s.repo.storage().clone();
+    s.repo
+        .add_key_with(b"ao", &crate::baton::kdf_params(8192, 1), true)
+        .unwrap();
+    let ao = Repository::open(storage.clone(), b"ao").unwrap();
+    assert!(ao.is_append_only());
+    let real: Vec<Id> = storage
+        .list(baton_storage::ObjectKind::Index)
+        .unwrap()
+        .iter()
+        .map(|o| Id::from_hex(&o.name).unwrap())
+        .collect();
+    assert!(!real.is_empty());
+    let claim = baton_format::index::IndexFile {
+        supersedes: real,
+        packs: Vec::new(),
+        damaged: all,
+    };
+    ao.save_object(baton_storage::ObjectKind::Index, &claim.encode())
+        .unwrap();
+    let mut repo = Repository::open(storage, b"pw").unwrap();
+    repo.load_index().unwrap();
+    let target = s.root.join("t");
+    let sum = crate::baton::restore(
+        &repo,
+        &s.snapshot,
+        None,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    let opts = crate::baton::PruneOptions {
+        max_unused: crate::baton::MaxUnused::Percent(0.0),
+        ..Default::default()
+    };
+    crate::baton::prune(&mut repo, &opts, &NoProgress).unwrap();
+    repo.load_index().unwrap();
+    let again = s.root.join("t2");
+    let sum = crate::baton::restore(
+        &repo,
+        &s.snapshot,
+        None,
+        &again,
+        &RestoreOptions::default(),
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    let file = std::fs::read_dir(&again).unwrap().count();
+    assert!(file > 0);
 }

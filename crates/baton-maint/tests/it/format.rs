@@ -282,6 +282,45 @@ fn editing_a_key_files_rights_makes_it_unusable() {
     assert!(!Repository::open(storage, b"pw").unwrap().is_append_only());
 }
 
+/// Key files planted by someone who can write the repository cost a bounded
+/// amount of work: the cheapest are tried first, the search stops after a
+/// fixed amount of work, and a key too large for this machine's memory is
+/// never run. The hinted key is tried first.
+#[test]
+fn planted_key_files_cost_bounded_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(LocalStorage::new(dir.path().join("repo")));
+    let repo = Repository::init(storage.clone(), b"pw", &fast_init()).unwrap();
+    let real = repo.key_name().to_string();
+    let text = String::from_utf8(storage.get(ObjectKind::Key, &real).unwrap()).unwrap();
+    let plant = |memory_kib: u64, passes: u64, salt: usize| {
+        let mut kf: serde_json::Value = serde_json::from_str(&text).unwrap();
+        kf["kdf"]["memory_kib"] = memory_kib.into();
+        kf["kdf"]["iterations"] = passes.into();
+        kf["kdf"]["salt"] = format!("{salt:032x}").into();
+        let bytes = serde_json::to_vec_pretty(&kf).unwrap();
+        let name = baton_format::storage_id(&bytes).to_hex();
+        storage.put(ObjectKind::Key, &name, &bytes).unwrap();
+    };
+    // 4 GiB and 64 passes: minutes and all the memory of a small machine.
+    plant(4 << 20, 64, 1);
+    for i in 0..30 {
+        plant(8192, 1, 100 + i);
+    }
+    // The right password opens (the expensive key is never reached).
+    Repository::open(storage.clone(), b"pw").unwrap();
+    // A wrong one tries the cheap keys and then stops, saying why.
+    let err = Repository::open(storage.clone(), b"wrong").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not tried") || msg.contains("more than this machine allows"),
+        "{msg}"
+    );
+    // The hinted key is tried first, whatever the others cost.
+    let hinted = Repository::open_with_hint(storage.clone(), b"pw", Some(&real[..8])).unwrap();
+    assert_eq!(hinted.key_name(), real);
+}
+
 /// Objects are read with a bound: a huge (sparse) key or lock file is
 /// refused, not read into memory.
 #[test]
