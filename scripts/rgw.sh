@@ -22,10 +22,11 @@
 #   RGW_ACCESS_KEY      access key of the S3 user (default: batontestaccesskey)
 #   RGW_SECRET_KEY      secret key of the S3 user (default: batontestsecretkey)
 #   RGW_TIMEOUT         seconds to wait for each daemon (default: 120)
-#   RGW_MEMSTORE_BYTES  size of the in-memory OSD (default: 2 GiB; RAM is used lazily)
+#   RGW_MEMSTORE_BYTES  size of the in-memory OSD (default: 6 GiB; RAM is used lazily)
 #   RGW_RESTART_SIGNAL  signal restart-rgw sends first: TERM (default) or KILL (a crash)
 #   RGW_KEEP_ON_FAILURE if set, start leaves daemons running when it fails (debugging)
 #   RGW_QUIET           if set, no progress lines on stderr
+#   RGW_WATCH_PID       start: stop everything and remove DIR once this pid has ended
 #
 # Progress and errors go to stderr; only the export lines go to stdout, and the
 # daemons never hold this script's stdout/stderr (they log under DIR/log), so a
@@ -51,6 +52,7 @@ export LC_ALL=C
 PATH=$PATH:/usr/sbin:/sbin
 
 PROG=rgw.sh
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
 RGW_NAME=client.rgw.a
 S3_USER=baton
 PACKAGES=(ceph-mon ceph-osd radosgw ceph-common curl)
@@ -358,7 +360,7 @@ paxos_min_wait = 0.001
 [osd]
 osd_data = $D/osd.\$id
 osd_objectstore = memstore
-memstore_device_bytes = ${RGW_MEMSTORE_BYTES:-2147483648}
+memstore_device_bytes = ${RGW_MEMSTORE_BYTES:-6442450944}
 osd_max_object_name_len = 460
 osd_max_object_namespace_len = 64
 public_addr = 127.0.0.1
@@ -430,6 +432,18 @@ EOF
 
     print_env >"$D/env"
     STARTED=1
+    if [[ -n ${RGW_WATCH_PID:-} ]]; then
+        # Stops everything (and removes DIR) once that process has ended: a
+        # test run that starts a gateway for itself never leaves one behind,
+        # even when it is killed.
+        (
+            while kill -0 "$RGW_WATCH_PID" 2>/dev/null; do sleep 1; done
+            RGW_QUIET=1 "$SELF" stop "$D" >/dev/null 2>&1
+            rm -rf -- "${D:?}"
+        ) </dev/null >/dev/null 2>&1 &
+        disown
+        log "watching pid $RGW_WATCH_PID: stops when it ends"
+    fi
     print_env
 }
 

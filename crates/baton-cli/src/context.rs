@@ -20,8 +20,39 @@ pub fn repo_location(g: &Global) -> (PathBuf, bool) {
     (base.join("baton/repo"), true)
 }
 
-pub fn storage(g: &Global) -> Arc<dyn Storage> {
-    Arc::new(LocalStorage::new(repo_location(g).0))
+/// The repository's storage: `s3:https://host/bucket[/prefix]` for S3
+/// (each request retried with back-off on transient errors, each wait ended
+/// by Ctrl-C),
+/// anything else a local directory.
+pub fn storage(g: &Global) -> Result<Arc<dyn Storage>> {
+    let (location, _) = repo_location(g);
+    if let Some(url) = location.to_str().and_then(|l| l.strip_prefix("s3:")) {
+        let attempts = std::env::var("BATON_S3_ATTEMPTS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(8);
+        // Retried per request inside (a multipart upload is many requests:
+        // one of them failing must not repeat the others).
+        let s3 = baton_s3::S3Storage::new(baton_s3::S3Config::from_location(url)?)?
+            .with_retry(baton_storage::RetryPolicy {
+                attempts,
+                initial_delay: std::time::Duration::from_millis(200),
+                max_delay: std::time::Duration::from_secs(10),
+            })
+            .with_stop(cancel().flag());
+        return Ok(Arc::new(s3));
+    }
+    Ok(Arc::new(LocalStorage::new(location)))
+}
+
+/// Whether the repository is a local directory (whose files can be checked
+/// for their modes).
+pub fn is_local(g: &Global) -> bool {
+    !repo_location(g)
+        .0
+        .to_str()
+        .is_some_and(|l| l.starts_with("s3:"))
 }
 
 fn strip_newline(mut s: String) -> String {
@@ -160,7 +191,7 @@ pub fn kdf(a: &KdfArgs) -> baton_types::KdfParams {
 
 /// Opens the repository (checking that it exists before asking a password).
 pub fn open(g: &Global) -> Result<Repository> {
-    let s = storage(g);
+    let s = storage(g)?;
     if !s.exists()? {
         return Err(RepoError::NoRepository {
             location: s.location(),
@@ -169,7 +200,9 @@ pub fn open(g: &Global) -> Result<Repository> {
     }
     let pw = zeroize::Zeroizing::new(password(g, false)?);
     let repo = Repository::open_with_hint(s, pw.as_bytes(), g.key_hint.as_deref())?;
-    warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));
+    if is_local(g) {
+        warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));
+    }
     Ok(repo)
 }
 

@@ -32,6 +32,9 @@ pub use plan::{MaxUnused, PlanStats};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
+/// Objects deleted per batch (S3's `DeleteObjects` takes up to 1000).
+const DELETE_BATCH: usize = 200;
+
 /// Options of `baton prune`.
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
@@ -387,21 +390,26 @@ pub fn prune_locked(
             .filter(|id| superseded.contains(id))
             .collect()
     };
-    for id in &old_index {
+    // Deleted in batches (one request per batch on S3), the lock checked
+    // and cancellation honoured between batches.
+    let names: Vec<String> = old_index.iter().map(Id::to_hex).collect();
+    for batch in names.chunks(DELETE_BATCH) {
         opts.cancel.check()?;
         lock.ensure_fresh()?;
-        storage.remove(ObjectKind::Index, &id.to_hex())?;
+        storage.remove_many(ObjectKind::Index, batch)?;
     }
-    let obsolete = packs
+    let obsolete: Vec<String> = packs
         .iter()
         .zip(&plan.fates)
         .filter(|(_, f)| matches!(f, Fate::Delete | Fate::Repack))
         .map(|(p, _)| p.id)
-        .chain(unreferenced);
-    for id in obsolete {
+        .chain(unreferenced)
+        .map(|id| id.to_hex())
+        .collect();
+    for batch in obsolete.chunks(DELETE_BATCH) {
         opts.cancel.check()?;
         lock.ensure_fresh()?;
-        storage.remove(ObjectKind::Pack, &id.to_hex())?;
+        storage.remove_many(ObjectKind::Pack, batch)?;
     }
     result.bytes_freed = deleted.saturating_sub(result.bytes_written);
     repo.load_index()?;

@@ -295,6 +295,11 @@ impl Index {
         self.packs.len()
     }
 
+    /// The packs this index knows.
+    pub fn pack_ids(&self) -> impl Iterator<Item = &Id> {
+        self.packs.iter()
+    }
+
     pub fn has_pack(&self, id: &Id) -> bool {
         self.pack_numbers.contains_key(id)
     }

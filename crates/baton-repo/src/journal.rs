@@ -172,7 +172,7 @@ fn record_names(repo: &Repository, job: &Id) -> Result<Vec<String>> {
     let prefix = format!("{}/", job.to_hex());
     let mut names: Vec<String> = repo
         .storage()
-        .list(ObjectKind::Journal)?
+        .list_prefix(ObjectKind::Journal, &prefix)?
         .into_iter()
         .map(|o| o.name)
         .filter(|n| n.starts_with(&prefix))

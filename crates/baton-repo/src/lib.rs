@@ -18,6 +18,7 @@
 //! ```
 
 pub mod browse;
+pub mod cache;
 pub mod crashpoint;
 mod error;
 pub mod index;

@@ -54,6 +54,9 @@ pub struct Repository {
     config: Config,
     index: Index,
     tree_cache: Mutex<HashMap<Id, Arc<Tree>>>,
+    /// The local cache of a remote repository (index objects, snapshots,
+    /// tree packs); None for a local one.
+    cache: Option<crate::cache::Cache>,
     /// Index objects the last `load_index` left out (damaged, planted or
     /// replayed under another name), with why.
     index_skipped: Vec<(String, String)>,
@@ -260,6 +263,7 @@ impl Repository {
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
+            cache: None,
             index_skipped: Vec::new(),
         })
     }
@@ -424,6 +428,11 @@ impl Repository {
                 repository.short()
             )));
         }
+        let cache = if storage.is_remote() {
+            crate::cache::Cache::open(&config.id)
+        } else {
+            None
+        };
         Ok(Repository {
             storage,
             key,
@@ -432,6 +441,7 @@ impl Repository {
             config,
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
+            cache,
             index_skipped: Vec::new(),
         })
     }
@@ -453,6 +463,14 @@ impl Repository {
                 }
                 Err(e) => failed.push((obj.name, e)),
             }
+        }
+        if let Some(c) = &self.cache {
+            let listed: std::collections::HashSet<String> = loaded
+                .iter()
+                .map(|f| f.name.clone())
+                .chain(failed.iter().map(|(n, _)| n.clone()))
+                .collect();
+            c.retain("index", &listed);
         }
         let left_out = superseded_index_objects(&loaded, || self.stored_packs())?;
         let is_superseded = |name: &str| Id::from_hex(name).is_ok_and(|id| left_out.contains(&id));
@@ -487,6 +505,10 @@ impl Repository {
         }
         index.compact();
         self.index = index;
+        if let Some(c) = &self.cache {
+            let packs = self.index.pack_ids().map(|p| p.to_hex()).collect();
+            c.retain("data", &packs);
+        }
         Ok(())
     }
 
@@ -613,10 +635,59 @@ impl Repository {
 
     /// Reads and opens a sealed object.
     pub fn load_object(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let cacheable = matches!(kind, ObjectKind::Index | ObjectKind::Snapshot);
+        if cacheable
+            && let Some(c) = &self.cache
+            && let Some(sealed) = c.get(kind.dir(), name)
+            && let Ok(plain) = self.open_sealed(kind, name, &sealed)
+        {
+            return Ok(plain);
+        }
         let sealed = self
             .storage
             .get_limited(kind, name, max_object_size(kind))?;
-        self.open_sealed(kind, name, &sealed)
+        let plain = self.open_sealed(kind, name, &sealed)?;
+        if cacheable && let Some(c) = &self.cache {
+            c.put(kind.dir(), name, &sealed);
+        }
+        Ok(plain)
+    }
+
+    /// Uses a local cache for what this (remote) repository reads often;
+    /// see [`crate::cache`].
+    pub fn enable_cache(&mut self) {
+        self.cache = crate::cache::Cache::open(&self.config.id);
+    }
+
+    /// The local cache in use, if any.
+    pub fn cache(&self) -> Option<&crate::cache::Cache> {
+        self.cache.as_ref()
+    }
+
+    /// The sealed bytes of a tree blob: from the cached copy of its pack
+    /// when there is one, else the whole pack is fetched once and cached
+    /// (tree packs are small and read again by every backup and browse).
+    fn tree_bytes_cached(
+        &self,
+        cache: &crate::cache::Cache,
+        pack: &str,
+        offset: u64,
+        len: usize,
+    ) -> Option<Vec<u8>> {
+        if let Some(b) = cache.read_range(pack, offset, len) {
+            return Some(b);
+        }
+        let whole = self
+            .storage
+            .get_limited(ObjectKind::Pack, pack, crate::cache::MAX_CACHED_PACK)
+            .ok()?;
+        if storage_id(&whole).to_hex() != pack {
+            return None;
+        }
+        cache.put("data", pack, &whole);
+        whole
+            .get(offset as usize..offset as usize + len)
+            .map(<[u8]>::to_vec)
     }
 
     /// Loads one data blob through the index, verifying its hash.
@@ -636,6 +707,27 @@ impl Repository {
                 id.short(),
                 loc.blob_type
             )));
+        }
+        if blob_type == BlobType::Tree
+            && let Some(c) = &self.cache
+        {
+            let pack = loc.pack.to_hex();
+            if let Some(sealed) =
+                self.tree_bytes_cached(c, &pack, loc.offset as u64, loc.length as usize)
+            {
+                match open_blob(
+                    &self.key,
+                    loc.blob_type,
+                    id,
+                    &sealed,
+                    loc.raw_length,
+                    loc.compressed,
+                ) {
+                    Ok(b) => return Ok(b),
+                    // Damaged in the cache: forget it, read the repository.
+                    Err(_) => c.remove("data", &pack),
+                }
+            }
         }
         let sealed = self
             .storage
@@ -696,7 +788,14 @@ impl Repository {
     /// would make a snapshot look forgotten).
     pub fn list_snapshots_all(&self) -> Result<SnapshotListing> {
         let mut out = SnapshotListing::default();
-        for obj in self.storage.list(ObjectKind::Snapshot)? {
+        let listed = self.storage.list(ObjectKind::Snapshot)?;
+        if let Some(c) = &self.cache {
+            c.retain(
+                "snapshots",
+                &listed.iter().map(|o| o.name.clone()).collect(),
+            );
+        }
+        for obj in listed {
             match self.load_snapshot_exact(&obj.name) {
                 Ok(s) => out.snapshots.push(s),
                 Err(RepoError::Storage(e)) if e.is_not_found() => {}

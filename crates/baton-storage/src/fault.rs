@@ -136,6 +136,37 @@ impl<S: Storage> Storage for FaultyStorage<S> {
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
         self.inner.list(kind)
     }
+    fn list_prefix(&self, kind: ObjectKind, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list_prefix(kind, prefix)
+    }
+    fn read_range_scratch(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+        scratch: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, StorageError> {
+        self.inner
+            .read_range_scratch(kind, name, offset, len, scratch)
+    }
+    fn read_range_into(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), StorageError> {
+        self.inner.read_range_into(kind, name, offset, buf)
+    }
+    fn atomic_create(&self) -> bool {
+        self.inner.atomic_create()
+    }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+    // remove_many: the default, one `remove` at a time, so that every
+    // deletion passes the fault plan.
     fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
         let n = self.removes.fetch_add(1, Ordering::SeqCst);
         let w = self.writes.fetch_add(1, Ordering::SeqCst);
@@ -151,42 +182,10 @@ impl<S: Storage> Storage for FaultyStorage<S> {
 }
 
 impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
-    fn location(&self) -> String {
-        (**self).location()
-    }
-    fn exists(&self) -> Result<bool, StorageError> {
-        (**self).exists()
-    }
-    fn create(&self) -> Result<(), StorageError> {
-        (**self).create()
-    }
-    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        (**self).put(kind, name, data)
-    }
-    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
-        (**self).get(kind, name)
-    }
-    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
-        (**self).get_limited(kind, name, max)
-    }
-    fn get_range(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StorageError> {
-        (**self).get_range(kind, name, offset, len)
-    }
-    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
-        (**self).size(kind, name)
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
-        (**self).list(kind)
-    }
-    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
-        (**self).remove(kind, name)
-    }
+    crate::forward_storage!(|this| &**this, |_s, op| {
+        #[allow(clippy::redundant_closure_call)]
+        op()
+    });
 }
 
 #[cfg(test)]

@@ -189,4 +189,298 @@ pub trait Storage: Send + Sync {
 
     /// Deletes an object; deleting a missing object is not an error.
     fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError>;
+
+    /// Lists the objects of a kind whose names start with `prefix` (a
+    /// job's journal records: `"<job>/"`). A remote backend asks the server
+    /// for just those.
+    fn list_prefix(&self, kind: ObjectKind, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut all = self.list(kind)?;
+        all.retain(|o| o.name.starts_with(prefix));
+        Ok(all)
+    }
+
+    /// Deletes many objects of a kind (missing ones are not an error); a
+    /// remote backend deletes them in batches of up to 1000 per request.
+    /// On failure some may be deleted and others not.
+    fn remove_many(&self, kind: ObjectKind, names: &[String]) -> Result<(), StorageError> {
+        for n in names {
+            self.remove(kind, n)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Storage::put`] refuses an existing name atomically: of two
+    /// racing creators of one name exactly one succeeds. Locks, journal
+    /// records and the config rely on it; a backend that cannot promise it
+    /// refuses to create a repository instead of answering false silently.
+    fn atomic_create(&self) -> bool {
+        true
+    }
+
+    /// Whether reads cross a network (a repository there keeps a local
+    /// cache of what it reads often).
+    fn is_remote(&self) -> bool {
+        false
+    }
+}
+
+/// Checks an object name against the names the format uses: hex ids (and
+/// `<job>/<record>` for journal records); anything else (`..`, `/`, empty)
+/// is refused before it reaches a path or a key.
+pub fn check_name(kind: ObjectKind, name: &str) -> Result<(), StorageError> {
+    let ok = match kind {
+        ObjectKind::Config => true,
+        ObjectKind::Journal => {
+            let mut parts = name.split('/');
+            let good = |p: Option<&str>| {
+                p.is_some_and(|p| {
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+            };
+            good(parts.next()) && good(parts.next()) && parts.next().is_none()
+        }
+        _ => !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::new(
+            ErrorKind::Permanent,
+            format!("{} {name:?}", kind.dir()),
+            "invalid object name",
+        ))
+    }
+}
+
+/// Implements every method of [`Storage`] for a wrapper by calling `$call`
+/// on the inner storage, with `$before` run first: one list of methods, so
+/// that no wrapper silently loses a backend's fast path (ranged reads into a
+/// buffer, listing by prefix, batch deletes).
+#[macro_export]
+macro_rules! forward_storage {
+    (|$this:ident| $inner:expr, |$s:ident, $op:ident| $wrap:expr) => {
+        fn location(&self) -> String {
+            {
+                let $this = self;
+                $inner
+            }
+            .location()
+        }
+        fn exists(&self) -> Result<bool, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .exists()
+            };
+            $wrap
+        }
+        fn create(&self) -> Result<(), $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .create()
+            };
+            $wrap
+        }
+        fn put(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+            data: &[u8],
+        ) -> Result<(), $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .put(kind, name, data)
+            };
+            $wrap
+        }
+        fn get(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+        ) -> Result<Vec<u8>, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .get(kind, name)
+            };
+            $wrap
+        }
+        fn get_limited(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+            max: u64,
+        ) -> Result<Vec<u8>, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .get_limited(kind, name, max)
+            };
+            $wrap
+        }
+        fn get_range(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+            offset: u64,
+            len: u64,
+        ) -> Result<Vec<u8>, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .get_range(kind, name, offset, len)
+            };
+            $wrap
+        }
+        fn read_range_scratch(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+            offset: u64,
+            len: usize,
+            scratch: &mut Vec<u8>,
+        ) -> Result<std::ops::Range<usize>, $crate::StorageError> {
+            let $s = self;
+            let mut scratch = scratch;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .read_range_scratch(kind, name, offset, len, &mut scratch)
+            };
+            $wrap
+        }
+        fn read_range_into(
+            &self,
+            kind: $crate::ObjectKind,
+            name: &str,
+            offset: u64,
+            buf: &mut [u8],
+        ) -> Result<(), $crate::StorageError> {
+            let $s = self;
+            let mut buf = buf;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .read_range_into(kind, name, offset, &mut buf)
+            };
+            $wrap
+        }
+        fn size(&self, kind: $crate::ObjectKind, name: &str) -> Result<u64, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .size(kind, name)
+            };
+            $wrap
+        }
+        fn list(
+            &self,
+            kind: $crate::ObjectKind,
+        ) -> Result<Vec<$crate::ObjectInfo>, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .list(kind)
+            };
+            $wrap
+        }
+        fn list_prefix(
+            &self,
+            kind: $crate::ObjectKind,
+            prefix: &str,
+        ) -> Result<Vec<$crate::ObjectInfo>, $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .list_prefix(kind, prefix)
+            };
+            $wrap
+        }
+        fn remove(&self, kind: $crate::ObjectKind, name: &str) -> Result<(), $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .remove(kind, name)
+            };
+            $wrap
+        }
+        fn remove_many(
+            &self,
+            kind: $crate::ObjectKind,
+            names: &[String],
+        ) -> Result<(), $crate::StorageError> {
+            let $s = self;
+            #[allow(unused_mut)]
+            let mut $op = || {
+                {
+                    let $this = $s;
+                    $inner
+                }
+                .remove_many(kind, names)
+            };
+            $wrap
+        }
+        fn atomic_create(&self) -> bool {
+            {
+                let $this = self;
+                $inner
+            }
+            .atomic_create()
+        }
+        fn is_remote(&self) -> bool {
+            {
+                let $this = self;
+                $inner
+            }
+            .is_remote()
+        }
+    };
 }

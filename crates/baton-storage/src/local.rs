@@ -44,30 +44,7 @@ impl LocalStorage {
     }
 }
 
-fn check_name(kind: ObjectKind, name: &str) -> Result<(), StorageError> {
-    let ok = match kind {
-        ObjectKind::Config => true,
-        ObjectKind::Journal => {
-            let mut parts = name.split('/');
-            let good = |p: Option<&str>| {
-                p.is_some_and(|p| {
-                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
-            };
-            good(parts.next()) && good(parts.next()) && parts.next().is_none()
-        }
-        _ => !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(StorageError::new(
-            ErrorKind::Permanent,
-            format!("{} {name:?}", kind.dir()),
-            "invalid object name",
-        ))
-    }
-}
+use crate::check_name;
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -1,7 +1,7 @@
 //! Retrying transient storage errors: one wrapper, one policy, for every
 //! backend (a local disk rarely needs it; S3 and network stores do).
 
-use crate::{ErrorKind, ObjectInfo, ObjectKind, Storage, StorageError};
+use crate::{ErrorKind, Storage, StorageError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ impl RetryPolicy {
         loop {
             match op() {
                 Err(e) if e.kind == ErrorKind::Transient && attempt < self.attempts => {
-                    if !wait(delay, stop) {
+                    if !wait(jitter(delay), stop) {
                         return Err(StorageError::new(
                             ErrorKind::Cancelled,
                             e.what,
@@ -63,6 +63,19 @@ impl RetryPolicy {
             }
         }
     }
+}
+
+/// A random delay between half of `delay` and all of it: many clients that
+/// failed together (a gateway restart) do not all retry at one instant.
+fn jitter(delay: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = match getrandom::fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    };
+    delay / 2 + (delay / 2).mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
 
 /// Sleeps `delay`, in slices, unless `stop` is set; false when stopped.
@@ -116,47 +129,13 @@ impl<S: Storage> RetryStorage<S> {
 }
 
 impl<S: Storage> Storage for RetryStorage<S> {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn exists(&self) -> Result<bool, StorageError> {
-        self.run(|| self.inner.exists())
-    }
-    fn create(&self) -> Result<(), StorageError> {
-        self.run(|| self.inner.create())
-    }
-    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        self.run(|| self.inner.put(kind, name, data))
-    }
-    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
-        self.run(|| self.inner.get(kind, name))
-    }
-    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
-        self.run(|| self.inner.get_limited(kind, name, max))
-    }
-    fn get_range(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        offset: u64,
-        len: u64,
-    ) -> Result<Vec<u8>, StorageError> {
-        self.run(|| self.inner.get_range(kind, name, offset, len))
-    }
-    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
-        self.run(|| self.inner.size(kind, name))
-    }
-    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.run(|| self.inner.list(kind))
-    }
-    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
-        self.run(|| self.inner.remove(kind, name))
-    }
+    crate::forward_storage!(|this| &this.inner, |s, op| s.run(op));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ObjectKind;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {

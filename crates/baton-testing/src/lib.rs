@@ -43,6 +43,7 @@ mod content;
 mod generate;
 mod layout;
 mod rng;
+pub mod s3;
 mod walk;
 
 #[cfg(test)]

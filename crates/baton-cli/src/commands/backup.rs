@@ -7,7 +7,7 @@ use std::io::Read;
 
 pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     let (location, is_default) = context::repo_location(g);
-    let storage = context::storage(g);
+    let storage = context::storage(g)?;
     let mut repo = if (is_default || a.init) && !storage.exists()? {
         let r = super::init::create(g, storage, &InitOptions::default())?;
         if !g.quiet {

@@ -12,7 +12,7 @@ use baton_storage::ObjectKind;
 const MAX_PATHS: usize = 20;
 
 pub fn run(g: &Global, a: &CheckArgs) -> Result<i32> {
-    let storage = context::storage(g);
+    let storage = context::storage(g)?;
     if !storage.exists()? {
         // Keys but no config: a damaged repository, not a missing one.
         if let Ok(keys) = storage.list(ObjectKind::Key)

@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 use baton_types::ChunkerParams;
 
 pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
-    let storage = context::storage(g);
+    let storage = context::storage(g)?;
     let chunker = match &a.chunker {
         Some(v) if v.len() != 3 => bail!("--chunker takes MIN,AVG,MAX (three sizes in bytes)"),
         Some(v) => {

@@ -200,6 +200,7 @@ fn progress_bar_only_on_a_terminal() {
     let out = run(assert_cmd::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .env("BATON_REPOSITORY", &env.repo)
+        .envs(crate::common::backend_env())
         .env("BATON_PASSWORD", PASSWORD)
         .env("TERM", "xterm"));
     assert_eq!(out.code, 0, "{}", out.stdout);

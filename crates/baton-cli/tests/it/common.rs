@@ -7,7 +7,108 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// A directory, or `s3:http://127.0.0.1:PORT/BUCKET/repo` when the
+    /// tests run against S3 (see [`s3_mode`]).
     pub repo: PathBuf,
+}
+
+/// Whether this run puts every test's repository on S3: the same tests,
+/// parameterised by backend (`BATON_TEST_BACKEND=s3`, as `scripts/test-s3.sh`
+/// and CI run them, on a real Ceph RADOS Gateway).
+pub fn s3_mode() -> bool {
+    std::env::var("BATON_TEST_BACKEND").as_deref() == Ok("s3")
+}
+
+/// The gateway of S3 mode (started once per test process).
+pub fn gateway() -> &'static baton_testing::s3::Gateway {
+    baton_testing::s3::gateway().expect("BATON_TEST_BACKEND=s3 needs a gateway")
+}
+
+/// The environment a `baton` process needs for this run's backend (the
+/// gateway's credentials in S3 mode).
+pub fn backend_env() -> Vec<(&'static str, String)> {
+    if s3_mode() {
+        gateway().env()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Copies every object of the repository at `from` into a new one at `to`
+/// (either backend): same keys and chunker seed.
+pub fn copy_repository(from: &Path, to: &Path) {
+    let (src, dst) = (storage(from), storage(to));
+    dst.create().unwrap();
+    for kind in baton_storage::ObjectKind::ALL {
+        for o in src.list(kind).unwrap() {
+            let name = if kind == baton_storage::ObjectKind::Config {
+                ""
+            } else {
+                &o.name
+            };
+            dst.put(kind, name, &src.get(kind, name).unwrap()).unwrap();
+        }
+    }
+}
+
+/// Deletes every object of a repository on S3 (the gateway keeps its data
+/// in memory: tests clean up after themselves).
+pub fn remove_s3_repository(repo: &Path) {
+    if !is_s3(repo) {
+        return;
+    }
+    let s = storage(repo);
+    for kind in baton_storage::ObjectKind::ALL {
+        if let Ok(objs) = s.list(kind) {
+            let names: Vec<String> = objs
+                .into_iter()
+                .map(|o| {
+                    if kind == baton_storage::ObjectKind::Config {
+                        String::new()
+                    } else {
+                        o.name
+                    }
+                })
+                .collect();
+            let _ = s.remove_many(kind, &names);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        remove_s3_repository(&self.repo);
+    }
+}
+
+/// Whether a test that works on the repository's files directly (flipping
+/// bytes, copying directories, a tmpfs, committed fixtures) must be skipped
+/// here: true in S3 mode, with a note saying so.
+pub fn local_only(why: &str) -> bool {
+    if s3_mode() {
+        eprintln!("skipped on S3: {why}");
+        return true;
+    }
+    false
+}
+
+/// The storage of a repository location, as the tests see it (to list or
+/// measure its objects on either backend).
+pub fn storage(repo: &Path) -> std::sync::Arc<dyn baton_storage::Storage> {
+    match repo.to_str().and_then(|r| r.strip_prefix("s3:")) {
+        Some(url) => {
+            let gw = gateway();
+            let env = gw.env();
+            let lookup = move |k: &str| {
+                env.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.clone())
+            };
+            let cfg = baton_s3::S3Config::from_location_with(url, &lookup).unwrap();
+            std::sync::Arc::new(baton_s3::S3Storage::new(cfg).unwrap())
+        }
+        None => std::sync::Arc::new(baton_storage::LocalStorage::new(repo)),
+    }
 }
 
 pub struct Run {
@@ -112,8 +213,18 @@ impl Env {
             .prefix("baton-e2e-")
             .tempdir()
             .expect("tempdir");
-        let repo = dir.path().join("repo");
+        let repo = if s3_mode() {
+            PathBuf::from(gateway().location(&baton_testing::s3::unique_bucket(), "repo"))
+        } else {
+            dir.path().join("repo")
+        };
         Env { dir, repo }
+    }
+
+    /// Deletes the local cache of a remote repository (after damaging an
+    /// object in the bucket: the cached copy is intact, and is served).
+    pub fn drop_cache(&self) {
+        let _ = std::fs::remove_dir_all(self.dir.path().join(".cache/baton"));
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -127,6 +238,9 @@ impl Env {
             .env("HOME", self.dir.path())
             .env("BATON_REPOSITORY", &self.repo)
             .env("BATON_PASSWORD", PASSWORD);
+        if s3_mode() {
+            c.envs(gateway().env());
+        }
         c
     }
 
@@ -139,6 +253,9 @@ impl Env {
             .env("HOME", self.dir.path())
             .env("BATON_REPOSITORY", &self.repo)
             .env("BATON_PASSWORD", PASSWORD);
+        if s3_mode() {
+            c.envs(gateway().env());
+        }
         c
     }
 
@@ -182,8 +299,17 @@ pub fn run(c: &mut Command) -> Run {
     }
 }
 
-/// Total size of the files under a directory (the repository's size).
+/// Total size of the files under a directory (the repository's size); of
+/// its objects for a repository on S3.
 pub fn du(p: &Path) -> u64 {
+    if is_s3(p) {
+        let s = storage(p);
+        return baton_storage::ObjectKind::ALL
+            .iter()
+            .flat_map(|k| s.list(*k).unwrap())
+            .map(|o| o.size)
+            .sum();
+    }
     let mut n = 0;
     for e in walk(p) {
         if let Ok(m) = std::fs::symlink_metadata(&e)
@@ -193,6 +319,10 @@ pub fn du(p: &Path) -> u64 {
         }
     }
     n
+}
+
+fn is_s3(p: &Path) -> bool {
+    p.to_str().is_some_and(|r| r.starts_with("s3:"))
 }
 
 pub fn walk(p: &Path) -> Vec<PathBuf> {
@@ -213,8 +343,22 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
 }
 
 /// Files of one object kind in the repository. Temporary files of a `put`
-/// in progress (`.tmp-*`) are not objects yet and are left out.
+/// in progress (`.tmp-*`) are not objects yet and are left out. For a
+/// repository on S3: `s3:URL/<dir>/<name>`, which the `obj_*` helpers
+/// read, write and remove on either backend.
 pub fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
+    if is_s3(repo) {
+        let kind = baton_storage::ObjectKind::ALL
+            .into_iter()
+            .find(|k| k.dir() == dir)
+            .unwrap_or_else(|| panic!("no object kind {dir}"));
+        return storage(repo)
+            .list(kind)
+            .unwrap()
+            .into_iter()
+            .map(|o| repo.join(dir).join(o.name))
+            .collect();
+    }
     walk(&repo.join(dir))
         .into_iter()
         .filter(|p| p.is_file())
@@ -223,4 +367,85 @@ pub fn objects(repo: &Path, dir: &str) -> Vec<PathBuf> {
                 .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
         })
         .collect()
+}
+
+/// For an object "path" of a repository on S3 (`s3:URL/<dir>[/<xx>]/<name>`):
+/// its storage, kind and name.
+fn s3_object(
+    p: &Path,
+) -> Option<(
+    std::sync::Arc<dyn baton_storage::Storage>,
+    baton_storage::ObjectKind,
+    String,
+)> {
+    let s = p.to_str()?;
+    if !s.starts_with("s3:") {
+        return None;
+    }
+    let name = p.file_name()?.to_string_lossy().into_owned();
+    for kind in baton_storage::ObjectKind::ALL {
+        if kind == baton_storage::ObjectKind::Config {
+            if let Some(repo) = s.strip_suffix("/config") {
+                return Some((storage(Path::new(repo)), kind, String::new()));
+            }
+            continue;
+        }
+        let marker = format!("/{}/", kind.dir());
+        if let Some(i) = s.rfind(&marker) {
+            let rest = &s[i + marker.len()..];
+            // A journal record is named "<job>/<record>".
+            let name = if kind == baton_storage::ObjectKind::Journal {
+                rest.to_string()
+            } else {
+                name.clone()
+            };
+            if rest.ends_with(&name) {
+                return Some((storage(Path::new(&s[..i])), kind, name));
+            }
+        }
+    }
+    None
+}
+
+/// Reads an object (a file of a local repository, or an object on S3).
+pub fn obj_read(p: &Path) -> Vec<u8> {
+    match s3_object(p) {
+        Some((s, k, n)) => s.get(k, &n).unwrap(),
+        None => std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    }
+}
+
+/// Replaces an object's bytes (as damage or an attacker would).
+pub fn obj_write(p: &Path, bytes: &[u8]) {
+    match s3_object(p) {
+        Some((s, k, n)) => {
+            s.remove(k, &n).unwrap();
+            s.put(k, &n, bytes).unwrap();
+        }
+        None => std::fs::write(p, bytes).unwrap(),
+    }
+}
+
+/// Deletes an object.
+pub fn obj_remove(p: &Path) {
+    match s3_object(p) {
+        Some((s, k, n)) => s.remove(k, &n).unwrap(),
+        None => std::fs::remove_file(p).unwrap(),
+    }
+}
+
+/// Whether an object exists.
+pub fn obj_exists(p: &Path) -> bool {
+    match s3_object(p) {
+        Some((s, k, n)) => s.size(k, &n).is_ok(),
+        None => p.exists(),
+    }
+}
+
+/// An object's size.
+pub fn obj_len(p: &Path) -> u64 {
+    match s3_object(p) {
+        Some((s, k, n)) => s.size(k, &n).unwrap(),
+        None => std::fs::metadata(p).unwrap().len(),
+    }
 }

@@ -182,6 +182,9 @@ fn case(kind: Kind, how: Damage) -> Result<(), String> {
 
 #[test]
 fn corruption_detection_matrix() {
+    if crate::common::local_only("damages files in place and orders objects by file time") {
+        return;
+    }
     let kinds = [
         Kind::DataPack,
         Kind::TreePack,

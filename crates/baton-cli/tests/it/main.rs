@@ -15,4 +15,5 @@ mod prune;
 mod repair;
 mod resume;
 mod roundtrip;
+mod s3;
 mod trust;

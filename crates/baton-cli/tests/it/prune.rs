@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 
 /// Every file in the repository with its size.
 pub fn listing(repo: &Path) -> Vec<(PathBuf, u64)> {
+    if repo.to_str().is_some_and(|r| r.starts_with("s3:")) {
+        let s = crate::common::storage(repo);
+        let mut v: Vec<(PathBuf, u64)> = baton_storage::ObjectKind::ALL
+            .iter()
+            .flat_map(|k| {
+                s.list(*k)
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| (PathBuf::from(k.dir()).join(o.name), o.size))
+            })
+            .collect();
+        v.sort();
+        return v;
+    }
     let mut v: Vec<(PathBuf, u64)> = walk(repo)
         .into_iter()
         .filter_map(|p| {
@@ -195,6 +209,7 @@ fn kill_mid_backup(env: &Env, src: &Path) -> serde_json::Value {
     }
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"))
         .env("BATON_REPOSITORY", &env.repo)
+        .envs(crate::common::backend_env())
         .env("BATON_PASSWORD", PASSWORD)
         .args(["backup", "--checkpoint-interval", "0.1", "-q"])
         .arg(src)

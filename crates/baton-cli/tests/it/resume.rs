@@ -27,13 +27,7 @@ impl Rng {
 /// chunker seed, so tree ids are comparable across the copies.
 fn clone_env(template: &Env) -> Env {
     let e = Env::empty();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&template.repo)
-        .arg(&e.repo)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    crate::common::copy_repository(&template.repo, &e.repo);
     e
 }
 
@@ -67,6 +61,7 @@ fn make_sources(
 fn spawn(env: &Env, args: &[&str], sources: &[PathBuf]) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin!("baton"))
         .env("BATON_REPOSITORY", &env.repo)
+        .envs(crate::common::backend_env())
         .env("BATON_PASSWORD", PASSWORD)
         .args(args)
         .args(sources)
@@ -216,6 +211,11 @@ fn kill_at_random_instants_and_resume() {
 /// and a deleted directory between the kill and the resume.
 #[test]
 fn several_kills_in_a_row_then_changes_before_resume() {
+    if crate::common::local_only(
+        "its kill times are fractions of a local backup's duration; on S3 the start-up dominates and no kill lands mid-job (resume after kills on S3: kill_at_random_instants_and_resume, s3::*)",
+    ) {
+        return;
+    }
     let template = Env::with_pack_size(PACK_MIB);
     let data = tempfile::tempdir().unwrap();
     let (sources, total, _) = make_sources(data.path(), 6, 12 << 20, 600, 77);
@@ -348,6 +348,7 @@ fn restore_killed_and_run_again() {
         }
         let child = Command::new(assert_cmd::cargo::cargo_bin!("baton"))
             .env("BATON_REPOSITORY", &env.repo)
+            .envs(crate::common::backend_env())
             .env("BATON_PASSWORD", PASSWORD)
             .args(["restore", "latest", "--target"])
             .arg(&target)

@@ -29,9 +29,10 @@ fn a_damaged_snapshot_never_stops_the_next_backup() {
         .into_iter()
         .find(|p| p.file_name().unwrap().to_string_lossy() == ids[1])
         .unwrap();
-    let mut b = std::fs::read(&damaged).unwrap();
+    let mut b = crate::common::obj_read(&damaged);
     b[40] ^= 0x01;
-    std::fs::write(&damaged, b).unwrap();
+    crate::common::obj_write(&damaged, &b);
+    env.drop_cache();
 
     let r = env.run(&["snapshots"]);
     no_panic(&r);
@@ -359,11 +360,11 @@ fn a_damaged_blob_is_stored_afresh_and_its_pack_replaced() {
     // The largest pack holds the file data; damage one byte of its first blob.
     let pack = objects(&env.repo, "data")
         .into_iter()
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .max_by_key(|p| crate::common::obj_len(p))
         .unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
+    let mut bytes = crate::common::obj_read(&pack);
     bytes[100] ^= 0x01;
-    std::fs::write(&pack, bytes).unwrap();
+    crate::common::obj_write(&pack, &bytes);
     let r = env.run(&["check", "--read-data"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("recorded"), "{}", r.stdout);
@@ -425,9 +426,10 @@ fn parent_passed_over_warns_and_repair_forgets_unreadable_snapshots() {
         .into_iter()
         .find(|p| ids.iter().any(|i| p.ends_with(i)))
         .unwrap();
-    let mut b = std::fs::read(&victim).unwrap();
+    let mut b = crate::common::obj_read(&victim);
     b[30] ^= 0x04;
-    std::fs::write(&victim, b).unwrap();
+    crate::common::obj_write(&victim, &b);
+    env.drop_cache();
     assert_eq!(env.run(&["snapshots"]).code, 3);
     let r = env.run(&["repair", "snapshots", "--forget"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
