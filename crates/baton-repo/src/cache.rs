@@ -16,19 +16,34 @@
 
 use baton_format::storage_id;
 use baton_types::Id;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::collections::HashSet;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Most bytes of one cached pack (tree packs are the repository's pack size).
 pub const MAX_CACHED_PACK: u64 = 256 << 20;
 
-/// The cache of one repository.
+/// Most bytes of one cached index object or snapshot.
+const MAX_CACHED_OBJECT: u64 = 1 << 30;
+
+const KINDS: [&str; 3] = ["index", "snapshots", "data"];
+
+/// The cache of one repository. Every entry is reached through handles of
+/// its directories, opened once with `O_NOFOLLOW` and checked to belong to
+/// this user and to be writable by nobody else: whoever can write an
+/// ancestor (root running with a user's `HOME`) can rename it, but never
+/// redirect what this process reads, writes or deletes.
 pub struct Cache {
     dir: PathBuf,
+    /// index, snapshots, data
+    subdirs: [OwnedFd; 3],
     max_bytes: u64,
     /// Bytes written since the last eviction pass.
     written: Mutex<u64>,
@@ -46,75 +61,134 @@ fn valid_name(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Whether an opened directory is ours alone to change.
+fn private(fd: &OwnedFd) -> bool {
+    fstat(fd).is_ok_and(|st| {
+        st.st_uid == nix::unistd::geteuid().as_raw()
+            && st.st_mode & 0o022 == 0
+            && st.st_mode & libc_s_ifmt() == libc_s_ifdir()
+    })
+}
+
+fn libc_s_ifmt() -> u32 {
+    nix::sys::stat::SFlag::S_IFMT.bits()
+}
+
+fn libc_s_ifdir() -> u32 {
+    nix::sys::stat::SFlag::S_IFDIR.bits()
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Opens (creating it `0700` if missing) directory `name` below `parent`,
+/// refusing a symbolic link and a directory another user could change.
+fn subdir(parent: &OwnedFd, name: &str) -> Option<OwnedFd> {
+    let _ = mkdirat(parent, name, Mode::from_bits_truncate(0o700));
+    let fd = openat(parent, name, dir_flags(), Mode::empty()).ok()?;
+    private(&fd).then_some(fd)
+}
+
 impl Cache {
-    /// The cache of repository `id`, or None where there is no place for it
-    /// (or `BATON_NO_CACHE` is set).
+    /// The cache of repository `id`, or None where there is no safe place
+    /// for it (or `BATON_NO_CACHE` is set).
     pub fn open(id: &Id) -> Option<Cache> {
         if std::env::var_os("BATON_NO_CACHE").is_some_and(|v| !v.is_empty()) {
             return None;
         }
-        let dir = base_dir()?.join(id.to_hex());
-        for sub in ["index", "snapshots", "data"] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir.join(sub))
-                .ok()?;
+        let base = base_dir()?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&base)
+            .ok()?;
+        let base_fd = nix::fcntl::open(&base, dir_flags(), Mode::empty()).ok()?;
+        if !private(&base_fd) {
+            return None;
         }
+        let hex = id.to_hex();
+        let repo = subdir(&base_fd, &hex)?;
+        let subdirs = [
+            subdir(&repo, KINDS[0])?,
+            subdir(&repo, KINDS[1])?,
+            subdir(&repo, KINDS[2])?,
+        ];
         let max_bytes = std::env::var("BATON_CACHE_MAX")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(1 << 30, |mib| mib << 20);
-        Some(Cache {
-            dir,
+        let cache = Cache {
+            dir: base.join(hex),
+            subdirs,
             max_bytes,
             written: Mutex::new(0),
-        })
+        };
+        // Runs of other processes may have filled it.
+        cache.evict();
+        Some(cache)
     }
 
-    /// The cache's directory.
+    /// The cache's directory (for messages).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn path(&self, kind: &str, name: &str) -> PathBuf {
-        self.dir.join(kind).join(name)
+    fn sub(&self, kind: &str) -> &OwnedFd {
+        let i = KINDS.iter().position(|k| *k == kind).expect("a cache kind");
+        &self.subdirs[i]
+    }
+
+    /// Opens entry `name` of `kind` for reading: a regular file (never a
+    /// link, FIFO or device) of at most `max` bytes.
+    fn open_entry(&self, kind: &str, name: &str, max: u64) -> Option<fs::File> {
+        if !valid_name(name) {
+            return None;
+        }
+        let fd = openat(
+            self.sub(kind),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let st = fstat(&fd).ok()?;
+        let regular = st.st_mode & libc_s_ifmt() == nix::sys::stat::SFlag::S_IFREG.bits();
+        if !regular || st.st_size as u64 > max {
+            self.remove(kind, name);
+            return None;
+        }
+        let f = fs::File::from(fd);
+        // Eviction goes by modification time: mark it used.
+        let _ = f.set_modified(std::time::SystemTime::now());
+        Some(f)
     }
 
     /// A cached object whose bytes still hash to its name.
     pub fn get(&self, kind: &str, name: &str) -> Option<Vec<u8>> {
-        if !valid_name(name) {
-            return None;
-        }
-        let p = self.path(kind, name);
-        let bytes = fs::read(&p).ok()?;
+        let f = self.open_entry(kind, name, MAX_CACHED_OBJECT)?;
+        let mut bytes = Vec::new();
+        f.take(MAX_CACHED_OBJECT + 1).read_to_end(&mut bytes).ok()?;
         if storage_id(&bytes).to_hex() != name {
-            let _ = fs::remove_file(&p);
+            self.remove(kind, name);
             return None;
         }
-        touch(&p);
         Some(bytes)
     }
 
     /// `len` bytes at `offset` of a cached pack (checked by the caller: a
     /// blob authenticates itself).
     pub fn read_range(&self, pack: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
-        if !valid_name(pack) {
-            return None;
-        }
-        let p = self.path("data", pack);
-        let mut f = fs::File::open(&p).ok()?;
-        f.seek(SeekFrom::Start(offset)).ok()?;
+        let f = self.open_entry("data", pack, MAX_CACHED_PACK)?;
         let mut buf = vec![0; len];
-        f.read_exact(&mut buf).ok()?;
-        touch(&p);
+        f.read_exact_at(&mut buf, offset).ok()?;
         Some(buf)
     }
 
-    /// Forgets a cached entry (it failed to open).
+    /// Forgets a cached entry.
     pub fn remove(&self, kind: &str, name: &str) {
         if valid_name(name) {
-            let _ = fs::remove_file(self.path(kind, name));
+            let _ = unlinkat(self.sub(kind), name, UnlinkatFlags::NoRemoveDir);
         }
     }
 
@@ -123,24 +197,26 @@ impl Cache {
         if !valid_name(name) || storage_id(bytes).to_hex() != name {
             return;
         }
-        let p = self.path(kind, name);
-        let tmp = self.dir.join(kind).join(format!(
+        let dir = self.sub(kind);
+        let tmp = format!(
             ".tmp-{}-{:x}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
-        ));
-        let written = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
-            .and_then(|()| fs::rename(&tmp, &p));
+        );
+        let written = openat(
+            dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|fd| fs::File::from(fd).write_all(bytes))
+        .and_then(|()| renameat(dir, tmp.as_str(), dir, name).map_err(std::io::Error::from));
         if written.is_err() {
             // A full or read-only cache only costs speed.
-            let _ = fs::remove_file(&tmp);
+            let _ = unlinkat(dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return;
         }
         let mut w = self.written.lock().expect("cache");
@@ -152,54 +228,60 @@ impl Cache {
         }
     }
 
+    /// The names in directory `kind`, with size and modification time.
+    fn entries(&self, kind: &str) -> Vec<(String, u64, i64)> {
+        let dir = self.sub(kind);
+        let Ok(mut d) = nix::dir::Dir::openat(dir, ".", dir_flags(), Mode::empty()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in d.iter().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if let Ok(st) = fstatat(dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                out.push((
+                    name,
+                    st.st_size as u64,
+                    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                ));
+            }
+        }
+        out
+    }
+
     /// Deletes the cached objects of `kind` that the repository no longer
     /// has (`keep`: the names it lists).
     pub fn retain(&self, kind: &str, keep: &HashSet<String>) {
-        let Ok(rd) = fs::read_dir(self.dir.join(kind)) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
-                let _ = fs::remove_file(e.path());
+        for (name, _, _) in self.entries(kind) {
+            if !keep.contains(&name) && !name.starts_with(".tmp-") {
+                let _ = unlinkat(self.sub(kind), name.as_str(), UnlinkatFlags::NoRemoveDir);
             }
         }
     }
 
     /// Deletes the least recently used entries until the cache fits.
     fn evict(&self) {
-        let mut entries = Vec::new();
-        for kind in ["index", "snapshots", "data"] {
-            let Ok(rd) = fs::read_dir(self.dir.join(kind)) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                if let Ok(m) = e.metadata() {
-                    let t = m.modified().unwrap_or(std::time::UNIX_EPOCH);
-                    entries.push((t, m.len(), e.path()));
-                }
+        let mut all: Vec<(i64, u64, &str, String)> = Vec::new();
+        for kind in KINDS {
+            for (name, len, mtime) in self.entries(kind) {
+                all.push((mtime, len, kind, name));
             }
         }
-        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        let mut total: u64 = all.iter().map(|e| e.1).sum();
         if total <= self.max_bytes {
             return;
         }
-        entries.sort();
-        for (_, len, path) in entries {
+        all.sort();
+        for (_, len, kind, name) in all {
             if total <= self.max_bytes {
                 break;
             }
-            if fs::remove_file(&path).is_ok() {
+            if unlinkat(self.sub(kind), name.as_str(), UnlinkatFlags::NoRemoveDir).is_ok() {
                 total -= len;
             }
         }
-    }
-}
-
-/// Marks an entry as used now (eviction goes by modification time).
-fn touch(p: &Path) {
-    if let Ok(f) = fs::File::options().append(true).open(p) {
-        let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -208,14 +290,41 @@ mod tests {
     use super::*;
 
     fn cache(dir: &Path, max: u64) -> Cache {
-        for sub in ["index", "snapshots", "data"] {
-            fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        Cache {
-            dir: dir.to_path_buf(),
+        let mut c = None;
+        // SAFETY-free: the environment is read by Cache::open only.
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let base = nix::fcntl::open(dir, dir_flags(), Mode::empty()).unwrap();
+        let repo = subdir(&base, "r").unwrap();
+        let subdirs = [
+            subdir(&repo, KINDS[0]).unwrap(),
+            subdir(&repo, KINDS[1]).unwrap(),
+            subdir(&repo, KINDS[2]).unwrap(),
+        ];
+        c.get_or_insert(Cache {
+            dir: dir.join("r"),
+            subdirs,
             max_bytes: max,
             written: Mutex::new(0),
-        }
+        });
+        c.unwrap()
+    }
+
+    /// A directory others may write is no place for a cache.
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let open = fs::Permissions::from_mode(0o777);
+        fs::set_permissions(d.path(), open).unwrap();
+        let fd = nix::fcntl::open(d.path(), dir_flags(), Mode::empty()).unwrap();
+        assert!(!private(&fd));
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let fd = nix::fcntl::open(d.path(), dir_flags(), Mode::empty()).unwrap();
+        assert!(private(&fd));
+        // A symbolic link where a directory is expected is refused.
+        std::os::unix::fs::symlink("/tmp", d.path().join("link")).unwrap();
+        assert!(subdir(&fd, "link").is_none());
     }
 
     #[test]
@@ -227,9 +336,15 @@ mod tests {
         c.put("index", &name, &a);
         assert_eq!(c.get("index", &name).unwrap(), a);
         // Damaged in the cache: refused and deleted.
-        fs::write(d.path().join("index").join(&name), b"planted").unwrap();
+        fs::write(d.path().join("r/index").join(&name), b"planted").unwrap();
         assert!(c.get("index", &name).is_none());
-        assert!(!d.path().join("index").join(&name).exists());
+        assert!(!d.path().join("r/index").join(&name).exists());
+        // A symbolic link planted as an entry is never followed.
+        let outside = d.path().join("outside");
+        fs::write(&outside, &a).unwrap();
+        std::os::unix::fs::symlink(&outside, d.path().join("r/index").join(&name)).unwrap();
+        assert!(c.get("index", &name).is_none());
+        assert!(outside.exists());
         // Bytes that do not hash to the name are never stored.
         c.put("index", &name, b"other");
         assert!(c.get("index", &name).is_none());

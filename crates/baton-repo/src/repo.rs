@@ -57,6 +57,9 @@ pub struct Repository {
     /// The local cache of a remote repository (index objects, snapshots,
     /// tree packs); None for a local one.
     cache: Option<crate::cache::Cache>,
+    /// Tree packs not to fetch whole again (too large, or damaged in the
+    /// repository): their trees are read by range.
+    not_cacheable: Mutex<std::collections::HashSet<String>>,
     /// Index objects the last `load_index` left out (damaged, planted or
     /// replayed under another name), with why.
     index_skipped: Vec<(String, String)>,
@@ -264,6 +267,7 @@ impl Repository {
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
             cache: None,
+            not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
         })
     }
@@ -442,6 +446,7 @@ impl Repository {
             index: Index::new(),
             tree_cache: Mutex::new(HashMap::new()),
             cache,
+            not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
         })
     }
@@ -677,11 +682,24 @@ impl Repository {
         if let Some(b) = cache.read_range(pack, offset, len) {
             return Some(b);
         }
-        let whole = self
-            .storage
-            .get_limited(ObjectKind::Pack, pack, crate::cache::MAX_CACHED_PACK)
-            .ok()?;
+        if self.not_cacheable.lock().expect("cache set").contains(pack) {
+            return None;
+        }
+        let refuse = || {
+            self.not_cacheable
+                .lock()
+                .expect("cache set")
+                .insert(pack.to_string());
+        };
+        let Ok(whole) =
+            self.storage
+                .get_limited(ObjectKind::Pack, pack, crate::cache::MAX_CACHED_PACK)
+        else {
+            refuse();
+            return None;
+        };
         if storage_id(&whole).to_hex() != pack {
+            refuse();
             return None;
         }
         cache.put("data", pack, &whole);
@@ -724,8 +742,13 @@ impl Repository {
                     loc.compressed,
                 ) {
                     Ok(b) => return Ok(b),
-                    // Damaged in the cache: forget it, read the repository.
-                    Err(_) => c.remove("data", &pack),
+                    // Either the cached pack was damaged since it was
+                    // stored (a hash check of it removes it) or the blob is
+                    // as damaged in the repository; either way the
+                    // repository is read by range below.
+                    Err(_) => {
+                        let _ = c.get("data", &pack);
+                    }
                 }
             }
         }

@@ -57,6 +57,14 @@ const SIGNATURE_VALID: Duration = Duration::from_secs(3600);
 /// Most bytes of an error answer read (its XML names the error).
 const MAX_ERROR_BODY: u64 = 64 << 10;
 
+/// Most keys one listing returns (100 million: far beyond any repository's
+/// object count, far below what would exhaust memory).
+const MAX_LISTED: usize = 100_000_000;
+
+/// Most bytes of a whole-object read (the largest pack plus its header;
+/// metadata objects are smaller).
+const MAX_OBJECT: u64 = (1 << 30) + (64 << 20);
+
 /// Most bytes of one listing page or other XML answer read.
 const MAX_XML_BODY: u64 = 16 << 20;
 
@@ -344,6 +352,12 @@ impl S3Storage {
             .timeout_per_read(t)
             .timeout_per_write(t)
             .max_idle_connections_per_host(16)
+            // A 3xx to a write or delete must not become a GET that
+            // "succeeds"; an https endpoint is never left for http.
+            .max_redirects(0)
+            .https_only(config.endpoint.scheme() == "https")
+            // A server trickling one byte a minute still ends.
+            .timeout_global(Some(Duration::from_secs(3600)))
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .build()
             .new_agent();
@@ -426,11 +440,15 @@ impl S3Storage {
     ) -> Result<http::Response<ureq::Body>, StorageError> {
         self.policy.run_until(self.stop.as_deref(), || {
             let mut resp = self.send_once(method.clone(), url.clone(), headers, body, what)?;
-            match resp.status().as_u16() {
-                408 | 429 | 500 | 502 | 503 | 504 => {
-                    Err(Self::status_error(&mut resp, what, "request"))
-                }
-                _ => Ok(resp),
+            if resp.status().is_success() || !transient_status(resp.status().as_u16()) {
+                return Ok(resp);
+            }
+            // One table decides: status_error's kinds.
+            let e = Self::status_error(&mut resp, what, "request");
+            if e.kind == ErrorKind::Transient {
+                Err(e)
+            } else {
+                Err(StorageError::new(e.kind, e.what, e.message))
             }
         })
     }
@@ -561,8 +579,33 @@ impl S3Storage {
             headers.push(("if-none-match", "*".to_string()));
         }
         let url = action.sign(SIGNATURE_VALID);
+        let before = self.requests();
         let resp = self.send(http::Method::PUT, url, &headers, Some(data), what)?;
-        Self::ok_or_error(resp, what, "storing").map(drop)
+        match Self::ok_or_error(resp, what, "storing") {
+            Ok(_) => Ok(()),
+            // An earlier attempt may have stored it and lost the answer:
+            // the object is ours if it holds exactly these bytes (every
+            // sealed object carries a random nonce, so nobody else's does).
+            Err(e) if e.is_already_exists() && self.requests() - before > 1 => {
+                let get = self
+                    .bucket
+                    .get_object(Some(&self.creds), key)
+                    .sign(SIGNATURE_VALID);
+                let mut resp = Self::ok_or_error(
+                    self.send(http::Method::GET, get, &[], None, what)?,
+                    what,
+                    "reading back",
+                )?;
+                let mut stored = Vec::new();
+                resp.body_mut()
+                    .as_reader()
+                    .take(data.len() as u64 + 1)
+                    .read_to_end(&mut stored)
+                    .map_err(|e| io_transport_error(&e, what))?;
+                if stored == data { Ok(()) } else { Err(e) }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn put_multipart(&self, key: &str, data: &[u8], what: &str) -> Result<(), StorageError> {
@@ -632,7 +675,18 @@ impl S3Storage {
         let url = complete.sign(SIGNATURE_VALID);
         let body = complete.body();
         let resp = self.send(http::Method::POST, url, &[], Some(body.as_bytes()), what)?;
-        let mut resp = Self::ok_or_error(resp, what, "completing an upload in parts")?;
+        let mut resp = match Self::ok_or_error(resp, what, "completing an upload in parts") {
+            Ok(r) => r,
+            // A retried completion whose first answer was lost finds the
+            // upload gone: done if the object is there whole.
+            Err(e) if e.is_not_found() => {
+                return match self.head(key, what)? {
+                    Some(n) if n == data.len() as u64 => Ok(()),
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         // S3 may answer 200 and report a failure in the body.
         let xml = Self::read_xml(&mut resp, what)?;
         if xml.contains("<Error>") {
@@ -661,6 +715,13 @@ impl S3Storage {
             )
         })?;
         if size != data.len() as u64 {
+            // Never leave a wrong object under a content-addressed name:
+            // the next put would take it for stored.
+            let url = self
+                .bucket
+                .delete_object(Some(&self.creds), key)
+                .sign(SIGNATURE_VALID);
+            let _ = self.send(http::Method::DELETE, url, &[], None, what);
             return Err(StorageError::new(
                 ErrorKind::Permanent,
                 what,
@@ -717,33 +778,37 @@ impl S3Storage {
         if let Some((offset, len)) = range {
             headers.push(("range", format!("bytes={}-{}", offset, offset + len - 1)));
         }
-        let resp = self.send(http::Method::GET, url, &headers, None, &what)?;
-        let mut resp = Self::ok_or_error(resp, &what, "reading")?;
-        if range.is_some() && resp.status().as_u16() != 206 {
-            return Err(StorageError::new(
-                ErrorKind::Permanent,
-                what,
-                format!(
-                    "reading a range failed: the server answered HTTP {} instead of 206",
-                    resp.status().as_u16()
-                ),
-            ));
-        }
-        if let Some(len) = content_length(&resp)
-            && len > max
-        {
-            return Err(baton_storage::too_large(kind, name, len, max));
-        }
-        let mut out = Vec::new();
-        resp.body_mut()
-            .as_reader()
-            .take(max + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| io_transport_error(&e, &what))?;
-        if out.len() as u64 > max {
-            return Err(baton_storage::too_large(kind, name, out.len() as u64, max));
-        }
-        Ok(out)
+        // The body is read inside the retry: a connection reset halfway
+        // through a pack is as transient as one before its head.
+        self.policy.run_until(self.stop.as_deref(), || {
+            let resp = self.send_once(http::Method::GET, url.clone(), &headers, None, &what)?;
+            let mut resp = Self::ok_or_error(resp, &what, "reading")?;
+            if range.is_some() && resp.status().as_u16() != 206 {
+                return Err(StorageError::new(
+                    ErrorKind::Permanent,
+                    what.clone(),
+                    format!(
+                        "reading a range failed: the server answered HTTP {} instead of 206",
+                        resp.status().as_u16()
+                    ),
+                ));
+            }
+            if let Some(len) = content_length(&resp)
+                && len > max
+            {
+                return Err(baton_storage::too_large(kind, name, len, max));
+            }
+            let mut out = Vec::new();
+            resp.body_mut()
+                .as_reader()
+                .take(max + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| io_transport_error(&e, &what))?;
+            if out.len() as u64 > max {
+                return Err(baton_storage::too_large(kind, name, out.len() as u64, max));
+            }
+            Ok(out)
+        })
     }
 
     /// Whether the server refuses a second conditional create of one key:
@@ -775,35 +840,91 @@ impl S3Storage {
     }
 
     fn list_keys(&self, prefix: &str, what: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let mut out = Vec::new();
+        self.list_keys_limited(prefix, what, MAX_LISTED)
+    }
+
+    /// Lists keys under `prefix`, page by page, at most `limit` of them. A
+    /// hostile or broken server cannot make it run forever: every page
+    /// must start after the previous one's last key, a continuation token
+    /// is never accepted twice, and the stop flag ends it between pages.
+    fn list_keys_limited(
+        &self,
+        prefix: &str,
+        what: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StorageError> {
+        let bad = |m: String| StorageError::new(ErrorKind::Permanent, what, m);
+        let mut out: Vec<(String, u64)> = Vec::new();
         let mut token: Option<String> = None;
+        let mut seen_tokens = std::collections::HashSet::new();
         loop {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+            {
+                return Err(StorageError::new(
+                    ErrorKind::Cancelled,
+                    what,
+                    "listing cancelled",
+                ));
+            }
             let mut action = self.bucket.list_objects_v2(Some(&self.creds));
             action.with_prefix(prefix);
+            if limit < 1000 {
+                action.with_max_keys(limit.max(1));
+            }
             if let Some(t) = &token {
                 action.with_continuation_token(t.clone());
             }
             let url = action.sign(SIGNATURE_VALID);
-            let resp = self.send(http::Method::GET, url, &[], None, what)?;
-            let mut resp = Self::ok_or_error(resp, what, "listing")?;
-            let xml = Self::read_xml(&mut resp, what)?;
-            let page = ListObjectsV2::parse_response(&xml).map_err(|e| {
-                StorageError::new(
-                    ErrorKind::Transient,
-                    what,
-                    format!("unexpected listing from the server: {e}"),
-                )
+            let page = self.policy.run_until(self.stop.as_deref(), || {
+                let resp = self.send_once(http::Method::GET, url.clone(), &[], None, what)?;
+                let mut resp = Self::ok_or_error(resp, what, "listing")?;
+                let xml = Self::read_xml(&mut resp, what)?;
+                ListObjectsV2::parse_response(&xml).map_err(|e| {
+                    StorageError::new(
+                        ErrorKind::Transient,
+                        what,
+                        format!("unexpected listing from the server: {e}"),
+                    )
+                })
             })?;
             for c in page.contents {
+                if !c.key.starts_with(prefix) {
+                    return Err(bad(format!(
+                        "the server listed {:?} outside {prefix:?}",
+                        c.key
+                    )));
+                }
+                if out.last().is_some_and(|(last, _)| c.key <= *last) {
+                    return Err(bad(
+                        "the server's listing is not in key order (or repeats itself)".into(),
+                    ));
+                }
                 out.push((c.key, c.size.unwrap_or(0)));
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
             match page.next_continuation_token {
-                Some(t) if !t.is_empty() => token = Some(t),
+                Some(t) if !t.is_empty() => {
+                    if !seen_tokens.insert(t.clone()) {
+                        return Err(bad("the server repeated a continuation token".into()));
+                    }
+                    token = Some(t);
+                }
                 _ => break,
             }
         }
         Ok(out)
     }
+}
+
+/// Statuses that may name a transient error (the body's code decides for 400
+/// and 409).
+fn transient_status(status: u16) -> bool {
+    matches!(status, 400 | 408 | 409 | 429 | 500 | 502 | 503 | 504)
 }
 
 fn content_length(resp: &http::Response<ureq::Body>) -> Option<u64> {
@@ -868,8 +989,13 @@ impl Storage for S3Storage {
             }
             _ => return Err(Self::status_error(&mut resp, &what, "checking the bucket")),
         }
-        let existing = self.list_keys(&self.prefix, &what)?;
-        if existing.iter().any(|(k, _)| !k.contains("/probe-")) {
+        let probe = format!("{}locks/probe-", self.prefix);
+        let existing = self.list_keys_limited(&self.prefix, &what, 50)?;
+        let is_probe = |k: &str| {
+            k.strip_prefix(&probe)
+                .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        if existing.iter().any(|(k, _)| !is_probe(k)) {
             return Err(StorageError::new(
                 ErrorKind::AlreadyExists,
                 self.location.clone(),
@@ -890,7 +1016,8 @@ impl Storage for S3Storage {
         if data.len() > PART_SIZE && content_addressed {
             // Same name, same bytes: an existing one is reported as such
             // (callers take that as success), else written in parts.
-            if self.head(&key, &what)?.is_some() {
+            // One of another size (a broken upload) is replaced.
+            if self.head(&key, &what)? == Some(data.len() as u64) {
                 return Err(StorageError::new(
                     ErrorKind::AlreadyExists,
                     what,
@@ -903,7 +1030,7 @@ impl Storage for S3Storage {
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
-        self.get_object(kind, name, None, u64::MAX - 1)
+        self.get_object(kind, name, None, MAX_OBJECT)
     }
 
     fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
@@ -969,9 +1096,10 @@ impl Storage for S3Storage {
                 continue;
             };
             let name = match kind {
+                // Only where reads and deletes look for it: data/<first 2>/<name>.
                 ObjectKind::Pack => match rest.split_once('/') {
-                    Some((_, n)) => n,
-                    None => continue,
+                    Some((dir, n)) if n.get(..2) == Some(dir) => n,
+                    _ => continue,
                 },
                 _ => rest,
             };
@@ -983,6 +1111,7 @@ impl Storage for S3Storage {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
         Ok(out)
     }
 

@@ -97,10 +97,12 @@ fn wait(delay: Duration, stop: Option<&AtomicBool>) -> bool {
     }
 }
 
-/// Wraps a storage and retries its transient errors. Safe for every
-/// operation: puts are create-only and content-addressed, so a put that
-/// succeeded but whose answer was lost fails with `AlreadyExists` when
-/// retried, which callers of content-addressed objects treat as success.
+/// Wraps a storage and retries its transient errors, per operation. A put
+/// that succeeded but whose answer was lost fails with `AlreadyExists` when
+/// retried: callers of content-addressed objects treat that as success, but
+/// for other names (locks, journal records, the config) it is an error; a
+/// backend that can tell its own write (S3 reads the object back) should
+/// retry inside, per request, instead.
 pub struct RetryStorage<S> {
     inner: S,
     policy: RetryPolicy,
