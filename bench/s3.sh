@@ -46,9 +46,9 @@ timed() {
     }
     read -r wall user sys rss <"$t.time"
     local req
-    req=$(grep -o 's3: [0-9]* requests' "$t.err" | awk '{s+=$2} END {print s+0}')
+    req=$( (grep -o 's3: [0-9]* requests' "$t.err" || true) | awk '{s+=$2} END {print s+0}')
     [[ $tool == baton-s3 ]] || req=-
-    rows+=("| $op | $tool | $wall | $(echo "$user + $sys" | bc) | $((rss / 1024)) | $req |")
+    rows+=("| $op | $tool | $wall | $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') | $((rss / 1024)) | $req |")
     echo "$tool $op: ${wall}s, peak $((rss / 1024)) MiB, requests $req" >&2
 }
 

@@ -206,6 +206,9 @@ struct Faults {
     slow_down: AtomicU32,
     /// Accept connections and never answer.
     silent: AtomicBool,
+    /// Answer 200 where the gateway answers 412 (a server without
+    /// conditional writes).
+    unconditional: AtomicBool,
     /// Connections answered 503.
     answered_503: AtomicU32,
     /// Requests taken.
@@ -290,7 +293,16 @@ fn proxy(target: &str, faults: Arc<Faults>) -> String {
                 {
                     return;
                 }
-                let _ = std::io::copy(&mut upstream, &mut client);
+                let mut answer = Vec::new();
+                let _ = upstream.read_to_end(&mut answer);
+                if faults.unconditional.load(Ordering::SeqCst)
+                    && answer.starts_with(b"HTTP/1.1 412")
+                {
+                    // As a server without conditional writes would: stored.
+                    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec();
+                }
+                let _ = client.write_all(&answer);
                 let _ = client.shutdown(Shutdown::Both);
             });
         }
@@ -441,4 +453,224 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.is_file())
         .collect()
+}
+
+/// A server that ignores conditional writes (the proxy turns the gateway's
+/// 412 into 200): `init` proves the condition on a probe object first,
+/// refuses, and says why.
+#[test]
+fn a_server_without_conditional_writes_is_refused_at_init() {
+    let Some(gw) = gateway() else { return };
+    let faults = Arc::new(Faults::default());
+    faults.unconditional.store(true, Ordering::SeqCst);
+    let via = proxy(&gw.endpoint, faults);
+    let env = Env::empty();
+    let location = format!("s3:{via}/{}/repo", unique_bucket());
+    let r = run(
+        assert_cmd::Command::new(assert_cmd::cargo::cargo_bin!("baton"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.dir.path())
+            .env("BATON_REPOSITORY", &location)
+            .env("BATON_PASSWORD", PASSWORD)
+            .envs(gw.env())
+            .args(["init", "--kdf-memory", "8192"]),
+    );
+    assert_ne!(
+        r.code, 0,
+        "init accepted a server without conditional writes"
+    );
+    assert!(
+        r.stderr.contains("ignores conditional writes"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// Ctrl-C while a command waits to retry an unreachable gateway: it stops
+/// at once (exit 130), not after its retries, and leaves no lock.
+#[test]
+fn ctrl_c_ends_the_retry_waits() {
+    let Some(s) = S3Env::new() else { return };
+    let faults = Arc::new(Faults::default());
+    let via = proxy(&s.gw.endpoint, faults.clone());
+    let location = format!("s3:{via}/{}/repo", s.bucket);
+    let src = make_files(&s.env.path("src"), 2, 10_000, 5);
+    faults.silent.store(true, Ordering::SeqCst);
+    let mut c = s.std_cmd();
+    c.env("BATON_REPOSITORY", &location)
+        .env("BATON_S3_TIMEOUT", "0.5")
+        .env("BATON_S3_ATTEMPTS", "30")
+        .args(["backup"])
+        .arg(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Several timeouts and back-off waits in, well before 30 attempts end.
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "Ctrl-C took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    faults.silent.store(false, Ordering::SeqCst);
+    assert_eq!(s.locks(), 0, "a lock was left behind");
+}
+
+/// A TLS endpoint with a private CA: a small TLS-terminating proxy (Python's
+/// `ssl`, with a certificate made by `openssl`) in front of the gateway.
+/// With `BATON_S3_CA_BUNDLE` naming the CA, everything works over https;
+/// without it, the certificate is refused with a clear error at once (no
+/// retries: it will not pass by waiting).
+#[test]
+fn a_private_ca_is_trusted_through_the_ca_bundle() {
+    let Some(s) = S3Env::new() else { return };
+    let have = |c: &str| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("openssl") || !have("python3") {
+        eprintln!("skipped: needs openssl and python3");
+        return;
+    }
+    let dir = s.env.path("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=baton-test-ca",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let upstream = s.gw.endpoint.trim_start_matches("http://").to_string();
+    let (host, port) = upstream.split_once(':').unwrap();
+    let script = format!(
+        r#"
+import socket, ssl, threading, sys
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain("{cert}", "{key}")
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+print(srv.getsockname()[1], flush=True)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d: break
+            b.sendall(d)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    try: t = ctx.wrap_socket(c, server_side=True)
+    except OSError: return
+    u = socket.create_connection(("{host}", {port}))
+    threading.Thread(target=pipe, args=(t, u), daemon=True).start()
+    pipe(u, t)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#,
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+    );
+    let mut proxy = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let location = format!("s3:https://127.0.0.1:{}/{}/tls", line.trim(), s.bucket);
+    let src = make_files(&s.env.path("src"), 3, 200_000, 9);
+    let ca = dir.join("cert.pem");
+    let with_ca = |args: &[&str]| {
+        run(s
+            .cmd_at(&location)
+            .env("BATON_S3_CA_BUNDLE", &ca)
+            .args(args))
+    };
+    // Without the CA: refused, at once, saying why.
+    let started = Instant::now();
+    let r =
+        run(s
+            .cmd_at(&location)
+            .env_remove("AWS_CA_BUNDLE")
+            .args(["init", "--kdf-memory", "8192"]));
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("UnknownIssuer"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "retried a certificate error"
+    );
+    // With it: the whole round trip over TLS.
+    assert_eq!(with_ca(&["init", "--kdf-memory", "8192"]).code, 0);
+    let r = with_ca(&["backup", &src.to_string_lossy()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let t = s.env.path("tls-restore");
+    let r = with_ca(&[
+        "restore",
+        "latest",
+        "--target",
+        &t.to_string_lossy(),
+        "--verify",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let opts = CompareOptions {
+        ownership: false,
+        ..CompareOptions::default()
+    };
+    compare_trees(&src, &t.join(src.strip_prefix("/").unwrap()), &opts)
+        .unwrap_or_else(|d| panic!("{}", d.join("\n")));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    crate::common::remove_s3_repository(Path::new(&location.replace(
+        &format!("https://127.0.0.1:{}", line.trim()),
+        &s.gw.endpoint,
+    )));
 }

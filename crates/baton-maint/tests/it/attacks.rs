@@ -95,8 +95,17 @@ fn restore(
     target: &Path,
     progress: &dyn Progress,
 ) -> crate::baton::Result<crate::baton::RestoreSummary> {
+    restore_from(&s.repo, snap, target, progress)
+}
+
+fn restore_from(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &Path,
+    progress: &dyn Progress,
+) -> crate::baton::Result<crate::baton::RestoreSummary> {
     crate::baton::restore(
-        &s.repo,
+        repo,
         snap,
         None,
         target,
@@ -861,17 +870,7 @@ fn an_append_only_key_cannot_hide_data_by_superseding_the_index() {
         .unwrap();
     let mut repo = Repository::open(storage, b"pw").unwrap();
     repo.load_index().unwrap();
-    let target = s.root.join("t");
-    let sum = crate::baton::restore(
-        &repo,
-        &s.snapshot,
-        None,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let sum = restore_from(&repo, &s.snapshot, &s.root.join("t"), &NoProgress).unwrap();
     assert!(sum.errors.is_empty(), "{:?}", sum.errors);
     let opts = crate::baton::PruneOptions {
         max_unused: crate::baton::MaxUnused::Percent(0.0),
@@ -880,16 +879,7 @@ fn an_append_only_key_cannot_hide_data_by_superseding_the_index() {
     crate::baton::prune(&mut repo, &opts, &NoProgress).unwrap();
     repo.load_index().unwrap();
     let again = s.root.join("t2");
-    let sum = crate::baton::restore(
-        &repo,
-        &s.snapshot,
-        None,
-        &again,
-        &RestoreOptions::default(),
-        &NoProgress,
-        &Cancel::new(),
-    )
-    .unwrap();
+    let sum = restore_from(&repo, &s.snapshot, &again, &NoProgress).unwrap();
     assert!(sum.errors.is_empty(), "{:?}", sum.errors);
     let file = std::fs::read_dir(&again).unwrap().count();
     assert!(file > 0);
