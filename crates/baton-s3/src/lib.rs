@@ -1210,6 +1210,91 @@ mod tests {
         assert!(ini_section(text, "none").is_empty());
     }
 
+    fn config(location: &str, vars: &[(&str, &str)]) -> Result<S3Config, StorageError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        S3Config::from_location_with(location, &move |k: &str| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    const CREDS: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "A"), ("AWS_SECRET_ACCESS_KEY", "S")];
+
+    /// Locations, addressing styles and regions become the requests' URLs.
+    #[test]
+    fn locations_and_addressing() {
+        let c = config("https://s3.example.com/bucket/some/prefix/", &CREDS).unwrap();
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("bucket", "some/prefix/")
+        );
+        assert_eq!(c.region, "us-east-1");
+        let s = S3Storage::new(c).unwrap();
+        let url = s
+            .bucket
+            .object_url(&s.key(ObjectKind::Pack, &"ab".repeat(32)));
+        assert_eq!(url.host_str(), Some("s3.example.com"));
+        assert!(
+            url.path().starts_with("/bucket/some/prefix/data/ab/abab"),
+            "{url}"
+        );
+
+        let mut vars = CREDS.to_vec();
+        vars.extend([
+            ("BATON_S3_ADDRESSING", "virtual"),
+            ("AWS_REGION", "eu-west-3"),
+        ]);
+        let c = config("https://s3.example.com/bucket", &vars).unwrap();
+        assert_eq!(c.region, "eu-west-3");
+        let s = S3Storage::new(c).unwrap();
+        let url = s.bucket.object_url(&s.key(ObjectKind::Config, ""));
+        assert_eq!(url.host_str(), Some("bucket.s3.example.com"));
+        assert_eq!(url.path(), "/config");
+        assert!(s.location().contains("virtual-host"));
+
+        // Mistakes are refused with a message, before any request.
+        for bad in [
+            "ftp://host/b",
+            "https://host",
+            "https://user:pw@host/b",
+            "not a url",
+        ] {
+            assert!(config(bad, &CREDS).is_err(), "{bad}");
+        }
+        assert!(config("https://host/b", &[]).is_err(), "no credentials");
+        let mut vars = CREDS.to_vec();
+        vars.push(("BATON_S3_ADDRESSING", "sideways"));
+        assert!(config("https://host/b", &vars).is_err());
+        let mut vars = CREDS.to_vec();
+        vars.push(("BATON_S3_CA_BUNDLE", "/nonexistent/ca.pem"));
+        let c = config("https://host/b", &vars).unwrap();
+        assert!(S3Storage::new(c).is_err(), "a missing CA bundle");
+    }
+
+    /// Credentials from a profile of the shared credentials file.
+    #[test]
+    fn credentials_from_a_profile() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("credentials");
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n[work]\naws_access_key_id=W\naws_secret_access_key=WS\naws_session_token = T\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let c = config("https://h/b", &[("AWS_SHARED_CREDENTIALS_FILE", f)]).unwrap();
+        assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("D", "DS"));
+        let c = config(
+            "https://h/b",
+            &[("AWS_SHARED_CREDENTIALS_FILE", f), ("AWS_PROFILE", "work")],
+        )
+        .unwrap();
+        assert_eq!(c.access_key, "W");
+        assert_eq!(c.session_token.as_deref(), Some("T"));
+    }
+
     #[test]
     fn xml_fields_are_found() {
         let body = "<Error><Code>QuotaExceeded</Code><Message>full</Message></Error>";

@@ -128,3 +128,29 @@ fn listings_page_and_batch_deletes() {
     assert!(s.requests() - before <= 3, "not deleted in batches");
     assert!(s.list(ObjectKind::Index).unwrap().is_empty());
 }
+
+/// Permanent errors are never retried: wrong credentials (403) and a
+/// missing object (404) cost one request each.
+#[test]
+fn permanent_errors_are_not_retried() {
+    let Some(gw) = gateway() else { return };
+    let Some(good) = storage() else { return };
+    let before = good.requests();
+    assert!(
+        good.get(ObjectKind::Lock, &hex(9))
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert_eq!(good.requests() - before, 1, "a 404 was retried");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", gw.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", "not the secret".to_string()),
+    ];
+    let lookup = move |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let url = gw.location(&unique_bucket(), "repo");
+    let cfg = S3Config::from_location_with(url.strip_prefix("s3:").unwrap(), &lookup).unwrap();
+    let bad = S3Storage::new(cfg).unwrap();
+    let e = bad.put(ObjectKind::Lock, &hex(1), b"x").unwrap_err();
+    assert_eq!(e.kind, baton_storage::ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(bad.requests(), 1, "a 403 was retried");
+}

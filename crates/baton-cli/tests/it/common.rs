@@ -240,6 +240,9 @@ impl Env {
             .env("BATON_PASSWORD", PASSWORD);
         if s3_mode() {
             c.envs(gateway().env());
+            if was_damaged(&self.repo) {
+                c.env("BATON_NO_CACHE", "1");
+            }
         }
         c
     }
@@ -255,6 +258,9 @@ impl Env {
             .env("BATON_PASSWORD", PASSWORD);
         if s3_mode() {
             c.envs(gateway().env());
+            if was_damaged(&self.repo) {
+                c.env("BATON_NO_CACHE", "1");
+            }
         }
         c
     }
@@ -407,6 +413,27 @@ fn s3_object(
     None
 }
 
+/// Repositories on S3 whose objects a test damaged: their commands run
+/// without the local cache, which would serve its intact copies.
+fn damaged() -> &'static std::sync::Mutex<std::collections::HashSet<String>> {
+    static D: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    D.get_or_init(Default::default)
+}
+
+fn mark_damaged(p: &Path) {
+    if let Some(s) = p.to_str() {
+        // The repository is a prefix of the object's "path".
+        damaged().lock().unwrap().insert(s.to_string());
+    }
+}
+
+/// Whether a test damaged an object of the repository at `repo`.
+pub fn was_damaged(repo: &Path) -> bool {
+    let r = repo.to_string_lossy();
+    damaged().lock().unwrap().iter().any(|o| o.starts_with(&*r))
+}
+
 /// Reads an object (a file of a local repository, or an object on S3).
 pub fn obj_read(p: &Path) -> Vec<u8> {
     match s3_object(p) {
@@ -419,6 +446,7 @@ pub fn obj_read(p: &Path) -> Vec<u8> {
 pub fn obj_write(p: &Path, bytes: &[u8]) {
     match s3_object(p) {
         Some((s, k, n)) => {
+            mark_damaged(p);
             s.remove(k, &n).unwrap();
             s.put(k, &n, bytes).unwrap();
         }
@@ -429,7 +457,10 @@ pub fn obj_write(p: &Path, bytes: &[u8]) {
 /// Deletes an object.
 pub fn obj_remove(p: &Path) {
     match s3_object(p) {
-        Some((s, k, n)) => s.remove(k, &n).unwrap(),
+        Some((s, k, n)) => {
+            mark_damaged(p);
+            s.remove(k, &n).unwrap()
+        }
         None => std::fs::remove_file(p).unwrap(),
     }
 }

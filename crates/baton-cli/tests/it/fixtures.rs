@@ -11,6 +11,11 @@ fn fixture(name: &str) -> Env {
     let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(name);
+    if crate::common::s3_mode() {
+        // Object by object into the bucket: the same bytes.
+        crate::common::copy_repository(&from, &env.repo);
+        return env;
+    }
     let st = std::process::Command::new("cp")
         .arg("-r")
         .arg(&from)
@@ -47,9 +52,6 @@ fn has(problems: &[serde_json::Value], kind: &str, object: &str) -> bool {
 /// restores exactly what was backed up, metadata included.
 #[test]
 fn intact_version_2_repository_restores_exactly() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     use std::os::unix::fs::MetadataExt;
     let env = fixture("repo-v2");
     let snaps = fx(&env, &["snapshots", "--json"]).ok().json();
@@ -102,9 +104,6 @@ fn intact_version_2_repository_restores_exactly() {
 
 #[test]
 fn damaged_snapshot_fixture() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     let env = fixture("repo-v2-damaged-snapshot");
     let r = fx(&env, &["snapshots"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
@@ -122,9 +121,6 @@ fn damaged_snapshot_fixture() {
 
 #[test]
 fn damaged_pack_fixture() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     let env = fixture("repo-v2-damaged-pack");
     let p = problems(&env, &["--read-data"]);
     assert!(
@@ -135,9 +131,6 @@ fn damaged_pack_fixture() {
 
 #[test]
 fn missing_pack_fixture() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     let env = fixture("repo-v2-missing-pack");
     let p = problems(&env, &[]);
     assert!(has(&p, "missing_pack", "pack"), "{p:?}");
@@ -145,9 +138,6 @@ fn missing_pack_fixture() {
 
 #[test]
 fn damaged_index_fixture() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     let env = fixture("repo-v2-damaged-index");
     let p = problems(&env, &[]);
     assert!(
@@ -161,9 +151,6 @@ fn damaged_index_fixture() {
 /// password is told it is damaged, not that it is wrong.
 #[test]
 fn damaged_key_fixture() {
-    if crate::common::local_only("committed fixture repositories are directories") {
-        return;
-    }
     let env = fixture("repo-v2-damaged-key");
     let r = run(env.cmd().env("BATON_PASSWORD", "second").arg("snapshots"));
     assert_ne!(r.code, 0);
