@@ -102,11 +102,6 @@ enum Where {
     Elsewhere,
 }
 
-/// Both known and equal, or both unknown.
-fn same(a: &Option<String>, b: &Option<String>) -> bool {
-    a == b
-}
-
 /// This host's boot id (`/proc/sys/kernel/random/boot_id`), if known.
 fn boot_id() -> Option<String> {
     static BOOT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
@@ -164,7 +159,8 @@ impl LockInfo {
             return Where::Elsewhere;
         }
         let (boot, machine) = (boot_id(), machine());
-        let same_boot = same(&self.boot_id, &boot);
+        // Both known and equal, or both unknown.
+        let same_boot = self.boot_id == boot;
         match (&self.machine, &machine) {
             (Some(a), Some(b)) if a == b => {
                 if !same_boot && self.boot_id.is_some() && boot.is_some() {
@@ -174,7 +170,7 @@ impl LockInfo {
             (None, None) if same_boot => {}
             _ => return Where::Elsewhere,
         }
-        if !same_boot || !same(&self.pid_ns, &pid_ns()) {
+        if !same_boot || self.pid_ns != pid_ns() {
             return Where::Elsewhere;
         }
         Where::Here

@@ -443,13 +443,9 @@ impl S3Storage {
             if resp.status().is_success() || !transient_status(resp.status().as_u16()) {
                 return Ok(resp);
             }
-            // One table decides: status_error's kinds.
-            let e = Self::status_error(&mut resp, what, "request");
-            if e.kind == ErrorKind::Transient {
-                Err(e)
-            } else {
-                Err(StorageError::new(e.kind, e.what, e.message))
-            }
+            // One table decides (status_error's kinds): the retry loop
+            // sends again only what it calls transient.
+            Err(Self::status_error(&mut resp, what, "request"))
         })
     }
 

@@ -7,10 +7,9 @@ use baton_testing::s3::{gateway, unique_bucket};
 
 fn storage() -> Option<S3Storage> {
     let gw = gateway()?;
-    let env = gw.env();
-    let lookup = move |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
     let url = gw.location(&unique_bucket(), "repo");
-    let cfg = S3Config::from_location_with(url.strip_prefix("s3:").unwrap(), &lookup).unwrap();
+    let cfg =
+        S3Config::from_location_with(url.strip_prefix("s3:").unwrap(), &|k| gw.var(k)).unwrap();
     let s = S3Storage::new(cfg).unwrap();
     s.create().unwrap();
     Some(s)
@@ -142,11 +141,10 @@ fn permanent_errors_are_not_retried() {
             .is_not_found()
     );
     assert_eq!(good.requests() - before, 1, "a 404 was retried");
-    let env = [
-        ("AWS_ACCESS_KEY_ID", gw.access_key.clone()),
-        ("AWS_SECRET_ACCESS_KEY", "not the secret".to_string()),
-    ];
-    let lookup = move |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let lookup = |k: &str| match k {
+        "AWS_SECRET_ACCESS_KEY" => Some("not the secret".to_string()),
+        _ => gw.var(k),
+    };
     let url = gw.location(&unique_bucket(), "repo");
     let cfg = S3Config::from_location_with(url.strip_prefix("s3:").unwrap(), &lookup).unwrap();
     let bad = S3Storage::new(cfg).unwrap();

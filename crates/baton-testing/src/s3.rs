@@ -116,6 +116,15 @@ impl Gateway {
         ]
     }
 
+    /// One variable of [`Gateway::env`], for code that looks variables up
+    /// (`S3Config::from_location_with`).
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.env()
+            .into_iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+
     fn script(&self, args: &[&str]) {
         let dir = self
             .dir

@@ -98,13 +98,7 @@ pub fn storage(repo: &Path) -> std::sync::Arc<dyn baton_storage::Storage> {
     match repo.to_str().and_then(|r| r.strip_prefix("s3:")) {
         Some(url) => {
             let gw = gateway();
-            let env = gw.env();
-            let lookup = move |k: &str| {
-                env.iter()
-                    .find(|(name, _)| *name == k)
-                    .map(|(_, v)| v.clone())
-            };
-            let cfg = baton_s3::S3Config::from_location_with(url, &lookup).unwrap();
+            let cfg = baton_s3::S3Config::from_location_with(url, &|k| gw.var(k)).unwrap();
             std::sync::Arc::new(baton_s3::S3Storage::new(cfg).unwrap())
         }
         None => std::sync::Arc::new(baton_storage::LocalStorage::new(repo)),
@@ -232,19 +226,7 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin!("baton"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("BATON_REPOSITORY", &self.repo)
-            .env("BATON_PASSWORD", PASSWORD);
-        if s3_mode() {
-            c.envs(gateway().env());
-            if was_damaged(&self.repo) {
-                c.env("BATON_NO_CACHE", "1");
-            }
-        }
-        c
+        Command::from_std(self.std_cmd())
     }
 
     /// Like [`Env::cmd`], as a `std::process::Command`, for tests that

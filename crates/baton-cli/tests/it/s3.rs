@@ -7,7 +7,7 @@
 //! small TCP proxy in front of it: it answers 503 to a set number of
 //! connections, or swallows them, and passes everything else through.
 
-use crate::common::{Env, PASSWORD, Run, run};
+use crate::common::{Env, Run, run};
 use baton_testing::s3::{Gateway, gateway, unique_bucket};
 use baton_testing::{CompareOptions, compare_trees, write_file};
 use std::io::{Read, Write};
@@ -43,15 +43,15 @@ impl S3Env {
         Some(e)
     }
 
-    fn cmd_at(&self, location: &str) -> assert_cmd::Command {
-        let mut c = assert_cmd::Command::new(assert_cmd::cargo::cargo_bin!("baton"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.env.dir.path())
-            .env("BATON_REPOSITORY", location)
-            .env("BATON_PASSWORD", PASSWORD)
-            .envs(self.gw.env());
+    /// `baton` in this environment, pointed at `location`.
+    fn std_cmd_at(&self, location: &str) -> std::process::Command {
+        let mut c = self.env.std_cmd();
+        c.env("BATON_REPOSITORY", location).envs(self.gw.env());
         c
+    }
+
+    fn cmd_at(&self, location: &str) -> assert_cmd::Command {
+        assert_cmd::Command::from_std(self.std_cmd_at(location))
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -59,14 +59,7 @@ impl S3Env {
     }
 
     fn std_cmd(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin!("baton"));
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.env.dir.path())
-            .env("BATON_REPOSITORY", &self.location)
-            .env("BATON_PASSWORD", PASSWORD)
-            .envs(self.gw.env());
-        c
+        self.std_cmd_at(&self.location)
     }
 
     fn locks(&self) -> usize {
@@ -466,16 +459,9 @@ fn a_server_without_conditional_writes_is_refused_at_init() {
     let via = proxy(&gw.endpoint, faults);
     let env = Env::empty();
     let location = format!("s3:{via}/{}/repo", unique_bucket());
-    let r = run(
-        assert_cmd::Command::new(assert_cmd::cargo::cargo_bin!("baton"))
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", env.dir.path())
-            .env("BATON_REPOSITORY", &location)
-            .env("BATON_PASSWORD", PASSWORD)
-            .envs(gw.env())
-            .args(["init", "--kdf-memory", "8192"]),
-    );
+    let mut c = env.std_cmd();
+    c.env("BATON_REPOSITORY", &location).envs(gw.env());
+    let r = run(assert_cmd::Command::from_std(c).args(["init", "--kdf-memory", "8192"]));
     assert_ne!(
         r.code, 0,
         "init accepted a server without conditional writes"
