@@ -26,7 +26,7 @@ case $secs in '' | *[!0-9]*)
     exit 2
     ;;
 esac
-all=(config key_file index pack_header tree snapshot journal_record object blob)
+all=(config key_file index fixed pack_header tree snapshot journal_record object blob nbd_request nbd_session)
 read -ra targets <<<"${FUZZ_TARGETS:-${all[*]}}"
 flags=(--sanitizer none --debug-assertions)
 

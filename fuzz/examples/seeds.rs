@@ -46,6 +46,7 @@ fn node(name: &[u8], kind: NodeKind) -> Node {
         subtree: None,
         link_target: None,
         xattrs: Vec::new(),
+        image: None,
     }
 }
 
@@ -252,6 +253,7 @@ fn main() {
             tags: vec!["t".into()],
             parent: Some(id(8)),
             started: "2026-01-02T03:04:00Z".into(),
+            image: None,
         }),
         packs: vec![JournalPack {
             id: id(5),
@@ -272,6 +274,7 @@ fn main() {
             node: tree().nodes.remove(0),
         }],
         completed_sources: vec!["/home".into()],
+        segments: Vec::new(),
     };
     write("journal_record", "first.json", &to_json(&rec));
     let later = JournalRecord {
@@ -283,6 +286,27 @@ fn main() {
         ..rec
     };
     write("journal_record", "later.json", &to_json(&later));
+    let block = JournalRecord {
+        seq: 2,
+        segments: vec![id(11), id(12)],
+        ..later.clone()
+    };
+    write("journal_record", "block.json", &to_json(&block));
+
+    // fixed: an image's fixed index root and a segment with a hole.
+    let layout = baton_format::fixed::Layout::new(4096, 4, 4096 * 13 + 7).unwrap();
+    let root = baton_format::fixed::FixedRoot {
+        layout,
+        segments: (0..layout.segment_count())
+            .map(|i| id(20 + i as u8))
+            .collect(),
+    };
+    write("fixed", "root", &root.encode());
+    let seg = baton_format::fixed::FixedSegment {
+        first_chunk: 4,
+        chunks: vec![Some(id(1)), None, Some(id(2)), Some(id(1))],
+    };
+    write("fixed", "segment", &seg.encode());
 
     // object: encoding byte then payload.
     let json = to_json(&snap);

@@ -84,8 +84,10 @@ pub enum Command {
     Ls(LsArgs),
     /// Show the differences between two snapshots
     Diff(DiffArgs),
-    /// Write a file of a snapshot to stdout (a directory as a tar archive)
+    /// Write a file of a snapshot to stdout (a directory as a tar archive, an image as its bytes)
     Dump(DumpArgs),
+    /// Serve a block image of a snapshot over NBD, writable through an overlay
+    ServeNbd(ServeNbdArgs),
     /// Print a repository object as JSON
     Cat(CatArgs),
     /// Manage the keys (passwords) of the repository
@@ -254,8 +256,20 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up
-    #[arg(required_unless_present = "stdin")]
+    #[arg(required_unless_present_any = ["stdin", "block"])]
     pub paths: Vec<PathBuf>,
+    /// Back up a block device or raw image file (`-`: standard input) as
+    /// fixed-size chunks, instead of files
+    #[arg(long, value_name = "DEVICE_OR_IMAGE", conflicts_with_all = ["paths", "stdin"])]
+    pub block: Option<PathBuf>,
+    /// Chunk size of --block: a power of two from 4KiB to 16MiB (default:
+    /// the repository's block size, 1MiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "block")]
+    pub block_size: Option<u64>,
+    /// Name of the image in the snapshot (default: the file name of --block,
+    /// `stdin.img` for standard input)
+    #[arg(long, value_name = "NAME", requires = "block")]
+    pub image_name: Option<String>,
     /// Exclude paths matching this pattern (a name, or a path when it has a '/')
     #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
     pub exclude: Vec<String>,
@@ -320,7 +334,8 @@ pub enum ResumeArg {
 pub struct RestoreArgs {
     /// Snapshot to restore: `latest`, an id or prefix, optionally `:PATH` inside it
     pub snapshot: String,
-    /// Directory to restore into (created if missing)
+    /// Directory to restore into (created if missing); for a block image, the
+    /// file or block device to write
     #[arg(short, long)]
     pub target: PathBuf,
     /// Restore only paths matching this pattern (repeatable)
@@ -332,6 +347,64 @@ pub struct RestoreArgs {
     /// Re-read restored files and compare them with the snapshot
     #[arg(long)]
     pub verify: bool,
+    /// Block images: serve the image over NBD at once and restore to the
+    /// target in the background; merge the client's writes when done
+    #[arg(long)]
+    pub instant: bool,
+    #[command(flatten)]
+    pub nbd: NbdArgs,
+    /// --instant: command that stops the application using the export
+    /// (default: wait until every NBD client has disconnected)
+    #[arg(long, value_name = "COMMAND", requires = "instant")]
+    pub stop_command: Option<String>,
+    /// --instant: command that starts the application on the target once it
+    /// is merged and verified (BATON_TARGET holds the target's path)
+    #[arg(long, value_name = "COMMAND", requires = "instant")]
+    pub start_command: Option<String>,
+    /// --instant: most bytes per second the background copy writes (like
+    /// 50MiB), leaving the rest of the disk and network to the application
+    #[arg(long, value_name = "RATE", value_parser = parse_size, requires = "instant")]
+    pub copy_limit: Option<u64>,
+}
+
+/// Where and how the NBD export listens.
+#[derive(Args, Debug, Clone)]
+pub struct NbdArgs {
+    /// Where the NBD export listens: `unix:PATH` or `HOST:PORT`
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// File that keeps the client's writes (with FILE.map), durable on
+    /// flush and kept across restarts
+    #[arg(long, value_name = "FILE")]
+    pub overlay: Option<PathBuf>,
+    /// Name of the NBD export (clients may also ask for the empty name)
+    #[arg(long, value_name = "NAME")]
+    pub export_name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeNbdArgs {
+    /// Snapshot and image: `SNAPSHOT[:IMAGE]`
+    pub snapshot: String,
+    #[command(flatten)]
+    pub nbd: NbdArgs,
+}
+
+/// Parses a size such as `4096`, `64KiB`, `1M`, `4MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Args, Debug, Default)]

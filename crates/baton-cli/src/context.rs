@@ -237,6 +237,13 @@ pub fn open_indexed(g: &Global) -> Result<(Repository, LockGuard)> {
     Ok((r, lock))
 }
 
+/// When this process started (first call, from `main`): time to first byte
+/// of an NBD export counts from here.
+pub fn started() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
 /// The cancellation handle of this process's operation: SIGINT and SIGTERM
 /// trigger it (see [`handle_signals`]).
 pub fn cancel() -> &'static crate::baton::Cancel {

@@ -4,6 +4,7 @@
 /// The library crates under one name: commands use the repository core,
 /// the file-system source and target, and maintenance together.
 mod baton {
+    pub use baton_block::{BlockBackupOptions, BlockSource, ImageReader, ReaderConfig};
     pub use baton_fs::*;
     pub use baton_maint::*;
     pub use baton_repo::*;
@@ -98,6 +99,7 @@ fn no_core_dumps() {
 }
 
 fn main() {
+    context::started();
     tune_allocator();
     no_core_dumps();
     let cli = cli::Cli::parse();

@@ -18,6 +18,7 @@ pub mod chunker;
 pub mod compress;
 pub mod crypto;
 mod error;
+pub mod fixed;
 pub mod index;
 pub mod object;
 pub mod pack;

@@ -116,5 +116,8 @@ fn append(
             h.set_device_minor(minor as u32)?;
             tar.append_data(&mut h, path, std::io::empty())
         }
+        NodeKind::Image => Err(std::io::Error::other(format!(
+            "{path} is a block image: dump it alone (`baton dump SNAPSHOT {path}`)"
+        ))),
     }
 }

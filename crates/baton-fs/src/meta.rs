@@ -101,6 +101,7 @@ pub fn node_from_metadata(
         subtree: None,
         link_target: None,
         xattrs: Vec::new(),
+        image: None,
     }
 }
 

@@ -343,6 +343,16 @@ impl Restorer<'_> {
         if n.kind == NodeKind::File {
             return self.file(n, dst, snap_path, fresh);
         }
+        if n.kind == NodeKind::Image {
+            self.error(
+                dst,
+                format!(
+                    "{snap_path} is a block image: restore it with `baton restore SNAPSHOT:{} --target FILE`",
+                    n.name.lossy()
+                ),
+            );
+            return Ok(());
+        }
         let existing = match self.target.existing(dst) {
             Ok(e) => e,
             Err(e) => {
@@ -366,6 +376,7 @@ impl Restorer<'_> {
                 self.target.mknod(dst, n.kind, n.mode, n.rdev).map(Ok)
             }
             NodeKind::Dir => unreachable!("directories are restored by tree()"),
+            NodeKind::Image => unreachable!("images are refused above"),
         };
         let result = match created {
             Ok(r) => r,

@@ -211,6 +211,8 @@ pub(crate) struct Checker<'a> {
     pub snapshots: Vec<(Id, Snapshot)>,
     /// Blobs found missing or damaged.
     pub bad_blobs: HashSet<Id>,
+    /// Fixed index roots of images already checked.
+    pub images_seen: HashSet<Id>,
 }
 
 impl<'a> Checker<'a> {
@@ -224,6 +226,7 @@ impl<'a> Checker<'a> {
             indexed_packs: HashMap::new(),
             job_packs: HashMap::new(),
             stored_packs: BTreeMap::new(),
+            images_seen: HashSet::new(),
             bad_packs: HashSet::new(),
             snapshots: Vec::new(),
             bad_blobs: HashSet::new(),

@@ -130,6 +130,11 @@ fn mark_tree(
         }
         used.insert(t);
         for n in read_tree(repo, &t)?.nodes {
+            if let Some(root) = n.image
+                && seen.insert(root)
+            {
+                baton_repo::image::ImageIndex::load(repo, &root)?.referenced(repo, used)?;
+            }
             used.extend(n.content);
             stack.extend(n.subtree);
         }
@@ -263,8 +268,31 @@ pub fn prune_locked(
         }
     }
     let mut wanted = HashSet::new();
+    // An unfinished block backup references chunks through its segments.
+    for job in &kept_jobs {
+        let Some(m) = &job.manifest.image else {
+            continue;
+        };
+        let Ok(layout) = baton_format::fixed::Layout::new(m.chunk_size, m.segment_chunks, m.size)
+        else {
+            continue;
+        };
+        for (i, seg) in job.segments.iter().enumerate() {
+            wanted.insert(*seg);
+            if let Ok(b) = repo.load_blob_of(baton_types::BlobType::Fixed, seg)
+                && let Ok(s) = baton_format::fixed::FixedSegment::decode(&b, &layout, i as u64)
+            {
+                wanted.extend(s.chunks.into_iter().flatten());
+            }
+        }
+    }
     for node in kept_jobs.iter().flat_map(|j| j.catalog.values()) {
         wanted.extend(node.content.iter().copied());
+        if let Some(root) = node.image
+            && let Ok(img) = baton_repo::image::ImageIndex::load(repo, &root)
+        {
+            let _ = img.referenced(repo, &mut wanted);
+        }
         if let Some(t) = node.subtree {
             let _ = mark_tree(repo, t, &mut seen, &mut wanted, &opts.cancel);
         }

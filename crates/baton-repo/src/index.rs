@@ -3,7 +3,7 @@
 //! Memory is the constraint (a repository can hold tens of millions of
 //! chunks), so an entry is 48 bytes: the 32-byte id, and the location packed
 //! into 16 (pack *number*, offset, length, raw length; blob type and
-//! compression in the top bits of the pack number). Loaded entries live in
+//! compression in the top three bits of the pack number). Loaded entries live in
 //! one vector sorted by id (binary search): loading appends to it and
 //! [`Index::compact`] sorts it in place, so the peak while loading stays
 //! near the final size. Blobs added afterwards (a backup's new packs) go to
@@ -13,8 +13,9 @@ use baton_format::index::{IndexFile, IndexPack};
 use baton_types::{BlobLocation, BlobType, Id};
 use std::collections::HashMap;
 
-const TREE_BIT: u32 = 1 << 31;
-const COMPRESSED_BIT: u32 = 1 << 30;
+/// The blob type's byte sits in the top two bits.
+const TYPE_SHIFT: u32 = 30;
+const COMPRESSED_BIT: u32 = 1 << 29;
 const PACK_MASK: u32 = COMPRESSED_BIT - 1;
 
 #[derive(Clone, Copy)]
@@ -69,10 +70,7 @@ fn pack_number(l: &Loc) -> u32 {
 }
 
 fn loc_of(number: u32, e: &baton_format::pack::PackEntry) -> Loc {
-    let mut flags = 0;
-    if e.blob_type == BlobType::Tree {
-        flags |= TREE_BIT;
-    }
+    let mut flags = u32::from(e.blob_type.as_byte()) << TYPE_SHIFT;
     if e.compressed {
         flags |= COMPRESSED_BIT;
     }
@@ -141,7 +139,7 @@ impl Index {
             self.packs.push(pack);
             (self.packs.len() - 1) as u32
         });
-        assert!(number <= PACK_MASK, "more than 2^30 packs in one index");
+        assert!(number <= PACK_MASK, "more than 2^29 packs in one index");
         number
     }
 
@@ -251,11 +249,8 @@ impl Index {
     fn location(&self, l: Loc) -> BlobLocation {
         BlobLocation {
             pack: self.packs[(l.pack_and_flags & PACK_MASK) as usize],
-            blob_type: if l.pack_and_flags & TREE_BIT != 0 {
-                BlobType::Tree
-            } else {
-                BlobType::Data
-            },
+            blob_type: BlobType::from_byte((l.pack_and_flags >> TYPE_SHIFT) as u8)
+                .expect("only known types are stored"),
             offset: l.offset,
             length: l.length,
             raw_length: l.raw_length,

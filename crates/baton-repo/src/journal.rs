@@ -96,16 +96,48 @@ impl JournalWriter {
         catalog: Vec<CatalogEntry>,
         completed_sources: Vec<String>,
     ) -> Result<()> {
-        let rec = JournalRecord {
-            job: self.job,
-            seq: self.next_seq,
-            time: now_rfc3339(),
-            manifest,
-            packs,
-            position,
-            catalog,
-            completed_sources,
-        };
+        self.write(
+            repo,
+            JournalRecord {
+                job: self.job,
+                seq: self.next_seq,
+                time: now_rfc3339(),
+                manifest,
+                packs,
+                position,
+                catalog,
+                completed_sources,
+                segments: Vec::new(),
+            },
+        )
+    }
+
+    /// Durably appends one record of a block backup: the packs stored and
+    /// the fixed index segments completed since the last one.
+    pub fn append_segments(
+        &mut self,
+        repo: &Repository,
+        packs: Vec<JournalPack>,
+        position: u64,
+        segments: Vec<Id>,
+    ) -> Result<()> {
+        self.write(
+            repo,
+            JournalRecord {
+                job: self.job,
+                seq: self.next_seq,
+                time: now_rfc3339(),
+                manifest: None,
+                packs,
+                position,
+                catalog: Vec::new(),
+                completed_sources: Vec::new(),
+                segments,
+            },
+        )
+    }
+
+    fn write(&mut self, repo: &Repository, rec: JournalRecord) -> Result<()> {
         let name = record_name(&self.job, self.next_seq);
         let sealed = repo.seal(
             ObjectKind::Journal,
@@ -136,6 +168,8 @@ pub struct JobState {
     /// the entries below it, so this holds only the frontier.
     pub catalog: BTreeMap<Vec<u8>, Node>,
     pub completed_sources: Vec<String>,
+    /// Block backups: the fixed index segments completed, in order.
+    pub segments: Vec<Id>,
 }
 
 impl JobState {
@@ -206,6 +240,7 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
                 packs: Vec::new(),
                 catalog: BTreeMap::new(),
                 completed_sources: Vec::new(),
+                segments: Vec::new(),
             }),
             (None, None) => {
                 return Err(RepoError::Damaged(format!(
@@ -238,6 +273,7 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
             st.catalog.insert(e.path.0, e.node);
         }
         st.completed_sources.extend(rec.completed_sources);
+        st.segments.extend(rec.segments);
     }
     state.ok_or_else(|| RepoError::NotFound(format!("no journal for job {job}")))
 }

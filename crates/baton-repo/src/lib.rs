@@ -21,9 +21,11 @@ pub mod browse;
 pub mod cache;
 pub mod crashpoint;
 mod error;
+pub mod image;
 pub mod index;
 pub mod journal;
 pub mod lock;
+pub mod pipeline;
 pub mod progress;
 pub mod repo;
 

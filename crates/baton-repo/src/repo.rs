@@ -726,7 +726,7 @@ impl Repository {
                 loc.blob_type
             )));
         }
-        if blob_type == BlobType::Tree
+        if blob_type.is_metadata()
             && let Some(c) = &self.cache
         {
             let pack = loc.pack.to_hex();

@@ -24,6 +24,20 @@ pub struct JobManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
     pub started: String,
+    /// Set for a block image backup (`backup --block`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageManifest>,
+}
+
+/// The image a block backup job reads: a resumed run must find it the same
+/// size and cut the same way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageManifest {
+    /// Name of the image in the snapshot's tree.
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub segment_chunks: u32,
 }
 
 /// One blob of a journaled pack.
@@ -82,4 +96,10 @@ pub struct JournalRecord {
     /// Source paths completed entirely.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed_sources: Vec<String>,
+    /// Block backups: fixed index segments (blobs of type `fixed`) that
+    /// became durable since the previous record, continuing the job's list
+    /// in order; segment `i` covers the image's chunks from
+    /// `i * segment_chunks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<Id>,
 }

@@ -21,7 +21,9 @@ mod tree;
 
 pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use id::{Id, IdError, hex_decode, hex_encode};
-pub use journal::{CatalogEntry, JobManifest, JournalBlob, JournalPack, JournalRecord};
+pub use journal::{
+    CatalogEntry, ImageManifest, JobManifest, JournalBlob, JournalPack, JournalRecord,
+};
 pub use key::{KdfParams, KeyFile};
 pub use name::FsName;
 pub use snapshot::{BackupErrorEntry, Snapshot, SnapshotSummary};
@@ -36,6 +38,9 @@ pub enum BlobType {
     Data = 0,
     /// A serialized [`Tree`].
     Tree = 1,
+    /// A part of the fixed index of a block image (its root or one of its
+    /// segments; binary, see `baton_format::fixed`).
+    Fixed = 2,
 }
 
 impl BlobType {
@@ -44,11 +49,19 @@ impl BlobType {
         self as u8
     }
 
+    /// Whether blobs of this type are metadata (trees and fixed indexes go
+    /// to metadata packs, which browsing and the cache read; data chunks
+    /// to data packs).
+    pub fn is_metadata(self) -> bool {
+        !matches!(self, BlobType::Data)
+    }
+
     /// Parses the byte stored in pack headers and index objects.
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(BlobType::Data),
             1 => Some(BlobType::Tree),
+            2 => Some(BlobType::Fixed),
             _ => None,
         }
     }

@@ -14,6 +14,9 @@ pub enum NodeKind {
     Fifo,
     Chardev,
     Blockdev,
+    /// A block image backed up with `backup --block`: its content is the
+    /// fixed index whose root is `image`, `size` bytes long.
+    Image,
 }
 
 /// One extended attribute; the value is hex.
@@ -63,6 +66,9 @@ pub struct Node {
     pub link_target: Option<FsName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// Root blob (type `fixed`) of an image's fixed index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Id>,
 }
 
 /// A directory's entries, sorted by name bytes.
@@ -101,8 +107,11 @@ impl Tree {
                 NodeKind::Dir => n.content.is_empty() && n.link_target.is_none(),
                 NodeKind::File => n.subtree.is_none() && n.link_target.is_none(),
                 NodeKind::Symlink => n.subtree.is_none() && n.content.is_empty(),
+                NodeKind::Image => {
+                    n.subtree.is_none() && n.content.is_empty() && n.link_target.is_none()
+                }
                 _ => n.subtree.is_none() && n.content.is_empty() && n.link_target.is_none(),
-            };
+            } && (n.image.is_some() == (n.kind == NodeKind::Image));
             if !ok {
                 return Err(format!(
                     "entry {:?} of type {:?} carries fields of another type",

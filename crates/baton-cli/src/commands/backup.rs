@@ -17,6 +17,14 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     } else {
         context::open(g)?
     };
+    if let Some(source) = &a.block {
+        if a.dry_run || a.parent.is_some() || !a.exclude.is_empty() {
+            anyhow::bail!(crate::Usage(
+                "--dry-run, --parent and --exclude apply to file backups, not to --block".into()
+            ));
+        }
+        return super::block::backup(g, a, &mut repo, source);
+    }
     let opts = BackupOptions {
         paths: a.paths.clone(),
         stdin_filename: a.stdin.then(|| a.stdin_filename.clone()),

@@ -100,6 +100,7 @@ fn mode_string(n: &Node) -> String {
         NodeKind::Fifo => 'p',
         NodeKind::Chardev => 'c',
         NodeKind::Blockdev => 'b',
+        NodeKind::Image => 'i',
     };
     let mut s = String::from(t);
     for shift in [6, 3, 0] {
@@ -235,10 +236,13 @@ pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let written = crate::baton::dump(&repo, &snap, &a.path, &mut out)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| out.flush().context("writing to stdout"));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let image = super::block::image_of(&repo, &snap, Some(&a.path))?;
+    let written = match image {
+        Some(node) => super::block::dump(repo, &node, &mut out),
+        None => crate::baton::dump(&repo, &snap, &a.path, &mut out).map_err(anyhow::Error::from),
+    }
+    .and_then(|()| out.flush().context("writing to stdout"));
     if let Err(e) = &written {
         for c in e.chain() {
             if let Some(io) = c.downcast_ref::<std::io::Error>() {

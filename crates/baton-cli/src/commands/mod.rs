@@ -2,6 +2,7 @@
 //! and prints the result for people or as JSON.
 
 mod backup;
+mod block;
 mod browse;
 mod check;
 mod forget;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ls(a) => browse::ls(g, &a),
         Command::Diff(a) => browse::diff(g, &a),
         Command::Dump(a) => browse::dump(g, &a),
+        Command::ServeNbd(a) => block::serve_nbd(g, &a),
         Command::Cat(a) => browse::cat(g, &a),
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),

@@ -16,6 +16,14 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (snap, path) = split_ref(&a.snapshot);
     let (id, snapshot) = repo.find_snapshot(snap)?;
+    if let Some(node) = super::block::image_of(&repo, &snapshot, path)? {
+        return super::block::restore(g, a, repo, id, &node);
+    }
+    if a.instant {
+        anyhow::bail!(crate::Usage(
+            "--instant restores a block image; this snapshot (or path) is not one".into()
+        ));
+    }
     let opts = RestoreOptions {
         includes: a.include.clone(),
         excludes: a.exclude.clone(),

@@ -309,7 +309,7 @@ pub fn du(p: &Path) -> u64 {
     n
 }
 
-fn is_s3(p: &Path) -> bool {
+pub fn is_s3(p: &Path) -> bool {
     p.to_str().is_some_and(|r| r.starts_with("s3:"))
 }
 

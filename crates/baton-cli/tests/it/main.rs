@@ -2,6 +2,7 @@
 //! and check properties of the result (restored == source, bytes read,
 //! exit codes), never just that a command ran.
 
+mod block;
 mod browse;
 mod check;
 mod cli;
@@ -10,7 +11,9 @@ mod corruption;
 mod errors;
 mod fixtures;
 mod forget;
+mod instant_pg;
 mod keys;
+mod nbd;
 mod prune;
 mod repair;
 mod resume;

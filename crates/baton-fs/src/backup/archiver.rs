@@ -11,12 +11,12 @@
 
 use super::BackupOptions;
 use super::checkpoint::Checkpointer;
-use super::pipeline::{Job, Pipeline};
 use super::prefetch::{Prefetcher, ReadAhead};
 use crate::filter::PatternSet;
 use crate::meta::{NameCache, kind_of, node_from_metadata, ns as meta_ns, read_xattrs};
 use baton_format::chunker::{ChunkStream, StreamError};
 use baton_format::object::to_json;
+use baton_repo::pipeline::{Job, Pipeline};
 use baton_repo::progress::{Cancel, EntryStatus, Progress};
 use baton_repo::{RepoError, Repository, Result};
 use baton_types::{BackupErrorEntry, BlobType, FsName, Id, Node, NodeKind, SnapshotSummary, Tree};
@@ -522,6 +522,8 @@ impl<'a, 'p> Archiver<'a, 'p> {
                 node.xattrs = self.xattrs(path, sys);
                 Some(node)
             }
+            // kind_of never reads a file system entry as an image.
+            NodeKind::Image => None,
         };
         if let Some(n) = &node {
             if n.kind != NodeKind::File {
@@ -785,6 +787,7 @@ impl<'a, 'p> Archiver<'a, 'p> {
             subtree: None,
             link_target: None,
             xattrs: Vec::new(),
+            image: None,
         };
         let mut content = Vec::new();
         node.size = match self.chunk_stream(reader, &mut content) {

@@ -185,6 +185,7 @@ mod tests {
             subtree: None,
             link_target: None,
             xattrs: Vec::new(),
+            image: None,
         }
     }
 
@@ -207,6 +208,7 @@ mod tests {
             tags: Vec::new(),
             parent: None,
             started: "2026-01-01T00:00:00Z".into(),
+            image: None,
         };
         let writer = JournalWriter::create(&repo, manifest).unwrap();
         let mut c = Checkpointer::new(writer, Duration::from_secs(3600), vec![b"/s".to_vec()]);

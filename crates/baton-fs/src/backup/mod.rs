@@ -7,7 +7,6 @@
 
 mod archiver;
 mod checkpoint;
-mod pipeline;
 mod prefetch;
 mod scan;
 
@@ -15,13 +14,13 @@ use crate::filter::PatternSet;
 use archiver::Archiver;
 use baton_format::index::IndexFile;
 use baton_repo::journal::{self, JobState, JournalWriter};
+use baton_repo::pipeline::{Pipeline, PipelineConfig};
 use baton_repo::progress::{Cancel, Progress};
 use baton_repo::repo::{hostname, now_rfc3339, username};
 use baton_repo::{RepoError, Repository, Result};
 use baton_storage::ObjectKind;
 use baton_types::{Id, JobManifest, Snapshot, SnapshotSummary, Tree};
 use checkpoint::Checkpointer;
-use pipeline::{Pipeline, PipelineConfig};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -182,7 +181,10 @@ fn find_resumable(
         let Ok(st) = journal::load_job(repo, &job) else {
             continue;
         };
-        if st.manifest.hostname != host || !same_paths(&st.manifest.paths, paths) {
+        if st.manifest.hostname != host
+            || !same_paths(&st.manifest.paths, paths)
+            || st.manifest.image.is_some()
+        {
             continue;
         }
         if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
@@ -312,6 +314,7 @@ pub fn backup(
                     tags: opts.tags.clone(),
                     parent: parent.as_ref().map(|(id, _)| *id),
                     started: start_time.clone(),
+                    image: None,
                 },
             )?,
         };

@@ -82,6 +82,7 @@ fn type_of(kind: NodeKind) -> SFlag {
         NodeKind::Fifo => SFlag::S_IFIFO,
         NodeKind::Chardev => SFlag::S_IFCHR,
         NodeKind::Blockdev => SFlag::S_IFBLK,
+        NodeKind::Image => SFlag::S_IFREG,
     }
 }
 

@@ -23,11 +23,12 @@ fn label(kind: ObjectKind) -> &'static str {
     }
 }
 
-/// "tree <id>" or "blob <id>".
+/// "tree <id>", "blob <id>" or "fixed index <id>".
 pub(crate) fn blob_object(t: BlobType, id: &Id) -> String {
     match t {
         BlobType::Tree => format!("tree {id}"),
         BlobType::Data => format!("blob {id}"),
+        BlobType::Fixed => format!("fixed index {id}"),
     }
 }
 

@@ -6,12 +6,20 @@ use baton_format::object::from_json;
 use baton_format::pack::open_blob;
 use baton_repo::Result;
 use baton_storage::ObjectKind;
-use baton_types::{BlobType, Id, NodeKind, Tree};
+use baton_types::{BlobType, Id, Node, NodeKind, Tree};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 impl Checker<'_> {
     /// Loads one tree blob through the check's own index.
     pub(crate) fn load_tree(&self, id: &Id) -> std::result::Result<Tree, String> {
+        let plain = self.load_plain(BlobType::Tree, id)?;
+        let tree = from_json::<Tree>("tree", &plain).map_err(|e| e.to_string())?;
+        tree.validate()?;
+        Ok(tree)
+    }
+
+    /// Loads one blob of `blob_type` through the check's own index.
+    fn load_plain(&self, blob_type: BlobType, id: &Id) -> std::result::Result<Vec<u8>, String> {
         let loc = self
             .index
             .get(id)
@@ -26,19 +34,87 @@ impl Checker<'_> {
                 loc.length as u64,
             )
             .map_err(|e| e.to_string())?;
-        let plain = open_blob(
+        if loc.blob_type != blob_type {
+            return Err(format!("it is a {:?} blob", loc.blob_type));
+        }
+        open_blob(
             self.repo.key(),
-            BlobType::Tree,
+            blob_type,
             id,
             &sealed,
             loc.raw_length,
             loc.compressed,
         )
-        .map_err(|e| format!("in pack {}: {e}", loc.pack))?;
-        let tree =
-            from_json::<Tree>("tree", &plain).map_err(|e| format!("in pack {}: {e}", loc.pack))?;
-        tree.validate()?;
-        Ok(tree)
+        .map_err(|e| format!("in pack {}: {e}", loc.pack))
+    }
+
+    /// Checks an image's fixed index: root and segments readable and where
+    /// they belong, every chunk in the index with the length its place needs.
+    fn check_image(&mut self, tree: &Id, n: &Node, missing: &mut HashMap<Id, Id>) {
+        let Some(root) = n.image else { return };
+        if !self.images_seen.insert(root) {
+            return;
+        }
+        let name = n.name.lossy();
+        let mut found: Vec<(ProblemKind, String, String, Vec<Id>)> = Vec::new();
+        let load = |id: &Id| {
+            self.load_plain(BlobType::Fixed, id)
+                .map_err(baton_repo::RepoError::Damaged)
+        };
+        let lost = |id: &Id| {
+            if self.index.contains(id) {
+                ProblemKind::DamagedBlob
+            } else {
+                ProblemKind::MissingBlob
+            }
+        };
+        match baton_repo::image::ImageIndex::of_node_with(n, &load) {
+            Err(e) => found.push((
+                lost(&root),
+                blob_object(BlobType::Fixed, &root),
+                format!("image {name:?}: {e}"),
+                vec![root],
+            )),
+            Ok(img) => {
+                let layout = *img.layout();
+                for (s, seg_id) in img.root.segments.iter().enumerate() {
+                    let seg = match img.segment_with(s as u64, &load) {
+                        Ok(seg) => seg,
+                        Err(e) => {
+                            found.push((
+                                lost(seg_id),
+                                blob_object(BlobType::Fixed, seg_id),
+                                format!("image {name:?}: {e}"),
+                                vec![*seg_id],
+                            ));
+                            continue;
+                        }
+                    };
+                    for (i, c) in seg.chunks.iter().enumerate() {
+                        let Some(c) = c else { continue };
+                        let chunk = seg.first_chunk + i as u64;
+                        let (_, want) = layout.chunk_range(chunk);
+                        match self.index.plain_len(c) {
+                            Some(len) if len == want => {}
+                            Some(len) => found.push((
+                                ProblemKind::Damaged,
+                                blob_object(BlobType::Fixed, seg_id),
+                                format!(
+                                    "image {name:?}: chunk {chunk} holds {len} bytes, its place needs {want}"
+                                ),
+                                vec![],
+                            )),
+                            None => {
+                                missing.entry(*c).or_insert(*tree);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (kind, object, message, blobs) in found {
+            self.error(kind, object, message, blobs);
+        }
     }
 
     /// Walks every tree reachable from a snapshot, each once.
@@ -113,6 +189,7 @@ impl Checker<'_> {
                             );
                         }
                     }
+                    NodeKind::Image => self.check_image(&tree, n, &mut missing_data),
                     _ => {}
                 }
             }

@@ -28,9 +28,10 @@ struct Writers<'a> {
 
 impl Writers<'_> {
     fn add(&mut self, e: &PackEntry, sealed: &[u8]) -> Result<()> {
-        let w = match e.blob_type {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.trees,
+        let w = if e.blob_type.is_metadata() {
+            &mut self.trees
+        } else {
+            &mut self.data
         };
         w.add(e.blob_type, e.id, sealed, e.raw_length, e.compressed);
         if w.size() as u64 >= self.repo.config().pack_size || w.len() >= MAX_BLOBS_PER_PACK {
@@ -41,9 +42,10 @@ impl Writers<'_> {
     }
 
     fn flush(&mut self, kind: BlobType) -> Result<()> {
-        let w = match kind {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.trees,
+        let w = if kind.is_metadata() {
+            &mut self.trees
+        } else {
+            &mut self.data
         };
         if !w.is_empty() {
             let w = std::mem::take(w);

@@ -33,6 +33,7 @@ fn node(name: &str, kind: NodeKind) -> Node {
         subtree: None,
         link_target: None,
         xattrs: Vec::new(),
+        image: None,
     }
 }
 

@@ -5,16 +5,16 @@
 //! pack while the last one is written. Queues are bounded, so memory stays
 //! flat however large the input.
 //!
-//! Data and tree blobs go to separate packs, so reading trees (browsing,
+//! Data and metadata (tree, fixed index) blobs go to separate packs, so reading trees (browsing,
 //! check, the parent of the next backup) touches few, small packs.
 
+use crate::repo::put_content_addressed;
+use crate::{RepoError, Result};
 use baton_format::compress::Compressor;
 use baton_format::crypto::MasterKey;
 use baton_format::index::IndexPack;
 use baton_format::pack::{PackWriter, seal_blob_into};
 use baton_format::storage_id;
-use baton_repo::repo::put_content_addressed;
-use baton_repo::{RepoError, Result};
 use baton_storage::{ObjectKind, Storage};
 use baton_types::{BlobType, Id};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
@@ -40,7 +40,7 @@ const POOLED_PACKS: usize = 1;
 /// into the pack, and the uploader returns pack buffers. Fresh memory for
 /// every blob means page faults and zeroing, which on a VM cost as much as
 /// the copies themselves, and fragments the allocator's arenas.
-pub(crate) struct BufPool {
+pub struct BufPool {
     bufs: Mutex<(Vec<Vec<u8>>, usize)>,
     limit: usize,
     max_count: usize,
@@ -81,7 +81,7 @@ impl BufPool {
 const MAX_BLOBS_PER_PACK: usize = 100_000;
 
 /// A new blob to store.
-pub(crate) struct Job {
+pub struct Job {
     pub blob_type: BlobType,
     pub id: Id,
     pub data: Vec<u8>,
@@ -97,13 +97,13 @@ struct Sealed {
 
 /// What the packer stored.
 #[derive(Default)]
-pub(crate) struct PackerOutput {
+pub struct PackerOutput {
     pub packs: Vec<IndexPack>,
     pub bytes_stored: u64,
 }
 
 /// Settings the pipeline needs from the repository.
-pub(crate) struct PipelineConfig<'a> {
+pub struct PipelineConfig<'a> {
     pub storage: &'a dyn Storage,
     pub key: &'a MasterKey,
     /// The repository's id, which pack headers are bound to.
@@ -158,7 +158,7 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
-pub(crate) struct Pipeline<'scope> {
+pub struct Pipeline<'scope> {
     /// `None` once the input is closed.
     jobs: Mutex<Option<SyncSender<Job>>>,
     budget: Arc<Budget>,
@@ -382,19 +382,16 @@ fn packer(
         };
         if let Some(s) = s {
             budget.release(s.raw_len as u64);
-            match s.blob_type {
-                BlobType::Data => {
-                    data.add(&s);
-                    if data.full(&cfg) {
-                        data.store(&cfg, &out, packs)?;
-                        trees.store(&cfg, &out, packs)?;
-                    }
+            if s.blob_type.is_metadata() {
+                trees.add(&s);
+                if trees.full(&cfg) {
+                    trees.store(&cfg, &out, packs)?;
                 }
-                BlobType::Tree => {
-                    trees.add(&s);
-                    if trees.full(&cfg) {
-                        trees.store(&cfg, &out, packs)?;
-                    }
+            } else {
+                data.add(&s);
+                if data.full(&cfg) {
+                    data.store(&cfg, &out, packs)?;
+                    trees.store(&cfg, &out, packs)?;
                 }
             }
             blobs.put(s.sealed);
@@ -422,7 +419,7 @@ fn uploader(
         if !dry_run {
             put_content_addressed(storage, ObjectKind::Pack, &f.id, &f.bytes)?;
         }
-        baton_repo::crashpoint::crashpoint("after-pack");
+        crate::crashpoint::crashpoint("after-pack");
         out.bytes_stored += f.bytes.len() as u64;
         // The archiver may have finished already; then nobody needs the ack.
         let _ = stored.send(f.pack.clone());
