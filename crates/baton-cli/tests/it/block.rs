@@ -309,3 +309,40 @@ fn images_and_files_are_kept_apart() {
     assert_ne!(r.code, 0);
     crate::common::no_panic(&r);
 }
+
+#[test]
+fn an_image_restores_onto_a_block_device() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: needs root for a loop device");
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("dev.img");
+    let want = make_image(&img, 8 * MIB, &[(MIB, MIB), (6 * MIB, 100)], 8);
+    block_backup(&env, &img, &[]);
+    // A device full of old bytes: the image's holes must come out as zeros.
+    let backing = env.path("backing");
+    std::fs::write(&backing, vec![0xee; 8 * MIB as usize]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        eprintln!(
+            "skipped: no loop device: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = env.restore("latest", Path::new(&dev), &[]);
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    r.ok();
+    assert!(
+        std::fs::read(&backing).unwrap() == want,
+        "device content differs from the image"
+    );
+}
