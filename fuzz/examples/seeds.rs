@@ -288,7 +288,16 @@ fn main() {
     write("journal_record", "later.json", &to_json(&later));
     let block = JournalRecord {
         seq: 2,
-        segments: vec![id(11), id(12)],
+        segments: vec![
+            JournalSegment {
+                index: 0,
+                id: id(11),
+            },
+            JournalSegment {
+                index: 1,
+                id: id(12),
+            },
+        ],
         ..later.clone()
     };
     write("journal_record", "block.json", &to_json(&block));

@@ -25,8 +25,8 @@ use baton_repo::repo::{hostname, in_future, now_rfc3339, username};
 use baton_repo::{LockGuard, RepoError, Repository, Result};
 use baton_storage::ObjectKind;
 use baton_types::{
-    BlobType, FsName, Id, ImageManifest, JobManifest, Node, NodeKind, Snapshot, SnapshotSummary,
-    Tree,
+    BlobType, FsName, Id, ImageManifest, JobManifest, JournalSegment, Node, NodeKind, Snapshot,
+    SnapshotSummary, Tree,
 };
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -124,8 +124,11 @@ impl Reader<'_> {
         use nix::unistd::{Whence, lseek};
         match lseek(f, offset as i64, Whence::SeekData) {
             Ok(next) => next as u64 >= offset + len,
-            // ENXIO: no data at or after offset.
-            Err(nix::errno::Errno::ENXIO) => true,
+            // ENXIO: no data at or after offset, or offset past the end (a
+            // file that shrank: then it is read, and found short).
+            Err(nix::errno::Errno::ENXIO) => f
+                .metadata()
+                .is_ok_and(|m| m.file_type().is_block_device() || m.len() >= offset + len),
             Err(_) => false,
         }
     }
@@ -221,6 +224,7 @@ pub fn find_image(repo: &Repository, snapshot: &Snapshot, name: Option<&str>) ->
 
 /// A segment waiting for its blobs to become durable.
 struct Pending {
+    index: u64,
     id: Id,
     needs: Vec<Id>,
 }
@@ -249,14 +253,17 @@ impl Durability {
     /// Journals what became durable (a record after every pack, and at
     /// least every `interval` while segments complete).
     fn checkpoint(&mut self, repo: &Repository, layout: &Layout, interval: Duration) -> Result<()> {
-        let mut ready = Vec::new();
+        let mut ready: Vec<JournalSegment> = Vec::new();
         while let Some(p) = self.pending.front() {
             if p.needs.iter().all(|n| self.durable.contains(n)) {
                 let p = self.pending.pop_front().expect("front exists");
                 for n in &p.needs {
                     self.durable.remove(n);
                 }
-                ready.push(p.id);
+                ready.push(JournalSegment {
+                    index: p.index,
+                    id: p.id,
+                });
             } else {
                 break;
             }
@@ -268,15 +275,18 @@ impl Durability {
             && (ready.is_empty() || self.last_record.elapsed() < interval)
         {
             // Nothing new durable yet, or too soon: keep the segments.
-            for id in ready.into_iter().rev() {
+            for s in ready.into_iter().rev() {
                 self.pending.push_front(Pending {
-                    id,
+                    index: s.index,
+                    id: s.id,
                     needs: Vec::new(),
                 });
             }
             return Ok(());
         }
-        self.segments_done += ready.len() as u64;
+        if let Some(last) = ready.last() {
+            self.segments_done = last.index + 1;
+        }
         let position =
             (self.segments_done * u64::from(layout.segment_chunks) * u64::from(layout.chunk_size))
                 .min(layout.image_size);
@@ -409,6 +419,7 @@ pub fn backup_block(
             .map(|m| node_for(&name, Some(m), m.len(), img.root_id));
         !opts.force
             && img.layout().chunk_size == opts.chunk_size
+            && img.layout().segment_chunks == SEGMENT_CHUNKS
             && now.is_some_and(|now| {
                 now.size == n.size
                     && now.mtime_ns == n.mtime_ns
@@ -467,10 +478,19 @@ pub fn backup_block(
                 earlier_packs.push(ip);
             }
         }
-        // Resume after the journaled segments whose blobs are all still
-        // there (a pack lost since would make them unreadable).
-        for seg in &job.segments {
-            if !repo.index().contains(seg) {
+        // Resume after the journaled segments, from the first, each in
+        // its place, readable, and with every chunk still indexed (a pack
+        // lost since would make the image unreadable there).
+        let layout = Layout::new(opts.chunk_size, SEGMENT_CHUNKS, size.unwrap_or(0))
+            .map_err(|e| RepoError::Invalid(format!("image: {e}")))?;
+        while let Some(seg) = job.segments.get(&(segments.len() as u64)) {
+            let place = segments.len() as u64;
+            let usable = repo
+                .load_blob_of(BlobType::Fixed, seg)
+                .ok()
+                .and_then(|b| FixedSegment::decode(&b, &layout, place).ok())
+                .is_some_and(|s| s.chunks.iter().flatten().all(|c| repo.index().contains(c)));
+            if !usable {
                 break;
             }
             segments.push(*seg);
@@ -775,11 +795,12 @@ fn read_image(
             if send(repo, pipe, BlobType::Fixed, id, bytes, stats)? {
                 needs.push(id);
             }
-            segments.push(id);
             d.pending.push_back(Pending {
+                index: segments.len() as u64,
                 id,
                 needs: std::mem::take(&mut needs),
             });
+            segments.push(id);
         }
         d.absorb(pipe.stored_packs());
         let layout = layout_for(plan.size.unwrap_or(image_size))?;

@@ -19,13 +19,14 @@
 //! `OVERLAY.state` (replaced atomically), so a kill during the merge
 //! repeats the merge (it is idempotent) and a kill after it does not.
 
+use crate::files;
 use crate::overlay::{self, Overlay};
 use crate::reader::ImageReader;
 use baton_repo::progress::Cancel;
 use baton_repo::{RepoError, Result};
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -44,6 +45,8 @@ pub enum Phase {
     Merging,
     /// Merged and verified; the application may run on the destination.
     Verified,
+    /// Finished; the restore's files are being removed.
+    Done,
 }
 
 /// The durable state of an instant restore.
@@ -56,58 +59,44 @@ pub struct InstantState {
 
 /// Paths of an instant restore's files, all beside the overlay.
 pub fn state_path(overlay: &Path) -> PathBuf {
-    suffixed(overlay, ".state")
+    files::suffixed(overlay, ".state")
 }
 
 fn restored_path(overlay: &Path) -> PathBuf {
-    suffixed(overlay, ".restored")
+    files::suffixed(overlay, ".restored")
 }
 
-fn suffixed(p: &Path, s: &str) -> PathBuf {
-    let mut o = p.as_os_str().to_owned();
-    o.push(s);
-    PathBuf::from(o)
-}
-
-/// Reads the state of an instant restore, if one was started.
+/// Reads the state of an instant restore, if one was started (a private
+/// file of this user only).
 pub fn load_state(overlay: &Path) -> Result<Option<InstantState>> {
     let p = state_path(overlay);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| RepoError::Damaged(format!("instant restore state {}: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(RepoError::io(&p, e)),
-    }
-}
-
-/// Replaces the state atomically (write, sync, rename, sync the directory).
-pub fn save_state(overlay: &Path, st: &InstantState) -> Result<()> {
-    let p = state_path(overlay);
-    let tmp = suffixed(&p, ".tmp");
-    let bytes = serde_json::to_vec_pretty(st).expect("state serializes");
-    let write = || -> std::io::Result<()> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all_at(&bytes, 0)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &p)?;
-        let dir = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+    let Some(f) = files::open_existing(&p)? else {
+        return Ok(None);
     };
-    write().map_err(|e| RepoError::io(&p, e))
+    let mut b = Vec::new();
+    use std::io::Read;
+    (&f).take(1 << 20)
+        .read_to_end(&mut b)
+        .map_err(|e| RepoError::io(&p, e))?;
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| RepoError::Damaged(format!("instant restore state {}: {e}", p.display())))
 }
 
-/// Removes the files of a finished instant restore (overlay, map, state).
-pub fn remove_files(overlay: &Path) -> Result<()> {
+/// Replaces the state atomically (a fresh file, synced, renamed, the
+/// directory synced).
+pub fn save_state(overlay: &Path, st: &InstantState) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(st).expect("state serializes");
+    files::replace(&state_path(overlay), &bytes)
+}
+
+/// Removes the files of a finished instant restore. The state says `done`
+/// first and goes last, so a kill in between leaves a restore that is
+/// known to be complete, never one that would start over on its target.
+pub fn remove_files(overlay: &Path, st: &InstantState) -> Result<()> {
+    let mut done = st.clone();
+    done.phase = Phase::Done;
+    save_state(overlay, &done)?;
     for p in [
         overlay.to_path_buf(),
         overlay::map_path(overlay),
@@ -120,7 +109,20 @@ pub fn remove_files(overlay: &Path) -> Result<()> {
             Err(e) => return Err(RepoError::io(&p, e)),
         }
     }
-    Ok(())
+    files::sync_parent(overlay)
+}
+
+/// How [`Destination::open`] treats what an earlier run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Start over: the target is emptied (a file) and nothing is copied.
+    Fresh,
+    /// Keep what the record says was copied; a missing or foreign record
+    /// starts over (allowed while copying: nothing was merged yet).
+    Continue,
+    /// Keep what was copied; a missing or foreign record is an error (the
+    /// target may hold merged writes: it must never be emptied).
+    Strict,
 }
 
 /// The restore's destination and which chunks are already copied there.
@@ -146,9 +148,9 @@ impl Destination {
         size: u64,
         chunks: u64,
         identity: &str,
-        resume: bool,
+        mode: OpenMode,
     ) -> Result<Self> {
-        let (file, device) = crate::restore::open_target(path)?;
+        let resume = mode != OpenMode::Fresh;
         let record_path = restored_path(overlay);
         let nbytes = chunks.div_ceil(8) as usize;
         let mut header = vec![0u8; RESTORED_HEADER as usize];
@@ -158,16 +160,8 @@ impl Destination {
         let id = &id[..id.len().min(1024)];
         header[16..20].copy_from_slice(&(id.len() as u32).to_le_bytes());
         header[20..20 + id.len()].copy_from_slice(id);
-        let record = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!resume)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&record_path)
-            .map_err(|e| RepoError::io(&record_path, e))?;
-        let mut bits = vec![0u8; nbytes];
+        let mut bits = files::bitmap(nbytes as u64, "the copy record")?;
+        let record = files::open_or_create(&record_path)?;
         let have = record
             .metadata()
             .map_err(|e| RepoError::io(&record_path, e))?
@@ -185,6 +179,14 @@ impl Destination {
                 fresh = false;
             }
         }
+        if fresh && mode == OpenMode::Strict {
+            return Err(RepoError::Damaged(format!(
+                "{} is missing or belongs to another restore, but the restore of {} was already merging: the target is left as it is (check it, then remove the restore's files to start over)",
+                record_path.display(),
+                path.display()
+            )));
+        }
+        let (file, device) = crate::restore::open_target(path)?;
         if fresh {
             bits.fill(0);
             if device {
@@ -439,6 +441,7 @@ pub fn copy_to_destination(
         ..Default::default()
     };
     let mut failed = Vec::new();
+    let mut tries: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     let mut cursor = 0u64;
     let mut since_sync = 0u64;
     let mut last_sync = Instant::now();
@@ -499,7 +502,18 @@ pub fn copy_to_destination(
                         .map_err(|e| RepoError::io(&dest.path, e))?;
                 }
             }
+            Err(e) if e.class() == baton_repo::ErrorClass::Cancelled => return Err(e),
             Err(e) => {
+                // A storage fault that may pass is tried again (10 times, a
+                // second apart); damage is not.
+                let n = tries.entry(i).or_insert(0u32);
+                *n += 1;
+                if e.class() == baton_repo::ErrorClass::RetryLater && *n < 10 {
+                    report(&p, Some(&format!("{e} (trying again)")));
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    dest.wanted.lock().expect("wanted chunks").push_front(i);
+                    continue;
+                }
                 failed.push(i);
                 report(&p, Some(&e.to_string()));
                 continue;

@@ -7,6 +7,7 @@
 //! it on blocking threads.
 
 pub mod backup;
+pub mod files;
 pub mod instant;
 pub mod overlay;
 pub mod reader;

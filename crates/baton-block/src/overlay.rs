@@ -11,12 +11,15 @@
 //! block whose data was durable before the bit was: every acknowledged
 //! flush survives, as the NBD protocol requires.
 
+use crate::files;
 use baton_repo::{RepoError, Result};
+use nix::fcntl::{Flock, FlockArg};
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes per overlay block.
 pub const BLOCK: u64 = 4096;
@@ -40,90 +43,97 @@ struct State {
 pub struct Overlay {
     path: PathBuf,
     data: File,
-    map: File,
+    /// Locked exclusively while open: two processes never share an overlay.
+    map: Flock<File>,
     size: u64,
     state: Mutex<State>,
     /// Serialises writers (read-modify-write of partial blocks).
     writing: Mutex<()>,
-}
-
-fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| RepoError::io(path, e))
+    /// Set when a sync failed: the kernel may have dropped the dirty pages,
+    /// so no later flush may claim durability (every write and flush fails).
+    poisoned: AtomicBool,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RepoError + '_ {
     move |e| RepoError::io(path, e)
 }
 
+fn header(size: u64, identity: &str) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&size.to_le_bytes());
+    h[16..20].copy_from_slice(&(identity.len() as u32).to_le_bytes());
+    h[20..20 + identity.len()].copy_from_slice(identity.as_bytes());
+    h
+}
+
 impl Overlay {
     /// Opens the overlay at `path` for an image of `size` bytes, creating
     /// it if absent. `identity` names what it overlays (snapshot and image):
     /// an existing overlay of something else is refused, never mixed in.
+    /// Its files must be this user's private files (never planted by
+    /// another), and no other process may have it open.
     pub fn open(path: &Path, size: u64, identity: &str) -> Result<Self> {
         if identity.len() > MAX_IDENTITY {
             return Err(RepoError::Invalid("overlay identity too long".into()));
         }
         let map_path = map_path(path);
-        let data = open_rw(path)?;
-        let map = open_rw(&map_path)?;
         let blocks = size.div_ceil(BLOCK);
-        let nbytes = blocks.div_ceil(8) as usize;
-        let mut header = vec![0u8; HEADER as usize];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&size.to_le_bytes());
-        header[16..20].copy_from_slice(&(identity.len() as u32).to_le_bytes());
-        header[20..20 + identity.len()].copy_from_slice(identity.as_bytes());
+        let mut bits = files::bitmap(blocks.div_ceil(8), "the overlay")?;
+        let nbytes = bits.len() as u64;
+        let want = header(size, identity);
+        let map = match files::open_existing(&map_path)? {
+            Some(m) => m,
+            None => {
+                // A new overlay: the data file must not exist (a planted
+                // one would be used), the map appears whole (renamed).
+                let data = files::create_new(path)?;
+                data.set_len(size).map_err(io(path))?;
+                data.sync_all().map_err(io(path))?;
+                drop(data);
+                let mut map = want.clone();
+                map.resize((HEADER + nbytes) as usize, 0);
+                files::replace(&map_path, &map)?;
+                files::open_existing(&map_path)?
+                    .ok_or_else(|| RepoError::Internal("overlay map vanished".into()))?
+            }
+        };
+        let map = Flock::lock(map, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            RepoError::Invalid(format!(
+                "overlay {} is in use by another baton process ({e}); stop it first",
+                path.display()
+            ))
+        })?;
+        let data = files::open_existing(path)?.ok_or_else(|| {
+            RepoError::Damaged(format!(
+                "overlay {} has a map but no data file",
+                path.display()
+            ))
+        })?;
+        let mut have = vec![0u8; HEADER as usize];
+        map.read_exact_at(&mut have, 0).map_err(io(&map_path))?;
+        if have != want {
+            return Err(RepoError::Invalid(format!(
+                "overlay {} belongs to another image or snapshot (or is not an overlay); \
+                 give another --overlay, or remove it and its .map to discard its writes",
+                path.display()
+            )));
+        }
         let existing = map.metadata().map_err(io(&map_path))?.len();
-        let mut bits = vec![0u8; nbytes];
-        if existing == 0 {
-            map.write_all_at(&header, 0).map_err(io(&map_path))?;
-            map.set_len(HEADER + nbytes as u64).map_err(io(&map_path))?;
-            map.sync_all().map_err(io(&map_path))?;
-            data.set_len(size).map_err(io(path))?;
-            data.sync_all().map_err(io(path))?;
-            if let Some(dir) = path.parent() {
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
-            }
-        } else {
-            let mut have = vec![0u8; HEADER as usize];
-            map.read_exact_at(&mut have, 0).map_err(io(&map_path))?;
-            if have != header {
-                return Err(RepoError::Invalid(format!(
-                    "overlay {} belongs to another image or snapshot (or is not an overlay); \
-                     give another --overlay, or remove it and its .map to discard its writes",
-                    path.display()
-                )));
-            }
-            if existing != HEADER + nbytes as u64 {
-                return Err(RepoError::Damaged(format!(
-                    "overlay map {} has {existing} bytes, expected {}",
-                    map_path.display(),
-                    HEADER + nbytes as u64
-                )));
-            }
-            map.read_exact_at(&mut bits, HEADER)
-                .map_err(io(&map_path))?;
-            // Bits past the last block are never set by a writer.
-            if !blocks.is_multiple_of(8)
-                && let Some(last) = bits.last_mut()
-            {
-                *last &= (1u8 << (blocks % 8)) - 1;
-            }
+        if existing != HEADER + nbytes {
+            return Err(RepoError::Damaged(format!(
+                "overlay map {} has {existing} bytes, expected {}",
+                map_path.display(),
+                HEADER + nbytes
+            )));
+        }
+        map.read_exact_at(&mut bits, HEADER)
+            .map_err(io(&map_path))?;
+        // Bits past the last block are never set by a writer.
+        if !blocks.is_multiple_of(8)
+            && let Some(last) = bits.last_mut()
+        {
+            *last &= (1u8 << (blocks % 8)) - 1;
         }
         let written = bits.iter().map(|b| u64::from(b.count_ones())).sum();
         Ok(Overlay {
@@ -137,7 +147,20 @@ impl Overlay {
                 written,
             }),
             writing: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
         })
+    }
+
+    fn healthy(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(RepoError::io(
+                &self.path,
+                std::io::Error::other(
+                    "an earlier flush of the overlay failed; its writes since the last good flush may be lost, so it takes no more (restart to continue from what was flushed)",
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -210,6 +233,7 @@ impl Overlay {
     /// (or the overlay) first. Durable after the next [`Overlay::flush`].
     pub fn write(&self, offset: u64, data: &[u8], lower: Lower<'_>) -> Result<()> {
         self.check(offset, data.len() as u64)?;
+        self.healthy()?;
         if data.is_empty() {
             return Ok(());
         }
@@ -238,6 +262,7 @@ impl Overlay {
     /// partial ones written.
     pub fn zero(&self, offset: u64, len: u64, lower: Lower<'_>) -> Result<()> {
         self.check(offset, len)?;
+        self.healthy()?;
         if len == 0 {
             return Ok(());
         }
@@ -275,33 +300,49 @@ impl Overlay {
         }
     }
 
-    /// Makes every write so far durable: the data first, then the bitmap.
+    /// Makes every write so far durable: the data first, then the changed
+    /// pages of the bitmap. A failure poisons the overlay (see `poisoned`).
     pub fn flush(&self) -> Result<()> {
         let _w = self.writing.lock().expect("overlay writer");
-        self.data.sync_data().map_err(io(&self.path))?;
-        let (pages, bits) = {
+        self.healthy()?;
+        let poison = |e: RepoError| {
+            self.poisoned.store(true, Ordering::SeqCst);
+            e
+        };
+        self.data
+            .sync_data()
+            .map_err(io(&self.path))
+            .map_err(poison)?;
+        // Copy only the dirty pages (a whole bitmap per flush would be
+        // 64 MiB at 2 TiB); writers are held off by `writing`.
+        let pages: Vec<(u64, Vec<u8>)> = {
             let mut st = self.state.lock().expect("overlay");
-            (std::mem::take(&mut st.dirty_pages), st.bits.clone())
+            let dirty = std::mem::take(&mut st.dirty_pages);
+            dirty
+                .into_iter()
+                .map(|p| {
+                    let from = (p * MAP_PAGE) as usize;
+                    let to = (from + MAP_PAGE as usize).min(st.bits.len());
+                    (p, st.bits[from..to].to_vec())
+                })
+                .collect()
         };
         if pages.is_empty() {
             return Ok(());
         }
         let map_path = map_path(&self.path);
-        for p in &pages {
-            let from = (p * MAP_PAGE) as usize;
-            let to = (from + MAP_PAGE as usize).min(bits.len());
-            self.map
-                .write_all_at(&bits[from..to], HEADER + from as u64)
-                .map_err(io(&map_path))?;
-        }
-        if let Err(e) = self.map.sync_data() {
-            // Written again by the next flush.
+        let r = pages
+            .iter()
+            .try_for_each(|(p, bytes)| self.map.write_all_at(bytes, HEADER + p * MAP_PAGE))
+            .and_then(|()| self.map.sync_data());
+        if let Err(e) = r {
+            // Kept for the record, though nothing is flushed any more.
             self.state
                 .lock()
                 .expect("overlay")
                 .dirty_pages
-                .extend(pages);
-            return Err(RepoError::io(&map_path, e));
+                .extend(pages.iter().map(|(p, _)| *p));
+            return Err(poison(RepoError::io(&map_path, e)));
         }
         Ok(())
     }
@@ -328,28 +369,11 @@ impl Overlay {
     pub fn read_written(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.data.read_exact_at(buf, offset).map_err(io(&self.path))
     }
-
-    /// Removes the overlay's files (after a completed merge).
-    pub fn remove(self) -> Result<()> {
-        let map = map_path(&self.path);
-        drop(self.data);
-        drop(self.map);
-        for p in [&self.path, &map] {
-            match std::fs::remove_file(p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(RepoError::io(p, e)),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The bitmap file of an overlay.
 pub fn map_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".map");
-    PathBuf::from(p)
+    files::suffixed(path, ".map")
 }
 
 /// Deallocates a range so it reads as zeros (writes zeros where the file
@@ -428,8 +452,45 @@ mod tests {
         o.read(BLOCK * 3 + 7, &mut b, &lower_pattern).unwrap();
         assert_eq!(&b, b"hello");
         assert_eq!(o.written_ranges(), vec![(3 * BLOCK, BLOCK)]);
+        // One process at a time.
+        let again = Overlay::open(&p, size, "a");
+        assert!(again.is_err_and(|e| e.to_string().contains("in use")));
         drop(o);
         assert!(Overlay::open(&p, size, "b").is_err());
         assert!(Overlay::open(&p, size + BLOCK, "a").is_err());
+    }
+
+    #[test]
+    fn planted_or_shared_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A data file someone created before the overlay exists.
+        let p = dir.path().join("planted");
+        std::fs::write(&p, b"").unwrap();
+        let e = Overlay::open(&p, 8 * BLOCK, "a").err().unwrap();
+        assert!(
+            e.to_string().contains("planted") || e.to_string().contains("exists"),
+            "{e}"
+        );
+        // An overlay whose map others may read or write.
+        let q = dir.path().join("ovl");
+        drop(Overlay::open(&q, 8 * BLOCK, "a").unwrap());
+        std::fs::set_permissions(map_path(&q), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = Overlay::open(&q, 8 * BLOCK, "a").err().unwrap();
+        assert!(e.to_string().contains("not a private file"), "{e}");
+        // A second link to the data file (it could be read through it).
+        std::fs::set_permissions(map_path(&q), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&q, dir.path().join("other-name")).unwrap();
+        let e = Overlay::open(&q, 8 * BLOCK, "a").err().unwrap();
+        assert!(e.to_string().contains("links"), "{e}");
+    }
+
+    #[test]
+    fn huge_images_are_refused_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Overlay::open(&dir.path().join("o"), 1 << 55, "a")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("bitmap"), "{e}");
     }
 }

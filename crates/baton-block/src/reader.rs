@@ -10,9 +10,9 @@ use baton_format::fixed::{FixedSegment, Layout};
 use baton_repo::image::ImageIndex;
 use baton_repo::{RepoError, Repository, Result};
 use baton_types::{Id, Node};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Settings of a reader.
@@ -36,9 +36,11 @@ impl Default for ReaderConfig {
     }
 }
 
-/// A small least-recently-used map.
+/// A least-recently-used map bounded by a cost (bytes): look-up and
+/// eviction in O(log n).
 struct Lru<V> {
     map: HashMap<u64, (V, u64, u64)>,
+    order: BTreeMap<u64, u64>,
     tick: u64,
     used: u64,
     cap: u64,
@@ -48,6 +50,7 @@ impl<V: Clone> Lru<V> {
     fn new(cap: u64) -> Self {
         Lru {
             map: HashMap::new(),
+            order: BTreeMap::new(),
             tick: 0,
             used: 0,
             cap,
@@ -56,25 +59,27 @@ impl<V: Clone> Lru<V> {
     fn get(&mut self, k: u64) -> Option<V> {
         self.tick += 1;
         let t = self.tick;
-        self.map.get_mut(&k).map(|e| {
-            e.1 = t;
-            e.0.clone()
-        })
+        let e = self.map.get_mut(&k)?;
+        self.order.remove(&e.1);
+        self.order.insert(t, k);
+        e.1 = t;
+        Some(e.0.clone())
     }
     fn put(&mut self, k: u64, v: V, cost: u64) {
         self.tick += 1;
         if let Some(old) = self.map.insert(k, (v, self.tick, cost)) {
             self.used -= old.2;
+            self.order.remove(&old.1);
         }
+        self.order.insert(self.tick, k);
         self.used += cost;
         while self.used > self.cap && self.map.len() > 1 {
-            let (&oldest, _) = self
-                .map
-                .iter()
-                .min_by_key(|(_, e)| e.1)
-                .expect("map is not empty");
-            let e = self.map.remove(&oldest).expect("key exists");
-            self.used -= e.2;
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.map.remove(&oldest) {
+                self.used -= e.2;
+            }
         }
     }
 }
@@ -117,6 +122,10 @@ impl Inner {
     }
 
     fn chunk(&self, i: u64) -> Result<Chunk> {
+        // A hole costs a segment look-up (cached), never a cache entry.
+        if self.chunk_id(i)?.is_none() {
+            return Ok(None);
+        }
         loop {
             if let Some(c) = self.chunks.lock().expect("chunk cache").get(i) {
                 return Ok(c);
@@ -132,7 +141,7 @@ impl Inner {
         }
         let r = self.fetch(i);
         if let Ok(c) = &r {
-            let cost = c.as_ref().map_or(64, |b| b.len() as u64);
+            let cost = c.as_ref().map_or(0, |b| b.len() as u64);
             self.chunks
                 .lock()
                 .expect("chunk cache")
@@ -149,12 +158,15 @@ impl Inner {
         };
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let (start, len) = self.index.layout().chunk_range(i);
-        let bytes = self.repo.load_blob(&id).map_err(|e| {
-            RepoError::Damaged(format!(
+        let bytes = self.repo.load_blob(&id).map_err(|e| match e.class() {
+            // A storage fault that may pass, or a cancellation, stays what
+            // it is (the caller may retry).
+            baton_repo::ErrorClass::RetryLater | baton_repo::ErrorClass::Cancelled => e,
+            _ => RepoError::Damaged(format!(
                 "image bytes {start}..{}: chunk {} cannot be read: {e}",
                 start + len,
                 id.short()
-            ))
+            )),
         })?;
         if bytes.len() as u64 != len {
             return Err(RepoError::Damaged(format!(
@@ -171,7 +183,7 @@ impl Inner {
 /// Reads an image of a snapshot at any offset.
 pub struct ImageReader {
     inner: Arc<Inner>,
-    ahead: Mutex<Option<Sender<u64>>>,
+    ahead: Mutex<Option<SyncSender<u64>>>,
     read_ahead: u64,
     /// The chunk after the last one read, and how far ahead is queued.
     next: AtomicU64,
@@ -192,7 +204,9 @@ impl ImageReader {
             fetched: Condvar::new(),
             fetches: AtomicU64::new(0),
         });
-        let (tx, rx) = channel::<u64>();
+        // Hints beyond what the threads can take are dropped (a client's
+        // CACHE requests must not queue without bound).
+        let (tx, rx) = sync_channel::<u64>(256);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..cfg.threads.max(1) {
             let (weak, rx) = (Arc::downgrade(&inner), rx.clone());
@@ -252,15 +266,16 @@ impl ImageReader {
         self.queued_to.store(last, Ordering::Relaxed);
         if let Some(tx) = self.ahead.lock().expect("read-ahead").as_ref() {
             for c in from..last {
-                let _ = tx.send(c);
+                let _ = tx.try_send(c);
             }
         }
     }
 
-    /// Asks for chunk `i` to be fetched in the background (a hint).
+    /// Asks for chunk `i` to be fetched in the background (a hint, dropped
+    /// when the read-ahead queue is full).
     pub fn prefetch(&self, i: u64) {
         if let Some(tx) = self.ahead.lock().expect("read-ahead").as_ref() {
-            let _ = tx.send(i);
+            let _ = tx.try_send(i);
         }
     }
 

@@ -18,35 +18,53 @@ pub struct ImageRestoreStats {
     pub bytes_written: u64,
 }
 
-/// Opens a restore target: an existing block device as it is, else a
-/// regular file, created or truncated, never through a symlink.
+/// Opens a restore target: an existing block device as it is (`O_EXCL`:
+/// refused while mounted; the handle must be a block device, whatever the
+/// path was swapped for), else a regular file, created if absent, never
+/// through a symlink, the handle checked to be a regular file. Returns the
+/// file and whether it is a device.
 pub fn open_target(path: &Path) -> Result<(File, bool)> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_block_device() => {
-            let f = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .open(path)
-                .map_err(|e| RepoError::io(path, e))?;
-            Ok((f, true))
-        }
-        Ok(m) if !m.is_file() => Err(RepoError::Invalid(format!(
-            "restore target {} exists and is not a regular file or block device",
-            path.display()
-        ))),
-        _ => {
-            let f = OpenOptions::new()
-                .write(true)
-                .read(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| RepoError::io(path, e))?;
-            Ok((f, false))
-        }
+    let is_device = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    let f = if is_device {
+        OpenOptions::new()
+            .write(true)
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(path)
+    } else {
+        OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
     }
+    .map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::EBUSY) => RepoError::Invalid(format!(
+            "block device {} is in use (mounted?): unmount it first",
+            path.display()
+        )),
+        Some(nix::libc::ELOOP) => RepoError::Invalid(format!(
+            "restore target {} is a symbolic link: give the path it points to",
+            path.display()
+        )),
+        _ => RepoError::io(path, e),
+    })?;
+    let m = f.metadata().map_err(|e| RepoError::io(path, e))?;
+    let ok = if is_device {
+        m.file_type().is_block_device()
+    } else {
+        m.is_file()
+    };
+    if !ok {
+        return Err(RepoError::Invalid(format!(
+            "restore target {} is not a regular file or block device (or was replaced while it was opened)",
+            path.display()
+        )));
+    }
+    Ok((f, is_device))
 }
 
 pub(crate) fn device_size(f: &File, path: &Path) -> Result<u64> {

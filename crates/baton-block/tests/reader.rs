@@ -147,7 +147,15 @@ fn instant_restore_merges_and_verifies_and_a_bad_merge_is_caught() {
     let dest_path = dir.path().join("dest");
     let ov_path = dir.path().join("ov");
     let dest = Arc::new(
-        Destination::open(&dest_path, &ov_path, size, l.chunk_count(), "id", false).unwrap(),
+        Destination::open(
+            &dest_path,
+            &ov_path,
+            size,
+            l.chunk_count(),
+            "id",
+            instant::OpenMode::Fresh,
+        )
+        .unwrap(),
     );
     let overlay = Overlay::open(&ov_path, size, "id").unwrap();
     let vol = PseudoVolume::new(reader.clone(), overlay, Some(dest.clone()));

@@ -277,10 +277,10 @@ pub fn prune_locked(
         else {
             continue;
         };
-        for (i, seg) in job.segments.iter().enumerate() {
+        for (&i, seg) in &job.segments {
             wanted.insert(*seg);
             if let Ok(b) = repo.load_blob_of(baton_types::BlobType::Fixed, seg)
-                && let Ok(s) = baton_format::fixed::FixedSegment::decode(&b, &layout, i as u64)
+                && let Ok(s) = baton_format::fixed::FixedSegment::decode(&b, &layout, i)
             {
                 wanted.extend(s.chunks.into_iter().flatten());
             }

@@ -111,7 +111,7 @@ mod tests;
 
 pub use error::ProtocolError;
 pub use server::{BoundListener, Listen, ParseListenError, SHUTDOWN_GRACE, Server};
-pub use transmission::serve_connection;
+pub use transmission::{HANDSHAKE_TIMEOUT, serve_connection};
 
 /// The bytes of requests in flight on one connection (write payloads being
 /// held, read replies being built or sent) are bounded by this, or by one

@@ -73,6 +73,9 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     run_connection(stream, volume, cfg, &Hooks::none(), Stop(None)).await
 }
 
+/// Longest time a client may take to negotiate.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(crate) async fn run_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     mut stream: S,
     volume: Arc<dyn Volume>,
@@ -95,6 +98,14 @@ pub(crate) async fn run_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
             Outcome::Closed => return Ok(()),
         },
         _ = stop.wait() => return Ok(()),
+        // A client that never finishes negotiating holds no connection
+        // (and no "wait until every client has disconnected") for long.
+        _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => {
+            return Err(ProtocolError::Violation(format!(
+                "no complete handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
+        }
     };
     let conn = Conn {
         volume,

@@ -12,7 +12,8 @@ use baton_format::object::{from_json, to_json};
 use baton_format::pack::PackEntry;
 use baton_storage::ObjectKind;
 use baton_types::{
-    CatalogEntry, Id, JobManifest, JournalBlob, JournalPack, JournalRecord, Node, NodeKind,
+    CatalogEntry, Id, JobManifest, JournalBlob, JournalPack, JournalRecord, JournalSegment, Node,
+    NodeKind,
 };
 use std::collections::BTreeMap;
 
@@ -119,7 +120,7 @@ impl JournalWriter {
         repo: &Repository,
         packs: Vec<JournalPack>,
         position: u64,
-        segments: Vec<Id>,
+        segments: Vec<JournalSegment>,
     ) -> Result<()> {
         self.write(
             repo,
@@ -168,8 +169,9 @@ pub struct JobState {
     /// the entries below it, so this holds only the frontier.
     pub catalog: BTreeMap<Vec<u8>, Node>,
     pub completed_sources: Vec<String>,
-    /// Block backups: the fixed index segments completed, in order.
-    pub segments: Vec<Id>,
+    /// Block backups: the fixed index segments completed, by place (a
+    /// later run's record replaces an earlier one's for the same place).
+    pub segments: BTreeMap<u64, Id>,
 }
 
 impl JobState {
@@ -240,7 +242,7 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
                 packs: Vec::new(),
                 catalog: BTreeMap::new(),
                 completed_sources: Vec::new(),
-                segments: Vec::new(),
+                segments: BTreeMap::new(),
             }),
             (None, None) => {
                 return Err(RepoError::Damaged(format!(
@@ -273,7 +275,8 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
             st.catalog.insert(e.path.0, e.node);
         }
         st.completed_sources.extend(rec.completed_sources);
-        st.segments.extend(rec.segments);
+        st.segments
+            .extend(rec.segments.into_iter().map(|s| (s.index, s.id)));
     }
     state.ok_or_else(|| RepoError::NotFound(format!("no journal for job {job}")))
 }

@@ -97,9 +97,15 @@ pub struct JournalRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed_sources: Vec<String>,
     /// Block backups: fixed index segments (blobs of type `fixed`) that
-    /// became durable since the previous record, continuing the job's list
-    /// in order; segment `i` covers the image's chunks from
-    /// `i * segment_chunks`.
+    /// became durable since the previous record, each with its place.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub segments: Vec<Id>,
+    pub segments: Vec<JournalSegment>,
+}
+
+/// A durable fixed index segment of a block backup: segment `index` covers
+/// the image's chunks from `index * segment_chunks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JournalSegment {
+    pub index: u64,
+    pub id: Id,
 }

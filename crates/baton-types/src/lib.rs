@@ -23,6 +23,7 @@ pub use config::{ChunkerParams, Config, FORMAT_VERSION};
 pub use id::{Id, IdError, hex_decode, hex_encode};
 pub use journal::{
     CatalogEntry, ImageManifest, JobManifest, JournalBlob, JournalPack, JournalRecord,
+    JournalSegment,
 };
 pub use key::{KdfParams, KeyFile};
 pub use name::FsName;

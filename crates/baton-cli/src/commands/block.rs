@@ -190,13 +190,28 @@ pub fn dump(repo: Repository, node: &Node, out: &mut dyn std::io::Write) -> Resu
 struct NbdVolume(Arc<PseudoVolume>);
 
 fn errno_of(e: &RepoError, what: &str, offset: u64, len: u64) -> baton_nbd::VolumeError {
+    use nix::libc::{EDQUOT, EFBIG, ENOSPC};
     let errno = match e {
         RepoError::Invalid(_) => 22,
-        RepoError::Io { cause, .. } if cause.raw_os_error() == Some(nix::libc::ENOSPC) => 28,
+        RepoError::Io { cause, .. }
+            if matches!(cause.raw_os_error(), Some(ENOSPC | EDQUOT | EFBIG)) =>
+        {
+            28
+        }
         _ => 5,
     };
     let msg = format!("{what} of {len} bytes at offset {offset} failed: {e}");
-    eprintln!("error: {}", context::escape(&msg));
+    // Logged, but a client retrying a damaged range must not flood the log:
+    // the first 20, then every 1000th.
+    static LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = LOGGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n < 20 || n.is_multiple_of(1000) {
+        eprintln!(
+            "error: {} ({} failed requests so far)",
+            context::escape(&msg),
+            n + 1
+        );
+    }
     baton_nbd::VolumeError::new(errno, msg).at(offset)
 }
 
@@ -255,7 +270,9 @@ impl baton_nbd::Volume for NbdVolume {
         let l = *self.0.reader().layout();
         let end = offset.saturating_add(length).min(self.0.size());
         if offset < end {
-            for i in l.chunk_of(offset)..=l.chunk_of(end - 1) {
+            // A hint: at most 64 chunks per request.
+            let first = l.chunk_of(offset);
+            for i in first..=l.chunk_of(end - 1).min(first + 63) {
                 self.0.reader().prefetch(i);
             }
         }
@@ -305,15 +322,12 @@ fn start_export(nbd: &NbdArgs, vol: Arc<PseudoVolume>, name: &str, g: &Global) -
         }),
     );
     let _ = chunk;
-    let bound = rt
-        .block_on(server.bind(&listen))
-        .with_context(|| format!("listening on {}", nbd.listen))?;
-    if let baton_nbd::Listen::Unix(p) = &listen {
-        // Only this user connects (the export authenticates nobody).
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", p.display()))?;
-    }
+    // A Unix socket is created 0600 (umask 077 around the bind): only this
+    // user connects, as the export authenticates nobody.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = rt.block_on(server.bind(&listen));
+    nix::sys::stat::umask(old);
+    let bound = bound.with_context(|| format!("listening on {}", nbd.listen))?;
     let address = bound.local_addr_string();
     let uri = match &listen {
         baton_nbd::Listen::Unix(p) => format!("nbd+unix:///{export_name}?socket={}", p.display()),
@@ -327,7 +341,7 @@ fn start_export(nbd: &NbdArgs, vol: Arc<PseudoVolume>, name: &str, g: &Global) -
         })
         .await
     });
-    // The runtime is current-thread: a background thread drives it.
+    // The runtime is current-thread: it serves while `run_until` drives it.
     Ok(Export {
         rt,
         server,
@@ -385,12 +399,13 @@ fn announce(g: &Global, what: &str, ex: &Export, size: u64, ready: Duration) {
     }
 }
 
-fn temp_overlay(id: &Id, name: &str) -> PathBuf {
+/// A new overlay in the temporary directory: an unpredictable name,
+/// created exclusively (by `Overlay::open`), so nobody can plant it.
+fn temp_overlay(id: &Id) -> PathBuf {
     std::env::temp_dir().join(format!(
-        "baton-overlay-{}-{}-{}",
-        std::process::id(),
+        "baton-overlay-{}-{}",
         id.short(),
-        name.replace('/', "_")
+        &baton_format::random_id().to_hex()[..20]
     ))
 }
 
@@ -411,7 +426,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<i32> {
     let r = reader(repo, &node)?;
     let (overlay_path, temporary) = match &a.nbd.overlay {
         Some(p) => (p.clone(), false),
-        None => (temp_overlay(&id, &name), true),
+        None => (temp_overlay(&id), true),
     };
     let overlay = Overlay::open(&overlay_path, r.size(), &format!("{}:{name}", id.to_hex()))?;
     if temporary && !g.quiet {
@@ -474,6 +489,17 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
     let name = node.name.lossy().to_string();
     let identity = format!("{}:{name}", id.to_hex());
     let target = std::path::absolute(&a.target).context("the target path")?;
+    let device = std::fs::metadata(&target).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_block_device()
+    });
+    if device && a.nbd.overlay.is_none() {
+        // Beside /dev/sdb would be /dev: memory, lost with a reboot.
+        bail!(crate::Usage(format!(
+            "{} is a block device: give --overlay FILE on a persistent file system (it keeps the client's writes and the restore's state)",
+            target.display()
+        )));
+    }
     let overlay_path = a
         .nbd
         .overlay
@@ -492,28 +518,59 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
         )));
     }
     let phase = prior.as_ref().map(|s| s.phase);
+    let state = |phase: Phase| InstantState {
+        identity: identity.clone(),
+        target: target.to_string_lossy().into_owned(),
+        phase,
+    };
+    let save = |phase: Phase| instant::save_state(&overlay_path, &state(phase));
+    if matches!(phase, Some(Phase::Verified | Phase::Done)) {
+        // Merged and verified by an earlier run: the target is never
+        // opened again; what is left is the start command and cleanup.
+        if phase == Some(Phase::Verified)
+            && let Some(cmd) = &a.start_command
+        {
+            run_command("start", cmd, &target)?;
+        }
+        instant::remove_files(&overlay_path, &state(Phase::Done))?;
+        if !g.quiet {
+            eprintln!(
+                "the instant restore to {} was already merged and verified",
+                target.display()
+            );
+        }
+        return Ok(crate::exit::OK);
+    }
     let r = reader(repo, node)?;
     let l = *r.layout();
+    // The overlay first: a foreign one is refused before the target is
+    // touched.
+    let overlay = Overlay::open(&overlay_path, l.image_size, &identity)?;
+    if let (Ok(o), Ok(t)) = (std::fs::metadata(&overlay_path), std::fs::metadata(&target)) {
+        use std::os::unix::fs::MetadataExt;
+        let map = std::fs::metadata(baton_block::overlay::map_path(&overlay_path));
+        if (o.dev(), o.ino()) == (t.dev(), t.ino())
+            || map.is_ok_and(|m| (m.dev(), m.ino()) == (t.dev(), t.ino()))
+        {
+            bail!(crate::Usage(
+                "the overlay cannot be the target itself".into()
+            ));
+        }
+    }
+    let mode = match phase {
+        None => instant::OpenMode::Fresh,
+        Some(Phase::Copying) => instant::OpenMode::Continue,
+        _ => instant::OpenMode::Strict,
+    };
     let dest = Arc::new(Destination::open(
         &target,
         &overlay_path,
         l.image_size,
         l.chunk_count(),
         &identity,
-        prior.is_some(),
+        mode,
     )?);
-    let overlay = Overlay::open(&overlay_path, l.image_size, &identity)?;
     let vol = Arc::new(PseudoVolume::new(r.clone(), overlay, Some(dest.clone())).started_at(t0));
-    let save = |phase: Phase| {
-        instant::save_state(
-            &overlay_path,
-            &InstantState {
-                identity: identity.clone(),
-                target: target.to_string_lossy().into_owned(),
-                phase,
-            },
-        )
-    };
     let status = |phase: &str, extra: serde_json::Value| {
         if g.json {
             let mut v = serde_json::json!({"message_type": "status", "phase": phase});
@@ -645,37 +702,37 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
         ex.stop()?;
     }
     let ttfb = vol.time_to_first_byte();
-    let mut merged = 0;
-    let mut report = None;
-    if phase != Some(Phase::Verified) {
-        if (0..l.chunk_count()).any(|i| !dest.has(i)) {
-            bail!(RepoError::Damaged(
-                "the state says the copy is complete, but chunks are missing from the target"
-                    .into()
-            ));
-        }
-        save(Phase::Merging)?;
-        status(
-            "merging",
-            serde_json::json!({"overlay_blocks": vol.overlay().written_blocks()}),
-        );
-        merged = instant::merge(vol.overlay(), &dest)?;
-        let rep = instant::verify(&vol, &dest, context::cancel())?;
-        if !rep.mismatches.is_empty() {
-            bail!(RepoError::Damaged(format!(
-                "the merged target differs from the snapshot plus the client's writes in {} chunks (first at byte {}); the overlay is kept",
-                rep.mismatches.len(),
-                rep.mismatches[0].0
-            )));
-        }
-        save(Phase::Verified)?;
-        report = Some(rep);
+    if (0..l.chunk_count()).any(|i| !dest.has(i)) {
+        bail!(RepoError::Damaged(
+            "the state says the copy is complete, but chunks are missing from the target".into()
+        ));
     }
+    save(Phase::Merging)?;
+    status(
+        "merging",
+        serde_json::json!({"overlay_blocks": vol.overlay().written_blocks()}),
+    );
+    let merged = instant::merge(vol.overlay(), &dest)?;
+    let report = instant::verify(&vol, &dest, context::cancel())?;
+    if !report.mismatches.is_empty() {
+        bail!(RepoError::Damaged(format!(
+            "the merged target differs from the snapshot plus the client's writes in {} chunks (first at byte {}); the overlay is kept",
+            report.mismatches.len(),
+            report.mismatches[0].0
+        )));
+    }
+    save(Phase::Verified)?;
     if let Some(cmd) = &a.start_command {
         status("starting", serde_json::json!({"command": cmd}));
         run_command("start", cmd, &target)?;
     }
-    instant::remove_files(&overlay_path)?;
+    let (reads, writes) = (
+        vol.stats.reads.load(std::sync::atomic::Ordering::Relaxed),
+        vol.stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    // Closes (and unlocks) the overlay before its files go.
+    drop(vol);
+    instant::remove_files(&overlay_path, &state(Phase::Done))?;
     let summary = serde_json::json!({
         "message_type": "summary",
         "snapshot_id": id.to_hex(),
@@ -690,8 +747,8 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
         "jumped_ahead": copy.jumped,
         "merged_bytes": merged,
         "verified": report,
-        "reads": vol.stats.reads.load(std::sync::atomic::Ordering::Relaxed),
-        "writes": vol.stats.writes.load(std::sync::atomic::Ordering::Relaxed),
+        "reads": reads,
+        "writes": writes,
         "duration_s": t0.elapsed().as_secs_f64(),
     });
     if g.json {

@@ -662,3 +662,97 @@ fn instant_restore_runs_the_stop_and_start_commands() {
     );
     assert!(std::fs::read(&dest).unwrap() == model);
 }
+
+/// A restore killed after it verified, or while merging, never empties its
+/// target on the next run (the state file decides, and a missing copy
+/// record while merging is an error, not a fresh start).
+#[test]
+fn a_rerun_after_the_merge_never_empties_the_target() {
+    if !have_clients() {
+        return;
+    }
+    let env = Env::new();
+    let img = env.path("m.img");
+    let want = make_image(&img, 4 * MIB, &[(0, 3 * MIB)], 51);
+    block_backup(&env, &img, &[]);
+    let dest = env.path("dest.img");
+    let args = instant_args(&env, dest.to_str().unwrap(), "m.sock", &[]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut b = Baton::start(&env, &argv);
+    assert_eq!(b.wait(Duration::from_secs(60)), 0, "{}", b.stderr());
+    assert!(std::fs::read(&dest).unwrap() == want);
+    let snap = b
+        .seen
+        .iter()
+        .find(|v| v["message_type"] == "summary")
+        .unwrap()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state = PathBuf::from(format!("{}.baton-overlay.state", dest.display()));
+    let write_state = |phase: &str| {
+        let json = serde_json::json!({
+            "identity": format!("{snap}:m.img"),
+            "target": dest.to_str().unwrap(),
+            "phase": phase,
+        });
+        std::fs::write(&state, json.to_string()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    // Killed after "verified": the rerun only cleans up.
+    write_state("verified");
+    let r = env.run(&argv);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        std::fs::read(&dest).unwrap() == want,
+        "a verified target was touched"
+    );
+    assert!(!state.exists());
+    // Killed while merging, its copy record gone: refused, target kept.
+    write_state("merging");
+    let r = env.run(&argv);
+    no_panic(&r);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("left as it is"), "{}", r.stderr);
+    assert!(
+        std::fs::read(&dest).unwrap() == want,
+        "a merging target was emptied"
+    );
+    // Another user's (or a world-writable) state file is not believed.
+    write_state("verified");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = env.run(&argv);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("not a private file"), "{}", r.stderr);
+}
+
+#[test]
+fn an_overlay_that_is_the_target_or_a_device_default_is_refused() {
+    let env = Env::new();
+    let img = env.path("o.img");
+    make_image(&img, MIB, &[(0, 1000)], 52);
+    block_backup(&env, &img, &[]);
+    let dest = env.path("dest.img");
+    std::fs::write(&dest, b"keep me").unwrap();
+    let r = env.run(&[
+        "restore",
+        "--instant",
+        "latest",
+        "--target",
+        dest.to_str().unwrap(),
+        "--overlay",
+        dest.to_str().unwrap(),
+        "--listen",
+        &sock(&env, "x.sock"),
+    ]);
+    no_panic(&r);
+    assert_ne!(r.code, 0);
+    assert_eq!(std::fs::read(&dest).unwrap(), b"keep me", "{}", r.stderr);
+    if crate::common::is_root() && std::path::Path::new("/dev/loop-control").exists() {
+        let r = env.run(&["restore", "--instant", "latest", "--target", "/dev/loop0"]);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains("--overlay"), "{}", r.stderr);
+    }
+}
