@@ -18,11 +18,11 @@
 use baton_format::fixed::{FixedRoot, FixedSegment, Layout, SEGMENT_CHUNKS};
 use baton_format::index::{IndexFile, IndexPack};
 use baton_format::object::to_json;
-use baton_repo::journal::{self, JobState, JournalWriter};
+use baton_repo::journal::{self, JournalWriter};
 use baton_repo::pipeline::{Job, Pipeline, PipelineConfig};
 use baton_repo::progress::{Cancel, Progress};
 use baton_repo::repo::{hostname, in_future, now_rfc3339, username};
-use baton_repo::{LockGuard, RepoError, Repository, Result};
+use baton_repo::{RepoError, Repository, Result};
 use baton_storage::ObjectKind;
 use baton_types::{
     BlobType, FsName, Id, ImageManifest, JobManifest, JournalSegment, Node, NodeKind, Snapshot,
@@ -300,41 +300,6 @@ impl Durability {
     }
 }
 
-fn find_resumable(
-    repo: &Repository,
-    lock: &LockGuard,
-    snapshots: &[(Id, Snapshot)],
-    manifest: &JobManifest,
-) -> Result<Option<JobState>> {
-    let mut candidates = Vec::new();
-    for job in journal::list_job_ids(repo)? {
-        let Ok(st) = journal::load_job(repo, &job) else {
-            continue;
-        };
-        if st.manifest.hostname != manifest.hostname
-            || st.manifest.paths != manifest.paths
-            || st.manifest.image != manifest.image
-        {
-            continue;
-        }
-        if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
-            journal::forget_job(repo, &job)?;
-            continue;
-        }
-        if in_future(&st.last_time) {
-            continue;
-        }
-        candidates.push(st);
-    }
-    candidates.sort_by(|a, b| b.last_time.cmp(&a.last_time));
-    for st in candidates {
-        if repo.claim_job(lock, st.job)? {
-            return Ok(Some(st));
-        }
-    }
-    Ok(None)
-}
-
 /// Runs a block backup of `source`.
 pub fn backup_block(
     repo: &mut Repository,
@@ -345,15 +310,7 @@ pub fn backup_block(
 ) -> Result<BlockBackupResult> {
     let start = Instant::now();
     let start_time = now_rfc3339();
-    let snapshot_time = match &opts.time {
-        Some(t) => humantime::format_rfc3339_nanos(humantime::parse_rfc3339(t).map_err(|e| {
-            RepoError::Invalid(format!(
-                "snapshot time {t:?} is not RFC 3339 in UTC (like 2025-01-31T14:00:00Z): {e}"
-            ))
-        })?)
-        .to_string(),
-        None => start_time.clone(),
-    };
+    let snapshot_time = baton_repo::repo::snapshot_time(opts.time.as_deref(), &start_time)?;
     // Checked before anything is written.
     Layout::new(opts.chunk_size, SEGMENT_CHUNKS, 0)
         .map_err(|e| RepoError::Invalid(format!("--block-size: {e}")))?;
@@ -457,7 +414,11 @@ pub fn backup_block(
     };
     let journaled = image_manifest.is_some();
     let resumed = if journaled && opts.resume && !unchanged {
-        find_resumable(repo, &lock, &snapshots, &manifest)?
+        journal::find_resumable(repo, &lock, &snapshots, |m| {
+            m.hostname == manifest.hostname
+                && m.paths == manifest.paths
+                && m.image == manifest.image
+        })?
     } else {
         None
     };

@@ -392,22 +392,8 @@ impl PseudoVolume {
     /// Allocation by chunk: `(length, hole)` runs. A chunk is a hole when
     /// the image has none of its bytes and the client wrote none of them.
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
-        let l = *self.reader.layout();
-        let end = offset.saturating_add(len).min(self.size());
-        let mut out: Vec<(u64, bool)> = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            let i = l.chunk_of(pos);
-            let (start, clen) = l.chunk_range(i);
-            let n = (start + clen).min(end) - pos;
-            let hole = self.reader.chunk_id(i)?.is_none() && !self.overlay.any_in(start, clen);
-            match out.last_mut() {
-                Some((m, h)) if *h == hole => *m += n,
-                _ => out.push((n, hole)),
-            }
-            pos += n;
-        }
-        Ok(out)
+        self.reader
+            .extents(offset, len, &|start, clen| self.overlay.any_in(start, clen))
     }
 }
 

@@ -310,8 +310,14 @@ impl ImageReader {
     }
 
     /// Which parts of `[offset, offset + len)` are holes, as runs of
-    /// `(length, hole)`, merged.
-    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+    /// `(length, hole)`, merged; a chunk for which `written(start, len)` is
+    /// true (an overlay holds some of it) is never a hole.
+    pub fn extents(
+        &self,
+        offset: u64,
+        len: u64,
+        written: &dyn Fn(u64, u64) -> bool,
+    ) -> Result<Vec<(u64, bool)>> {
         let end = offset.saturating_add(len).min(self.size());
         let l = *self.layout();
         let mut out: Vec<(u64, bool)> = Vec::new();
@@ -320,7 +326,7 @@ impl ImageReader {
             let i = l.chunk_of(pos);
             let (start, clen) = l.chunk_range(i);
             let n = (start + clen).min(end) - pos;
-            let hole = self.chunk_id(i)?.is_none();
+            let hole = self.chunk_id(i)?.is_none() && !written(start, clen);
             match out.last_mut() {
                 Some((m, h)) if *h == hole => *m += n,
                 _ => out.push((n, hole)),

@@ -319,3 +319,44 @@ pub fn find_job(repo: &Repository, prefix: &str) -> Result<Id> {
         ))),
     }
 }
+
+/// The newest unfinished job whose manifest `matches` (same host, sources,
+/// kind), claimed in `lock` so no other live process resumes it too. Jobs
+/// whose snapshot already exists (a crash between sealing and deleting the
+/// journal) have their journal deleted here; a damaged journal or one
+/// dated in the future is passed over.
+pub fn find_resumable(
+    repo: &Repository,
+    lock: &crate::LockGuard,
+    snapshots: &[(Id, baton_types::Snapshot)],
+    matches: impl Fn(&JobManifest) -> bool,
+) -> Result<Option<JobState>> {
+    let mut candidates: Vec<JobState> = Vec::new();
+    for job in list_job_ids(repo)? {
+        // A damaged journal is not resumed; `baton jobs` shows it.
+        let Ok(st) = load_job(repo, &job) else {
+            continue;
+        };
+        if !matches(&st.manifest) {
+            continue;
+        }
+        if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
+            forget_job(repo, &job)?;
+            continue;
+        }
+        // A job dated in the future would win every later choice.
+        if crate::repo::in_future(&st.last_time) {
+            continue;
+        }
+        candidates.push(st);
+    }
+    candidates.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+    for st in candidates {
+        // A job another live process is running is never resumed here
+        // (both would write the same data); claiming it tells the others.
+        if repo.claim_job(lock, st.job)? {
+            return Ok(Some(st));
+        }
+    }
+    Ok(None)
+}

@@ -181,6 +181,22 @@ pub fn in_future(time: &str) -> bool {
     }
 }
 
+/// The time a snapshot records: `time` (RFC 3339 in UTC, normalised to
+/// nanoseconds) if given, else `start`.
+pub fn snapshot_time(time: Option<&str>, start: &str) -> Result<String> {
+    match time {
+        Some(t) => Ok(
+            humantime::format_rfc3339_nanos(humantime::parse_rfc3339(t).map_err(|e| {
+                RepoError::Invalid(format!(
+                    "snapshot time {t:?} is not RFC 3339 in UTC (like 2025-01-31T14:00:00Z): {e}"
+                ))
+            })?)
+            .to_string(),
+        ),
+        None => Ok(start.to_string()),
+    }
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }

@@ -87,19 +87,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
             s.files_unmodified
         );
         outln!("Dirs:   {}", s.dirs);
-        if let Some(job) = s.resumed_job {
-            outln!(
-                "Resumed interrupted job {}: {} not read again",
-                job.short(),
-                super::bytes(s.bytes_resumed)
-            );
-        }
-        outln!(
-            "Read {} of {}, added {} to the repository",
-            super::bytes(s.bytes_read),
-            super::bytes(s.bytes_total),
-            super::bytes(s.bytes_stored)
-        );
+        super::print_read_and_stored(s);
         match result.snapshot_id {
             Some(id) => outln!("snapshot {} saved in {:.1}s", id.short(), s.duration_s),
             None => outln!("dry run: nothing was written"),

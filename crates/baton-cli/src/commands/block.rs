@@ -78,19 +78,7 @@ pub fn backup(g: &Global, a: &BackupArgs, repo: &mut Repository, source: &Path) 
             r.chunks_changed,
             r.chunks_new
         );
-        if let Some(job) = s.resumed_job {
-            outln!(
-                "Resumed interrupted job {}: {} not read again",
-                job.short(),
-                super::bytes(s.bytes_resumed)
-            );
-        }
-        outln!(
-            "Read {} of {}, added {} to the repository",
-            super::bytes(s.bytes_read),
-            super::bytes(s.bytes_total),
-            super::bytes(s.bytes_stored)
-        );
+        super::print_read_and_stored(&s);
         outln!(
             "snapshot {} saved in {:.1}s",
             r.snapshot_id.short(),

@@ -65,3 +65,21 @@ pub fn bytes(n: u64) -> String {
         format!("{v:.3} {}", UNITS[u])
     }
 }
+
+/// The lines every backup prints after its own: what a resumed job saved,
+/// what was read and stored.
+pub fn print_read_and_stored(s: &baton_types::SnapshotSummary) {
+    if let Some(job) = s.resumed_job {
+        outln!(
+            "Resumed interrupted job {}: {} not read again",
+            job.short(),
+            bytes(s.bytes_resumed)
+        );
+    }
+    outln!(
+        "Read {} of {}, added {} to the repository",
+        bytes(s.bytes_read),
+        bytes(s.bytes_total),
+        bytes(s.bytes_stored)
+    );
+}

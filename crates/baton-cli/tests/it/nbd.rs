@@ -195,6 +195,21 @@ impl Drop for Baton {
     }
 }
 
+/// A repository holding one block backup of a generated image; the image's
+/// path and bytes.
+fn backed_up_image(
+    name: &str,
+    size: u64,
+    regions: &[(u64, u64)],
+    seed: u64,
+) -> (Env, PathBuf, Vec<u8>) {
+    let env = Env::new();
+    let img = env.path(name);
+    let bytes = make_image(&img, size, regions, seed);
+    block_backup(&env, &img, &[]);
+    (env, img, bytes)
+}
+
 fn sock(env: &Env, name: &str) -> String {
     format!("unix:{}", env.path(name).display())
 }
@@ -389,10 +404,7 @@ fn a_garbage_client_is_dropped_and_others_are_served() {
     if !have_clients() {
         return;
     }
-    let env = Env::new();
-    let img = env.path("g.img");
-    let model = make_image(&img, 4 * MIB, &[(0, 4 * MIB)], 13);
-    block_backup(&env, &img, &[]);
+    let (env, _, model) = backed_up_image("g.img", 4 * MIB, &[(0, 4 * MIB)], 13);
     let path = env.path("g.sock");
     let srv = Baton::start(
         &env,
@@ -505,11 +517,8 @@ fn instant_restore_serves_at_once_and_merges_the_clients_writes() {
     if !have_clients() {
         return;
     }
-    let env = Env::new();
-    let img = env.path("vm.img");
     let size = 16 * MIB;
-    let mut model = make_image(&img, size, &[(0, 12 * MIB)], 21);
-    block_backup(&env, &img, &[]);
+    let (env, img, mut model) = backed_up_image("vm.img", size, &[(0, 12 * MIB)], 21);
     let dest = env.path("dest.img");
     let args = instant_args(
         &env,
@@ -577,10 +586,7 @@ fn instant_restore_killed_resumes_with_every_flushed_write() {
     if !have_clients() {
         return;
     }
-    let env = Env::new();
-    let img = env.path("vm.img");
-    let mut model = make_image(&img, 12 * MIB, &[(0, 12 * MIB)], 31);
-    block_backup(&env, &img, &[]);
+    let (env, _, mut model) = backed_up_image("vm.img", 12 * MIB, &[(0, 12 * MIB)], 31);
     let dest = env.path("dest.img");
     let args = instant_args(
         &env,
@@ -619,10 +625,7 @@ fn instant_restore_runs_the_stop_and_start_commands() {
     if !have_clients() {
         return;
     }
-    let env = Env::new();
-    let img = env.path("a.img");
-    let mut model = make_image(&img, 4 * MIB, &[(0, 2 * MIB)], 41);
-    block_backup(&env, &img, &[]);
+    let (env, _, mut model) = backed_up_image("a.img", 4 * MIB, &[(0, 2 * MIB)], 41);
     let dest = env.path("dest.img");
     let flag = env.path("stop-now");
     let started = env.path("started");
@@ -671,10 +674,7 @@ fn a_rerun_after_the_merge_never_empties_the_target() {
     if !have_clients() {
         return;
     }
-    let env = Env::new();
-    let img = env.path("m.img");
-    let want = make_image(&img, 4 * MIB, &[(0, 3 * MIB)], 51);
-    block_backup(&env, &img, &[]);
+    let (env, _, want) = backed_up_image("m.img", 4 * MIB, &[(0, 3 * MIB)], 51);
     let dest = env.path("dest.img");
     let args = instant_args(&env, dest.to_str().unwrap(), "m.sock", &[]);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -165,49 +165,6 @@ fn find_parent(
         .cloned())
 }
 
-/// The newest unfinished job of this host and paths. Jobs whose snapshot
-/// was already written (a crash between sealing and deleting the journal)
-/// have their journal deleted here.
-fn find_resumable(
-    repo: &Repository,
-    lock: &baton_repo::LockGuard,
-    snapshots: &[(Id, Snapshot)],
-    host: &str,
-    paths: &[String],
-) -> Result<Option<JobState>> {
-    let mut candidates: Vec<JobState> = Vec::new();
-    for job in journal::list_job_ids(repo)? {
-        // A damaged journal is not resumed; `baton jobs` shows it.
-        let Ok(st) = journal::load_job(repo, &job) else {
-            continue;
-        };
-        if st.manifest.hostname != host
-            || !same_paths(&st.manifest.paths, paths)
-            || st.manifest.image.is_some()
-        {
-            continue;
-        }
-        if snapshots.iter().any(|(_, s)| s.job == Some(job)) {
-            journal::forget_job(repo, &job)?;
-            continue;
-        }
-        // A job dated in the future would win every later choice.
-        if baton_repo::repo::in_future(&st.last_time) {
-            continue;
-        }
-        candidates.push(st);
-    }
-    candidates.sort_by(|a, b| b.last_time.cmp(&a.last_time));
-    for st in candidates {
-        // A job another live process is running is never resumed here
-        // (both would write the same data); claiming it tells the others.
-        if repo.claim_job(lock, st.job)? {
-            return Ok(Some(st));
-        }
-    }
-    Ok(None)
-}
-
 /// Runs a backup. `stdin` is read when `opts.stdin_filename` is set.
 pub fn backup(
     repo: &mut Repository,
@@ -218,15 +175,7 @@ pub fn backup(
 ) -> Result<BackupResult> {
     let start = Instant::now();
     let start_time = now_rfc3339();
-    let snapshot_time = match &opts.time {
-        Some(t) => humantime::format_rfc3339_nanos(humantime::parse_rfc3339(t).map_err(|e| {
-            RepoError::Invalid(format!(
-                "snapshot time {t:?} is not RFC 3339 in UTC (like 2025-01-31T14:00:00Z): {e}"
-            ))
-        })?)
-        .to_string(),
-        None => start_time.clone(),
-    };
+    let snapshot_time = baton_repo::repo::snapshot_time(opts.time.as_deref(), &start_time)?;
     let lock = repo.lock(false)?;
     lock.abort_on_loss(cancel);
     repo.load_index()?;
@@ -256,7 +205,10 @@ pub fn backup(
     let snapshots = repo.list_snapshots()?;
     let journaled = !opts.dry_run && opts.stdin_filename.is_none();
     let resumed = match (journaled, opts.resume) {
-        (true, ResumeMode::Auto) => find_resumable(repo, &lock, &snapshots, &host, &paths)?,
+        (true, ResumeMode::Auto) => journal::find_resumable(repo, &lock, &snapshots, |m| {
+            // A block backup of the same path is another kind of job.
+            m.hostname == host && same_paths(&m.paths, &paths) && m.image.is_none()
+        })?,
         _ => None,
     };
     let mut warnings = Vec::new();
