@@ -95,6 +95,8 @@ struct Inner {
     fetching: Mutex<HashSet<u64>>,
     fetched: Condvar,
     fetches: AtomicU64,
+    /// The chunk after the last one read.
+    next: AtomicU64,
 }
 
 impl Inner {
@@ -185,8 +187,7 @@ pub struct ImageReader {
     inner: Arc<Inner>,
     ahead: Mutex<Option<SyncSender<u64>>>,
     read_ahead: u64,
-    /// The chunk after the last one read, and how far ahead is queued.
-    next: AtomicU64,
+    /// How far ahead is queued.
     queued_to: AtomicU64,
 }
 
@@ -195,14 +196,20 @@ impl ImageReader {
     pub fn open(repo: Arc<Repository>, node: &Node, cfg: ReaderConfig) -> Result<Self> {
         let index = ImageIndex::of_node(&repo, node)?;
         let chunk = u64::from(index.layout().chunk_size);
+        let cache = cfg.cache_bytes.max(4 * chunk);
+        // Chunks fetched ahead must still be cached when they are read: the
+        // distance stays below the cache's size (else they are evicted
+        // first and fetched twice).
+        let ahead_chunks = cfg.read_ahead.min((cache / chunk).saturating_sub(2));
         let inner = Arc::new(Inner {
             repo,
             index,
             segments: Mutex::new(Lru::new(64)),
-            chunks: Mutex::new(Lru::new(cfg.cache_bytes.max(4 * chunk))),
+            chunks: Mutex::new(Lru::new(cache)),
             fetching: Mutex::new(HashSet::new()),
             fetched: Condvar::new(),
             fetches: AtomicU64::new(0),
+            next: AtomicU64::new(u64::MAX),
         });
         // Hints beyond what the threads can take are dropped (a client's
         // CACHE requests must not queue without bound).
@@ -218,8 +225,7 @@ impl ImageReader {
         Ok(ImageReader {
             inner,
             ahead: Mutex::new(Some(tx)),
-            read_ahead: cfg.read_ahead,
-            next: AtomicU64::new(u64::MAX),
+            read_ahead: ahead_chunks,
             queued_to: AtomicU64::new(0),
         })
     }
@@ -254,7 +260,7 @@ impl ImageReader {
     }
 
     fn note_access(&self, i: u64) {
-        let prev = self.next.swap(i + 1, Ordering::Relaxed);
+        let prev = self.inner.next.swap(i + 1, Ordering::Relaxed);
         if prev != i || self.read_ahead == 0 {
             return;
         }
@@ -352,6 +358,11 @@ fn read_ahead(inner: &std::sync::Weak<Inner>, rx: &Mutex<Receiver<u64>>) {
         };
         let Ok(i) = next else { return };
         let Some(inner) = inner.upgrade() else { return };
+        // A hint the reader has passed already is stale: fetching it would
+        // only evict what it is about to read.
+        if i.saturating_add(1) < inner.next.load(Ordering::Relaxed) {
+            continue;
+        }
         // Errors surface when the chunk is read for real.
         let _ = inner.chunk(i);
     }

@@ -128,10 +128,13 @@ fn a_small_cache_still_reads_right_and_read_ahead_fetches_each_chunk_once() {
     }
     assert!(got == want);
     // Sequential: read-ahead and the reader share fetches (a chunk being
-    // fetched is waited for, not fetched again); the cache of at least four
-    // chunks keeps what was fetched ahead until it is read.
+    // fetched is waited for, not fetched again), read-ahead never runs
+    // further than the cache (four chunks here) holds, and hints the reader
+    // has passed are dropped; at most a hint in flight while the reader
+    // passes it (the read-ahead distance, 2 here) is fetched again. (Before
+    // these rules a loaded machine fetched 35 times for 18 chunks.)
     assert!(
-        reader.fetches() <= data_chunks + 8,
+        reader.fetches() <= data_chunks + 2,
         "{} fetches for {data_chunks} chunks",
         reader.fetches()
     );
