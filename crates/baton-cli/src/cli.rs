@@ -88,6 +88,16 @@ pub enum Command {
     Dump(DumpArgs),
     /// Serve a block image of a snapshot over NBD, writable through an overlay
     ServeNbd(ServeNbdArgs),
+    /// Find files and directories by name (or path) pattern across snapshots
+    Find(FindArgs),
+    /// Sizes of snapshots: restore size, unique data, stored size, ratios
+    Stats(StatsArgs),
+    /// List the ids of the repository's objects of a kind (for `cat`)
+    List(ListArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion(CompletionArgs),
+    /// Write man pages (baton.1, baton-backup.1, ...) into a directory
+    Man(ManArgs),
     /// Print a repository object as JSON
     Cat(CatArgs),
     /// Manage the keys (passwords) of the repository
@@ -347,6 +357,8 @@ pub struct RestoreArgs {
     /// Re-read restored files and compare them with the snapshot
     #[arg(long)]
     pub verify: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Block images: serve the image over NBD at once and restore to the
     /// target in the background; merge the client's writes when done
     #[arg(long)]
@@ -365,6 +377,56 @@ pub struct RestoreArgs {
     /// 50MiB), leaving the rest of the disk and network to the application
     #[arg(long, value_name = "RATE", value_parser = parse_size, requires = "instant")]
     pub copy_limit: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Glob patterns (`*.conf`, `**/etc/*.d`); one with a `/` matches the
+    /// whole path, else the name
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Search only these snapshots (repeatable; default: all that match the filters)
+    #[arg(long, short = 's', value_name = "SNAPSHOT")]
+    pub snapshot: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// Only entries modified at or before this time (2026-01-31 or RFC 3339)
+    #[arg(long, short = 'N', value_name = "TIME")]
+    pub newest: Option<String>,
+    /// Only entries modified at or after this time
+    #[arg(long, short = 'O', value_name = "TIME")]
+    pub oldest: Option<String>,
+    /// Match patterns without regard to case
+    #[arg(long, short = 'i')]
+    pub ignore_case: bool,
+    /// Long listing: mode, owner, size, time
+    #[arg(long, short = 'l')]
+    pub long: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count (default: every snapshot matching the filters)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing)
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// snapshots | index | packs | keys | locks | journal
+    pub kind: String,
 }
 
 /// Where and how the NBD export listens.
@@ -386,6 +448,8 @@ pub struct NbdArgs {
 pub struct ServeNbdArgs {
     /// Snapshot and image: `SNAPSHOT[:IMAGE]`
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     #[command(flatten)]
     pub nbd: NbdArgs,
 }
@@ -409,14 +473,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[derive(Args, Debug, Default)]
 pub struct SnapshotFilter {
-    /// Only snapshots with these tags (comma-separated: all of them; repeat for alternatives)
-    #[arg(long)]
+    /// Only snapshots (and `latest` among those) with these tags (comma-separated: all of them; repeat for alternatives)
+    #[arg(long = "tag", id = "filter_tag", value_name = "TAGS")]
     pub tag: Vec<String>,
     /// Only snapshots of this host (repeatable)
-    #[arg(long)]
+    #[arg(long = "host", id = "filter_host", value_name = "HOST")]
     pub host: Vec<String>,
-    /// Only snapshots that include this path (repeatable)
-    #[arg(long)]
+    /// Only snapshots that include this path (repeatable; a relative path is
+    /// made absolute as backup does)
+    #[arg(long = "path", id = "filter_path", value_name = "PATH")]
     pub path: Vec<String>,
 }
 
@@ -430,6 +495,8 @@ pub struct SnapshotsArgs {
 pub struct LsArgs {
     /// Snapshot (`latest`, an id or a unique prefix)
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Path inside the snapshot (default: everything)
     pub path: Option<String>,
     /// Long listing: mode, owner, size, time
@@ -444,11 +511,15 @@ pub struct LsArgs {
 pub struct DiffArgs {
     pub snapshot1: String,
     pub snapshot2: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
     pub snapshot: String,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Path inside the snapshot
     pub path: String,
 }
@@ -525,4 +596,15 @@ pub struct IndexMemoryArgs {
     /// Number of look-ups to time (each of hits and misses)
     #[arg(long, default_value_t = 2_000_000)]
     pub lookups: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique names, valid relations) on
+    /// every subcommand, not only on the ones a test happens to run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,6 +1,6 @@
 //! Maintenance of a Baton repository: `check` (structure, and with
 //! `--read-data` every byte), `repair` (index, snapshots, packs), `forget`
-//! (retention policies) and `prune` (garbage collection). Built on the
+//! (retention policies), `prune` (garbage collection) and `stats`. Built on the
 //! repository core (`baton-repo`); nothing here parses arguments or draws on
 //! a terminal. Every operation takes a cancellation handle.
 
@@ -8,6 +8,7 @@ mod check;
 mod forget;
 mod prune;
 mod repair;
+mod stats;
 
 pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
@@ -23,3 +24,4 @@ pub use repair::{
     RemovedEntry, RepairIndexReport, RepairPacksReport, RepairSnapshotsOptions,
     RepairSnapshotsReport, RepairedSnapshot, repair_index, repair_packs, repair_snapshots,
 };
+pub use stats::{Stats, stats};

@@ -402,7 +402,7 @@ pub fn serve_nbd(g: &Global, a: &ServeNbdArgs) -> Result<i32> {
     let t0 = context::started();
     let (repo, _lock) = context::open_indexed(g)?;
     let (snap, path) = super::restore::split_ref(&a.snapshot);
-    let (id, snapshot) = repo.find_snapshot(snap)?;
+    let (id, snapshot) = super::select::find(&repo, snap, &a.filter)?;
     let node = image_of(&repo, &snapshot, path)?.ok_or_else(|| {
         crate::Usage(format!(
             "snapshot {} holds no block image{}",

@@ -1,6 +1,6 @@
 use super::restore::split_ref;
 use crate::baton::{DiffChange, Repository};
-use crate::cli::{CatArgs, DiffArgs, DumpArgs, Global, LsArgs, SnapshotFilter, SnapshotsArgs};
+use crate::cli::{CatArgs, DiffArgs, DumpArgs, Global, LsArgs, SnapshotsArgs};
 use crate::context;
 use anyhow::{Context, Result, bail};
 use baton_storage::ObjectKind;
@@ -19,23 +19,6 @@ pub(super) fn short_time(rfc3339: &str) -> String {
         .unwrap_or_else(|_| rfc3339.to_string())
 }
 
-fn matches(f: &SnapshotFilter, s: &Snapshot) -> bool {
-    let tags_ok = f.tag.is_empty()
-        || f.tag.iter().any(|group| {
-            group
-                .split(',')
-                .filter(|t| !t.is_empty())
-                .all(|t| s.tags.iter().any(|x| x == t))
-        });
-    let host_ok = f.host.is_empty() || f.host.iter().any(|h| h == &s.hostname);
-    let path_ok = f.path.is_empty()
-        || f.path.iter().all(|p| {
-            let p = p.trim_end_matches('/');
-            s.paths.iter().any(|x| x == p)
-        });
-    tags_ok && host_ok && path_ok
-}
-
 fn snapshot_json(id: &Id, s: &Snapshot) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("snapshots serialize");
     v["id"] = id.to_hex().into();
@@ -49,7 +32,7 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
     let list: Vec<_> = listing
         .snapshots
         .into_iter()
-        .filter(|(_, s)| matches(&a.filter, s))
+        .filter(|(_, s)| a.filter.matches(s))
         .collect();
     // An unreadable snapshot is named, and the others listed all the same.
     for (name, e) in &listing.unreadable {
@@ -130,28 +113,38 @@ fn node_json(path: &str, n: &Node) -> serde_json::Value {
     })
 }
 
+/// A time in ns since the epoch as RFC 3339 (seconds).
+pub(super) fn ns_rfc3339(ns: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64),
+    )
+    .to_string()
+}
+
+/// `ls -l`'s line for an entry: mode, owner, size, time, path.
+pub(super) fn long_line(path: &str, n: &Node) -> String {
+    let target = n
+        .link_target
+        .as_ref()
+        .map(|t| format!(" -> {}", context::escape(&t.lossy())))
+        .unwrap_or_default();
+    format!(
+        "{} {:>6} {:>6} {:>12} {} {}{}",
+        mode_string(n),
+        context::escape(&n.user.clone().unwrap_or_else(|| n.uid.to_string())),
+        context::escape(&n.group.clone().unwrap_or_else(|| n.gid.to_string())),
+        n.size,
+        ns_rfc3339(n.mtime_ns),
+        context::escape(path),
+        target
+    )
+}
+
 fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
     if g.json {
         super::print_json(&node_json(path, n));
     } else if long {
-        let time = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n.mtime_ns.max(0) as u64),
-        );
-        let target = n
-            .link_target
-            .as_ref()
-            .map(|t| format!(" -> {}", context::escape(&t.lossy())))
-            .unwrap_or_default();
-        outln!(
-            "{} {:>6} {:>6} {:>12} {} {}{}",
-            mode_string(n),
-            context::escape(&n.user.clone().unwrap_or_else(|| n.uid.to_string())),
-            context::escape(&n.group.clone().unwrap_or_else(|| n.gid.to_string())),
-            n.size,
-            time,
-            context::escape(path),
-            target
-        );
+        outln!("{}", long_line(path, n));
     } else {
         outln!("{}", context::escape(path));
     }
@@ -159,7 +152,7 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
 
 pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (_, snap) = super::select::find(&repo, &a.snapshot, &a.filter)?;
     let path = a.path.as_deref().unwrap_or("/");
     let (node, subtree) = crate::baton::find_node(&repo, &snap.tree, path)?;
     let prefix = if path.is_empty() { "/" } else { path };
@@ -200,8 +193,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
 
 pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (id1, s1) = repo.find_snapshot(&a.snapshot1)?;
-    let (id2, s2) = repo.find_snapshot(&a.snapshot2)?;
+    let (id1, s1) = super::select::find(&repo, &a.snapshot1, &a.filter)?;
+    let (id2, s2) = super::select::find(&repo, &a.snapshot2, &a.filter)?;
     let changes = crate::baton::diff(&repo, &s1, &s2)?;
     let count = |c: DiffChange| changes.iter().filter(|e| e.change == c).count();
     if g.json {
@@ -234,7 +227,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
 
 pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (_, snap) = repo.find_snapshot(&a.snapshot)?;
+    let (_, snap) = super::select::find(&repo, &a.snapshot, &a.filter)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let image = super::block::image_of(&repo, &snap, Some(&a.path))?;

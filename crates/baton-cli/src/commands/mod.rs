@@ -5,12 +5,14 @@ mod backup;
 mod block;
 mod browse;
 mod check;
+mod find;
 mod forget;
 mod init;
 mod key;
 mod prune;
 mod repair;
 mod restore;
+mod select;
 
 // Hidden developer commands (`baton debug ...`), used by bench/run.sh.
 mod debug;
@@ -31,6 +33,27 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Diff(a) => browse::diff(g, &a),
         Command::Dump(a) => browse::dump(g, &a),
         Command::ServeNbd(a) => block::serve_nbd(g, &a),
+        Command::Find(a) => find::find(g, &a),
+        Command::Stats(a) => find::stats(g, &a),
+        Command::List(a) => find::list(g, &a),
+        Command::Completion(a) => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::Cli::command();
+            // Into a buffer: the generator panics on a closed output.
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "baton", &mut script);
+            if let Err(e) = std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                crate::out::mark(&e);
+                return Err(e.into());
+            }
+            Ok(crate::exit::OK)
+        }
+        Command::Man(a) => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&a.dir)?;
+            clap_mangen::generate_to(crate::cli::Cli::command(), &a.dir)?;
+            Ok(crate::exit::OK)
+        }
         Command::Cat(a) => browse::cat(g, &a),
         Command::Key(k) => key::run(g, k),
         Command::Unlock(a) => key::unlock(g, &a),

@@ -15,7 +15,7 @@ pub fn split_ref(s: &str) -> (&str, Option<&str>) {
 pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
     let (snap, path) = split_ref(&a.snapshot);
-    let (id, snapshot) = repo.find_snapshot(snap)?;
+    let (id, snapshot) = super::select::find(&repo, snap, &a.filter)?;
     if let Some(node) = super::block::image_of(&repo, &snapshot, path)? {
         return super::block::restore(g, a, repo, id, &node);
     }

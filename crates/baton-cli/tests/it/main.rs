@@ -14,6 +14,7 @@ mod forget;
 mod instant_pg;
 mod keys;
 mod nbd;
+mod parity;
 mod prune;
 mod repair;
 mod resume;

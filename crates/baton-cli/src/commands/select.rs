@@ -1,0 +1,96 @@
+//! Snapshot selection shared by every command that takes a snapshot:
+//! `latest` (the newest matching `--host`, `--path`, `--tag`), an id or a
+//! unique id prefix.
+
+use crate::baton::Repository;
+use crate::cli::SnapshotFilter;
+use anyhow::Result;
+use baton_types::{Id, Snapshot};
+use std::path::{Component, Path};
+
+/// A `--path` as backup records it: absolute, its parent's symlinks and
+/// `..` resolved, the last component kept.
+pub fn absolute_path(p: &str) -> String {
+    let abs = match std::path::absolute(p) {
+        Ok(a) => a,
+        Err(_) => return p.trim_end_matches('/').to_string(),
+    };
+    let resolved = match abs.components().next_back() {
+        Some(Component::Normal(name)) => {
+            let parent = abs.parent().unwrap_or(Path::new("/"));
+            std::fs::canonicalize(parent)
+                .map(|c| c.join(name))
+                .unwrap_or_else(|_| abs.clone())
+        }
+        _ => std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone()),
+    };
+    let s = resolved.to_string_lossy().into_owned();
+    if s.len() > 1 {
+        s.trim_end_matches('/').to_string()
+    } else {
+        s
+    }
+}
+
+impl SnapshotFilter {
+    pub fn is_empty(&self) -> bool {
+        self.tag.is_empty() && self.host.is_empty() && self.path.is_empty()
+    }
+
+    /// Whether `s` passes: every `--path` among its paths (relative ones
+    /// made absolute as backup does), its host one of `--host`, and one
+    /// `--tag` group (`a,b`: both) all among its tags.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        let tags_ok = self.tag.is_empty()
+            || self.tag.iter().any(|group| {
+                group
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .all(|t| s.tags.iter().any(|x| x == t))
+            });
+        let host_ok = self.host.is_empty() || self.host.iter().any(|h| h == &s.hostname);
+        let path_ok = self.path.is_empty()
+            || self.path.iter().all(|p| {
+                let p = absolute_path(p);
+                s.paths.contains(&p)
+            });
+        tags_ok && host_ok && path_ok
+    }
+}
+
+/// Finds `reference` (`latest`, an id or a prefix); `latest` is the newest
+/// snapshot passing `filter` (not dated in the future). An id must pass the
+/// filter too, so a filter never silently means another snapshot.
+pub fn find(repo: &Repository, reference: &str, filter: &SnapshotFilter) -> Result<(Id, Snapshot)> {
+    if reference == "latest" && !filter.is_empty() {
+        return repo
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .filter(|(_, s)| !baton_repo::repo::in_future(&s.time))
+            .find(|(_, s)| filter.matches(s))
+            .ok_or_else(|| {
+                crate::baton::RepoError::NotFound(
+                    "no snapshot matches --host, --path and --tag".into(),
+                )
+                .into()
+            });
+    }
+    let (id, s) = repo.find_snapshot(reference)?;
+    if !filter.matches(&s) {
+        anyhow::bail!(crate::baton::RepoError::NotFound(format!(
+            "snapshot {} does not match --host, --path and --tag",
+            id.short()
+        )));
+    }
+    Ok((id, s))
+}
+
+/// Every snapshot passing `filter`, oldest first.
+pub fn all(repo: &Repository, filter: &SnapshotFilter) -> Result<Vec<(Id, Snapshot)>> {
+    Ok(repo
+        .list_snapshots()?
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s))
+        .collect())
+}

@@ -1,0 +1,276 @@
+//! What a restic user reaches for (issue 16, in part): `find`, `stats`,
+//! `list`, snapshot selection by host/path/tag, shell completions and man
+//! pages. Each checks the effect against the source or the repository.
+
+use crate::common::{Env, run};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn write(p: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// Every file below `root` whose name ends with `suffix` (case-insensitive
+/// if asked), as absolute paths.
+fn walk_matching(root: &Path, suffix: &str, nocase: bool) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let hit = if nocase {
+                name.to_lowercase().ends_with(&suffix.to_lowercase())
+            } else {
+                name.ends_with(suffix)
+            };
+            if hit {
+                out.insert(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn find_matches_a_walk_of_the_source() {
+    let env = Env::new();
+    let src = env.path("src");
+    for (i, p) in [
+        "a.conf",
+        "etc/b.conf",
+        "etc/conf.d/c.CONF",
+        "etc/conf.d/not-conf.txt",
+        "deep/x/y/z/d.conf",
+        "deep/x/e.config",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&src.join(p), format!("content {i}").as_bytes());
+    }
+    // An old file, for --newest/--oldest.
+    let old = src.join("etc/old.conf");
+    write(&old, b"old");
+    let st = std::process::Command::new("touch")
+        .args(["-d", "2020-01-02T03:04:05Z"])
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.backup(&[&src], &[]);
+    let src = std::fs::canonicalize(&src).unwrap();
+
+    let found = |args: &[&str]| -> BTreeSet<String> {
+        let mut c = env.cmd();
+        c.args(["find", "--json"]).args(args);
+        let v = run(&mut c).ok().json();
+        v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["matches"].as_array().unwrap().clone())
+            .map(|m| m["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(found(&["*.conf"]), walk_matching(&src, ".conf", false));
+    assert_eq!(found(&["-i", "*.conf"]), walk_matching(&src, ".conf", true));
+    let newest = found(&["*.conf", "--newest", "2021-01-01"]);
+    assert_eq!(
+        newest,
+        [old.canonicalize().unwrap().to_string_lossy().into_owned()].into()
+    );
+    let oldest = found(&["*.conf", "--oldest", "2021-01-01"]);
+    assert!(!oldest.is_empty() && !oldest.iter().any(|p| p.ends_with("old.conf")));
+    // A pattern with a slash matches whole paths.
+    let by_path = found(&[&format!("{}/etc/*", src.display())]);
+    assert!(
+        by_path
+            .iter()
+            .all(|p| p.starts_with(&format!("{}/etc/", src.display())))
+    );
+    assert!(
+        by_path.contains(&format!("{}/etc/conf.d", src.display())),
+        "{by_path:?}"
+    );
+    assert!(
+        !by_path.iter().any(|p| p.ends_with("c.CONF")),
+        "{by_path:?}"
+    );
+}
+
+#[test]
+fn stats_count_what_restores_and_what_is_stored() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut rng = baton_testing::Rng::new(7);
+    let mut total = 0u64;
+    for i in 0..6 {
+        let mut b = vec![0u8; 300_000 + i * 1000];
+        rng.fill(&mut b);
+        total += b.len() as u64;
+        write(&src.join(format!("a/f{i}")), &b);
+        // The same content twice: deduplicated.
+        write(&src.join(format!("b/f{i}")), &b);
+    }
+    env.backup(&[&src], &[]);
+    let s = env.run(&["stats", "--json"]).ok().json();
+    assert_eq!(s["message_type"], "stats");
+    assert_eq!(s["snapshots"], 1);
+    assert_eq!(s["files"], 12);
+    assert_eq!(s["restore_size"], 2 * total, "{s}");
+    let unique = s["unique_size"].as_u64().unwrap();
+    assert!(unique >= total && unique < total + 64 * 1024, "{s}");
+    assert!(s["dedup_ratio"].as_f64().unwrap() > 1.9, "{s}");
+    let stored = s["stored_size"].as_u64().unwrap();
+    let repo = s["repository_size"].as_u64().unwrap();
+    assert!(stored <= repo && repo - stored < 64 * 1024, "{s}");
+    if !crate::common::is_s3(&env.repo) {
+        let on_disk =
+            crate::common::du(&env.repo.join("data")) + crate::common::du(&env.repo.join("index"));
+        assert_eq!(repo, on_disk);
+    }
+    // A second, unchanged snapshot restores twice as much and stores nothing more.
+    env.backup(&[&src], &[]);
+    let s2 = env.run(&["stats", "--json"]).ok().json();
+    assert_eq!(s2["restore_size"], 4 * total);
+    assert_eq!(s2["unique_size"], s["unique_size"]);
+    let one = env.run(&["stats", "--json", "latest"]).ok().json();
+    assert_eq!(one["restore_size"], 2 * total);
+}
+
+#[test]
+fn list_names_what_cat_can_read() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("x"), b"x");
+    env.backup(&[&src], &[]);
+    env.backup(&[&src], &["--force"]);
+    let ids: BTreeSet<String> = env
+        .run(&["list", "snapshots"])
+        .ok()
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let want: BTreeSet<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, want);
+    for id in env.run(&["list", "index"]).ok().stdout.lines() {
+        let cat = env.run(&["cat", "index", id]).ok();
+        assert!(cat.stdout.contains("packs"), "{}", cat.stdout);
+    }
+    let r = env.run(&["list", "nonsense"]);
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn latest_follows_host_path_and_tag_filters() {
+    let env = Env::new();
+    let a = env.path("a");
+    let b = env.path("b");
+    write(&a.join("only-a"), b"a");
+    write(&b.join("only-b"), b"b");
+    env.backup(&[&a], &["--host", "h1", "--tag", "x"]);
+    env.backup(&[&b], &["--host", "h2"]);
+    let names = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.arg("ls").args(args);
+        run(&mut c).ok().stdout
+    };
+    assert!(names(&["latest"]).contains("only-b"));
+    assert!(names(&["latest", "--host", "h1"]).contains("only-a"));
+    assert!(names(&["latest", "--tag", "x"]).contains("only-a"));
+    // A relative --path is made absolute as backup does.
+    let mut c = env.cmd();
+    c.current_dir(env.dir.path())
+        .args(["ls", "latest", "--path", "a"]);
+    assert!(run(&mut c).ok().stdout.contains("only-a"));
+    // restore and dump take the same filters.
+    let t = env.path("t");
+    env.restore("latest", &t, &["--host", "h1"]).ok();
+    assert!(
+        crate::common::walk(&t)
+            .iter()
+            .any(|p| p.ends_with("only-a"))
+    );
+    let a_file = std::fs::canonicalize(a.join("only-a")).unwrap();
+    let d = env
+        .run(&["dump", "latest", a_file.to_str().unwrap(), "--tag", "x"])
+        .ok();
+    assert_eq!(d.stdout, "a");
+    // A filter nothing matches is an error, not another snapshot.
+    let r = env.run(&["ls", "latest", "--host", "nobody"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no snapshot matches"), "{}", r.stderr);
+}
+
+#[test]
+fn completions_load_and_man_pages_render() {
+    let bin = assert_cmd::cargo::cargo_bin!("baton");
+    let script = std::process::Command::new(bin)
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("baton.bash");
+    std::fs::write(&f, &script.stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(baton ''); COMP_CWORD=1; _baton baton '' baton; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            f.display()
+        ))
+        .output()
+        .unwrap();
+    let words = String::from_utf8_lossy(&out.stdout);
+    for sub in [
+        "backup",
+        "restore",
+        "find",
+        "stats",
+        "serve-nbd",
+        "completion",
+    ] {
+        assert!(words.lines().any(|w| w == sub), "{sub} missing: {words}");
+    }
+    for shell in ["zsh", "fish"] {
+        let s = std::process::Command::new(bin)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(s.status.success() && String::from_utf8_lossy(&s.stdout).contains("backup"));
+    }
+    let man = dir.path().join("man");
+    let st = std::process::Command::new(bin)
+        .arg("man")
+        .arg(&man)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(man.join("baton.1").exists() && man.join("baton-backup.1").exists());
+    let rendered = std::process::Command::new("man")
+        .arg("-l")
+        .arg(man.join("baton-backup.1"))
+        .env("MANPAGER", "cat")
+        .output();
+    if let Ok(r) = rendered
+        && r.status.success()
+    {
+        let text = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            text.contains("baton-backup") && text.contains("--exclude"),
+            "{text}"
+        );
+    }
+}
