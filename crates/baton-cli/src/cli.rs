@@ -335,6 +335,14 @@ pub struct BackupArgs {
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    IfNewer,
+    Never,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeArg {
     Auto,
     Never,
@@ -359,6 +367,12 @@ pub struct RestoreArgs {
     pub verify: bool,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+    /// What to do with files that exist in the target: always (make them
+    /// the snapshot's, rewriting only what differs), if-changed (keep files
+    /// whose size and mtime match), if-newer (only where the snapshot's is
+    /// newer), never
+    #[arg(long, value_enum, default_value = "always", value_name = "WHEN")]
+    pub overwrite: OverwriteArg,
     /// Block images: serve the image over NBD at once and restore to the
     /// target in the background; merge the client's writes when done
     #[arg(long)]

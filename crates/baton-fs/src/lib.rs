@@ -27,4 +27,4 @@ mod restore;
 pub use backup::{BackupOptions, BackupResult, ResumeMode, backup};
 pub use dump::dump;
 pub use filter::PatternSet;
-pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use restore::{Overwrite, RestoreOptions, RestoreSummary, restore};

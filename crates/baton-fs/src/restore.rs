@@ -31,6 +31,25 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Re-read every restored file and compare it with the snapshot.
     pub verify: bool,
+    /// What to do with an entry that exists in the target.
+    pub overwrite: Overwrite,
+}
+
+/// `restore --overwrite`: what happens to an entry already in the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Make it what the snapshot says: an existing file is verified chunk
+    /// by chunk and only what differs is rewritten (the default).
+    #[default]
+    Always,
+    /// A file whose size and modification time (to the nanosecond) are the
+    /// snapshot's is kept unread (its metadata applied); others as `Always`.
+    /// `--verify` still reads it back.
+    IfChanged,
+    /// Only where the snapshot's file is newer (mtime) than the target's.
+    IfNewer,
+    /// Never: whatever exists in the target stays as it is.
+    Never,
 }
 
 /// What a restore did.
@@ -48,6 +67,11 @@ pub struct RestoreSummary {
     pub bytes_verified_in_place: u64,
     /// Files found complete and intact from an earlier restore.
     pub files_already_restored: u64,
+    /// Existing entries left as they were by `--overwrite`.
+    pub skipped: u64,
+    /// Existing files kept unread because size and time matched
+    /// (`--overwrite if-changed`).
+    pub files_unchanged: u64,
     /// (path, message) of every entry that could not be restored or verified.
     pub errors: Vec<(String, String)>,
 }
@@ -66,6 +90,7 @@ struct Restorer<'a> {
     hardlinks: HashMap<(u64, u64), PathBuf>,
     to_verify: Vec<(PathBuf, Vec<Id>)>,
     verify: bool,
+    overwrite: Overwrite,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
     pending: Vec<(PathBuf, Node, bool)>,
@@ -199,6 +224,7 @@ pub fn restore(
             hardlinks: HashMap::new(),
             to_verify: Vec::new(),
             verify: opts.verify,
+            overwrite: opts.overwrite,
             summary: RestoreSummary::default(),
             pending: Vec::new(),
             pending_chunks: 0,
@@ -360,6 +386,9 @@ impl Restorer<'_> {
                 return Ok(());
             }
         };
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing) {
+            return Ok(());
+        }
         if existing != Existing::Nothing
             && let Err(e) = self.target.remove(dst, existing == Existing::Dir)
         {
@@ -408,6 +437,9 @@ impl Restorer<'_> {
                 return Ok(());
             }
         };
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing) {
+            return Ok(());
+        }
         let replace = match existing {
             Existing::Dir => Some(self.target.remove(dst, true)),
             Existing::Other => Some(self.target.remove(dst, false)),
@@ -472,6 +504,34 @@ impl Restorer<'_> {
         }
         self.finish_file(n, dst);
         Ok(())
+    }
+
+    /// Whether `--overwrite` keeps what is at `dst` (and records that).
+    fn keep_existing(&mut self, n: &Node, dst: &Path, existing: Existing) -> bool {
+        let ours = || self.target.size_and_mtime(dst).ok();
+        let keep = match self.overwrite {
+            Overwrite::Always => false,
+            Overwrite::Never => true,
+            Overwrite::IfNewer => ours().is_some_and(|(_, mtime)| mtime >= n.mtime_ns),
+            Overwrite::IfChanged => {
+                let same = existing == Existing::File
+                    && n.links <= 1
+                    && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
+                if same {
+                    // Finished and untouched since: its metadata is applied,
+                    // its content trusted (read back with --verify).
+                    self.summary.files_unchanged += 1;
+                    self.finish_file(n, dst);
+                    return true;
+                }
+                false
+            }
+        };
+        if keep {
+            self.summary.skipped += 1;
+            self.progress.entry(dst, EntryStatus::Unmodified);
+        }
+        keep
     }
 
     /// Queues a new file for the writer; `create`: the workers create it

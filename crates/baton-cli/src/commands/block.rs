@@ -625,7 +625,19 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
         }
         let failed = match copied {
             Ok(f) => f,
+            Err(e) if matches!(e, RepoError::Cancelled) || context::cancel().is_cancelled() => {
+                let _ = ex.stop();
+                vol.flush()?;
+                return Err(e.into());
+            }
             Err(e) => {
+                // The target failed (full, I/O error): the application keeps
+                // its volume (overlay and repository) until it lets go.
+                eprintln!(
+                    "error: the background restore stopped: {}; the export keeps serving until every NBD client disconnects, then the restore stops unfinished (run it again once the target is fixed)",
+                    context::escape(&e.to_string())
+                );
+                ex.run_until(|s| s.connections() == 0);
                 let _ = ex.stop();
                 vol.flush()?;
                 return Err(e.into());

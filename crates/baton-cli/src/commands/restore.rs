@@ -28,6 +28,12 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         includes: a.include.clone(),
         excludes: a.exclude.clone(),
         verify: a.verify,
+        overwrite: match a.overwrite {
+            crate::cli::OverwriteArg::Always => crate::baton::Overwrite::Always,
+            crate::cli::OverwriteArg::IfChanged => crate::baton::Overwrite::IfChanged,
+            crate::cli::OverwriteArg::IfNewer => crate::baton::Overwrite::IfNewer,
+            crate::cli::OverwriteArg::Never => crate::baton::Overwrite::Never,
+        },
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     if let Some(s) = &snapshot.summary {

@@ -274,3 +274,97 @@ fn completions_load_and_man_pages_render() {
         );
     }
 }
+
+fn touch(p: &Path, when: &str) {
+    let st = std::process::Command::new("touch")
+        .args(["-m", "-d", when])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Each `--overwrite` policy against a target holding an edited file, a
+/// newer one, an older one, one altered behind size and time, and an
+/// extra one.
+#[test]
+fn overwrite_policies_decide_what_happens_to_existing_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    for f in ["edited", "newer", "older", "same"] {
+        write(&src.join(f), format!("snapshot {f}").as_bytes());
+        touch(&src.join(f), "2025-01-01T00:00:00Z");
+    }
+    env.backup(&[&src], &[]);
+    let snap_src = std::fs::canonicalize(&src).unwrap();
+    let rel = snap_src.strip_prefix("/").unwrap().to_path_buf();
+    let content = |t: &Path, f: &str| std::fs::read_to_string(t.join(&rel).join(f)).unwrap();
+    for (policy, want) in [
+        (
+            "always",
+            [
+                "snapshot edited",
+                "snapshot newer",
+                "snapshot older",
+                "snapshot same",
+            ],
+        ),
+        (
+            "if-changed",
+            [
+                "snapshot edited",
+                "snapshot newer",
+                "snapshot older",
+                "altered-same!",
+            ],
+        ),
+        (
+            "if-newer",
+            [
+                "locally edited",
+                "target newer",
+                "snapshot older",
+                "altered-same!",
+            ],
+        ),
+        (
+            "never",
+            [
+                "locally edited",
+                "target newer",
+                "target older",
+                "altered-same!",
+            ],
+        ),
+    ] {
+        let t = env.path(&format!("t-{policy}"));
+        env.restore("latest", &t, &[]).ok();
+        let dir = t.join(&rel);
+        write(&dir.join("edited"), b"locally edited");
+        write(&dir.join("newer"), b"target newer");
+        touch(&dir.join("newer"), "2030-01-01T00:00:00Z");
+        write(&dir.join("older"), b"target older");
+        touch(&dir.join("older"), "2020-01-01T00:00:00Z");
+        // Same size, same mtime, other bytes: only reading would tell.
+        write(&dir.join("same"), b"altered-same!");
+        touch(&dir.join("same"), "2025-01-01T00:00:00Z");
+        write(&dir.join("extra"), b"not in the snapshot");
+        let r = env
+            .restore("latest", &t, &["--overwrite", policy, "--json"])
+            .ok();
+        let got = ["edited", "newer", "older", "same"].map(|f| content(&t, f));
+        assert_eq!(got, want, "policy {policy}");
+        assert_eq!(
+            content(&t, "extra"),
+            "not in the snapshot",
+            "policy {policy}"
+        );
+        let s = r.json();
+        let kept = want.iter().filter(|w| !w.starts_with("snapshot")).count() as u64;
+        if policy == "if-changed" {
+            assert_eq!(s["files_unchanged"], 1, "{s}");
+        } else {
+            assert_eq!(s["skipped"], kept, "policy {policy}: {s}");
+        }
+    }
+}

@@ -196,6 +196,17 @@ impl Target {
         }
     }
 
+    /// The size and mtime (ns) of the entry at `p` (not followed).
+    pub fn size_and_mtime(&self, p: &Path) -> io::Result<(u64, i64)> {
+        let (dir, name) = self.parent(p)?;
+        let st =
+            nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        Ok((
+            st.st_size as u64,
+            st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+        ))
+    }
+
     /// Creates the directory `p` (mode 0700 until its metadata is applied).
     pub fn create_dir(&self, p: &Path) -> io::Result<()> {
         let (dir, name) = self.parent(p)?;
