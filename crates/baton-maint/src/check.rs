@@ -140,8 +140,6 @@ pub enum ProblemKind {
     IndexMismatch,
     /// A pack that no index and no unfinished backup references.
     UnreferencedPack,
-    /// A snapshot's parent snapshot does not exist.
-    MissingParent,
 }
 
 /// One problem found by `check`.

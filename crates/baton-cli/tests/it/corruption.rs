@@ -71,7 +71,6 @@ fn victims(env: &Env, kind: Kind, snapshots: &[String; 2]) -> Vec<PathBuf> {
         Kind::DataPack => packs_by_type(env).0,
         Kind::TreePack => packs_by_type(env).1,
         Kind::Index => by_time("index"),
-        // The first snapshot: the second names it as its parent.
         Kind::Snapshot => snapshots
             .iter()
             .map(|s| env.repo.join("snapshots").join(s))
@@ -127,7 +126,12 @@ fn damage(env: &Env, kind: Kind, how: Damage, snapshots: &[String; 2]) -> (Vec<S
                         .collect();
                 }
                 Kind::Key => names = vec!["no keys".into()],
-                Kind::Snapshot => must_fail = false,
+                // A deleted snapshot is a forgotten one (design §0: rolling
+                // back is possible); its child's parent link is no problem.
+                Kind::Snapshot => {
+                    must_fail = false;
+                    names = Vec::new();
+                }
                 _ => {}
             }
             obj_remove(victim);

@@ -143,24 +143,9 @@ impl Checker<'_> {
         }
         self.snapshots
             .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        let ids: HashSet<Id> = self.snapshots.iter().map(|(id, _)| *id).collect();
-        let missing: Vec<(Id, Id)> = self
-            .snapshots
-            .iter()
-            .filter_map(|(id, s)| s.parent.filter(|p| !ids.contains(p)).map(|p| (*id, p)))
-            .collect();
-        for (id, parent) in missing {
-            self.problem(
-                Severity::Warning,
-                ProblemKind::MissingParent,
-                format!("snapshot {parent}"),
-                format!(
-                    "snapshot {} names it as its parent, but it does not exist (forgotten, or deleted)",
-                    id.short()
-                ),
-                vec![],
-            );
-        }
+        // A parent that no longer exists is not reported: forgetting old
+        // snapshots (whose children name them) is what forget is for, and
+        // the parent only ever served to skip unchanged files.
         Ok(())
     }
 
