@@ -65,6 +65,11 @@ pub struct Global {
     /// Print only errors
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Wait this long (like 5m) for another process's lock to go, instead
+    /// of failing at once (exit 11)
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_lock: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -266,7 +271,7 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct BackupArgs {
     /// Files and directories to back up
-    #[arg(required_unless_present_any = ["stdin", "block"])]
+    #[arg(required_unless_present_any = ["stdin", "block", "files_from", "files_from_verbatim", "files_from_raw"])]
     pub paths: Vec<PathBuf>,
     /// Back up a block device or raw image file (`-`: standard input) as
     /// fixed-size chunks, instead of files
@@ -286,6 +291,26 @@ pub struct BackupArgs {
     /// Read exclude patterns from a file (one per line)
     #[arg(long, value_name = "FILE")]
     pub exclude_file: Vec<PathBuf>,
+    /// Like --exclude, without regard to case
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Leave out files larger than this (like 100MiB)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Leave out the contents of directories that hold a file of this name
+    /// (repeatable; like .nobackup)
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Read the paths to back up from a file, one per line (# comments and
+    /// blank lines skipped; `-` for standard input)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Like --files-from, every line a path as it is (no comments)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// Like --files-from, paths separated by NUL bytes (find -print0)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
     /// Skip the contents of directories holding a valid CACHEDIR.TAG
     #[arg(long)]
     pub exclude_caches: bool,

@@ -199,7 +199,10 @@ pub fn open(g: &Global) -> Result<Repository> {
         .into());
     }
     let pw = zeroize::Zeroizing::new(password(g, false)?);
-    let repo = Repository::open_with_hint(s, pw.as_bytes(), g.key_hint.as_deref())?;
+    let mut repo = Repository::open_with_hint(s, pw.as_bytes(), g.key_hint.as_deref())?;
+    if let Some(wait) = g.retry_lock {
+        repo.set_lock_retry(wait, Some(cancel().flag()));
+    }
     if is_local(g) {
         warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));
     }

@@ -261,11 +261,11 @@ mod tests {
         #[test]
         fn round_trip(size in 0u64..1 << 24, seg in 1u32..9, holes in proptest::collection::vec(any::<bool>(), 0..64)) {
             let l = Layout::new(64 << 10, seg, size).unwrap();
-            let root = FixedRoot { layout: l, segments: (0..l.segment_count()).map(|i| Id::from_bytes([i as u8 + 1; 32])).collect() };
+            let root = FixedRoot { layout: l, segments: (0..l.segment_count()).map(|i| Id::from_bytes([(i as u8).wrapping_add(1); 32])).collect() };
             prop_assert_eq!(FixedRoot::decode(&root.encode()).unwrap(), root.clone());
             for s in 0..l.segment_count() {
                 let (first, n) = l.segment_range(s);
-                let chunks = (0..n).map(|i| (!holes.get(i as usize).copied().unwrap_or(false)).then(|| Id::from_bytes([i as u8 + 7; 32]))).collect();
+                let chunks = (0..n).map(|i| (!holes.get(i as usize).copied().unwrap_or(false)).then(|| Id::from_bytes([(i as u8).wrapping_add(7); 32]))).collect();
                 let seg = FixedSegment { first_chunk: first, chunks };
                 prop_assert_eq!(FixedSegment::decode(&seg.encode(), &l, s).unwrap(), seg);
             }

@@ -17,10 +17,20 @@ pub struct PatternSet {
 
 impl PatternSet {
     pub fn new(patterns: &[String]) -> Result<Self> {
+        Self::with_case(patterns, &[])
+    }
+
+    /// Patterns matched exactly, and `insensitive` ones matched without
+    /// regard to case (`--iexclude`).
+    pub fn with_case(patterns: &[String], insensitive: &[String]) -> Result<Self> {
         let mut names = GlobSetBuilder::new();
         let mut paths = GlobSetBuilder::new();
         let (mut has_names, mut has_paths) = (false, false);
-        for p in patterns {
+        let all = patterns
+            .iter()
+            .map(|p| (p, false))
+            .chain(insensitive.iter().map(|p| (p, true)));
+        for (p, nocase) in all {
             let p = p.trim_end_matches('/');
             if p.is_empty() {
                 continue;
@@ -29,6 +39,7 @@ impl PatternSet {
                 GlobBuilder::new(s)
                     .literal_separator(true)
                     .backslash_escape(true)
+                    .case_insensitive(nocase)
                     .build()
                     .map_err(|e| RepoError::Invalid(format!("invalid pattern {p:?}: {e}")))
             };
@@ -102,6 +113,8 @@ mod tests {
         assert!(s.matches(Path::new("/home/u/tmp/xyz")));
         assert!(!s.matches(Path::new("/home/u/tmp/a/xyz")));
         assert!(set(&[]).is_empty());
+        let i = PatternSet::with_case(&[], &["*.LOG".to_string()]).unwrap();
+        assert!(i.matches(Path::new("/a/b.log")) && i.matches(Path::new("/a/B.Log")));
         assert!(PatternSet::new(&["a[".to_string()]).is_err());
     }
 }

@@ -408,8 +408,37 @@ impl Repository {
         Ok(true)
     }
 
-    /// Takes a shared (`exclusive = false`) or exclusive lock.
+    /// Takes a shared (`exclusive = false`) or exclusive lock. While another
+    /// process holds a conflicting one, waits up to the repository's lock
+    /// retry time (see [`Repository::set_lock_retry`]), then fails with
+    /// `Locked`.
     pub fn lock(&self, exclusive: bool) -> Result<LockGuard> {
+        let (wait, stop) = self.lock_retry();
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            match self.try_lock(exclusive) {
+                Err(RepoError::Locked { holder }) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return Err(RepoError::Locked { holder });
+                    }
+                    // Sleep in small steps: an interrupt ends the wait.
+                    let until = (now + pause).min(deadline);
+                    while std::time::Instant::now() < until {
+                        if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                            return Err(RepoError::Cancelled);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_lock(&self, exclusive: bool) -> Result<LockGuard> {
         if let Some(h) = self.conflicting(exclusive, None)? {
             return Err(RepoError::Locked {
                 holder: h.describe(),

@@ -63,6 +63,12 @@ pub struct Repository {
     /// Index objects the last `load_index` left out (damaged, planted or
     /// replayed under another name), with why.
     index_skipped: Vec<(String, String)>,
+    /// How long `lock` waits for a conflicting lock to go, and the flag
+    /// that ends the wait early.
+    lock_retry: (
+        std::time::Duration,
+        Option<Arc<std::sync::atomic::AtomicBool>>,
+    ),
 }
 
 /// How many default-cost key derivations one `open` spends at most on
@@ -285,6 +291,7 @@ impl Repository {
             cache: None,
             not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
+            lock_retry: (std::time::Duration::ZERO, None),
         })
     }
 
@@ -464,6 +471,7 @@ impl Repository {
             cache,
             not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
+            lock_retry: (std::time::Duration::ZERO, None),
         })
     }
 
@@ -678,6 +686,26 @@ impl Repository {
     /// see [`crate::cache`].
     pub fn enable_cache(&mut self) {
         self.cache = crate::cache::Cache::open(&self.config.id);
+    }
+
+    /// Makes `lock` wait up to `wait` for a conflicting lock to be released
+    /// (restic's `--retry-lock`) instead of failing at once; `stop` (set by
+    /// an interrupt) ends the wait.
+    pub fn set_lock_retry(
+        &mut self,
+        wait: std::time::Duration,
+        stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) {
+        self.lock_retry = (wait, stop);
+    }
+
+    pub(crate) fn lock_retry(
+        &self,
+    ) -> (
+        std::time::Duration,
+        Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) {
+        self.lock_retry.clone()
     }
 
     /// The local cache in use, if any.

@@ -2,7 +2,7 @@ use crate::baton::{BackupOptions, InitOptions};
 use crate::cli::{BackupArgs, Global};
 use crate::context;
 use crate::progress::CliProgress;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::io::Read;
 
 pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
@@ -25,12 +25,22 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         }
         return super::block::backup(g, a, &mut repo, source);
     }
+    let mut paths = a.paths.clone();
+    paths.extend(files_from(a)?);
+    if paths.is_empty() && !a.stdin {
+        anyhow::bail!(crate::Usage(
+            "nothing to back up: the --files-from lists are empty".into()
+        ));
+    }
     let opts = BackupOptions {
-        paths: a.paths.clone(),
+        paths,
         stdin_filename: a.stdin.then(|| a.stdin_filename.clone()),
         excludes: a.exclude.clone(),
         exclude_files: a.exclude_file.clone(),
         exclude_caches: a.exclude_caches,
+        iexcludes: a.iexclude.clone(),
+        exclude_larger_than: a.exclude_larger_than,
+        exclude_if_present: a.exclude_if_present.clone(),
         one_file_system: a.one_file_system,
         force: a.force,
         parent: a.parent.clone(),
@@ -103,4 +113,48 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         return Ok(crate::exit::PARTIAL);
     }
     Ok(crate::exit::OK)
+}
+
+/// The paths listed by `--files-from` (lines; `#` comments and blank lines
+/// skipped), `--files-from-verbatim` (every line as it is) and
+/// `--files-from-raw` (NUL-separated).
+fn files_from(a: &BackupArgs) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let read = |f: &std::path::Path| -> Result<Vec<u8>> {
+        if f == std::path::Path::new("-") {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b)?;
+            Ok(b)
+        } else {
+            std::fs::read(f).with_context(|| format!("reading {}", f.display()))
+        }
+    };
+    let path = |b: &[u8]| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b));
+    let mut out = Vec::new();
+    for f in &a.files_from {
+        for line in read(f)?.split(|&c| c == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let t = line.trim_ascii();
+            if !t.is_empty() && !t.starts_with(b"#") {
+                out.push(path(t));
+            }
+        }
+    }
+    for f in &a.files_from_verbatim {
+        out.extend(
+            read(f)?
+                .split(|&c| c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(path),
+        );
+    }
+    for f in &a.files_from_raw {
+        out.extend(
+            read(f)?
+                .split(|&c| c == 0)
+                .filter(|l| !l.is_empty())
+                .map(path),
+        );
+    }
+    Ok(out)
 }

@@ -368,3 +368,136 @@ fn overwrite_policies_decide_what_happens_to_existing_files() {
         }
     }
 }
+
+/// Names of everything (files and directories) below a restored source.
+fn restored_names(env: &Env, t: &Path) -> BTreeSet<String> {
+    let _ = env;
+    crate::common::walk(t)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn backup_selection_options_leave_out_what_they_name() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("small"), &[1u8; 100]);
+    write(&src.join("big"), &[2u8; 5000]);
+    write(&src.join("keep/a.txt"), b"a");
+    write(&src.join("skipme/.nobackup"), b"");
+    write(&src.join("skipme/secret"), b"s");
+    write(&src.join("Logs/x.LOG"), b"l");
+    write(&src.join("y.log"), b"l");
+    let s = env.backup(
+        &[&src],
+        &[
+            "--exclude-larger-than",
+            "4KiB",
+            "--exclude-if-present",
+            ".nobackup",
+            "--iexclude",
+            "*.log",
+        ],
+    );
+    let t = env.path("t");
+    env.restore(s["snapshot_id"].as_str().unwrap(), &t, &[]).ok();
+    let names = restored_names(&env, &t);
+    for gone in ["big", "secret", ".nobackup", "x.LOG", "y.log"] {
+        assert!(!names.contains(gone), "{gone} was backed up: {names:?}");
+    }
+    for kept in ["small", "a.txt", "skipme", "Logs"] {
+        assert!(names.contains(kept), "{kept} is missing: {names:?}");
+    }
+    assert_eq!(s["bytes_total"], 100 + 1, "{s}");
+}
+
+#[test]
+fn files_from_lists_the_sources() {
+    let env = Env::new();
+    let (a, b, c) = (env.path("a"), env.path("b"), env.path("c"));
+    for d in [&a, &b, &c] {
+        write(&d.join("f"), b"x");
+    }
+    let list = env.path("list");
+    std::fs::write(
+        &list,
+        format!("# sources\n{}\n\n  {}  \n", a.display(), b.display()),
+    )
+    .unwrap();
+    let raw = env.path("raw");
+    std::fs::write(&raw, format!("{}\0", c.display())).unwrap();
+    let mut cmd = env.cmd();
+    cmd.args(["backup", "--json", "--files-from"])
+        .arg(&list)
+        .arg("--files-from-raw")
+        .arg(&raw);
+    let s = run(&mut cmd).ok().json();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let paths: BTreeSet<String> = snaps[0]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let want: BTreeSet<String> = [&a, &b, &c]
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(paths, want, "{s}");
+    let empty = env.path("empty");
+    std::fs::write(&empty, "# nothing\n").unwrap();
+    let r = env.run(&["backup", "--files-from", empty.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+/// `--retry-lock` waits for another process's lock: it fails after the
+/// wait while the lock is held, and succeeds once it is released.
+#[test]
+fn retry_lock_waits_for_the_lock_to_go() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    env.backup(&[&src], &[]);
+    let img = env.path("i.img");
+    std::fs::write(&img, vec![1u8; 4096]).unwrap();
+    env.backup(&[], &["--block", img.to_str().unwrap()]);
+    // serve-nbd holds a shared lock while it serves; prune wants exclusive.
+    let sock = env.path("l.sock");
+    let mut holder = env
+        .std_cmd()
+        .args(["serve-nbd", "latest", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed().as_secs() < 30, "serve-nbd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = env.run(&["prune"]);
+    assert_eq!(r.code, 11, "no wait: locked at once: {}", r.stderr);
+    let t = std::time::Instant::now();
+    let r = env.run(&["prune", "--retry-lock", "1s"]);
+    assert_eq!(r.code, 11, "{}", r.stderr);
+    assert!(t.elapsed() >= std::time::Duration::from_secs(1), "it did not wait");
+    // Released while waiting: the prune goes ahead.
+    let mut waiting = env
+        .std_cmd()
+        .args(["prune", "--retry-lock", "2m"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "prune did not wait");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = holder.wait();
+    let st = waiting.wait().unwrap();
+    assert!(st.success(), "prune failed after the lock went");
+}

@@ -560,6 +560,14 @@ impl<'a, 'p> Archiver<'a, 'p> {
         if self.opts.exclude_caches && is_cache_dir(sys) {
             names.retain(|n| n.as_bytes() == b"CACHEDIR.TAG");
         }
+        if names.iter().any(|n| {
+            self.opts
+                .exclude_if_present
+                .iter()
+                .any(|m| n.as_bytes() == m.as_bytes())
+        }) {
+            names.clear();
+        }
         let mut entries = Vec::with_capacity(names.len());
         for n in names {
             let child = path.join(&n);
@@ -569,6 +577,9 @@ impl<'a, 'p> Archiver<'a, 'p> {
             let Some(h) = &handle else { continue };
             let child_sys = beneath_handle(h, &n);
             match std::fs::symlink_metadata(&child_sys) {
+                Ok(m)
+                    if m.is_file()
+                        && self.opts.exclude_larger_than.is_some_and(|l| m.len() > l) => {}
                 Ok(m) => entries.push((n, (child, child_sys), m)),
                 Err(e) => self.record_error(&child, format!("cannot read: {e}")),
             }

@@ -34,8 +34,15 @@ pub struct BackupOptions {
     /// Back up a stream (passed to [`backup`]) as one file of this name.
     pub stdin_filename: Option<String>,
     pub excludes: Vec<String>,
+    /// Exclude patterns matched without regard to case.
+    pub iexcludes: Vec<String>,
     pub exclude_files: Vec<PathBuf>,
     pub exclude_caches: bool,
+    /// Leave out regular files larger than this many bytes.
+    pub exclude_larger_than: Option<u64>,
+    /// Leave out the contents of directories holding an entry of one of
+    /// these names (the directory itself is kept, empty).
+    pub exclude_if_present: Vec<String>,
     pub one_file_system: bool,
     /// Read every file again, ignoring the parent snapshot.
     pub force: bool,
@@ -200,7 +207,14 @@ pub fn backup(
     };
     let mut patterns = opts.excludes.clone();
     patterns.extend(PatternSet::read_files(&opts.exclude_files)?);
-    let filter = PatternSet::new(&patterns)?;
+    let filter = PatternSet::with_case(&patterns, &opts.iexcludes)?;
+    for name in &opts.exclude_if_present {
+        if !baton_types::safe_name(name.as_bytes()) {
+            return Err(RepoError::Invalid(format!(
+                "--exclude-if-present {name:?} must be a plain file name"
+            )));
+        }
+    }
     let host = opts.host.clone().unwrap_or_else(hostname);
     let snapshots = repo.list_snapshots()?;
     let journaled = !opts.dry_run && opts.stdin_filename.is_none();

@@ -40,12 +40,22 @@ fn walk(
         return None;
     }
     if m.is_file() {
+        if opts.exclude_larger_than.is_some_and(|l| m.len() > l) {
+            return Some(());
+        }
         totals.0 += 1;
         totals.1 += m.len();
     } else if m.is_dir() {
         let Ok(names) = super::archiver::read_dir_sorted(path) else {
             return Some(());
         };
+        if names.iter().any(|n| {
+            opts.exclude_if_present
+                .iter()
+                .any(|x| n.as_encoded_bytes() == x.as_bytes())
+        }) {
+            return Some(());
+        }
         for n in names {
             let p = path.join(n);
             if filter.matches(&p) {
