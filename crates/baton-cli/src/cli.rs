@@ -209,6 +209,9 @@ pub struct ForgetArgs {
     /// comma-separated subset of host, paths, tags ("" for one group)
     #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
     pub group_by: String,
+    /// Apply the policy only to snapshots of these hosts, paths and tags
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
     /// Show what would be removed, remove nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -528,6 +531,13 @@ pub struct SnapshotFilter {
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub filter: SnapshotFilter,
+    /// Group the list by these fields (comma-separated subset of host,
+    /// paths, tags)
+    #[arg(long, value_name = "FIELDS")]
+    pub group_by: Option<String>,
+    /// Only the newest N snapshots (of each group)
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
 }
 
 #[derive(Args, Debug)]

@@ -210,7 +210,8 @@ pub struct GroupKey {
 }
 
 impl GroupKey {
-    fn of(by: GroupBy, s: &Snapshot) -> Self {
+    /// The group of `s` under `by`.
+    pub fn of(by: GroupBy, s: &Snapshot) -> Self {
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();
             v.sort();
@@ -343,6 +344,9 @@ pub struct ForgetOptions {
     pub snapshots: Vec<String>,
     /// Decide and report, but delete nothing.
     pub dry_run: bool,
+    /// A policy considers only these snapshots (`--host`, `--path`,
+    /// `--tag`); the others are neither kept nor removed by it.
+    pub select: baton_repo::SnapshotSelect,
     /// Stops between deletions (each snapshot is deleted whole or not).
     pub cancel: Cancel,
 }
@@ -415,6 +419,8 @@ pub fn forget_locked(
     for (id, s) in listing.snapshots {
         if ids.contains(&id) {
             snapshots.push((id, s));
+        } else if !opts.select.matches(&s) {
+            continue;
         } else if baton_repo::repo::in_future(&s.time) {
             skipped.push((
                 id.to_hex(),

@@ -415,3 +415,31 @@ fn diff_trees(
     budget.leave();
     Ok(())
 }
+
+/// Which snapshots a command considers (`--host`, `--path`, `--tag`):
+/// every path among the snapshot's paths, its host one of `hosts`, and one
+/// tag group (all of its tags) among its tags. Empty lists select all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotSelect {
+    pub hosts: Vec<String>,
+    /// Absolute, as backup records them.
+    pub paths: Vec<String>,
+    pub tags: Vec<Vec<String>>,
+}
+
+impl SnapshotSelect {
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.paths.is_empty() && self.tags.is_empty()
+    }
+
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        let tags_ok = self.tags.is_empty()
+            || self
+                .tags
+                .iter()
+                .any(|group| group.iter().all(|t| s.tags.contains(t)));
+        let host_ok = self.hosts.is_empty() || self.hosts.contains(&s.hostname);
+        let path_ok = self.paths.iter().all(|p| s.paths.contains(p));
+        tags_ok && host_ok && path_ok
+    }
+}

@@ -33,8 +33,8 @@ pub use baton_format::crypto::{default_kdf_params, kdf_params};
 pub use baton_format::pack::{PackEntry, read_header as read_pack_header};
 pub use baton_format::random_id;
 pub use browse::{
-    DiffChange, DiffEntry, MAX_TREE_DEPTH, WALK_EXPANSION, WALK_FLOOR, WalkBudget, diff, find_node,
-    preflight, walk_tree,
+    DiffChange, DiffEntry, MAX_TREE_DEPTH, SnapshotSelect, WALK_EXPANSION, WALK_FLOOR, WalkBudget,
+    diff, find_node, preflight, walk_tree,
 };
 pub use error::{ErrorClass, RepoError, Result};
 pub use index::Index;

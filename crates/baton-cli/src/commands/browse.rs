@@ -47,30 +47,73 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
     } else {
         crate::exit::PARTIAL
     };
+    // Groups (one, without --group-by), each oldest first, cut to the
+    // newest N with --latest.
+    let by = crate::baton::GroupBy::parse(a.group_by.as_deref().unwrap_or(""))?;
+    let mut groups: Vec<(crate::baton::GroupKey, Vec<(Id, Snapshot)>)> = Vec::new();
+    for (id, s) in list {
+        let key = crate::baton::GroupKey::of(by, &s);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push((id, s)),
+            None => groups.push((key, vec![(id, s)])),
+        }
+    }
+    if let Some(n) = a.latest {
+        for (_, v) in &mut groups {
+            let skip = v.len().saturating_sub(n);
+            v.drain(..skip);
+        }
+    }
     if g.json {
-        let v: Vec<_> = list.iter().map(|(id, s)| snapshot_json(id, s)).collect();
-        outln!("{}", serde_json::to_string(&v)?);
+        if a.group_by.is_some() {
+            let v: Vec<_> = groups
+                .iter()
+                .map(|(k, v)| {
+                    serde_json::json!({
+                        "group_key": k,
+                        "snapshots": v.iter().map(|(id, s)| snapshot_json(id, s)).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            outln!("{}", serde_json::to_string(&v)?);
+        } else {
+            let v: Vec<_> = groups
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|(id, s)| snapshot_json(id, s)))
+                .collect();
+            outln!("{}", serde_json::to_string(&v)?);
+        }
         return Ok(code);
     }
-    outln!(
-        "{:<8}  {:<19}  {:<16}  {:<16}  Paths",
-        "ID",
-        "Time (UTC)",
-        "Host",
-        "Tags"
-    );
-    for (id, s) in &list {
+    let mut total = 0;
+    for (k, v) in &groups {
+        if a.group_by.is_some() {
+            outln!("{}", context::escape(&k.to_string()));
+        }
         outln!(
-            "{:<8}  {:<19}  {:<16}  {:<16}  {}",
-            id.short(),
-            short_time(&s.time),
-            context::escape(&s.hostname),
-            context::escape(&s.tags.join(",")),
-            context::escape(&s.paths.join(", "))
+            "{:<8}  {:<19}  {:<16}  {:<16}  Paths",
+            "ID",
+            "Time (UTC)",
+            "Host",
+            "Tags"
         );
+        for (id, s) in v {
+            outln!(
+                "{:<8}  {:<19}  {:<16}  {:<16}  {}",
+                id.short(),
+                short_time(&s.time),
+                context::escape(&s.hostname),
+                context::escape(&s.tags.join(",")),
+                context::escape(&s.paths.join(", "))
+            );
+        }
+        total += v.len();
+        if a.group_by.is_some() {
+            outln!();
+        }
     }
     if !g.quiet {
-        outln!("{} snapshots", list.len());
+        outln!("{total} snapshot{}", if total == 1 { "" } else { "s" });
     }
     Ok(code)
 }

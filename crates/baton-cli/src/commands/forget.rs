@@ -33,6 +33,7 @@ pub fn run(g: &Global, a: &ForgetArgs) -> Result<i32> {
         group_by: GroupBy::parse(&a.group_by)?,
         snapshots: a.snapshots.clone(),
         dry_run: a.dry_run,
+        select: a.filter.select(),
         cancel: context::cancel().clone(),
     };
     let prune = if a.prune {

@@ -37,24 +37,29 @@ impl SnapshotFilter {
         self.tag.is_empty() && self.host.is_empty() && self.path.is_empty()
     }
 
-    /// Whether `s` passes: every `--path` among its paths (relative ones
-    /// made absolute as backup does), its host one of `--host`, and one
-    /// `--tag` group (`a,b`: both) all among its tags.
+    /// The selection: relative paths made absolute as backup does, `a,b`
+    /// a tag group (both).
+    pub fn select(&self) -> crate::baton::SnapshotSelect {
+        crate::baton::SnapshotSelect {
+            hosts: self.host.clone(),
+            paths: self.path.iter().map(|p| absolute_path(p)).collect(),
+            tags: self
+                .tag
+                .iter()
+                .map(|g| {
+                    g.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .filter(|g| !g.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether `s` passes the filters.
     pub fn matches(&self, s: &Snapshot) -> bool {
-        let tags_ok = self.tag.is_empty()
-            || self.tag.iter().any(|group| {
-                group
-                    .split(',')
-                    .filter(|t| !t.is_empty())
-                    .all(|t| s.tags.iter().any(|x| x == t))
-            });
-        let host_ok = self.host.is_empty() || self.host.iter().any(|h| h == &s.hostname);
-        let path_ok = self.path.is_empty()
-            || self.path.iter().all(|p| {
-                let p = absolute_path(p);
-                s.paths.contains(&p)
-            });
-        tags_ok && host_ok && path_ok
+        self.select().matches(s)
     }
 }
 

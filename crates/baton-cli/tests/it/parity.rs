@@ -401,7 +401,8 @@ fn backup_selection_options_leave_out_what_they_name() {
         ],
     );
     let t = env.path("t");
-    env.restore(s["snapshot_id"].as_str().unwrap(), &t, &[]).ok();
+    env.restore(s["snapshot_id"].as_str().unwrap(), &t, &[])
+        .ok();
     let names = restored_names(&env, &t);
     for gone in ["big", "secret", ".nobackup", "x.LOG", "y.log"] {
         assert!(!names.contains(gone), "{gone} was backed up: {names:?}");
@@ -442,7 +443,12 @@ fn files_from_lists_the_sources() {
         .collect();
     let want: BTreeSet<String> = [&a, &b, &c]
         .iter()
-        .map(|p| std::fs::canonicalize(p).unwrap().to_string_lossy().into_owned())
+        .map(|p| {
+            std::fs::canonicalize(p)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(paths, want, "{s}");
     let empty = env.path("empty");
@@ -482,7 +488,10 @@ fn retry_lock_waits_for_the_lock_to_go() {
     let t = std::time::Instant::now();
     let r = env.run(&["prune", "--retry-lock", "1s"]);
     assert_eq!(r.code, 11, "{}", r.stderr);
-    assert!(t.elapsed() >= std::time::Duration::from_secs(1), "it did not wait");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_secs(1),
+        "it did not wait"
+    );
     // Released while waiting: the prune goes ahead.
     let mut waiting = env
         .std_cmd()
@@ -500,4 +509,60 @@ fn retry_lock_waits_for_the_lock_to_go() {
     let _ = holder.wait();
     let st = waiting.wait().unwrap();
     assert!(st.success(), "prune failed after the lock went");
+}
+
+#[test]
+fn snapshots_group_and_cut_and_forget_follows_the_filters() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"x");
+    for (host, day) in [("h1", 1), ("h1", 2), ("h1", 3), ("h2", 1), ("h2", 2)] {
+        env.backup(
+            &[&src],
+            &[
+                "--host",
+                host,
+                "--force",
+                "--time",
+                &format!("2026-01-0{day}T12:00:00Z"),
+            ],
+        );
+    }
+    let groups = env
+        .run(&["snapshots", "--json", "--group-by", "host", "--latest", "2"])
+        .ok()
+        .json();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    for g in groups {
+        let snaps = g["snapshots"].as_array().unwrap();
+        assert_eq!(snaps.len(), 2, "{g}");
+        let host = g["group_key"]["hostname"].as_str().unwrap();
+        assert!(snaps.iter().all(|s| s["hostname"] == host));
+        // The newest two, oldest first.
+        assert!(snaps[0]["time"].as_str() < snaps[1]["time"].as_str());
+        let newest = if host == "h1" {
+            "2026-01-03"
+        } else {
+            "2026-01-02"
+        };
+        assert!(
+            snaps[1]["time"].as_str().unwrap().starts_with(newest),
+            "{g}"
+        );
+    }
+    let text = env.run(&["snapshots", "--latest", "1"]).ok().stdout;
+    assert!(text.contains("1 snapshot\n"), "{text}");
+    // keep-last 1 applied to h1 only: h2 keeps both.
+    env.run(&["forget", "--keep-last", "1", "--host", "h1"])
+        .ok();
+    let left = env.run(&["snapshots", "--json"]).ok().json();
+    let hosts: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts.iter().filter(|h| **h == "h1").count(), 1, "{hosts:?}");
+    assert_eq!(hosts.iter().filter(|h| **h == "h2").count(), 2, "{hosts:?}");
 }
