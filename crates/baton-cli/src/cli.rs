@@ -99,6 +99,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// List the ids of the repository's objects of a kind (for `cat`)
     List(ListArgs),
+    /// Write copies of snapshots without the paths given by --exclude
+    Rewrite(RewriteArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion(CompletionArgs),
     /// Write man pages (baton.1, baton-backup.1, ...) into a directory
@@ -452,6 +454,29 @@ pub struct StatsArgs {
     pub snapshots: Vec<String>,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite (default: every snapshot matching the filters)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// Remove entries matching this pattern (as backup's --exclude)
+    #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Like --exclude, without regard to case
+    #[arg(long = "iexclude", value_name = "PATTERN")]
+    pub iexclude: Vec<String>,
+    /// Read exclude patterns from a file (one per line)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Delete each original once its copy is stored
+    #[arg(long)]
+    pub forget: bool,
+    /// Show what would be removed, write nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@ mod check;
 mod forget;
 mod prune;
 mod repair;
+mod rewrite;
 mod stats;
 
 pub use check::{
@@ -24,4 +25,5 @@ pub use repair::{
     RemovedEntry, RepairIndexReport, RepairPacksReport, RepairSnapshotsOptions,
     RepairSnapshotsReport, RepairedSnapshot, repair_index, repair_packs, repair_snapshots,
 };
+pub use rewrite::{RewriteOptions, RewriteReport, Rewritten, rewrite};
 pub use stats::{Stats, stats};

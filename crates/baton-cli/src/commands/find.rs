@@ -1,6 +1,6 @@
 //! `baton find`, `baton stats` and `baton list`.
 
-use crate::cli::{FindArgs, Global, ListArgs, StatsArgs};
+use crate::cli::{FindArgs, Global, ListArgs, RewriteArgs, StatsArgs};
 use crate::context;
 use anyhow::{Context, Result, bail};
 use baton_storage::ObjectKind;
@@ -226,5 +226,69 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<i32> {
     } else if total == 0 && !g.quiet {
         eprintln!("no entry matches in {} snapshots", snaps.len());
     }
+    Ok(crate::exit::OK)
+}
+
+/// `baton rewrite`: copies of snapshots without what `--exclude` names.
+pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
+    let mut patterns = a.exclude.clone();
+    patterns.extend(crate::baton::PatternSet::read_files(&a.exclude_file)?);
+    if patterns.is_empty() && a.iexclude.is_empty() {
+        bail!(crate::Usage(
+            "nothing to remove: give --exclude, --iexclude or --exclude-file".into()
+        ));
+    }
+    let set = crate::baton::PatternSet::with_case(&patterns, &a.iexclude)?;
+    let mut repo = context::open(g)?;
+    let snaps: Vec<(Id, Snapshot)> = {
+        let _lock = repo.lock(false)?;
+        if a.snapshots.is_empty() {
+            super::select::all(&repo, &a.filter)?
+        } else {
+            a.snapshots
+                .iter()
+                .map(|r| super::select::find(&repo, r, &a.filter))
+                .collect::<Result<_>>()?
+        }
+    };
+    let opts = crate::baton::RewriteOptions {
+        forget: a.forget,
+        dry_run: a.dry_run,
+    };
+    let exclude = |path: &str, _: &Node| set.matches(std::path::Path::new(path));
+    let r = crate::baton::rewrite(&mut repo, &snaps, &exclude, &opts, context::cancel())?;
+    if g.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["message_type"] = "rewrite".into();
+        v["dry_run"] = a.dry_run.into();
+        super::print_json(&v);
+        return Ok(crate::exit::OK);
+    }
+    for w in &r.rewritten {
+        match w.new {
+            Some(n) => outln!(
+                "snapshot {} rewritten as {}{}: {} entries removed",
+                w.original.short(),
+                n.short(),
+                if w.forgotten {
+                    " (original forgotten)"
+                } else {
+                    ""
+                },
+                w.removed.len()
+            ),
+            None => outln!(
+                "snapshot {} would lose {} entries",
+                w.original.short(),
+                w.removed.len()
+            ),
+        }
+        if g.verbose > 0 || a.dry_run {
+            for p in &w.removed {
+                outln!("  - {}", context::escape(p));
+            }
+        }
+    }
+    outln!("{} rewritten, {} unchanged", r.rewritten.len(), r.unchanged);
     Ok(crate::exit::OK)
 }

@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Find(a) => find::find(g, &a),
         Command::Stats(a) => find::stats(g, &a),
         Command::List(a) => find::list(g, &a),
+        Command::Rewrite(a) => find::rewrite(g, &a),
         Command::Completion(a) => {
             use clap::CommandFactory;
             let mut cmd = crate::cli::Cli::command();

@@ -566,3 +566,108 @@ fn snapshots_group_and_cut_and_forget_follows_the_filters() {
     assert_eq!(hosts.iter().filter(|h| **h == "h1").count(), 1, "{hosts:?}");
     assert_eq!(hosts.iter().filter(|h| **h == "h2").count(), 2, "{hosts:?}");
 }
+
+/// `rewrite` removes exactly the named paths: the copy restores to the
+/// source minus them, the original is untouched (or gone with --forget),
+/// and check is clean.
+#[test]
+fn rewrite_removes_exactly_the_named_paths() {
+    let env = Env::new();
+    let src = env.path("src");
+    for p in [
+        "keep/a.txt",
+        "keep/b.tmp",
+        "secret/key",
+        "deep/x/y.tmp",
+        "deep/x/z.txt",
+        "top.txt",
+    ] {
+        write(&src.join(p), p.as_bytes());
+    }
+    let first = env.backup(&[&src], &[]);
+    let abs = std::fs::canonicalize(&src).unwrap();
+    let secret = format!("{}/secret", abs.display());
+    let dry = env
+        .run(&[
+            "rewrite",
+            "--json",
+            "--dry-run",
+            "-e",
+            "*.tmp",
+            "-e",
+            &secret,
+        ])
+        .ok()
+        .json();
+    let mut removed: Vec<String> = dry["rewritten"][0]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    removed.sort();
+    let mut want = vec![
+        format!("{}/deep/x/y.tmp", abs.display()),
+        format!("{}/keep/b.tmp", abs.display()),
+        secret.clone(),
+    ];
+    want.sort();
+    assert_eq!(removed, want);
+    assert_eq!(
+        env.run(&["list", "snapshots"]).ok().stdout.lines().count(),
+        1,
+        "a dry run wrote"
+    );
+
+    let r = env
+        .run(&["rewrite", "--json", "-e", "*.tmp", "-e", &secret])
+        .ok()
+        .json();
+    let new = r["rewritten"][0]["new"].as_str().unwrap().to_string();
+    let t = env.path("t");
+    env.restore(&new, &t, &[]).ok();
+    let got: BTreeSet<String> = crate::common::walk(&t)
+        .iter()
+        .filter(|p| p.is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let expect: BTreeSet<String> = ["a.txt", "z.txt", "top.txt"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(got, expect);
+    // The original is still there and whole.
+    let t2 = env.path("t2");
+    env.restore(first["snapshot_id"].as_str().unwrap(), &t2, &[])
+        .ok();
+    assert_eq!(
+        crate::common::walk(&t2)
+            .iter()
+            .filter(|p| p.is_file())
+            .count(),
+        6
+    );
+    let snap: serde_json::Value =
+        serde_json::from_str(&env.run(&["cat", "snapshot", &new]).ok().stdout).unwrap();
+    assert_eq!(snap["original"], first["snapshot_id"]);
+    // --forget replaces it; nothing left to remove afterwards.
+    let again = env
+        .run(&["rewrite", "--json", "--forget", "-e", "*.txt"])
+        .ok()
+        .json();
+    assert!(
+        again["rewritten"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["forgotten"] == true)
+    );
+    let left = env.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(left.as_array().unwrap().len(), 2);
+    let c = env.run(&["check"]).ok();
+    assert!(
+        c.stdout.contains("no problems") || c.stdout.contains("no errors"),
+        "{}",
+        c.stdout
+    );
+}
