@@ -403,6 +403,10 @@ pub struct RestoreArgs {
     /// newer), never
     #[arg(long, value_enum, default_value = "always", value_name = "WHEN")]
     pub overwrite: OverwriteArg,
+    /// Remove what the target holds that the snapshot does not (within the
+    /// restored directories and selected paths)
+    #[arg(long)]
+    pub delete: bool,
     /// Block images: serve the image over NBD at once and restore to the
     /// target in the background; merge the client's writes when done
     #[arg(long)]

@@ -33,6 +33,9 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// What to do with an entry that exists in the target.
     pub overwrite: Overwrite,
+    /// Remove what the target holds that the snapshot does not (in the
+    /// directories the restore writes, among the selected paths).
+    pub delete: bool,
 }
 
 /// `restore --overwrite`: what happens to an entry already in the target.
@@ -69,6 +72,8 @@ pub struct RestoreSummary {
     pub files_already_restored: u64,
     /// Existing entries left as they were by `--overwrite`.
     pub skipped: u64,
+    /// Entries removed by `--delete` (a directory counts once).
+    pub deleted: u64,
     /// Existing files kept unread because size and time matched
     /// (`--overwrite if-changed`).
     pub files_unchanged: u64,
@@ -91,6 +96,7 @@ struct Restorer<'a> {
     to_verify: Vec<(PathBuf, Vec<Id>)>,
     verify: bool,
     overwrite: Overwrite,
+    delete: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
     pending: Vec<(PathBuf, Node, bool)>,
@@ -225,6 +231,7 @@ pub fn restore(
             to_verify: Vec::new(),
             verify: opts.verify,
             overwrite: opts.overwrite,
+            delete: opts.delete,
             summary: RestoreSummary::default(),
             pending: Vec::new(),
             pending_chunks: 0,
@@ -361,8 +368,40 @@ impl Restorer<'_> {
                 any = true;
             }
         }
+        if self.delete && !fresh {
+            self.delete_extra(&t, dir, prefix, selected);
+        }
         self.budget.leave();
         Ok(any)
+    }
+
+    /// `--delete`: removes what the target directory holds that the
+    /// snapshot's does not, among the paths the restore selects.
+    fn delete_extra(&mut self, t: &baton_types::Tree, dir: &Path, prefix: &str, selected: bool) {
+        let names = match self.target.list(dir) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error(dir, format!("cannot list for --delete: {e}"));
+                return;
+            }
+        };
+        for name in names {
+            use std::os::unix::ffi::OsStrExt;
+            if t.find(name.as_bytes()).is_some() {
+                continue;
+            }
+            let p = join(prefix, &name.to_string_lossy());
+            let sel = !self.excludes.matches(Path::new(&p))
+                && (selected || self.includes.is_empty() || self.includes.matches(Path::new(&p)));
+            if !sel {
+                continue;
+            }
+            let dst = dir.join(&name);
+            match self.target.remove_all(&dst) {
+                Ok(()) => self.summary.deleted += 1,
+                Err(e) => self.error(&dst, format!("cannot delete (--delete): {e}")),
+            }
+        }
     }
 
     fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str, fresh: bool) -> Result<()> {

@@ -34,6 +34,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
             crate::cli::OverwriteArg::IfNewer => crate::baton::Overwrite::IfNewer,
             crate::cli::OverwriteArg::Never => crate::baton::Overwrite::Never,
         },
+        delete: a.delete,
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     if let Some(s) = &snapshot.summary {

@@ -671,3 +671,40 @@ fn rewrite_removes_exactly_the_named_paths() {
         c.stdout
     );
 }
+
+/// `--delete` removes what the snapshot does not have (files, whole
+/// directories, symlinks as links, never what they point to), and keeps
+/// what the restore does not select.
+#[test]
+fn restore_delete_removes_exactly_the_extra_entries() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("keep/a"), b"a");
+    write(&src.join("b"), b"b");
+    env.backup(&[&src], &[]);
+    let t = env.path("t");
+    env.restore("latest:/", &t, &[]).ok();
+    let rel = std::fs::canonicalize(&src).unwrap();
+    let dir = t.join(rel.strip_prefix("/").unwrap());
+    let outside = env.path("outside");
+    write(&outside.join("precious"), b"must survive");
+    write(&dir.join("extra"), b"x");
+    write(&dir.join("keep/extra-deep/more/file"), b"x");
+    std::os::unix::fs::symlink(&outside, dir.join("link-out")).unwrap();
+    write(&dir.join("ignored.log"), b"excluded from the restore: kept");
+    let r = env
+        .restore("latest", &t, &["--delete", "--exclude", "*.log", "--json"])
+        .ok();
+    let s = r.json();
+    assert_eq!(s["deleted"], 3, "{s}");
+    assert!(!dir.join("extra").exists());
+    assert!(!dir.join("keep/extra-deep").exists());
+    assert!(std::fs::symlink_metadata(dir.join("link-out")).is_err());
+    assert_eq!(
+        std::fs::read(outside.join("precious")).unwrap(),
+        b"must survive"
+    );
+    assert!(dir.join("ignored.log").exists());
+    assert_eq!(std::fs::read(dir.join("keep/a")).unwrap(), b"a");
+    assert_eq!(std::fs::read(dir.join("b")).unwrap(), b"b");
+}

@@ -207,6 +207,47 @@ impl Target {
         ))
     }
 
+    /// The names in the directory `p` (below the target, not followed).
+    pub fn list(&self, p: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        let fd = if p == self.path {
+            nix::fcntl::openat(
+                &self.root,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?
+        } else {
+            self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?
+        };
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        let mut out = Vec::new();
+        for e in dir.iter() {
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(OsStr::from_bytes(name).to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `p` and, for a directory, everything below it: each entry
+    /// through its parent's handle, never following a symbolic link (a
+    /// link is removed, not what it points to).
+    pub fn remove_all(&self, p: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        let dir = nix::fcntl::openat(
+            &dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        remove_in(&dir, name, 0)
+    }
+
     /// Creates the directory `p` (mode 0700 until its metadata is applied).
     pub fn create_dir(&self, p: &Path) -> io::Result<()> {
         let (dir, name) = self.parent(p)?;
@@ -537,5 +578,41 @@ fn symlink_metadata(dir: &OwnedFd, name: &OsStr, node: &Node, is_root: bool) -> 
     match first_err {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// Removes `name` in the directory `dir` (recursively, never following).
+fn remove_in(dir: &OwnedFd, name: &OsStr, depth: usize) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if depth > 4096 {
+        return Err(io::Error::other("directories nested too deep to delete"));
+    }
+    let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+    if is_type(&st, SFlag::S_IFDIR) {
+        let sub = nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let names: Vec<std::ffi::OsString> = {
+            let d = nix::dir::Dir::from_fd(sub.try_clone()?).map_err(errno)?;
+            let mut v = Vec::new();
+            for e in d.into_iter() {
+                let e = e.map_err(errno)?;
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    v.push(OsStr::from_bytes(n).to_owned());
+                }
+            }
+            v
+        };
+        for n in &names {
+            remove_in(&sub, n, depth + 1)?;
+        }
+        nix::unistd::unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(errno)
+    } else {
+        nix::unistd::unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(errno)
     }
 }
