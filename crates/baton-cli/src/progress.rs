@@ -10,6 +10,15 @@ pub struct CliProgress {
     bar: Option<ProgressBar>,
     files: AtomicU64,
     verbose: u8,
+    /// `--json`: a status line on stdout at most once a second.
+    json: bool,
+    started: std::time::Instant,
+    last_status_ms: AtomicU64,
+    bytes_done: AtomicU64,
+    total_bytes: AtomicU64,
+    total_files: AtomicU64,
+    errors: AtomicU64,
+    current: std::sync::Mutex<(String, String)>,
 }
 
 impl CliProgress {
@@ -20,7 +29,7 @@ impl CliProgress {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
             b.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
                 )
                 .expect("valid template"),
             );
@@ -30,7 +39,54 @@ impl CliProgress {
             bar,
             files: AtomicU64::new(0),
             verbose: if json { 0 } else { verbose },
+            json,
+            started: std::time::Instant::now(),
+            // Never yet: the first entry prints one at once.
+            last_status_ms: AtomicU64::new(u64::MAX),
+            bytes_done: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            total_files: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            current: std::sync::Mutex::new((String::new(), String::new())),
         }
+    }
+
+    /// With `--json`, a `status` line (restic's shape: phase, entries and
+    /// bytes done, totals when known, the current path) once a second.
+    fn maybe_status(&self) {
+        if !self.json {
+            return;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_status_ms.load(Ordering::Relaxed);
+        if (last != u64::MAX && now < last.saturating_add(1000))
+            || self
+                .last_status_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (phase, file) = self.current.lock().expect("progress").clone();
+        let (done, total) = (
+            self.bytes_done.load(Ordering::Relaxed),
+            self.total_bytes.load(Ordering::Relaxed),
+        );
+        let mut v = serde_json::json!({
+            "message_type": "status",
+            "phase": phase,
+            "seconds_elapsed": now / 1000,
+            "files_done": self.files.load(Ordering::Relaxed),
+            "bytes_done": done,
+            "error_count": self.errors.load(Ordering::Relaxed),
+            "current_files": if file.is_empty() { vec![] } else { vec![file] },
+        });
+        if total > 0 {
+            v["total_bytes"] = total.into();
+            v["total_files"] = self.total_files.load(Ordering::Relaxed).into();
+            v["percent_done"] = (done as f64 / total as f64).min(1.0).into();
+        }
+        outln!("{v}");
     }
 
     pub fn finish(&self) {
@@ -49,18 +105,34 @@ impl CliProgress {
 
 impl Progress for CliProgress {
     fn wants_totals(&self) -> bool {
-        self.bar.is_some()
+        self.bar.is_some() || self.json
     }
-    fn set_total(&self, _files: u64, bytes: u64) {
+    fn set_total(&self, files: u64, bytes: u64) {
+        self.total_files.store(files, Ordering::Relaxed);
+        self.total_bytes.store(bytes, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.set_length(bytes);
         }
     }
+    fn phase(&self, phase: &str) {
+        self.current.lock().expect("progress").0 = phase.to_string();
+        if let Some(b) = &self.bar {
+            b.set_prefix(phase.to_string());
+        }
+    }
     fn entry(&self, path: &Path, status: EntryStatus) {
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(b) = &self.bar {
-            b.set_message(format!("{n} entries"));
+        if self.json || self.bar.is_some() {
+            self.current.lock().expect("progress").1 = path.display().to_string();
         }
+        if let Some(b) = &self.bar {
+            let name = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            b.set_message(format!("{n} entries, {}", crate::context::escape(&name)));
+        }
+        self.maybe_status();
         if self.verbose > 0 && (status != EntryStatus::Unmodified || self.verbose > 1) {
             let s = match status {
                 EntryStatus::New => "new",
@@ -75,11 +147,14 @@ impl Progress for CliProgress {
         }
     }
     fn bytes(&self, n: u64) {
+        self.bytes_done.fetch_add(n, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.inc(n);
         }
+        self.maybe_status();
     }
     fn error(&self, path: &str, message: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         // Errors are printed even with --quiet.
         let line = format!(
             "error: {}: {}",

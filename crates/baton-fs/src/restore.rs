@@ -256,6 +256,7 @@ impl Restorer<'_> {
         verify: bool,
         target_fresh: bool,
     ) -> Result<()> {
+        self.progress.phase("restoring");
         let r = self;
         match (node, subtree) {
             (Some(n), _) if n.kind != NodeKind::Dir => {
@@ -699,6 +700,9 @@ impl Restorer<'_> {
     }
 
     fn verify_all(&mut self) -> Result<()> {
+        if !self.to_verify.is_empty() {
+            self.progress.phase("verifying");
+        }
         for (path, content) in std::mem::take(&mut self.to_verify) {
             self.cancel.check()?;
             match verify_file(self.repo, self.target, &path, &content) {

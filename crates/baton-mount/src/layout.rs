@@ -42,11 +42,11 @@ pub(crate) struct VDir {
 }
 
 impl VDir {
-    pub(crate) fn find(&self, name: &[u8]) -> Option<&VEntry> {
+    pub(crate) fn find(&self, name: &[u8]) -> Option<(&str, &VEntry)> {
         self.entries
             .binary_search_by(|(n, _)| n.as_bytes().cmp(name))
             .ok()
-            .map(|i| &self.entries[i].1)
+            .map(|i| (self.entries[i].0.as_str(), &self.entries[i].1))
     }
 
     /// Subdirectories (for the directory's link count).
@@ -245,7 +245,7 @@ mod tests {
     fn dir<'a>(l: &'a Layout, path: &[&str]) -> &'a VDir {
         let mut d = &l.dirs[ROOT];
         for p in path {
-            match d.find(p.as_bytes()) {
+            match d.find(p.as_bytes()).map(|(_, e)| e) {
                 Some(VEntry::Dir(i)) => d = &l.dirs[*i],
                 other => panic!("{p}: {other:?}"),
             }
@@ -261,8 +261,18 @@ mod tests {
     fn layout_names_groups_and_latest() {
         let l = Layout::new(vec![
             snap(3, "2026-01-31T15:00:00.500000000Z", "beta", &[]),
-            snap(1, "2026-01-31T14:00:00.000000000Z", "alpha", &["daily", "x", "x"]),
-            snap(2, "2026-01-31T15:00:00.000000000Z", "beta", &["weekly", "x"]),
+            snap(
+                1,
+                "2026-01-31T14:00:00.000000000Z",
+                "alpha",
+                &["daily", "x", "x"],
+            ),
+            snap(
+                2,
+                "2026-01-31T15:00:00.000000000Z",
+                "beta",
+                &["weekly", "x"],
+            ),
             snap(4, "2999-01-01T00:00:00Z", "a/b", &[".."]),
         ]);
         assert_eq!(names(&l.dirs[ROOT]), ["hosts", "ids", "snapshots", "tags"]);
@@ -283,7 +293,7 @@ mod tests {
             ]
         );
         // The future snapshot is listed, but is not `latest`.
-        let latest = |d: &VDir| match d.find(b"latest") {
+        let latest = |d: &VDir| match d.find(b"latest").map(|(_, e)| e) {
             Some(VEntry::Latest { target, .. }) => target.clone(),
             other => panic!("{other:?}"),
         };

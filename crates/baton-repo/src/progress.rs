@@ -19,6 +19,9 @@ pub trait Progress: Send + Sync {
     fn bytes(&self, _n: u64) {}
     /// A path could not be processed; the operation goes on.
     fn error(&self, _path: &str, _message: &str) {}
+    /// The operation entered a phase ("scanning", "backing up",
+    /// "finishing", "restoring", "verifying").
+    fn phase(&self, _phase: &str) {}
 }
 
 /// What happened to one entry.

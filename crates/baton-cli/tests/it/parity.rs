@@ -708,3 +708,56 @@ fn restore_delete_removes_exactly_the_extra_entries() {
     assert_eq!(std::fs::read(dir.join("keep/a")).unwrap(), b"a");
     assert_eq!(std::fs::read(dir.join("b")).unwrap(), b"b");
 }
+
+/// `backup --json` and `restore --json` stream `status` lines (phase,
+/// progress, current file) before their summary, every line JSON with a
+/// `message_type`.
+#[test]
+fn json_output_streams_status_lines_then_a_summary() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..20 {
+        write(&src.join(format!("d/f{i}")), &vec![i as u8; 10_000]);
+    }
+    for (args, phase) in [
+        (
+            vec![
+                "backup".to_string(),
+                "--json".into(),
+                src.to_string_lossy().into_owned(),
+            ],
+            "backing up",
+        ),
+        (
+            vec![
+                "restore".into(),
+                "latest".into(),
+                "--json".into(),
+                "--target".into(),
+                env.path("t").to_string_lossy().into_owned(),
+            ],
+            "restoring",
+        ),
+    ] {
+        let mut c = env.cmd();
+        c.args(&args);
+        let out = run(&mut c).ok();
+        let lines: Vec<serde_json::Value> = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert!(
+            lines.iter().all(|v| v["message_type"].is_string()),
+            "{lines:?}"
+        );
+        let status: Vec<_> = lines
+            .iter()
+            .filter(|v| v["message_type"] == "status")
+            .collect();
+        assert!(!status.is_empty(), "no status line: {}", out.stdout);
+        assert_eq!(status[0]["phase"], phase, "{:?}", status[0]);
+        assert!(status[0]["current_files"].is_array());
+        assert_eq!(lines.last().unwrap()["message_type"], "summary");
+    }
+}

@@ -329,6 +329,7 @@ pub fn backup(
                 }
             });
         }
+        progress.phase("backing up");
         let pipe = Pipeline::start(s, cfg);
         let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel)
             .with_journal(checkpoint, resume_catalog);
@@ -347,6 +348,7 @@ pub fn backup(
         scan_done.cancel();
         (walk, pipe.finish())
     });
+    progress.phase("finishing");
     // The packer's error is the root cause when both failed (e.g. a full disk).
     let packed = packed?;
     let (tree, mut summary) = walk?;
