@@ -761,3 +761,28 @@ fn json_output_streams_status_lines_then_a_summary() {
         assert_eq!(lines.last().unwrap()["message_type"], "summary");
     }
 }
+
+/// `-vv` labels directories new, modified or unmodified against the
+/// parent snapshot.
+#[test]
+fn verbose_labels_directories_by_what_changed() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("changed/f"), b"1");
+    write(&src.join("same/f"), b"1");
+    env.backup(&[&src], &[]);
+    write(&src.join("changed/f"), b"22");
+    write(&src.join("added/f"), b"1");
+    let mut c = env.cmd();
+    c.args(["backup", "-vv"]).arg(&src);
+    let out = run(&mut c).ok().stdout;
+    let label = |dir: &str| {
+        out.lines()
+            .find(|l| l.ends_with(&format!("/{dir}")))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{dir} not listed:\n{out}"))
+    };
+    assert_eq!(label("changed"), "modified", "{out}");
+    assert_eq!(label("same"), "unmodified", "{out}");
+    assert_eq!(label("added"), "new", "{out}");
+}

@@ -546,7 +546,8 @@ impl<'a, 'p> Archiver<'a, 'p> {
         self.cancel.check()?;
         let mut node = self.node(name, NodeKind::Dir, meta);
         node.xattrs = self.xattrs(path, sys);
-        self.progress.entry(path, EntryStatus::New);
+        // Reported once its tree is known (new, modified or unchanged).
+        let before = parent.as_ref().map(|p| p.id);
         // Every entry below is reached through this directory's handle, so
         // a directory swapped for a link after it was checked is never
         // read through.
@@ -633,6 +634,12 @@ impl<'a, 'p> Archiver<'a, 'p> {
             // Sorted above already.
             None => self.save_blob(BlobType::Tree, to_json(&tree))?,
         });
+        let status = match before {
+            None => EntryStatus::New,
+            Some(old) if old == node.subtree => EntryStatus::Unmodified,
+            Some(_) => EntryStatus::Changed,
+        };
+        self.progress.entry(path, status);
         self.summary.dirs += 1;
         self.finished(path, &node)?;
         Ok(node)
