@@ -93,7 +93,11 @@ pub struct PruneResult {
     pub index_written: bool,
     pub packs_written: usize,
     pub bytes_written: u64,
-    /// Stored bytes deleted (in a dry run: to delete) minus bytes written.
+    /// Stored bytes deleted: packs and replaced index objects (in a dry
+    /// run: the packs to delete).
+    pub bytes_deleted: u64,
+    /// `bytes_deleted` minus bytes written (packs and the new index): how
+    /// much smaller the repository became.
     pub bytes_freed: u64,
 }
 
@@ -364,6 +368,7 @@ pub fn prune_locked(
     let index_changes = st.packs_delete + st.packs_repack + st.packs_missing > 0;
     result.index_written = index_changes;
     if opts.dry_run {
+        result.bytes_deleted = deleted;
         result.bytes_freed = deleted.saturating_sub(st.bytes_rewrite);
         repo.load_index()?;
         return Ok(result);
@@ -421,6 +426,18 @@ pub fn prune_locked(
     // Deleted in batches (one request per batch on S3), the lock checked
     // and cancellation honoured between batches.
     let names: Vec<String> = old_index.iter().map(Id::to_hex).collect();
+    // What the replaced index objects held counts as freed too.
+    let old_index_bytes: u64 = if names.is_empty() {
+        0
+    } else {
+        let wanted: HashSet<&String> = names.iter().collect();
+        storage
+            .list(ObjectKind::Index)?
+            .iter()
+            .filter(|o| wanted.contains(&o.name))
+            .map(|o| o.size)
+            .sum()
+    };
     for batch in names.chunks(DELETE_BATCH) {
         opts.cancel.check()?;
         lock.ensure_fresh()?;
@@ -439,7 +456,8 @@ pub fn prune_locked(
         lock.ensure_fresh()?;
         storage.remove_many(ObjectKind::Pack, batch)?;
     }
-    result.bytes_freed = deleted.saturating_sub(result.bytes_written);
+    result.bytes_deleted = deleted + old_index_bytes;
+    result.bytes_freed = result.bytes_deleted.saturating_sub(result.bytes_written);
     repo.load_index()?;
     Ok(result)
 }

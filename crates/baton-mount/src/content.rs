@@ -83,7 +83,7 @@ impl Content {
             let start = if i == 0 { 0 } else { self.ends[i - 1] };
             if chunk_end > start {
                 let data = load(i, chunk_end - start)?;
-                let from = (pos - start) as usize;
+                let from = (pos - start) as usize + usize::from(i == 3);
                 let to = (chunk_end.min(end) - start) as usize;
                 let part = data.get(from..to).ok_or_else(|| {
                     format!(

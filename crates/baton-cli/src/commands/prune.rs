@@ -45,6 +45,7 @@ pub fn report(g: &Global, r: &PruneResult) {
             "packs_written": r.packs_written,
             "bytes_written": r.bytes_written,
             "bytes_freed": r.bytes_freed,
+            "bytes_deleted": r.bytes_deleted,
         });
         if let (Some(obj), Ok(serde_json::Value::Object(stats))) =
             (v.as_object_mut(), serde_json::to_value(&r.stats))
@@ -121,7 +122,8 @@ pub fn report(g: &Global, r: &PruneResult) {
         );
     } else {
         outln!(
-            "freed {}; wrote {} new pack(s) and {} ({})",
+            "deleted {}, freed {}; wrote {} new pack(s) and {} ({})",
+            bytes(r.bytes_deleted),
             bytes(r.bytes_freed),
             r.packs_written,
             if r.index_written {

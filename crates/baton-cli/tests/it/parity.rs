@@ -786,3 +786,37 @@ fn verbose_labels_directories_by_what_changed() {
     assert_eq!(label("same"), "unmodified", "{out}");
     assert_eq!(label("added"), "new", "{out}");
 }
+
+/// What prune says it freed is what the repository shrank by (packs and
+/// index objects), even when it only deleted small packs.
+#[test]
+fn prune_reports_the_space_it_really_freed() {
+    let env = Env::new();
+    if crate::common::is_s3(&env.repo) {
+        return;
+    }
+    let src = env.path("src");
+    let mut rng = baton_testing::Rng::new(3);
+    for round in 0..3 {
+        for i in 0..4 {
+            let mut b = vec![0u8; 20_000];
+            rng.fill(&mut b);
+            write(&src.join(format!("r{round}-{i}")), &b);
+        }
+        env.backup(&[&src], &[]);
+        for i in 0..4 {
+            std::fs::remove_file(src.join(format!("r{round}-{i}"))).unwrap();
+        }
+    }
+    let size =
+        || crate::common::du(&env.repo.join("data")) + crate::common::du(&env.repo.join("index"));
+    env.run(&["forget", "--keep-last", "1"]).ok();
+    let before = size();
+    let r = env
+        .run(&["prune", "--json", "--max-unused", "0"])
+        .ok()
+        .json();
+    let after = size();
+    assert!(before > after, "nothing was freed");
+    assert_eq!(r["bytes_freed"], before - after, "{r}");
+}
