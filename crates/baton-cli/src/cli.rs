@@ -101,6 +101,8 @@ pub enum Command {
     List(ListArgs),
     /// Write copies of snapshots without the paths given by --exclude
     Rewrite(RewriteArgs),
+    /// Browse snapshots as a read-only file system (FUSE) until Ctrl-C or `fusermount3 -u`
+    Mount(MountArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion(CompletionArgs),
     /// Write man pages (baton.1, baton-backup.1, ...) into a directory
@@ -456,6 +458,18 @@ pub struct FindArgs {
 pub struct StatsArgs {
     /// Snapshots to count (default: every snapshot matching the filters)
     pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An existing empty directory to mount at
+    pub mountpoint: PathBuf,
+    /// Let other users use the mount; the kernel then enforces the recorded
+    /// owners and modes (non-root users need `user_allow_other` in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }

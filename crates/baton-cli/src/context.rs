@@ -256,6 +256,11 @@ pub fn cancel() -> &'static crate::baton::Cancel {
 
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
+/// Treats an interrupt as the normal end of the command (a mount).
+pub fn forget_interrupt() {
+    SIGNAL.store(0, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The signal (SIGINT, SIGTERM) that interrupted this process, if any.
 pub fn interrupted_by() -> Option<i32> {
     match SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {

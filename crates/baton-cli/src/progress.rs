@@ -39,7 +39,9 @@ impl CliProgress {
             bar,
             files: AtomicU64::new(0),
             verbose: if json { 0 } else { verbose },
-            json,
+            // Status lines only where asked for (backup, restore), so
+            // other commands' --json stays one document.
+            json: false,
             started: std::time::Instant::now(),
             // Never yet: the first entry prints one at once.
             last_status_ms: AtomicU64::new(u64::MAX),
@@ -87,6 +89,12 @@ impl CliProgress {
             v["percent_done"] = (done as f64 / total as f64).min(1.0).into();
         }
         outln!("{v}");
+    }
+
+    /// With `--json`, stream `status` lines (backup and restore).
+    pub fn streaming(mut self, json: bool) -> Self {
+        self.json = json;
+        self
     }
 
     pub fn finish(&self) {

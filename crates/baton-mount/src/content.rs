@@ -56,9 +56,10 @@ impl Content {
         }
     }
 
-    /// Whether the chunks' lengths do not add up to `node_size`.
-    pub(crate) fn disagrees_with(&self, node_size: u64) -> bool {
-        !self.complete || self.size != node_size
+    /// Whether every chunk's length is known (else reads stop at the
+    /// first unknown one).
+    pub(crate) fn complete(&self) -> bool {
+        self.complete
     }
 
     /// Reads `[offset, offset + size)` (cut at the end of the file),
@@ -83,7 +84,7 @@ impl Content {
             let start = if i == 0 { 0 } else { self.ends[i - 1] };
             if chunk_end > start {
                 let data = load(i, chunk_end - start)?;
-                let from = (pos - start) as usize + usize::from(i == 3);
+                let from = (pos - start) as usize;
                 let to = (chunk_end.min(end) - start) as usize;
                 let part = data.get(from..to).ok_or_else(|| {
                     format!(
@@ -200,8 +201,7 @@ mod tests {
         let whole: Vec<u8> = data.concat();
         let c = Content::new(lens.iter().map(|&l| Some(l)), 999);
         assert_eq!(c.size, 35);
-        assert!(c.disagrees_with(999));
-        assert!(!c.disagrees_with(35));
+        assert!(c.complete());
         let loaded = RefCell::new(Vec::new());
         let load = |i: usize, len: u64| {
             assert_eq!(len, lens[i]);
@@ -229,6 +229,7 @@ mod tests {
     fn unknown_chunk_fails_reads_from_it_on() {
         let c = Content::new([Some(4), None, Some(4)].into_iter(), 12);
         assert_eq!(c.size, 12);
+        assert!(!c.complete());
         let load = |_: usize, len: u64| Ok(Arc::new(vec![7; len as usize]));
         assert_eq!(c.read(0, 4, &load).unwrap(), vec![7; 4]);
         assert!(

@@ -82,9 +82,14 @@ impl BatonFs {
                     node.content.iter().map(|id| index.plain_len_any(id)),
                     node.size,
                 );
-                if c.disagrees_with(node.size) {
+                if !c.complete() {
                     log(&format!(
-                        "{:?}: its chunks hold {} bytes, its entry says {} (shown as {})",
+                        "{:?}: a chunk is not in the index (missing data); shown at its recorded size, reads past the last known chunk fail",
+                        node.name
+                    ));
+                } else if c.size != node.size {
+                    log(&format!(
+                        "{:?}: its chunks hold {} bytes, its entry says {}; shown as {}",
                         node.name, c.size, node.size, c.size
                     ));
                 }

@@ -87,7 +87,10 @@ const THREADS: usize = 4;
 ///
 /// Errors: [`RepoError::Invalid`] for a mountpoint that is missing, not a
 /// directory or not empty; [`RepoError::Io`] when mounting or unmounting
-/// fails (no `/dev/fuse`, no permission, `allow_other` refused…).
+/// fails (no `/dev/fuse`, no permission, `allow_other` refused…);
+/// [`RepoError::LockLost`] after unmounting when `stop` was aborted with a
+/// reason ([`Cancel::abort`], as `LockGuard::abort_on_loss` does). A plain
+/// stop returns `Ok`.
 pub fn mount(
     repo: Arc<Repository>,
     snapshots: Vec<(Id, Snapshot)>,
@@ -110,11 +113,16 @@ pub fn mount(
         std::thread::sleep(POLL);
     }
     match session.umount_and_join() {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(fuser::Errno::EBUSY.code()) => {
-            lazy_unmount(mountpoint, e)
+            lazy_unmount(mountpoint, e)?
         }
-        Err(e) => Err(RepoError::io(mountpoint, e)),
+        Err(e) => return Err(RepoError::io(mountpoint, e)),
+    }
+    // A stop with a reason (the repository lock was lost) is an error.
+    match stop.check() {
+        Err(e @ RepoError::LockLost(_)) => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -228,12 +228,14 @@ fn snapshots_through_the_kernel_equal_their_sources() {
     )
     .unwrap();
     // Many chunks (the chunker's maximum is 8 MiB), and a directory that
-    // takes several readdir replies.
+    // takes several readdir replies (of up to 32 KiB, glibc's buffer).
     let big = src.join("big/multi-chunk.bin");
     write_file(&big, (9 << 20) + 12_345, 5).unwrap();
-    for i in 0..400 {
+    for i in 0..1500 {
         fs::write(
-            src.join(format!("big/entry-with-a-longer-name-{i:04}")),
+            src.join(format!(
+                "big/an-entry-with-a-name-long-enough-to-fill-pages-{i:04}"
+            )),
             i.to_string(),
         )
         .unwrap();
@@ -273,7 +275,7 @@ fn snapshots_through_the_kernel_equal_their_sources() {
 
     // The newest snapshot: every entry equals the source.
     let n = assert_same(&src, &mnt.join("ids").join(short(&third)).join(rel(&src)));
-    assert_eq!(n, manifest.entries + 401 + 1 + 1, "entries compared");
+    assert_eq!(n, manifest.entries + 1501 + 1 + 1, "entries compared");
     // The first lacks exactly the file added after it.
     let d = compare_trees(
         &src,
@@ -507,6 +509,14 @@ fn stop_while_in_use_and_unmount_from_outside() {
     );
     m.wait().unwrap();
     assert!(!is_mounted(&mnt));
+
+    // A stop with a reason (a lost lock) unmounts, then is the error.
+    let (repo, _, snaps) = open_repo(dir.path());
+    let mut m = Mounted::start(repo, snaps, &mnt);
+    m.stop.abort("the repository lock was lost");
+    let e = m.thread.take().unwrap().join().unwrap().unwrap_err();
+    assert!(matches!(e, baton_repo::RepoError::LockLost(_)), "{e}");
+    assert!(!is_mounted(&mnt));
     drop(lock);
 
     // A mountpoint that is not an empty directory is refused.
@@ -527,4 +537,62 @@ fn stop_while_in_use_and_unmount_from_outside() {
             bad.display()
         );
     }
+}
+
+#[test]
+fn block_images_read_as_regular_files() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Random runs and holes, not a multiple of the chunk size.
+    let size = (5 << 20) + 1234;
+    let mut bytes = vec![0u8; size];
+    let mut rng = Rng::new(9);
+    let mut pos = 0;
+    while pos < size {
+        let len = (rng.range(1, 300_000) as usize).min(size - pos);
+        if rng.chance(50) {
+            rng.fill(&mut bytes[pos..pos + len]);
+        }
+        pos += len + rng.below(200_000) as usize;
+    }
+    let img = dir.path().join("disk.img");
+    fs::write(&img, &bytes).unwrap();
+    let mut repo = init_repo(dir.path());
+    let opts = baton_block::BlockBackupOptions {
+        chunk_size: 64 << 10,
+        ..Default::default()
+    };
+    let r = baton_block::backup_block(
+        &mut repo,
+        baton_block::BlockSource::Path(img),
+        &opts,
+        &NoProgress,
+        &Cancel::new(),
+    )
+    .unwrap();
+    let id = r.snapshot_id;
+    drop(repo);
+
+    let (repo, _lock, snaps) = open_repo(dir.path());
+    let m = Mounted::start(repo, snaps, &dir.path().join("mnt"));
+    let path = m.dir.join("ids").join(id.short()).join("disk.img");
+    let md = fs::metadata(&path).unwrap();
+    assert!(md.is_file());
+    assert_eq!(md.len(), size as u64);
+    assert!(fs::read(&path).unwrap() == bytes, "image bytes differ");
+    let f = File::open(&path).unwrap();
+    for _ in 0..100 {
+        let off = rng.below(size as u64 + 10);
+        let mut buf = vec![0u8; rng.range(1, 1 << 20) as usize];
+        let n = read_full(&f, &mut buf, off);
+        let lo = (off as usize).min(size);
+        assert!(
+            buf[..n] == bytes[lo..(lo + buf.len()).min(size)],
+            "read at {off}"
+        );
+    }
+    drop(f);
+    m.stop().unwrap();
 }

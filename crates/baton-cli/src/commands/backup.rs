@@ -57,7 +57,7 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         time: a.time.clone(),
         with_atime: a.with_atime,
     };
-    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json).streaming(g.json);
     let mut stdin = std::io::stdin();
     let input: Option<&mut (dyn Read + Send)> = if a.stdin { Some(&mut stdin) } else { None };
     let result = crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel());
@@ -106,8 +106,8 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     if !s.errors.is_empty() {
         if !g.json {
             eprintln!(
-                "warning: {} path(s) could not be read; they are listed in the snapshot summary",
-                s.errors.len()
+                "warning: {} could not be read; they are listed in the snapshot summary",
+                super::count(s.errors.len(), "path")
             );
         }
         return Ok(crate::exit::PARTIAL);

@@ -34,7 +34,7 @@ pub fn backup(g: &Global, a: &BackupArgs, repo: &mut Repository, source: &Path) 
         force: a.force,
         checkpoint_interval: Duration::from_secs_f64(a.checkpoint_interval.max(0.0)),
     };
-    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json).streaming(g.json);
     let mut stdin = std::io::stdin();
     let src = if source == Path::new("-") {
         BlockSource::Stream(&mut stdin)
@@ -141,7 +141,7 @@ pub fn restore(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Nod
         return instant(g, a, repo, id, node);
     }
     let r = reader(repo, node)?;
-    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json).streaming(g.json);
     crate::baton::Progress::set_total(&progress, 0, r.size());
     let st = baton_block::restore_image(&r, &a.target, &progress, context::cancel());
     progress.finish();

@@ -104,8 +104,12 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
     }
     match (r.errors, r.warnings) {
         (0, 0) => outln!("no problems found"),
-        (0, w) => outln!("no errors found, {w} warning(s)"),
-        (e, w) => outln!("{e} error(s), {w} warning(s)"),
+        (0, w) => outln!("no errors found, {}", super::count(w, "warning")),
+        (e, w) => outln!(
+            "{}, {}",
+            super::count(e, "error"),
+            super::count(w, "warning")
+        ),
     }
 }
 

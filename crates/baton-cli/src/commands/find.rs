@@ -1,6 +1,6 @@
 //! `baton find`, `baton stats` and `baton list`.
 
-use crate::cli::{FindArgs, Global, ListArgs, RewriteArgs, StatsArgs};
+use crate::cli::{FindArgs, Global, ListArgs, MountArgs, RewriteArgs, StatsArgs};
 use crate::context;
 use anyhow::{Context, Result, bail};
 use baton_storage::ObjectKind;
@@ -290,5 +290,35 @@ pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
         }
     }
     outln!("{} rewritten, {} unchanged", r.rewritten.len(), r.unchanged);
+    Ok(crate::exit::OK)
+}
+
+/// `baton mount DIR`: snapshots as a read-only file system until Ctrl-C
+/// (a normal end: exit 0) or `fusermount3 -u DIR`.
+pub fn mount(g: &Global, a: &MountArgs) -> Result<i32> {
+    let (repo, lock) = context::open_indexed(g)?;
+    lock.abort_on_loss(context::cancel());
+    let snapshots = super::select::all(&repo, &a.filter)?;
+    if !g.quiet {
+        eprintln!(
+            "serving {} at {}; Ctrl-C or `fusermount3 -u {}` unmounts",
+            super::count(snapshots.len(), "snapshot"),
+            a.mountpoint.display(),
+            a.mountpoint.display()
+        );
+    }
+    baton_mount::mount(
+        std::sync::Arc::new(repo),
+        snapshots,
+        &a.mountpoint,
+        &baton_mount::MountOptions {
+            allow_other: a.allow_other,
+        },
+        context::cancel(),
+    )
+    .with_context(|| format!("mounting at {}", a.mountpoint.display()))?;
+    drop(lock);
+    // Ctrl-C is how a mount is meant to end.
+    context::forget_interrupt();
     Ok(crate::exit::OK)
 }

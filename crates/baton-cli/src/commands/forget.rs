@@ -101,7 +101,7 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
     for grp in &r.groups {
         outln!("{}:", grp.key);
         if !grp.keep.is_empty() {
-            outln!("  keep {} snapshot(s):", grp.keep.len());
+            outln!("  keep {}:", super::count(grp.keep.len(), "snapshot"));
             for e in &grp.keep {
                 let why: Vec<String> = e.reasons.iter().map(|r| r.to_string()).collect();
                 outln!(
@@ -113,7 +113,7 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
             }
         }
         if !grp.remove.is_empty() {
-            outln!("  remove {} snapshot(s):", grp.remove.len());
+            outln!("  remove {}:", super::count(grp.remove.len(), "snapshot"));
             for e in &grp.remove {
                 outln!("    {}  {}", e.id.short(), short(&e.time));
             }
@@ -121,9 +121,12 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
     }
     let n = r.removed.len();
     if dry_run {
-        outln!("dry run: would remove {n} snapshot(s); nothing was changed");
+        outln!(
+            "dry run: would remove {}; nothing was changed",
+            super::count(n, "snapshot")
+        );
     } else {
-        outln!("removed {n} snapshot(s)");
+        outln!("removed {}", super::count(n, "snapshot"));
         if n > 0 && !prune {
             outln!("run `baton prune` to delete the data only they used");
         }

@@ -89,7 +89,7 @@ pub fn unlock(g: &Global, a: &UnlockArgs) -> Result<i32> {
     if g.json {
         super::print_json(&serde_json::json!({ "message_type": "unlocked", "removed": n }));
     } else if !g.quiet {
-        outln!("removed {n} lock(s)");
+        outln!("removed {}", super::count(n, "lock"));
     }
     Ok(crate::exit::OK)
 }
@@ -144,7 +144,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                     );
                 }
                 if !g.quiet {
-                    outln!("{} unfinished job(s)", jobs.len());
+                    outln!("{}", super::count(jobs.len(), "unfinished job"));
                 }
             }
         }

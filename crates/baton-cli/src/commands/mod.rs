@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Stats(a) => find::stats(g, &a),
         Command::List(a) => find::list(g, &a),
         Command::Rewrite(a) => find::rewrite(g, &a),
+        Command::Mount(a) => find::mount(g, &a),
         Command::Completion(a) => {
             use clap::CommandFactory;
             let mut cmd = crate::cli::Cli::command();
@@ -106,4 +107,28 @@ pub fn print_read_and_stored(s: &baton_types::SnapshotSummary) {
         bytes(s.bytes_total),
         bytes(s.bytes_stored)
     );
+}
+
+/// "1 pack", "2 packs", "0 entries": a count with its noun.
+pub fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let plural = match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{noun}s"),
+    };
+    format!("{n} {plural}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(super::count(1u64, "pack"), "1 pack");
+        assert_eq!(super::count(2u64, "pack"), "2 packs");
+        assert_eq!(super::count(0usize, "entry"), "0 entries");
+        assert_eq!(super::count(3u64, "key"), "3 keys");
+    }
 }

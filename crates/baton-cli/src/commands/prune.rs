@@ -61,18 +61,18 @@ pub fn report(g: &Global, r: &PruneResult) {
     let s = &r.stats;
     let would = |done: &'static str, planned: &'static str| if r.dry_run { planned } else { done };
     outln!(
-        "{} snapshot(s) in use; {} unfinished job(s) keep their data ({} pack(s) only their journals list)",
-        r.snapshots,
-        r.jobs_kept.len(),
-        r.job_packs
+        "{} in use; {} keep their data ({} only their journals list)",
+        super::count(r.snapshots, "snapshot"),
+        super::count(r.jobs_kept.len(), "unfinished job"),
+        super::count(r.job_packs, "pack")
     );
     for j in &r.jobs_stale {
         outln!(
-            "{} stale job {} (last record {}, {} pack(s))",
+            "{} stale job {} (last record {}, {})",
             would("forgot", "would forget"),
             j.id.short(),
             super::browse::short_time(&j.last_record),
-            j.packs
+            super::count(j.packs, "pack")
         );
     }
     for j in &r.jobs_finished {
@@ -83,36 +83,36 @@ pub fn report(g: &Global, r: &PruneResult) {
         );
     }
     outln!(
-        "indexed:  {} pack(s), {}: {} used in {} blob(s), {} unused",
-        s.packs,
+        "indexed:  {}, {}: {} used in {}, {} unused",
+        super::count(s.packs, "pack"),
         bytes(s.bytes),
         bytes(s.bytes_used),
-        s.blobs_used,
+        super::count(s.blobs_used, "blob"),
         bytes(s.bytes_unused)
     );
     outln!(
-        "delete:   {} pack(s) without used data ({}), {} unreferenced pack(s) ({})",
-        s.packs_delete,
+        "delete:   {} without used data ({}), {} ({})",
+        super::count(s.packs_delete, "pack"),
         bytes(s.bytes_delete),
-        s.packs_unreferenced,
+        super::count(s.packs_unreferenced, "unreferenced pack"),
         bytes(s.bytes_unreferenced)
     );
     outln!(
-        "repack:   {} pack(s) ({}), rewriting {}",
-        s.packs_repack,
+        "repack:   {} ({}), rewriting {}",
+        super::count(s.packs_repack, "pack"),
         bytes(s.bytes_repack),
         bytes(s.bytes_rewrite)
     );
     if s.packs_missing > 0 {
         outln!(
-            "warning:  the index lists {} pack(s) that are gone (nothing used was in them); {} from the index",
-            s.packs_missing,
+            "warning:  the index lists {} that are gone (nothing used was in them); {} from the index",
+            super::count(s.packs_missing, "pack"),
             would("dropped", "would be dropped")
         );
     }
     outln!(
-        "keep:     {} pack(s), {} unused left in them",
-        s.packs_keep,
+        "keep:     {}, {} unused left in them",
+        super::count(s.packs_keep, "pack"),
         bytes(s.bytes_unused_after)
     );
     if r.dry_run {
@@ -122,10 +122,10 @@ pub fn report(g: &Global, r: &PruneResult) {
         );
     } else {
         outln!(
-            "deleted {}, freed {}; wrote {} new pack(s) and {} ({})",
+            "deleted {}, freed {}; wrote {} and {} ({})",
             bytes(r.bytes_deleted),
             bytes(r.bytes_freed),
-            r.packs_written,
+            super::count(r.packs_written, "new pack"),
             if r.index_written {
                 format!("1 index object replacing {}", r.index_objects)
             } else {

@@ -36,7 +36,7 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         },
         delete: a.delete,
     };
-    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json).streaming(g.json);
     if let Some(s) = &snapshot.summary {
         crate::baton::Progress::set_total(&progress, 0, s.bytes_total);
     }

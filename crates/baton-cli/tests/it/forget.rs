@@ -200,7 +200,7 @@ fn each_keep_rule_on_snapshots_at_chosen_times() {
         .ok()
         .stdout;
     assert!(human.contains("last snapshot, daily snapshot"), "{human}");
-    assert!(human.contains("remove 8 snapshot(s)"), "{human}");
+    assert!(human.contains("remove 8 snapshots"), "{human}");
     assert!(human.contains("dry run: would remove 8"), "{human}");
     assert_eq!(
         listing(&env.repo),

@@ -13,7 +13,7 @@ mod fixtures;
 mod forget;
 mod instant_pg;
 mod keys;
-mod nbd;
+pub mod nbd;
 mod parity;
 mod prune;
 mod repair;

@@ -820,3 +820,68 @@ fn prune_reports_the_space_it_really_freed() {
     assert!(before > after, "nothing was freed");
     assert_eq!(r["bytes_freed"], before - after, "{r}");
 }
+
+/// `baton mount`: the mounted snapshot, read through the kernel, equals a
+/// restore of the same snapshot entry by entry; Ctrl-C unmounts and exits 0.
+#[test]
+fn mount_shows_what_restore_writes() {
+    let fuse_ok = crate::common::is_root()
+        && Path::new("/dev/fuse").exists()
+        && crate::nbd::have("fusermount3");
+    if !fuse_ok {
+        eprintln!("skipped: needs root, /dev/fuse and fusermount3");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    let opts = baton_testing::GenOptions {
+        seed: 21,
+        small_files: 60,
+        medium_files: 2,
+        special_files: false,
+        ..baton_testing::GenOptions::default()
+    };
+    baton_testing::generate_tree(&src, &opts).unwrap();
+    env.backup(&[&src], &["--tag", "m"]);
+    let restored = env.path("restored");
+    env.restore("latest", &restored, &[]).ok();
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = env
+        .std_cmd()
+        .arg("mount")
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = mnt.join("snapshots/latest");
+    let t = std::time::Instant::now();
+    while std::fs::read_link(&latest).is_err() {
+        assert!(t.elapsed().as_secs() < 30, "the mount did not appear");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rel = std::fs::canonicalize(&src).unwrap();
+    let rel = rel.strip_prefix("/").unwrap();
+    let r = baton_testing::compare_trees(
+        &restored.join(rel),
+        &latest.join(rel),
+        &baton_testing::CompareOptions {
+            sparse: false,
+            ..Default::default()
+        },
+    );
+    let tagged = std::fs::read_dir(mnt.join("tags/m")).unwrap().count();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let st = child.wait().unwrap();
+    assert!(
+        r.is_ok(),
+        "mounted tree differs from the restore: {:?}",
+        r.err()
+    );
+    assert!(tagged >= 1);
+    assert_eq!(st.code(), Some(0), "Ctrl-C should end a mount cleanly");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "still mounted");
+}
