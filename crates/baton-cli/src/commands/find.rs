@@ -52,14 +52,7 @@ pub fn list(g: &Global, a: &ListArgs) -> Result<i32> {
 /// `baton stats [SNAPSHOT...]`.
 pub fn stats(g: &Global, a: &StatsArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let snaps: Vec<(Id, Snapshot)> = if a.snapshots.is_empty() {
-        super::select::all(&repo, &a.filter)?
-    } else {
-        a.snapshots
-            .iter()
-            .map(|r| super::select::find(&repo, r, &a.filter))
-            .collect::<Result<_>>()?
-    };
+    let snaps: Vec<(Id, Snapshot)> = super::select::many(&repo, &a.snapshots, &a.filter)?;
     let st = crate::baton::stats(&repo, &snaps, context::cancel())?;
     // The repository as stored: every pack (used or not) and index object.
     let mut stored = 0u64;
@@ -160,14 +153,7 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<i32> {
         .map_err(|e| crate::Usage(format!("patterns: {e}")))?;
     let newest = a.newest.as_deref().map(parse_time).transpose()?;
     let oldest = a.oldest.as_deref().map(parse_time).transpose()?;
-    let snaps: Vec<(Id, Snapshot)> = if a.snapshot.is_empty() {
-        super::select::all(&repo, &a.filter)?
-    } else {
-        a.snapshot
-            .iter()
-            .map(|r| super::select::find(&repo, r, &a.filter))
-            .collect::<Result<_>>()?
-    };
+    let snaps: Vec<(Id, Snapshot)> = super::select::many(&repo, &a.snapshot, &a.filter)?;
     let mut total = 0u64;
     let mut out = Vec::new();
     for (id, snap) in &snaps {
@@ -242,14 +228,7 @@ pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
     let mut repo = context::open(g)?;
     let snaps: Vec<(Id, Snapshot)> = {
         let _lock = repo.lock(false)?;
-        if a.snapshots.is_empty() {
-            super::select::all(&repo, &a.filter)?
-        } else {
-            a.snapshots
-                .iter()
-                .map(|r| super::select::find(&repo, r, &a.filter))
-                .collect::<Result<_>>()?
-        }
+        super::select::many(&repo, &a.snapshots, &a.filter)?
     };
     let opts = crate::baton::RewriteOptions {
         forget: a.forget,

@@ -99,3 +99,16 @@ pub fn all(repo: &Repository, filter: &SnapshotFilter) -> Result<Vec<(Id, Snapsh
         .filter(|(_, s)| filter.matches(s))
         .collect())
 }
+
+/// The snapshots named by `refs`, or, with none, every snapshot passing
+/// `filter`.
+pub fn many(
+    repo: &Repository,
+    refs: &[String],
+    filter: &SnapshotFilter,
+) -> Result<Vec<(Id, Snapshot)>> {
+    if refs.is_empty() {
+        return all(repo, filter);
+    }
+    refs.iter().map(|r| find(repo, r, filter)).collect()
+}
