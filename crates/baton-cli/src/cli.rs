@@ -37,38 +37,56 @@ Exit codes:
 pub struct Global {
     /// Repository directory [default: ~/.local/share/baton/repo, created by
     /// `backup` on first use]
-    #[arg(short = 'r', long = "repo", env = "BATON_REPOSITORY", global = true)]
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "BATON_REPOSITORY",
+        global = true,
+        help_heading = "Global options"
+    )]
     pub repo: Option<PathBuf>,
 
     /// Read the password from this file [env: BATON_PASSWORD_FILE]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub password_file: Option<PathBuf>,
 
     /// Run this shell command and use its output as the password [env:
     /// BATON_PASSWORD_COMMAND]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub password_command: Option<String>,
 
     /// Try the key whose id starts with this first (see `baton key list`);
     /// for repositories with many keys
-    #[arg(long, env = "BATON_KEY_HINT", global = true, value_name = "ID")]
+    #[arg(
+        long,
+        env = "BATON_KEY_HINT",
+        global = true,
+        value_name = "ID",
+        help_heading = "Global options"
+    )]
     pub key_hint: Option<String>,
 
     /// Print machine-readable JSON on stdout
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
 
     /// Print more (repeat for even more)
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     pub verbose: u8,
 
     /// Print only errors
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        help_heading = "Global options"
+    )]
     pub quiet: bool,
 
     /// Wait this long (like 5m) for another process's lock to go, instead
     /// of failing at once (exit 11)
-    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Global options")]
     pub retry_lock: Option<std::time::Duration>,
 }
 

@@ -36,6 +36,12 @@ pub struct RestoreOptions {
     /// Remove what the target holds that the snapshot does not (in the
     /// directories the restore writes, among the selected paths).
     pub delete: bool,
+    /// This restore runs again after an interrupted one of the same
+    /// snapshot into the same target: a file whose size and mtime are the
+    /// snapshot's was finished by it (a restore sets the mtime last) and is
+    /// trusted unread (`--verify` still reads it); only the others are
+    /// verified chunk by chunk.
+    pub trust_finished: bool,
 }
 
 /// `restore --overwrite`: what happens to an entry already in the target.
@@ -97,6 +103,7 @@ struct Restorer<'a> {
     verify: bool,
     overwrite: Overwrite,
     delete: bool,
+    trust_finished: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
     pending: Vec<(PathBuf, Node, bool)>,
@@ -232,6 +239,7 @@ pub fn restore(
             verify: opts.verify,
             overwrite: opts.overwrite,
             delete: opts.delete,
+            trust_finished: opts.trust_finished,
             summary: RestoreSummary::default(),
             pending: Vec::new(),
             pending_chunks: 0,
@@ -550,6 +558,17 @@ impl Restorer<'_> {
     fn keep_existing(&mut self, n: &Node, dst: &Path, existing: Existing) -> bool {
         let ours = || self.target.size_and_mtime(dst).ok();
         let keep = match self.overwrite {
+            Overwrite::Always if self.trust_finished => {
+                let finished = existing == Existing::File
+                    && n.links <= 1
+                    && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
+                if finished {
+                    self.summary.files_already_restored += 1;
+                    self.finish_file(n, dst);
+                    return true;
+                }
+                false
+            }
             Overwrite::Always => false,
             Overwrite::Never => true,
             Overwrite::IfNewer => ours().is_some_and(|(_, mtime)| mtime >= n.mtime_ns),

@@ -49,7 +49,8 @@ pub struct Cache {
     written: Mutex<u64>,
 }
 
-fn base_dir() -> Option<PathBuf> {
+/// The directory Baton's caches live under (see the module docs).
+pub fn base_dir() -> Option<PathBuf> {
     let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     var("BATON_CACHE_DIR")
         .map(PathBuf::from)

@@ -195,7 +195,7 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
 
 pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (_, snap) = super::select::find(&repo, &a.snapshot, &a.filter)?;
+    let (_, snap) = super::select::find_for_path(&repo, &a.snapshot, &a.filter, a.path.as_deref())?;
     let path = a.path.as_deref().unwrap_or("/");
     let (node, subtree) = crate::baton::find_node(&repo, &snap.tree, path)?;
     let prefix = if path.is_empty() { "/" } else { path };
@@ -270,7 +270,7 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
 
 pub fn dump(g: &Global, a: &DumpArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (_, snap) = super::select::find(&repo, &a.snapshot, &a.filter)?;
+    let (_, snap) = super::select::find_for_path(&repo, &a.snapshot, &a.filter, Some(&a.path))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let image = super::block::image_of(&repo, &snap, Some(&a.path))?;

@@ -91,6 +91,43 @@ pub fn find(repo: &Repository, reference: &str, filter: &SnapshotFilter) -> Resu
     Ok((id, s))
 }
 
+/// Whether `path` (absolute, in a snapshot) is inside one of `s`'s paths or
+/// leads to one.
+fn covers(s: &Snapshot, path: &str) -> bool {
+    let path = Path::new(path);
+    s.paths
+        .iter()
+        .any(|p| path.starts_with(p) || Path::new(p).starts_with(path))
+}
+
+/// Like [`find`], for a command that reads `path` of the snapshot: `latest`
+/// (without `--path`) is the newest snapshot that holds `path`, so that
+/// `ls latest /etc` after a `--stdin` backup still lists `/etc`; if none
+/// does, the newest of all.
+pub fn find_for_path(
+    repo: &Repository,
+    reference: &str,
+    filter: &SnapshotFilter,
+    path: Option<&str>,
+) -> Result<(Id, Snapshot)> {
+    let Some(path) = path.filter(|p| p.starts_with('/') && *p != "/") else {
+        return find(repo, reference, filter);
+    };
+    if reference != "latest" || !filter.path.is_empty() {
+        return find(repo, reference, filter);
+    }
+    let holding = repo
+        .list_snapshots()?
+        .into_iter()
+        .rev()
+        .filter(|(_, s)| !baton_repo::repo::in_future(&s.time))
+        .find(|(_, s)| filter.matches(s) && covers(s, path.trim_end_matches('/')));
+    match holding {
+        Some(found) => Ok(found),
+        None => find(repo, reference, filter),
+    }
+}
+
 /// Every snapshot passing `filter`, oldest first.
 pub fn all(repo: &Repository, filter: &SnapshotFilter) -> Result<Vec<(Id, Snapshot)>> {
     Ok(repo
