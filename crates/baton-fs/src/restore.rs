@@ -103,6 +103,9 @@ struct Restorer<'a> {
     verify: bool,
     overwrite: Overwrite,
     delete: bool,
+    /// The snapshot's source paths: `--delete` acts only at or below them
+    /// (the ancestors above a source hold just the path to it).
+    sources: Vec<String>,
     trust_finished: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
@@ -239,6 +242,7 @@ pub fn restore(
             verify: opts.verify,
             overwrite: opts.overwrite,
             delete: opts.delete,
+            sources: snapshot.paths.clone(),
             trust_finished: opts.trust_finished,
             summary: RestoreSummary::default(),
             pending: Vec::new(),
@@ -387,6 +391,13 @@ impl Restorer<'_> {
     /// `--delete`: removes what the target directory holds that the
     /// snapshot's does not, among the paths the restore selects.
     fn delete_extra(&mut self, t: &baton_types::Tree, dir: &Path, prefix: &str, selected: bool) {
+        // Only in directories the backup read whole: at or below a source
+        // (above one, the snapshot holds only the path to it, and the
+        // target's other entries there are none of its business).
+        let here = Path::new(if prefix.is_empty() { "/" } else { prefix });
+        if !self.sources.iter().any(|s| here.starts_with(s)) {
+            return;
+        }
         let names = match self.target.list(dir) {
             Ok(n) => n,
             Err(e) => {

@@ -692,6 +692,10 @@ fn restore_delete_removes_exactly_the_extra_entries() {
     write(&dir.join("keep/extra-deep/more/file"), b"x");
     std::os::unix::fs::symlink(&outside, dir.join("link-out")).unwrap();
     write(&dir.join("ignored.log"), b"excluded from the restore: kept");
+    // Beside the source, in an ancestor the backup did not read: not the
+    // snapshot's business, kept.
+    let beside = dir.parent().unwrap().join("beside-the-source");
+    write(&beside, b"kept");
     let r = env
         .restore("latest", &t, &["--delete", "--exclude", "*.log", "--json"])
         .ok();
@@ -705,6 +709,10 @@ fn restore_delete_removes_exactly_the_extra_entries() {
         b"must survive"
     );
     assert!(dir.join("ignored.log").exists());
+    assert!(
+        beside.exists(),
+        "--delete reached above the snapshot's source"
+    );
     assert_eq!(std::fs::read(dir.join("keep/a")).unwrap(), b"a");
     assert_eq!(std::fs::read(dir.join("b")).unwrap(), b"b");
 }
