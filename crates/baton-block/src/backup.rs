@@ -16,14 +16,13 @@
 //! index object, is the commit point.
 
 use baton_format::fixed::{FixedRoot, FixedSegment, Layout, SEGMENT_CHUNKS};
-use baton_format::index::{IndexFile, IndexPack};
+use baton_format::index::IndexPack;
 use baton_format::object::to_json;
 use baton_repo::journal::{self, JournalWriter};
 use baton_repo::pipeline::{Job, Pipeline, PipelineConfig};
 use baton_repo::progress::{Cancel, Progress};
 use baton_repo::repo::{hostname, in_future, now_rfc3339, username};
 use baton_repo::{RepoError, Repository, Result};
-use baton_storage::ObjectKind;
 use baton_types::{
     BlobType, FsName, Id, ImageManifest, JobManifest, JournalSegment, Node, NodeKind, Snapshot,
     SnapshotSummary, Tree,
@@ -428,17 +427,7 @@ pub fn backup_block(
         segments = p.root.segments.clone();
     }
     if let Some(job) = &resumed {
-        for p in &job.packs {
-            if repo
-                .storage()
-                .size(ObjectKind::Pack, &p.id.to_hex())
-                .is_ok()
-            {
-                let ip = journal::from_journal_pack(p);
-                repo.index_mut().add_pack(&ip);
-                earlier_packs.push(ip);
-            }
-        }
+        earlier_packs = journal::reindex_job_packs(repo, job);
         // Resume after the journaled segments, from the first, each in
         // its place, readable, and with every chunk still indexed (a pack
         // lost since would make the image unreadable there).
@@ -458,14 +447,12 @@ pub fn backup_block(
         }
     }
     let writer = if journaled {
-        Some(match &resumed {
-            Some(job) => JournalWriter::resume(job.job, job.next_seq),
-            None => {
-                let job = baton_format::random_id();
-                lock.set_job(Some(job))?;
-                JournalWriter::create_with_id(repo, job, manifest.clone())?
-            }
-        })
+        Some(journal::start_or_resume(
+            repo,
+            &lock,
+            resumed.as_ref(),
+            manifest.clone(),
+        )?)
     } else {
         None
     };
@@ -542,18 +529,7 @@ pub fn backup_block(
 
     let mut packs = earlier_packs;
     packs.extend(packed.packs);
-    let mut bytes_stored = packed.bytes_stored;
-    if !packs.is_empty() {
-        let idx = IndexFile {
-            supersedes: Vec::new(),
-            packs,
-            damaged: Vec::new(),
-        };
-        let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
-        bytes_stored += n;
-        repo.index_mut().add_file(&idx);
-        baton_repo::crashpoint::crashpoint("after-index");
-    }
+    let bytes_stored = packed.bytes_stored + journal::save_packs_index(repo, packs)?;
     let summary = SnapshotSummary {
         files_new: u64::from(parent.is_none()),
         files_changed: u64::from(parent.is_some() && stats.changed > 0),

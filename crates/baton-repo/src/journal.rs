@@ -360,3 +360,63 @@ pub fn find_resumable(
     }
     Ok(None)
 }
+
+/// The packs an interrupted run of `job` stored that are still in storage,
+/// added to the loaded index (so this run deduplicates against them) and
+/// returned (the final index object lists them).
+pub fn reindex_job_packs(
+    repo: &mut Repository,
+    job: &JobState,
+) -> Vec<baton_format::index::IndexPack> {
+    let mut out = Vec::new();
+    for p in &job.packs {
+        if repo
+            .storage()
+            .size(ObjectKind::Pack, &p.id.to_hex())
+            .is_ok()
+        {
+            let ip = from_journal_pack(p);
+            repo.index_mut().add_pack(&ip);
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The journal of this run: `resumed`'s, continued, or a new job with
+/// `manifest`, claimed in `lock` before its first record exists.
+pub fn start_or_resume(
+    repo: &Repository,
+    lock: &crate::LockGuard,
+    resumed: Option<&JobState>,
+    manifest: JobManifest,
+) -> Result<JournalWriter> {
+    match resumed {
+        Some(job) => Ok(JournalWriter::resume(job.job, job.next_seq)),
+        None => {
+            let job = baton_format::random_id();
+            lock.set_job(Some(job))?;
+            JournalWriter::create_with_id(repo, job, manifest)
+        }
+    }
+}
+
+/// Folds a backup's packs (the journal's and this run's) into one index
+/// object, before the snapshot is written; returns its stored size.
+pub fn save_packs_index(
+    repo: &mut Repository,
+    packs: Vec<baton_format::index::IndexPack>,
+) -> Result<u64> {
+    if packs.is_empty() {
+        return Ok(0);
+    }
+    let idx = baton_format::index::IndexFile {
+        supersedes: Vec::new(),
+        packs,
+        damaged: Vec::new(),
+    };
+    let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
+    repo.index_mut().add_file(&idx);
+    crate::crashpoint::crashpoint("after-index");
+    Ok(n)
+}

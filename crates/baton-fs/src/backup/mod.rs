@@ -12,13 +12,11 @@ mod scan;
 
 use crate::filter::PatternSet;
 use archiver::Archiver;
-use baton_format::index::IndexFile;
-use baton_repo::journal::{self, JobState, JournalWriter};
+use baton_repo::journal::{self, JobState};
 use baton_repo::pipeline::{Pipeline, PipelineConfig};
 use baton_repo::progress::{Cancel, Progress};
 use baton_repo::repo::{hostname, now_rfc3339, username};
 use baton_repo::{RepoError, Repository, Result};
-use baton_storage::ObjectKind;
 use baton_types::{Id, JobManifest, Snapshot, SnapshotSummary, Tree};
 use checkpoint::Checkpointer;
 use std::io::Read;
@@ -246,44 +244,27 @@ pub fn backup(
         }
     }
     // The packs an interrupted run stored are known from its journal.
-    let mut earlier_packs = Vec::new();
-    if let Some(job) = &resumed {
-        for p in &job.packs {
-            if repo
-                .storage()
-                .size(ObjectKind::Pack, &p.id.to_hex())
-                .is_ok()
-            {
-                let ip = journal::from_journal_pack(p);
-                repo.index_mut().add_pack(&ip);
-                earlier_packs.push(ip);
-            }
-        }
-    }
+    let earlier_packs = match &resumed {
+        Some(job) => journal::reindex_job_packs(repo, job),
+        None => Vec::new(),
+    };
     let checkpoint_interval = opts
         .checkpoint_interval
         .unwrap_or(std::time::Duration::from_secs(5));
     let checkpoint = if journaled {
-        let writer = match &resumed {
-            Some(job) => JournalWriter::resume(job.job, job.next_seq),
-            None => JournalWriter::create_with_id(
-                repo,
-                {
-                    // Claimed before its first record exists.
-                    let job = baton_format::random_id();
-                    lock.set_job(Some(job))?;
-                    job
-                },
-                JobManifest {
-                    hostname: host.clone(),
-                    paths: paths.clone(),
-                    tags: opts.tags.clone(),
-                    parent: parent.as_ref().map(|(id, _)| *id),
-                    started: start_time.clone(),
-                    image: None,
-                },
-            )?,
-        };
+        let writer = journal::start_or_resume(
+            repo,
+            &lock,
+            resumed.as_ref(),
+            JobManifest {
+                hostname: host.clone(),
+                paths: paths.clone(),
+                tags: opts.tags.clone(),
+                parent: parent.as_ref().map(|(id, _)| *id),
+                started: start_time.clone(),
+                image: None,
+            },
+        )?;
         let interval = checkpoint_interval;
         let source_bytes = sources
             .iter()
@@ -357,17 +338,9 @@ pub fn backup(
     summary.resumed_job = resumed.as_ref().map(|j| j.job);
     let mut packs = earlier_packs;
     packs.extend(packed.packs);
-    if !opts.dry_run && !packs.is_empty() {
+    if !opts.dry_run {
         // The journal's packs are folded into the index here.
-        let idx = IndexFile {
-            supersedes: Vec::new(),
-            packs,
-            damaged: Vec::new(),
-        };
-        let (_, n) = repo.save_object(ObjectKind::Index, &idx.encode())?;
-        summary.bytes_stored += n;
-        repo.index_mut().add_file(&idx);
-        baton_repo::crashpoint::crashpoint("after-index");
+        summary.bytes_stored += journal::save_packs_index(repo, packs)?;
     }
     summary.backup_start = start_time;
     summary.backup_end = now_rfc3339();
