@@ -27,4 +27,6 @@ mod restore;
 pub use backup::{BackupOptions, BackupResult, ResumeMode, backup};
 pub use dump::dump;
 pub use filter::PatternSet;
-pub use restore::{Overwrite, RestoreOptions, RestoreSummary, restore};
+pub use restore::{
+    Overwrite, PlanAction, RestoreOptions, RestorePlan, RestoreSummary, plan_restore, restore,
+};

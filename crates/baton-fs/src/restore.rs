@@ -8,7 +8,10 @@
 //! the very end, children before parents, so nothing disturbs it.
 
 mod fetch;
+mod plan;
 mod target;
+
+pub use plan::{PlanAction, RestorePlan, plan_restore};
 
 use crate::filter::PatternSet;
 use baton_repo::browse::{WalkBudget, find_node, join, preflight};

@@ -140,6 +140,25 @@ impl Target {
         })
     }
 
+    /// Opens the target directory if it exists (`None` if not), creating
+    /// nothing: for `restore --dry-run`.
+    pub fn open_existing(path: &Path) -> io::Result<Option<Target>> {
+        let root = match nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Target {
+            root,
+            path: path.to_path_buf(),
+            linked: Mutex::new(HashMap::new()),
+        }))
+    }
+
     /// `p` relative to the target (`p` is the target joined with names).
     fn rel<'a>(&self, p: &'a Path) -> io::Result<&'a Path> {
         p.strip_prefix(&self.path).map_err(|_| {
