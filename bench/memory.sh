@@ -31,6 +31,6 @@ measure "backup b" "$BATON" backup -q "$OUT/b"
 measure "check" "$BATON" check
 measure "check --read-data" "$BATON" check --read-data --json
 echo "blobs in the repository: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["blobs_checked"])' "$OUT/last.out")"
-"$BATON" forget -q "$("$BATON" snapshots --json | python3 -c 'import json,sys; print([s["id"] for s in json.load(sys.stdin) if "/b" in s["paths"][0]][0])')"
+"$BATON" forget -q "$("$BATON" snapshots --json | python3 -c 'import json,sys; print([s["id"] for s in json.load(sys.stdin)["snapshots"] if "/b" in s["paths"][0]][0])')"
 measure "prune (after forget)" "$BATON" prune
 measure "check after prune" "$BATON" check --read-data

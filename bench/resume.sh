@@ -39,7 +39,7 @@ t1=$(now); full=$(echo "$t1 - $t0" | bc -l)
 drop; half=$(echo "$full / 2" | bc -l)
 "$BATON_BIN" -r "$OUT/repo-resume-killed" backup -q "$DATA" & pid=$!
 sleep "$half"; kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-durable=$("$BATON_BIN" -r "$OUT/repo-resume-killed" jobs --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j[0]["position"] if j else 0)')
+durable=$("$BATON_BIN" -r "$OUT/repo-resume-killed" jobs --json | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"]; print(j[0]["position"] if j else 0)')
 drop; t2=$(now)
 "$BATON_BIN" -r "$OUT/repo-resume-killed" backup --json "$DATA" > "$OUT/resume-run.json"
 t3=$(now); resumed=$(echo "$t3 - $t2" | bc -l)

@@ -308,6 +308,7 @@ pub fn backup_block(
     cancel: &Cancel,
 ) -> Result<BlockBackupResult> {
     let start = Instant::now();
+    progress.phase("reading");
     let start_time = now_rfc3339();
     let snapshot_time = baton_repo::repo::snapshot_time(opts.time.as_deref(), &start_time)?;
     // Checked before anything is written.

@@ -83,6 +83,7 @@ pub fn restore_image(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<ImageRestoreStats> {
+    progress.phase("restoring");
     let (f, device) = open_target(target)?;
     let size = reader.size();
     if device {

@@ -400,7 +400,7 @@ pub enum ResumeArg {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot to restore: `latest`, an id or prefix, optionally `:PATH` inside it
+    /// Snapshot to restore: `latest`, `latest~N` (the Nth before it), an id or prefix, optionally `:PATH` inside it
     pub snapshot: String,
     /// Directory to restore into (created if missing); for a block image, the
     /// file or block device to write
@@ -427,6 +427,10 @@ pub struct RestoreArgs {
     /// restored directories and selected paths)
     #[arg(long)]
     pub delete: bool,
+    /// Show what the restore would do (restore, update, skip, delete),
+    /// changing nothing; -v also lists unchanged entries
+    #[arg(short = 'n', long, conflicts_with = "instant")]
+    pub dry_run: bool,
     /// Block images: serve the image over NBD at once and restore to the
     /// target in the background; merge the client's writes when done
     #[arg(long)]
@@ -603,7 +607,7 @@ pub struct SnapshotsArgs {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot (`latest`, an id or a unique prefix)
+    /// Snapshot (`latest`, `latest~N`, an id or a unique prefix)
     pub snapshot: String,
     #[command(flatten)]
     pub filter: SnapshotFilter,

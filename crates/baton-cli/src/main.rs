@@ -103,6 +103,7 @@ fn main() {
     tune_allocator();
     no_core_dumps();
     let cli = cli::Cli::parse();
+    let json = cli.global.json;
     context::handle_signals();
     let result = commands::run(cli);
     if let Some(sig) = context::interrupted_by() {
@@ -121,6 +122,16 @@ fn main() {
         // The reader of stdout went away (`| head`): the output was all the
         // command was for, so this is no failure.
         Err(e) if out::closed() && stopped_by_closed_output(&e) => exit::OK,
+        Err(e) if json => {
+            // A program reading --json output reads the failure as JSON too
+            // (restic's shape; JSON escapes control characters itself).
+            let code = exit_code(&e);
+            eprintln!(
+                "{}",
+                serde_json::json!({ "message_type": "exit_error", "code": code, "message": format!("{e:#}") })
+            );
+            code
+        }
         Err(e) => {
             // Names in messages may carry terminal escape sequences.
             let text = format!("{e:#}");

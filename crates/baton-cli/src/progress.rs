@@ -10,8 +10,11 @@ pub struct CliProgress {
     bar: Option<ProgressBar>,
     files: AtomicU64,
     verbose: u8,
-    /// `--json`: a status line on stdout at most once a second.
+    /// `--json` on backup and restore: a status line on stdout at most once
+    /// a second, and `-v` entries as `verbose_status` lines.
     json: bool,
+    /// `--json`: errors go to stderr as `error` messages.
+    json_errors: bool,
     started: std::time::Instant,
     last_status_ms: AtomicU64,
     bytes_done: AtomicU64,
@@ -38,7 +41,10 @@ impl CliProgress {
         CliProgress {
             bar,
             files: AtomicU64::new(0),
-            verbose: if json { 0 } else { verbose },
+            // With --json, -v lists entries only where status lines are
+            // streamed (see `streaming`).
+            verbose,
+            json_errors: json,
             // Status lines only where asked for (backup, restore), so
             // other commands' --json stays one document.
             json: false,
@@ -75,7 +81,6 @@ impl CliProgress {
             self.total_bytes.load(Ordering::Relaxed),
         );
         let mut v = serde_json::json!({
-            "message_type": "status",
             "phase": phase,
             "seconds_elapsed": now / 1000,
             "files_done": self.files.load(Ordering::Relaxed),
@@ -88,13 +93,18 @@ impl CliProgress {
             v["total_files"] = self.total_files.load(Ordering::Relaxed).into();
             v["percent_done"] = (done as f64 / total as f64).min(1.0).into();
         }
-        outln!("{v}");
+        crate::commands::print_json("status", v);
     }
 
     /// With `--json`, stream `status` lines (backup and restore).
     pub fn streaming(mut self, json: bool) -> Self {
         self.json = json;
         self
+    }
+
+    /// Whether `-v` entry lines are printed (JSON ones only when streaming).
+    fn lists_entries(&self) -> bool {
+        self.verbose > 0 && (self.json || !self.json_errors)
     }
 
     pub fn finish(&self) {
@@ -141,13 +151,20 @@ impl Progress for CliProgress {
             b.set_message(format!("{n} entries, {}", crate::context::escape(&name)));
         }
         self.maybe_status();
-        if self.verbose > 0 && (status != EntryStatus::Unmodified || self.verbose > 1) {
+        if self.lists_entries() && (status != EntryStatus::Unmodified || self.verbose > 1) {
             let s = match status {
                 EntryStatus::New => "new",
                 EntryStatus::Changed => "modified",
                 EntryStatus::Unmodified => "unmodified",
                 EntryStatus::Restored => "restored",
             };
+            if self.json {
+                crate::commands::print_json(
+                    "verbose_status",
+                    serde_json::json!({ "action": s, "item": path.display().to_string() }),
+                );
+                return;
+            }
             self.println(format!(
                 "{s:<10} {}",
                 crate::context::escape(&path.display().to_string())
@@ -164,6 +181,16 @@ impl Progress for CliProgress {
     fn error(&self, path: &str, message: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         // Errors are printed even with --quiet.
+        if self.json_errors {
+            let phase = self.current.lock().expect("progress").0.clone();
+            eprintln!(
+                "{}",
+                serde_json::json!({
+                    "message_type": "error", "item": path, "message": message, "during": phase,
+                })
+            );
+            return;
+        }
         let line = format!(
             "error: {}: {}",
             crate::context::escape(path),

@@ -180,7 +180,11 @@ pub struct CheckReport {
     /// Damaged copies of blobs recorded by this check (see [`check`]): the
     /// next backup stores fresh copies of their content.
     pub damage_recorded: u64,
+    /// Problems of each severity (`--json`: `error_count`, `warning_count`;
+    /// `errors` names lists everywhere in Baton's JSON).
+    #[serde(rename = "error_count")]
     pub errors: u64,
+    #[serde(rename = "warning_count")]
     pub warnings: u64,
 }
 

@@ -19,8 +19,8 @@ pub trait Progress: Send + Sync {
     fn bytes(&self, _n: u64) {}
     /// A path could not be processed; the operation goes on.
     fn error(&self, _path: &str, _message: &str) {}
-    /// The operation entered a phase ("scanning", "backing up",
-    /// "finishing", "restoring", "verifying").
+    /// The operation entered a phase (backup: "reading", "uploading",
+    /// "finishing"; restore: "restoring", "verifying").
     fn phase(&self, _phase: &str) {}
 }
 

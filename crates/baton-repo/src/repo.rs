@@ -904,7 +904,7 @@ impl Repository {
     pub fn resolve_snapshot_name(&self, reference: &str) -> Result<String> {
         if reference.is_empty() || !reference.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(RepoError::Invalid(format!(
-                "{reference:?} is not a snapshot id (use `latest`, an id or a unique id prefix)"
+                "{reference:?} is not a snapshot id (use `latest`, `latest~N`, an id or a unique id prefix)"
             )));
         }
         let prefix = reference.to_ascii_lowercase();

@@ -68,27 +68,30 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     }
     let s = result.summary();
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "summary",
-            "snapshot_id": result.snapshot_id.map(|i| i.to_hex()),
-            "tree_id": result.snapshot.tree.to_hex(),
-            "parent": result.snapshot.parent.map(|i| i.to_hex()),
-            "files_new": s.files_new,
-            "files_changed": s.files_changed,
-            "files_unmodified": s.files_unmodified,
-            "dirs": s.dirs,
-            "bytes_total": s.bytes_total,
-            "bytes_read": s.bytes_read,
-            "bytes_stored": s.bytes_stored,
-                        "blobs_new": s.blobs_new,
-            "resumed": s.resumed_job.is_some(),
-            "resumed_job": s.resumed_job.map(|i| i.to_hex()),
-            "bytes_resumed": s.bytes_resumed,
-            "errors": s.errors.len(),
-            "error_list": s.errors,
-            "duration_s": s.duration_s,
-            "dry_run": a.dry_run,
-        }));
+        super::print_json(
+            "summary",
+            serde_json::json!({
+                "snapshot_id": result.snapshot_id.map(|i| i.to_hex()),
+                "tree_id": result.snapshot.tree.to_hex(),
+                "parent": result.snapshot.parent.map(|i| i.to_hex()),
+                "files_new": s.files_new,
+                "files_changed": s.files_changed,
+                "files_unmodified": s.files_unmodified,
+                "dirs": s.dirs,
+                "bytes_total": s.bytes_total,
+                "bytes_read": s.bytes_read,
+                "bytes_stored": s.bytes_stored,
+                "blobs_new": s.blobs_new,
+                "resumed": s.resumed_job.is_some(),
+                "resumed_job": s.resumed_job.map(|i| i.to_hex()),
+                "bytes_resumed": s.bytes_resumed,
+                // The same name and shape as in the stored snapshot's summary.
+                "errors": s.errors,
+                "error_count": s.errors.len(),
+                "duration_s": s.duration_s,
+                "dry_run": a.dry_run,
+            }),
+        );
     } else if !g.quiet {
         outln!(
             "Files:  {} new, {} changed, {} unmodified",

@@ -49,32 +49,36 @@ pub fn backup(g: &Global, a: &BackupArgs, repo: &mut Repository, source: &Path) 
     }
     let s = r.snapshot.summary.clone().unwrap_or_default();
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "summary",
-            "snapshot_id": r.snapshot_id.to_hex(),
-            "tree_id": r.snapshot.tree.to_hex(),
-            "parent": r.snapshot.parent.map(|i| i.to_hex()),
-            "image_size": s.bytes_total,
-            "chunk_size": chunk_size,
-            "chunks": r.chunks,
-            "holes": r.holes,
-            "chunks_new": r.chunks_new,
-            "chunks_changed": r.chunks_changed,
-            "bytes_read": s.bytes_read,
-            "bytes_stored": s.bytes_stored,
-            "blobs_new": s.blobs_new,
-            "resumed": s.resumed_job.is_some(),
-            "resumed_job": s.resumed_job.map(|i| i.to_hex()),
-            "bytes_resumed": s.bytes_resumed,
-            "duration_s": s.duration_s,
-        }));
+        super::print_json(
+            "summary",
+            serde_json::json!({
+                "snapshot_id": r.snapshot_id.to_hex(),
+                "tree_id": r.snapshot.tree.to_hex(),
+                "parent": r.snapshot.parent.map(|i| i.to_hex()),
+                "image_size": s.bytes_total,
+                "chunk_size": chunk_size,
+                "chunks": r.chunks,
+                "holes": r.holes,
+                "chunks_new": r.chunks_new,
+                "chunks_changed": r.chunks_changed,
+                "bytes_read": s.bytes_read,
+                "bytes_stored": s.bytes_stored,
+                "blobs_new": s.blobs_new,
+                "resumed": s.resumed_job.is_some(),
+                "resumed_job": s.resumed_job.map(|i| i.to_hex()),
+                "bytes_resumed": s.bytes_resumed,
+                "errors": s.errors,
+                "error_count": s.errors.len(),
+                "duration_s": s.duration_s,
+            }),
+        );
     } else if !g.quiet {
         outln!(
-            "Image:  {} in {} chunks of {}: {} holes, {} changed, {} new",
+            "Image:  {} in {} of {}: {}, {} changed, {} new",
             super::bytes(s.bytes_total),
-            r.chunks,
+            super::count(r.chunks, "chunk"),
             super::bytes(u64::from(chunk_size)),
-            r.holes,
+            super::count(r.holes, "hole"),
             r.chunks_changed,
             r.chunks_new
         );
@@ -148,19 +152,18 @@ pub fn restore(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Nod
     let st = st?;
     if g.json {
         let mut v = serde_json::to_value(&st)?;
-        v["message_type"] = "summary".into();
         v["snapshot_id"] = id.to_hex().into();
         v["image"] = node.name.lossy().into();
-        super::print_json(&v);
+        super::print_json("summary", v);
     } else if !g.quiet {
         outln!(
-            "restored image {} of snapshot {} to {}: {} ({} chunks, {} holes)",
+            "restored image {} of snapshot {} to {}: {} ({}, {})",
             node.name.lossy(),
             id.short(),
             a.target.display(),
             super::bytes(st.size),
-            st.chunks,
-            st.holes
+            super::count(st.chunks, "chunk"),
+            super::count(st.holes, "hole")
         );
     }
     Ok(crate::exit::OK)
@@ -369,14 +372,16 @@ impl Export {
 
 fn announce(g: &Global, what: &str, ex: &Export, size: u64, ready: Duration) {
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "nbd_ready",
-            "what": what,
-            "address": ex.address,
-            "uri": ex.uri,
-            "size": size,
-            "ready_ms": ready.as_secs_f64() * 1000.0,
-        }));
+        super::print_json(
+            "nbd_ready",
+            serde_json::json!({
+                "what": what,
+                "address": ex.address,
+                "uri": ex.uri,
+                "size": size,
+                "ready_ms": ready.as_secs_f64() * 1000.0,
+            }),
+        );
     } else if !g.quiet {
         outln!(
             "serving {what} ({}) at {} after {} ms",
@@ -561,11 +566,11 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
     let vol = Arc::new(PseudoVolume::new(r.clone(), overlay, Some(dest.clone())).started_at(t0));
     let status = |phase: &str, extra: serde_json::Value| {
         if g.json {
-            let mut v = serde_json::json!({"message_type": "status", "phase": phase});
+            let mut v = serde_json::json!({"phase": phase});
             if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
                 o.extend(e.clone());
             }
-            super::print_json(&v);
+            super::print_json("status", v);
         } else if !g.quiet {
             eprintln!("{phase}: {extra}");
         }
@@ -603,11 +608,14 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
                 if let Some(e) = err {
                     eprintln!("error: {}", context::escape(e));
                 } else if json {
-                    super::print_json(&serde_json::json!({
-                        "message_type": "status", "phase": "copying",
-                        "copied": p.copied, "chunks": p.chunks,
-                        "bytes_copied": p.bytes_copied, "jumped": p.jumped,
-                    }));
+                    super::print_json(
+                        "status",
+                        serde_json::json!({
+                            "phase": "copying",
+                            "copied": p.copied, "chunks": p.chunks,
+                            "bytes_copied": p.bytes_copied, "jumped": p.jumped,
+                        }),
+                    );
                 } else if !quiet {
                     eprint!("\rcopying: {}/{} chunks", p.copied, p.chunks);
                 }
@@ -734,7 +742,6 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
     drop(vol);
     instant::remove_files(&overlay_path, &state(Phase::Done))?;
     let summary = serde_json::json!({
-        "message_type": "summary",
         "snapshot_id": id.to_hex(),
         "image": name,
         "target": target,
@@ -752,7 +759,7 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
         "duration_s": t0.elapsed().as_secs_f64(),
     });
     if g.json {
-        super::print_json(&summary);
+        super::print_json("summary", summary);
     } else if !g.quiet {
         outln!(
             "instant restore of {}:{name} to {} complete: {} merged from the overlay, verified{}",

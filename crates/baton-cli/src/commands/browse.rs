@@ -75,13 +75,13 @@ pub fn snapshots(g: &Global, a: &SnapshotsArgs) -> Result<i32> {
                     })
                 })
                 .collect();
-            outln!("{}", serde_json::to_string(&v)?);
+            super::print_json("snapshot_groups", serde_json::json!({ "groups": v }));
         } else {
             let v: Vec<_> = groups
                 .iter()
                 .flat_map(|(_, v)| v.iter().map(|(id, s)| snapshot_json(id, s)))
                 .collect();
-            outln!("{}", serde_json::to_string(&v)?);
+            super::print_json("snapshots", serde_json::json!({ "snapshots": v }));
         }
         return Ok(code);
     }
@@ -185,7 +185,7 @@ pub(super) fn long_line(path: &str, n: &Node) -> String {
 
 fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
     if g.json {
-        super::print_json(&node_json(path, n));
+        super::print_json("node", node_json(path, n));
     } else if long {
         outln!("{}", long_line(path, n));
     } else {
@@ -195,7 +195,12 @@ fn print_node(g: &Global, long: bool, path: &str, n: &Node) {
 
 pub fn ls(g: &Global, a: &LsArgs) -> Result<i32> {
     let (repo, _lock) = context::open_indexed(g)?;
-    let (_, snap) = super::select::find_for_path(&repo, &a.snapshot, &a.filter, a.path.as_deref())?;
+    let (id, snap) =
+        super::select::find_for_path(&repo, &a.snapshot, &a.filter, a.path.as_deref())?;
+    if g.json {
+        // As restic: the snapshot first, then one line per entry.
+        super::print_json("snapshot", snapshot_json(&id, &snap));
+    }
     let path = a.path.as_deref().unwrap_or("/");
     let (node, subtree) = crate::baton::find_node(&repo, &snap.tree, path)?;
     let prefix = if path.is_empty() { "/" } else { path };
@@ -241,16 +246,19 @@ pub fn diff(g: &Global, a: &DiffArgs) -> Result<i32> {
     let changes = crate::baton::diff(&repo, &s1, &s2)?;
     let count = |c: DiffChange| changes.iter().filter(|e| e.change == c).count();
     if g.json {
-        super::print_json(&serde_json::json!({
-            "snapshot1": id1.to_hex(),
-            "snapshot2": id2.to_hex(),
-            "changes": changes,
-            "added": count(DiffChange::Added),
-            "removed": count(DiffChange::Removed),
-            "modified": count(DiffChange::Modified),
-            "metadata": count(DiffChange::Metadata),
-            "type_changed": count(DiffChange::Type),
-        }));
+        super::print_json(
+            "diff",
+            serde_json::json!({
+                "snapshot1": id1.to_hex(),
+                "snapshot2": id2.to_hex(),
+                "changes": changes,
+                "added": count(DiffChange::Added),
+                "removed": count(DiffChange::Removed),
+                "modified": count(DiffChange::Modified),
+                "metadata": count(DiffChange::Metadata),
+                "type_changed": count(DiffChange::Type),
+            }),
+        );
         return Ok(crate::exit::OK);
     }
     outln!("comparing snapshot {} to {}:", id1.short(), id2.short());

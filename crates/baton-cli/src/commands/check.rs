@@ -39,7 +39,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> Result<i32> {
     progress.finish();
     let report = report?;
     if g.json {
-        super::print_json(&serde_json::to_value(&report)?);
+        super::print_json("check", serde_json::to_value(&report)?);
     } else {
         print_report(g, &report, opts.read_data != ReadData::None);
     }
@@ -87,19 +87,20 @@ fn print_report(g: &Global, r: &CheckReport, read_data: bool) {
     if g.quiet {
         return;
     }
+    use super::count;
     outln!(
-        "checked {} snapshots, {} trees, {} index objects, {} packs",
-        r.snapshots,
-        r.trees_checked,
-        r.index_objects,
-        r.packs
+        "checked {}, {}, {}, {}",
+        count(r.snapshots, "snapshot"),
+        count(r.trees_checked, "tree"),
+        count(r.index_objects, "index object"),
+        count(r.packs, "pack")
     );
     if read_data {
         outln!(
-            "read {} packs ({}), verified {} blobs",
-            r.packs_checked,
+            "read {} ({}), verified {}",
+            count(r.packs_checked, "pack"),
             super::bytes(r.bytes_read),
-            r.blobs_checked
+            count(r.blobs_checked, "blob")
         );
     }
     match (r.errors, r.warnings) {

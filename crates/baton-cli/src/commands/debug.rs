@@ -227,7 +227,6 @@ fn primitives(g: &Global, a: &PrimitivesArgs) -> Result<i32> {
     }
     by_sample.insert("mix".into(), rates(2 * half, &mix));
     let out = json!({
-        "message_type": "primitives",
         "threads": 1,
         "mib": a.mib,
         "repeat": a.repeat,
@@ -238,7 +237,7 @@ fn primitives(g: &Global, a: &PrimitivesArgs) -> Result<i32> {
         "pipeline_mib_s": by_sample["mix"]["pipeline_mib_s"],
     });
     if g.json {
-        super::print_json(&out);
+        super::print_json("primitives", out);
         return Ok(crate::exit::OK);
     }
     outln!(
@@ -371,7 +370,6 @@ fn index_memory(g: &Global, a: &IndexMemoryArgs) -> Result<i32> {
         }
     };
     let out = json!({
-        "message_type": "index_memory",
         "chunks": n,
         "packs": packs,
         "blobs_per_pack": a.blobs_per_pack,
@@ -392,7 +390,7 @@ fn index_memory(g: &Global, a: &IndexMemoryArgs) -> Result<i32> {
         "rss_after_lookups_kib": rss2,
     });
     if g.json {
-        super::print_json(&out);
+        super::print_json("index_memory", out);
         return Ok(crate::exit::OK);
     }
     outln!(

@@ -36,11 +36,13 @@ pub fn list(g: &Global, a: &ListArgs) -> Result<i32> {
         .collect();
     names.sort();
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "list",
-            "kind": a.kind,
-            "ids": names,
-        }));
+        super::print_json(
+            "list",
+            serde_json::json!({
+                "kind": a.kind,
+                "ids": names,
+            }),
+        );
     } else {
         for n in names {
             outln!("{}", context::escape(&n));
@@ -66,27 +68,26 @@ pub fn stats(g: &Global, a: &StatsArgs) -> Result<i32> {
     }
     if g.json {
         let mut v = serde_json::to_value(&st)?;
-        v["message_type"] = "stats".into();
         v["repository_size"] = stored.into();
         v["snapshot_ids"] = snaps
             .iter()
             .map(|(id, _)| id.to_hex())
             .collect::<Vec<_>>()
             .into();
-        super::print_json(&v);
+        super::print_json("stats", v);
         return Ok(crate::exit::OK);
     }
     outln!("Snapshots:          {}", st.snapshots);
     outln!(
-        "Restore size:       {} in {} files, {} directories",
+        "Restore size:       {} in {}, {}",
         super::bytes(st.restore_size),
-        st.files,
-        st.dirs
+        super::count(st.files, "file"),
+        super::count(st.dirs, "directory")
     );
     outln!(
-        "Unique data:        {} in {} blobs (deduplication {:.2}x)",
+        "Unique data:        {} in {} (deduplication {:.2}x)",
         super::bytes(st.unique_size),
-        st.blobs,
+        super::count(st.blobs, "blob"),
         st.dedup_ratio
     );
     outln!(
@@ -204,13 +205,18 @@ pub fn find(g: &Global, a: &FindArgs) -> Result<i32> {
         }
     }
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "find",
-            "snapshots": out,
-            "total": total,
-        }));
+        super::print_json(
+            "find",
+            serde_json::json!({
+                "snapshots": out,
+                "total": total,
+            }),
+        );
     } else if total == 0 && !g.quiet {
-        eprintln!("no entry matches in {} snapshots", snaps.len());
+        eprintln!(
+            "no entry matches in {}",
+            super::count(snaps.len(), "snapshot")
+        );
     }
     Ok(crate::exit::OK)
 }
@@ -238,15 +244,14 @@ pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
     let r = crate::baton::rewrite(&mut repo, &snaps, &exclude, &opts, context::cancel())?;
     if g.json {
         let mut v = serde_json::to_value(&r)?;
-        v["message_type"] = "rewrite".into();
         v["dry_run"] = a.dry_run.into();
-        super::print_json(&v);
+        super::print_json("rewrite", v);
         return Ok(crate::exit::OK);
     }
     for w in &r.rewritten {
         match w.new {
             Some(n) => outln!(
-                "snapshot {} rewritten as {}{}: {} entries removed",
+                "snapshot {} rewritten as {}{}: {} removed",
                 w.original.short(),
                 n.short(),
                 if w.forgotten {
@@ -254,12 +259,12 @@ pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
                 } else {
                     ""
                 },
-                w.removed.len()
+                super::count(w.removed.len(), "entry")
             ),
             None => outln!(
-                "snapshot {} would lose {} entries",
+                "snapshot {} would lose {}",
                 w.original.short(),
-                w.removed.len()
+                super::count(w.removed.len(), "entry")
             ),
         }
         if g.verbose > 0 || a.dry_run {

@@ -91,7 +91,10 @@ fn report(g: &Global, r: &ForgetResult, dry_run: bool, prune: bool) {
                 })
             })
             .collect();
-        super::print_json(&serde_json::Value::Array(v));
+        super::print_json(
+            "forget",
+            serde_json::json!({ "dry_run": dry_run, "groups": v }),
+        );
         return;
     }
     if g.quiet {

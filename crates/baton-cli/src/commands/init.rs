@@ -28,11 +28,13 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
     };
     let repo = create(g, storage, &opts)?;
     if g.json {
-        super::print_json(&serde_json::json!({
-            "message_type": "initialized",
-            "id": repo.config().id.to_hex(),
-            "repository": repo.storage().location(),
-        }));
+        super::print_json(
+            "initialized",
+            serde_json::json!({
+                "id": repo.config().id.to_hex(),
+                "repository": repo.storage().location(),
+            }),
+        );
     } else if !g.quiet {
         outln!(
             "created baton repository {} at {}",

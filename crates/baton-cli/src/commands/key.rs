@@ -20,7 +20,7 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
                         }),
                     })
                     .collect();
-                outln!("{}", serde_json::to_string(&v)?);
+                super::print_json("keys", serde_json::json!({ "keys": v }));
             } else {
                 outln!(
                     "  {:<8}  {:<16}  {:<16}  {:<11}  Created",
@@ -77,7 +77,7 @@ pub fn run(g: &Global, cmd: KeyCommand) -> Result<i32> {
 
 fn report(g: &Global, what: &str, id: &str) {
     if g.json {
-        super::print_json(&serde_json::json!({ "message_type": what, "id": id }));
+        super::print_json(what, serde_json::json!({ "id": id }));
     } else if !g.quiet {
         outln!("{}: {}", what.replace('_', " "), &id[..8.min(id.len())]);
     }
@@ -87,7 +87,7 @@ pub fn unlock(g: &Global, a: &UnlockArgs) -> Result<i32> {
     let repo = context::open(g)?;
     let n = repo.unlock(a.remove_all)?;
     if g.json {
-        super::print_json(&serde_json::json!({ "message_type": "unlocked", "removed": n }));
+        super::print_json("unlocked", serde_json::json!({ "removed": n }));
     } else if !g.quiet {
         outln!("removed {}", super::count(n, "lock"));
     }
@@ -119,7 +119,7 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
                         })
                     })
                     .collect();
-                outln!("{}", serde_json::to_string(&v)?);
+                super::print_json("jobs", serde_json::json!({ "jobs": v }));
             } else {
                 outln!(
                     "{:<8}  {:<16}  {:<20}  {:>7}  {:>12}  Paths",
@@ -156,7 +156,8 @@ pub fn jobs(g: &Global, a: crate::cli::JobsArgs) -> Result<i32> {
             let n = crate::baton::forget_job(&repo, &job)?;
             if g.json {
                 super::print_json(
-                    &serde_json::json!({ "message_type": "job_forgotten", "id": job.to_hex(), "records": n }),
+                    "job_forgotten",
+                    serde_json::json!({ "id": job.to_hex(), "records": n }),
                 );
             } else if !g.quiet {
                 outln!("forgot job {} ({n} journal records)", job.short());

@@ -67,12 +67,25 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Prints one JSON value on a line of stdout.
-pub fn print_json(v: &serde_json::Value) {
+/// Prints one `--json` message on a line of stdout: an object whose
+/// `message_type` names its schema (`docs/json/COMMAND.schema.json`).
+pub fn print_json(message_type: &str, mut v: serde_json::Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("message_type".into(), message_type.into());
+    }
     outln!(
         "{}",
-        serde_json::to_string(v).expect("JSON values serialize")
+        serde_json::to_string(&v).expect("JSON values serialize")
     );
+}
+
+/// `(path, message)` pairs as the `errors` list of `--json` summaries, in
+/// the shape a snapshot stores (`[{"path", "message"}]`).
+pub fn error_list(errors: &[(String, String)]) -> serde_json::Value {
+    errors
+        .iter()
+        .map(|(p, m)| serde_json::json!({ "path": p, "message": m }))
+        .collect()
 }
 
 /// Human-readable byte counts (binary units).

@@ -31,7 +31,6 @@ pub fn report(g: &Global, r: &PruneResult) {
     use super::bytes;
     if g.json {
         let mut v = serde_json::json!({
-            "message_type": "prune",
             "dry_run": r.dry_run,
             "snapshots": r.snapshots,
             "jobs_kept": r.jobs_kept.iter().map(|j| j.to_hex()).collect::<Vec<_>>(),
@@ -52,7 +51,7 @@ pub fn report(g: &Global, r: &PruneResult) {
         {
             obj.extend(stats);
         }
-        super::print_json(&v);
+        super::print_json("prune", v);
         return;
     }
     if g.quiet {

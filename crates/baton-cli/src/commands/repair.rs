@@ -29,9 +29,8 @@ fn packs(g: &Global, a: &RepairPacksArgs) -> Result<i32> {
     progress.finish();
     let r = r?;
     if g.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["message_type"] = "repair_packs".into();
-        super::print_json(&v);
+        let v = serde_json::to_value(&r)?;
+        super::print_json("repair_packs", v);
         return Ok(crate::exit::OK);
     }
     if !g.quiet {
@@ -64,9 +63,8 @@ fn index(g: &Global) -> Result<i32> {
     progress.finish();
     let r = r?;
     if g.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["message_type"] = "repair_index".into();
-        super::print_json(&v);
+        let v = serde_json::to_value(&r)?;
+        super::print_json("repair_index", v);
         return Ok(crate::exit::OK);
     }
     for (pack, why) in &r.packs_skipped {
@@ -78,11 +76,11 @@ fn index(g: &Global) -> Result<i32> {
     if !g.quiet {
         match r.new_index {
             Some(id) => outln!(
-                "indexed {} blobs in {} packs as index {}; replaced {} index object(s)",
-                r.blobs_indexed,
-                r.packs_indexed,
+                "indexed {} in {} as index {}; replaced {}",
+                super::count(r.blobs_indexed, "blob"),
+                super::count(r.packs_indexed, "pack"),
                 id.short(),
-                r.removed.len()
+                super::count(r.removed.len(), "index object")
             ),
             None => outln!("no packs and no index objects: nothing to do"),
         }
@@ -101,9 +99,8 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
     progress.finish();
     let r = r?;
     if g.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["message_type"] = "repair_snapshots".into();
-        super::print_json(&v);
+        let v = serde_json::to_value(&r)?;
+        super::print_json("repair_snapshots", v);
         return Ok(crate::exit::OK);
     }
     for (name, why) in &r.unreadable {
@@ -121,7 +118,7 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
     }
     for s in &r.repaired {
         outln!(
-            "snapshot {} -> {} ({}): removed {} entries",
+            "snapshot {} -> {} ({}): removed {}",
             s.original.short(),
             s.repaired.short(),
             if s.forgotten {
@@ -129,7 +126,7 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
             } else {
                 "original kept"
             },
-            s.removed.len()
+            super::count(s.removed.len(), "entry")
         );
         for e in &s.removed {
             let what = if e.kind == "dir" {
@@ -146,8 +143,8 @@ fn snapshots(g: &Global, a: &RepairSnapshotsArgs) -> Result<i32> {
     }
     if !g.quiet {
         outln!(
-            "checked {} snapshots, repaired {}",
-            r.snapshots_checked,
+            "checked {}, repaired {}",
+            super::count(r.snapshots_checked, "snapshot"),
             r.repaired.len()
         );
     }

@@ -17,6 +17,29 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
     let (snap, path) = split_ref(&a.snapshot);
     let (id, snapshot) = super::select::find_for_path(&repo, snap, &a.filter, path)?;
     if let Some(node) = super::block::image_of(&repo, &snapshot, path)? {
+        if a.dry_run {
+            // An image is written whole (its holes skipped) over the target.
+            let size = node.size;
+            if g.json {
+                super::print_json(
+                    "summary",
+                    serde_json::json!({
+                        "dry_run": true, "snapshot_id": id.to_hex(), "image": node.name.lossy(),
+                        "restore": 1, "update": 0, "unchanged": 0, "skip": 0, "delete": 0,
+                        "bytes_to_write": size, "bytes_to_fetch": size, "errors": [], "error_count": 0,
+                    }),
+                );
+            } else if !g.quiet {
+                outln!(
+                    "dry run: would write image {} of snapshot {} ({}) to {}",
+                    context::escape(&node.name.lossy()),
+                    id.short(),
+                    super::bytes(size),
+                    a.target.display()
+                );
+            }
+            return Ok(crate::exit::OK);
+        }
         return super::block::restore(g, a, repo, id, &node);
     }
     if a.instant {
@@ -37,6 +60,9 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         delete: a.delete,
         trust_finished: false,
     };
+    if a.dry_run {
+        return dry_run(g, a, &repo, &id, &snapshot, path, opts);
+    }
     // A marker (in the cache directory, not the target) says a restore of
     // this snapshot into this target started; found again, the run resumes
     // it and trusts the files it finished.
@@ -71,21 +97,22 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
     }
     if g.json {
         let mut v = serde_json::to_value(&summary)?;
-        v["message_type"] = "summary".into();
         v["snapshot_id"] = id.to_hex().into();
-        super::print_json(&v);
+        v["errors"] = super::error_list(&summary.errors);
+        v["error_count"] = summary.errors.len().into();
+        super::print_json("summary", v);
     } else if !g.quiet {
         outln!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} other, {}",
+            "restored snapshot {} to {}: {}, {}, {} other, {}",
             id.short(),
             a.target.display(),
-            summary.files,
-            summary.dirs,
+            super::count(summary.files, "file"),
+            super::count(summary.dirs, "dir"),
             summary.other,
             super::bytes(summary.bytes)
         );
         if a.verify {
-            outln!("verified {} files", summary.files_verified);
+            outln!("verified {}", super::count(summary.files_verified, "file"));
         }
     }
     if !summary.errors.is_empty() {
@@ -95,6 +122,77 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         );
     }
     Ok(crate::exit::OK)
+}
+
+/// `restore --dry-run`: what the restore would do, entry by entry (changes;
+/// with -v also what is unchanged) and in total; the target is not touched.
+fn dry_run(
+    g: &Global,
+    a: &RestoreArgs,
+    repo: &crate::baton::Repository,
+    id: &baton_types::Id,
+    snapshot: &baton_types::Snapshot,
+    path: Option<&str>,
+    mut opts: RestoreOptions,
+) -> Result<i32> {
+    use crate::baton::PlanAction;
+    // A restore run again would trust what the unfinished one finished.
+    opts.trust_finished = restore_marker(&a.target, id).is_some_and(|m| m.exists());
+    let mut report = |action: PlanAction, p: &std::path::Path, size: u64| {
+        if action == PlanAction::Unchanged && g.verbose == 0 {
+            return;
+        }
+        if g.json {
+            super::print_json(
+                "verbose_status",
+                serde_json::json!({ "action": action.as_str(), "item": p.display().to_string(), "size": size }),
+            );
+        } else if !g.quiet || action != PlanAction::Unchanged {
+            outln!(
+                "would {:<9} {}",
+                action.as_str(),
+                context::escape(&p.display().to_string())
+            );
+        }
+    };
+    let plan = crate::baton::plan_restore(
+        repo,
+        snapshot,
+        path,
+        &a.target,
+        &opts,
+        &mut report,
+        context::cancel(),
+    )?;
+    for (p, m) in &plan.errors {
+        crate::baton::Progress::error(&CliProgress::new(g.verbose, g.quiet, g.json), p, m);
+    }
+    if g.json {
+        let mut v = serde_json::to_value(&plan)?;
+        v["dry_run"] = true.into();
+        v["snapshot_id"] = id.to_hex().into();
+        v["errors"] = super::error_list(&plan.errors);
+        v["error_count"] = plan.errors.len().into();
+        super::print_json("summary", v);
+    } else if !g.quiet {
+        outln!(
+            "dry run of restoring snapshot {} to {}: {} to restore, {} to update, {} unchanged, {} skipped, {} to delete; {} to write, {} to fetch",
+            id.short(),
+            a.target.display(),
+            plan.restore,
+            plan.update,
+            plan.unchanged,
+            plan.skip,
+            plan.delete,
+            super::bytes(plan.bytes_to_write),
+            super::bytes(plan.bytes_to_fetch)
+        );
+    }
+    Ok(if plan.errors.is_empty() {
+        crate::exit::OK
+    } else {
+        crate::exit::PARTIAL
+    })
 }
 
 /// Where the marker of an unfinished restore of `snapshot` into `target`

@@ -1,6 +1,6 @@
 //! Snapshot selection shared by every command that takes a snapshot:
-//! `latest` (the newest matching `--host`, `--path`, `--tag`), an id or a
-//! unique id prefix.
+//! `latest` (the newest matching `--host`, `--path`, `--tag`), `latest~N`
+//! (the Nth before it), an id or a unique id prefix.
 
 use crate::baton::Repository;
 use crate::cli::SnapshotFilter;
@@ -67,6 +67,33 @@ impl SnapshotFilter {
 /// snapshot passing `filter` (not dated in the future). An id must pass the
 /// filter too, so a filter never silently means another snapshot.
 pub fn find(repo: &Repository, reference: &str, filter: &SnapshotFilter) -> Result<(Id, Snapshot)> {
+    if let Some(n) = reference.strip_prefix("latest~") {
+        // The Nth before the newest (`latest~0` is `latest`), as in git.
+        let n: usize = n.parse().map_err(|_| {
+            crate::Usage(format!(
+                "{reference:?}: write latest~N with N a number (latest~1 is the one before latest)"
+            ))
+        })?;
+        let matching: Vec<(Id, Snapshot)> = repo
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .filter(|(_, s)| !baton_repo::repo::in_future(&s.time) && filter.matches(s))
+            .collect();
+        let count = matching.len();
+        return matching.into_iter().nth(n).ok_or_else(|| {
+            crate::baton::RepoError::NotFound(format!(
+                "{reference}: only {} match{}",
+                super::count(count, "snapshot"),
+                if filter.is_empty() {
+                    ""
+                } else {
+                    " --host, --path and --tag"
+                }
+            ))
+            .into()
+        });
+    }
     if reference == "latest" && !filter.is_empty() {
         return repo
             .list_snapshots()?

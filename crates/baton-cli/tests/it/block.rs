@@ -111,7 +111,7 @@ fn an_image_round_trips_sparse_and_dumps_byte_exact() {
         "{}",
         ls.stdout
     );
-    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     assert!(
         snaps[0]["paths"][0]
             .as_str()

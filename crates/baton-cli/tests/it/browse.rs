@@ -23,12 +23,11 @@ fn snapshots_filters_ls_diff_cat() {
 
     let all: serde_json::Value =
         serde_json::from_str(&env.run(&["snapshots", "--json"]).ok().stdout).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all["snapshots"].as_array().unwrap().len(), 2);
     let count = |args: &[&str]| -> usize {
         let mut a = vec!["snapshots", "--json"];
         a.extend_from_slice(args);
-        serde_json::from_str::<serde_json::Value>(&env.run(&a).ok().stdout)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&env.run(&a).ok().stdout).unwrap()["snapshots"]
             .as_array()
             .unwrap()
             .len()

@@ -80,8 +80,8 @@ fn clean_repository_checks_clean_with_read_data() {
     let pack_bytes: u64 = packs.iter().map(|p| crate::common::obj_len(p)).sum();
     let (r, j) = check(&env, &["--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(j["errors"], 0, "{j}");
-    assert_eq!(j["warnings"], 0, "{j}");
+    assert_eq!(j["error_count"], 0, "{j}");
+    assert_eq!(j["warning_count"], 0, "{j}");
     assert_eq!(j["problems"].as_array().unwrap().len(), 0);
     assert_eq!(j["snapshots"], 2);
     assert_eq!(j["packs_checked"], packs.len() as u64);
@@ -217,7 +217,7 @@ fn packs_of_an_unfinished_backup_are_not_unreferenced() {
         if r.code == 0
             && let Some(job) = serde_json::from_str::<Value>(&r.stdout)
                 .ok()
-                .and_then(|v| v.as_array().cloned())
+                .and_then(|v| v["jobs"].as_array().cloned())
                 .and_then(|jobs| jobs.into_iter().find(|j| j["packs"].as_u64() > Some(0)))
         {
             break job;
@@ -236,10 +236,10 @@ fn packs_of_an_unfinished_backup_are_not_unreferenced() {
     assert!(packs.len() as u64 >= job["packs"].as_u64().unwrap());
     let (r, j) = check(&env, &["--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["error_count"], 0, "{j}");
     // Only packs stored after the job's last journal record are garbage.
     let jobs: Value = serde_json::from_str(&env.run(&["jobs", "--json"]).ok().stdout).unwrap();
-    let journaled = jobs[0]["packs"].as_u64().unwrap();
+    let journaled = jobs["jobs"][0]["packs"].as_u64().unwrap();
     eprintln!(
         "interrupted backup: {} packs stored, {journaled} in its journal",
         packs.len()
@@ -249,7 +249,7 @@ fn packs_of_an_unfinished_backup_are_not_unreferenced() {
         assert_eq!(p["kind"], "unreferenced_pack", "{p}");
     }
     assert_eq!(
-        j["warnings"].as_u64().unwrap(),
+        j["warning_count"].as_u64().unwrap(),
         packs.len() as u64 - journaled,
         "the journal's packs are referenced: {j}"
     );

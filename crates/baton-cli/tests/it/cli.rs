@@ -124,8 +124,7 @@ fn default_repository_is_created_on_first_backup() {
     .ok()
     .stdout;
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&snaps)
-            .unwrap()
+        serde_json::from_str::<serde_json::Value>(&snaps).unwrap()["snapshots"]
             .as_array()
             .unwrap()
             .len(),

@@ -274,17 +274,23 @@ impl Env {
 }
 
 pub fn run(c: &mut Command) -> Run {
+    let args: Vec<String> = c
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let out = c.output().expect("running baton");
     // A process killed by a signal reports 128 + the signal, as shells do.
     let code = out.status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + out.status.signal().unwrap_or(0)
     });
-    Run {
+    let r = Run {
         code,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    crate::schemas::check_run(&args, &r);
+    r
 }
 
 /// Total size of the files under a directory (the repository's size); of

@@ -106,9 +106,9 @@ fn unreadable_file_is_recorded_and_exit_3() {
     let r = run(&mut c);
     assert_eq!(r.code, 3, "stdout {} stderr {}", r.stdout, r.stderr);
     let j = r.json();
-    assert_eq!(j["errors"], 1);
+    assert_eq!(j["error_count"], 1);
     assert!(
-        j["error_list"][0]["path"]
+        j["errors"][0]["path"]
             .as_str()
             .unwrap()
             .ends_with("secret.txt")
@@ -376,7 +376,7 @@ fn full_disk_fails_cleanly_and_repository_stays_usable() {
             .success()
     );
     let third = e(&["backup", "--json", src.to_str().unwrap()]).ok().json();
-    assert_eq!(third["errors"], 0);
+    assert_eq!(third["error_count"], 0);
     let t2 = env.path("t2");
     run(env
         .cmd()

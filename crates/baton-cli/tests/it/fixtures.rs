@@ -55,7 +55,7 @@ fn intact_version_2_repository_restores_exactly() {
     use std::os::unix::fs::MetadataExt;
     let env = fixture("repo-v2");
     let snaps = fx(&env, &["snapshots", "--json"]).ok().json();
-    let snaps = snaps.as_array().unwrap();
+    let snaps = snaps["snapshots"].as_array().unwrap();
     assert_eq!(snaps.len(), 2);
     assert_eq!(snaps[0]["time"], "2026-01-02T03:04:05.000000000Z");
     let src = snaps[1]["paths"][0].as_str().unwrap().to_string();
@@ -158,7 +158,7 @@ fn damaged_key_fixture() {
     let list = fx(&env, &["key", "list"]).ok().stdout;
     assert!(list.contains("damaged"), "{list}");
     let keys = fx(&env, &["key", "list", "--json"]).ok().json();
-    let keys = keys.as_array().unwrap();
+    let keys = keys["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2);
     let bad = keys.iter().find(|k| k.get("damaged").is_some()).unwrap()["id"]
         .as_str()
@@ -166,6 +166,6 @@ fn damaged_key_fixture() {
         .to_string();
     fx(&env, &["key", "remove", &bad]).ok();
     let keys = fx(&env, &["key", "list", "--json"]).ok().json();
-    assert_eq!(keys.as_array().unwrap().len(), 1);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
     fx(&env, &["check"]).ok();
 }

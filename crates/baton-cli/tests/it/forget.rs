@@ -36,7 +36,8 @@ fn forget_json(env: &Env, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["forget", "--json"];
     all.extend_from_slice(args);
     let r = env.run(&all).ok();
-    serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap()
+    let v: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    v["groups"].clone()
 }
 
 /// Kept snapshots of host `h1`: time (to the second) -> reasons.
@@ -70,9 +71,8 @@ fn expect(entries: &[(&str, &[&str])]) -> Kept {
 }
 
 fn snapshot_count(env: &Env) -> usize {
-    env.run(&["snapshots", "--json"])
-        .ok()
-        .json()
+    env.run(&["snapshots", "--json"]).ok().json()["snapshots"]
+        .clone()
         .as_array()
         .unwrap()
         .len()
@@ -295,7 +295,7 @@ fn refusals_ids_and_forget_with_prune() {
         ])
         .ok();
     let forget: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
-    assert_eq!(forget[0]["remove"][0]["id"], s1.as_str());
+    assert_eq!(forget["groups"][0]["remove"][0]["id"], s1.as_str());
     let prune = r.json();
     assert_eq!(prune["message_type"], "prune");
     assert_eq!(prune["snapshots"], 1);

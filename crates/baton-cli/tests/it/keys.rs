@@ -16,8 +16,8 @@ fn add_list_remove_passwd() {
     let second_id = added["id"].as_str().unwrap().to_string();
     let list: serde_json::Value =
         serde_json::from_str(&env.run(&["key", "list", "--json"]).ok().stdout).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2);
-    let first_id = list
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+    let first_id = list["keys"]
         .as_array()
         .unwrap()
         .iter()
@@ -63,8 +63,8 @@ fn add_list_remove_passwd() {
         .stdout,
     )
     .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    assert_ne!(list[0]["id"].as_str().unwrap(), second_id);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+    assert_ne!(list["keys"][0]["id"].as_str().unwrap(), second_id);
 }
 
 /// An append-only key backs up and restores, but cannot delete anything or
@@ -87,7 +87,8 @@ fn append_only_key() {
     let list: serde_json::Value =
         serde_json::from_str(&ao(&["key", "list", "--json"]).ok().stdout).unwrap();
     assert!(
-        list.as_array()
+        list["keys"]
+            .as_array()
             .unwrap()
             .iter()
             .any(|k| k["current"] == true && k["append_only"] == true)
@@ -103,7 +104,7 @@ fn append_only_key() {
         assert_eq!(r.code, 1, "{args:?} must be refused: {}", r.stderr);
         assert!(r.stderr.contains("append-only"), "{args:?}: {}", r.stderr);
     }
-    let full_id = list
+    let full_id = list["keys"]
         .as_array()
         .unwrap()
         .iter()

@@ -157,7 +157,7 @@ fn list_names_what_cat_can_read() {
         .lines()
         .map(str::to_string)
         .collect();
-    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     let want: BTreeSet<String> = snaps
         .as_array()
         .unwrap()
@@ -434,7 +434,7 @@ fn files_from_lists_the_sources() {
         .arg("--files-from-raw")
         .arg(&raw);
     let s = run(&mut cmd).ok().json();
-    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     let paths: BTreeSet<String> = snaps[0]["paths"]
         .as_array()
         .unwrap()
@@ -532,7 +532,7 @@ fn snapshots_group_and_cut_and_forget_follows_the_filters() {
         .run(&["snapshots", "--json", "--group-by", "host", "--latest", "2"])
         .ok()
         .json();
-    let groups = groups.as_array().unwrap();
+    let groups = groups["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
     for g in groups {
         let snaps = g["snapshots"].as_array().unwrap();
@@ -556,7 +556,7 @@ fn snapshots_group_and_cut_and_forget_follows_the_filters() {
     // keep-last 1 applied to h1 only: h2 keeps both.
     env.run(&["forget", "--keep-last", "1", "--host", "h1"])
         .ok();
-    let left = env.run(&["snapshots", "--json"]).ok().json();
+    let left = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     let hosts: Vec<&str> = left
         .as_array()
         .unwrap()
@@ -662,7 +662,7 @@ fn rewrite_removes_exactly_the_named_paths() {
             .iter()
             .all(|w| w["forgotten"] == true)
     );
-    let left = env.run(&["snapshots", "--json"]).ok().json();
+    let left = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     assert_eq!(left.as_array().unwrap().len(), 2);
     let c = env.run(&["check"]).ok();
     assert!(
@@ -734,7 +734,7 @@ fn json_output_streams_status_lines_then_a_summary() {
                 "--json".into(),
                 src.to_string_lossy().into_owned(),
             ],
-            "backing up",
+            "reading",
         ),
         (
             vec![
@@ -982,4 +982,272 @@ fn a_restore_run_again_trusts_what_it_finished() {
     // Finished: the next restore onto it is a fresh one and verifies.
     let third = env.restore("latest", &t, &["--json"]).ok().json();
     assert_eq!(third["bytes_verified_in_place"], 500_000, "{third}");
+}
+
+/// Everything below `root`: relative path -> (content of a file, mtime in
+/// ns); directories have no content.
+fn tree_state(root: &Path) -> std::collections::BTreeMap<String, (Option<Vec<u8>>, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+            if m.is_dir() {
+                stack.push(p.clone());
+                out.insert(rel, (None, mtime));
+            } else {
+                out.insert(rel, (Some(std::fs::read(&p).unwrap()), mtime));
+            }
+        }
+    }
+    out
+}
+
+/// `restore --dry-run` changes nothing, and says exactly what the restore
+/// then does: for each `--overwrite` policy, with `--delete`, against a
+/// target holding edited, newer, older, missing and extra entries.
+#[test]
+fn restore_dry_run_predicts_the_restore_and_changes_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    for f in ["edited", "newer", "older", "same", "missing", "d/inner"] {
+        write(&src.join(f), format!("snapshot {f}").as_bytes());
+        touch(&src.join(f), "2025-01-01T00:00:00Z");
+    }
+    env.backup(&[&src], &[]);
+    let snap_src = std::fs::canonicalize(&src).unwrap();
+    let rel = snap_src.strip_prefix("/").unwrap().to_path_buf();
+
+    // Into a target that does not exist: everything is new, nothing made.
+    let none = env.path("not-there");
+    let r = env.restore("latest", &none, &["--dry-run", "--json"]).ok();
+    assert!(!none.exists(), "a dry run created its target");
+    let s = r.json();
+    assert_eq!(s["dry_run"], true, "{s}");
+    // Six files and the directories down to them.
+    let dirs = rel.components().count() as u64 + 1;
+    assert_eq!(s["restore"], 6 + dirs, "{s}");
+    assert_eq!(s["bytes_to_write"], s["bytes_to_fetch"]);
+
+    for policy in ["always", "if-changed", "if-newer", "never"] {
+        let t = env.path(&format!("t-{policy}"));
+        env.restore("latest", &t, &[]).ok();
+        let dir = t.join(&rel);
+        write(&dir.join("edited"), b"locally edited");
+        write(&dir.join("newer"), b"target newer");
+        touch(&dir.join("newer"), "2030-01-01T00:00:00Z");
+        write(&dir.join("older"), b"target older");
+        touch(&dir.join("older"), "2020-01-01T00:00:00Z");
+        std::fs::remove_file(dir.join("missing")).unwrap();
+        write(&dir.join("extra"), b"not in the snapshot");
+        write(&dir.join("extra-dir/x"), b"x");
+        let before = tree_state(&t);
+
+        let r = env
+            .restore(
+                "latest",
+                &t,
+                &[
+                    "--dry-run",
+                    "--delete",
+                    "--overwrite",
+                    policy,
+                    "--json",
+                    "-v",
+                ],
+            )
+            .ok();
+        assert_eq!(
+            tree_state(&t),
+            before,
+            "{policy}: the dry run changed the target"
+        );
+        let mut planned: std::collections::BTreeMap<String, String> = Default::default();
+        for line in r.stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["message_type"] == "verbose_status" {
+                let item = v["item"].as_str().unwrap();
+                let relp = Path::new(item).strip_prefix(&t).unwrap();
+                planned.insert(
+                    relp.to_string_lossy().into_owned(),
+                    v["action"].as_str().unwrap().into(),
+                );
+            }
+        }
+        let plan = r.json();
+
+        env.restore("latest", &t, &["--delete", "--overwrite", policy])
+            .ok();
+        let after = tree_state(&t);
+        // What the restore really did, entry by entry.
+        let mut did: std::collections::BTreeMap<String, String> = Default::default();
+        for (p, (content, _)) in &before {
+            match after.get(p) {
+                None => {
+                    // Below a deleted directory: the directory is the entry.
+                    let parent_gone = Path::new(p).parent().is_some_and(|q| {
+                        !after.contains_key(&*q.to_string_lossy())
+                            && before.contains_key(&*q.to_string_lossy())
+                    });
+                    if !parent_gone {
+                        did.insert(p.clone(), "delete".into());
+                    }
+                }
+                Some((c, _)) if c != content => {
+                    did.insert(p.clone(), "update".into());
+                }
+                Some(_) => {}
+            }
+        }
+        for p in after.keys().filter(|p| !before.contains_key(*p)) {
+            did.insert(p.clone(), "restore".into());
+        }
+        let changes: std::collections::BTreeMap<String, String> = planned
+            .iter()
+            .filter(|(_, a)| matches!(a.as_str(), "restore" | "update" | "delete"))
+            .map(|(p, a)| (p.clone(), a.clone()))
+            .collect();
+        assert_eq!(changes, did, "{policy}: the plan and the restore differ");
+        // Kept entries are the ones the plan called unchanged or skipped.
+        for (p, a) in &planned {
+            if a == "skip" || a == "unchanged" {
+                assert_eq!(before[p].0, after[p].0, "{policy}: {p} was {a} but changed");
+            }
+        }
+        let count = |a: &str| planned.values().filter(|x| *x == a).count() as u64;
+        for a in ["restore", "update", "unchanged", "skip", "delete"] {
+            assert_eq!(plan[a], count(a), "{policy}: {a} in {plan}");
+        }
+        // if-newer keeps the edited file (edited now) and the newer one;
+        // never also the older one.
+        let skipped = match policy {
+            "always" | "if-changed" => 0,
+            "if-newer" => 2,
+            _ => 3,
+        };
+        assert_eq!(plan["skip"], skipped, "{policy}: {plan}");
+        assert_eq!(plan["delete"], 2, "{policy}: {plan}");
+    }
+}
+
+/// Every command's `--json` output is a stream of documented messages
+/// (each line is checked against docs/json by `common::run`); this runs
+/// each command and message kind at least once, and the failures on
+/// stderr too.
+#[test]
+fn every_json_message_is_documented_and_valid() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a.conf"), b"a");
+    write(&src.join("d/b.txt"), b"bb");
+    let mut seen = BTreeSet::new();
+    let mut note = |r: &crate::common::Run| {
+        for l in r
+            .stdout
+            .lines()
+            .chain(r.stderr.lines().filter(|l| l.starts_with('{')))
+        {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            seen.insert(v["message_type"].as_str().unwrap().to_string());
+        }
+    };
+    let j = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.push("--json");
+        env.run(&a)
+    };
+    let first = j(&["backup", "-v", src.to_str().unwrap()]).ok();
+    note(&first);
+    write(&src.join("c.conf"), b"c");
+    note(&j(&["backup", "-vv", src.to_str().unwrap()]).ok());
+    let t = env.path("t");
+    for args in [
+        &["snapshots"][..],
+        &["snapshots", "--group-by", "host"],
+        &["ls", "latest"],
+        &["find", "*.conf"],
+        &["stats"],
+        &["list", "snapshots"],
+        &["rewrite", "--exclude", "*.txt", "--dry-run"],
+        &["check", "--read-data"],
+        &["key", "list"],
+        &["unlock"],
+        &["jobs"],
+        &["forget", "--keep-last", "5", "--dry-run"],
+        &["prune", "--dry-run"],
+        &["repair", "snapshots"],
+    ] {
+        note(&j(args).ok());
+    }
+    let ids = j(&["list", "snapshots"]).ok().json();
+    let (a, b) = (
+        ids["ids"][0].as_str().unwrap().to_string(),
+        ids["ids"][1].as_str().unwrap().to_string(),
+    );
+    note(&j(&["diff", &a, &b]).ok());
+    note(&j(&["restore", "latest", "--target", t.to_str().unwrap(), "-v"]).ok());
+    note(
+        &j(&[
+            "restore",
+            "latest",
+            "--target",
+            t.to_str().unwrap(),
+            "--dry-run",
+        ])
+        .ok(),
+    );
+    // An unreadable file: an `error` line on stderr, exit 3.
+    if !crate::common::is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = src.join("secret");
+        write(&f, b"s");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let r = j(&["backup", src.to_str().unwrap()]);
+        assert_eq!(r.code, 3, "{}", r.stderr);
+        note(&r);
+        std::fs::remove_file(&f).unwrap();
+    }
+    // A failure: `exit_error` on stderr with the exit code.
+    let r = j(&[
+        "restore",
+        "no-such-snapshot",
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0);
+    let last: serde_json::Value = serde_json::from_str(r.stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["message_type"], "exit_error");
+    assert_eq!(last["code"], r.code);
+    note(&r);
+    for want in [
+        "summary",
+        "status",
+        "verbose_status",
+        "snapshots",
+        "snapshot_groups",
+        "snapshot",
+        "node",
+        "find",
+        "stats",
+        "list",
+        "rewrite",
+        "check",
+        "keys",
+        "unlocked",
+        "jobs",
+        "forget",
+        "prune",
+        "repair_snapshots",
+        "diff",
+        "exit_error",
+    ] {
+        assert!(seen.contains(want), "no {want} message seen: {seen:?}");
+    }
 }

@@ -225,7 +225,7 @@ fn kill_mid_backup(env: &Env, src: &Path) -> serde_json::Value {
         let r = env.run(&["jobs", "--json"]);
         if r.code == 0 {
             let jobs: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-            if let Some(j) = jobs.as_array().and_then(|a| a.first())
+            if let Some(j) = jobs["jobs"].as_array().and_then(|a| a.first())
                 && j["packs"].as_u64().unwrap_or(0) > 0
                 && j["catalog_bytes"].as_u64().unwrap_or(0) > 0
             {
@@ -237,7 +237,7 @@ fn kill_mid_backup(env: &Env, src: &Path) -> serde_json::Value {
     child.kill().unwrap();
     child.wait().unwrap();
     // The journal may have grown between the look and the kill.
-    let jobs = env.run(&["jobs", "--json"]).ok().json();
+    let jobs = env.run(&["jobs", "--json"]).ok().json()["jobs"].clone();
     assert_eq!(jobs.as_array().unwrap().len(), 1);
     assert_eq!(jobs[0]["id"], job["id"]);
     jobs[0].clone()
@@ -258,7 +258,7 @@ fn an_unfinished_jobs_packs_survive_prune_and_the_backup_resumes() {
     assert_eq!(r["jobs_stale"].as_array().unwrap().len(), 0);
     assert_eq!(r["job_packs"].as_u64(), Some(packs), "{r}");
     // The journal and its packs are intact.
-    let after = env.run(&["jobs", "--json"]).ok().json();
+    let after = env.run(&["jobs", "--json"]).ok().json()["jobs"].clone();
     assert_eq!(after[0], job);
     assert!(
         pack_names(&env.repo).len() as u64 > packs,
@@ -275,9 +275,8 @@ fn an_unfinished_jobs_packs_survive_prune_and_the_backup_resumes() {
         "{resumed} vs {job}"
     );
     assert!(
-        env.run(&["jobs", "--json"])
-            .ok()
-            .json()
+        env.run(&["jobs", "--json"]).ok().json()["jobs"]
+            .clone()
             .as_array()
             .unwrap()
             .is_empty()
@@ -303,15 +302,18 @@ fn prune_forgets_a_job_older_than_max_job_age() {
     assert_eq!(r["jobs_kept"][0], job["id"], "{r}");
     let r = prune_json(&env, &["--dry-run", "--max-job-age", "0s"]);
     assert_eq!(r["jobs_stale"][0]["id"], job["id"], "{r}");
-    assert_eq!(env.run(&["jobs", "--json"]).ok().json()[0], job, "dry run");
+    assert_eq!(
+        env.run(&["jobs", "--json"]).ok().json()["jobs"].clone()[0],
+        job,
+        "dry run"
+    );
     let r = prune_json(&env, &["--max-job-age", "0s"]);
     assert_eq!(r["jobs_stale"][0]["id"], job["id"], "{r}");
     assert_eq!(r["jobs_stale"][0]["packs"].as_u64(), Some(packs));
     assert!(r["packs_unreferenced"].as_u64().unwrap() >= packs, "{r}");
     assert!(
-        env.run(&["jobs", "--json"])
-            .ok()
-            .json()
+        env.run(&["jobs", "--json"]).ok().json()["jobs"]
+            .clone()
             .as_array()
             .unwrap()
             .is_empty()

@@ -41,7 +41,7 @@ fn repair_index_after_losing_every_index_object() {
     assert_eq!(objects(&env.repo, "index").len(), 1);
     let (code, j) = check_code(&env, &["--read-data"]);
     assert_eq!(code, 0, "{j}");
-    assert_eq!(j["warnings"], 0, "{j}");
+    assert_eq!(j["warning_count"], 0, "{j}");
     let t = env.path("t");
     env.restore("latest", &t, &["--verify"]).ok();
     let opts = CompareOptions {
@@ -87,7 +87,7 @@ fn repair_index_replaces_a_damaged_index_object() {
     // Running it again cleans up.
     env.run(&["repair", "index"]).ok();
     let (code, j) = check_code(&env, &[]);
-    assert_eq!((code, j["warnings"].as_u64()), (0, Some(0)), "{j}");
+    assert_eq!((code, j["warning_count"].as_u64()), (0, Some(0)), "{j}");
     let t = env.path("t");
     env.restore("latest", &t, &[]).ok();
     same_file(&t, &src, "b");

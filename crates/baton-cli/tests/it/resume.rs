@@ -94,7 +94,7 @@ fn backup_json(env: &Env, args: &[&str], sources: &[PathBuf]) -> serde_json::Val
 
 fn jobs(env: &Env) -> Vec<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(&env.run(&["jobs", "--json"]).ok().stdout)
-        .unwrap()
+        .unwrap()["jobs"]
         .as_array()
         .unwrap()
         .clone()
@@ -171,7 +171,7 @@ fn kill_at_random_instants_and_resume() {
         let sealed = !objects(&env.repo, "snapshots").is_empty();
         let durable = js.first().map_or(0, |j| j["position"].as_u64().unwrap());
         let r = backup_json(&env, &[], &sources);
-        assert_eq!(r["errors"], 0);
+        assert_eq!(r["error_count"], 0);
         if !js.is_empty() && !sealed {
             assert_eq!(r["resumed"], true, "{r}");
             assert_eq!(r["resumed_job"], js[0]["id"]);
@@ -195,7 +195,7 @@ fn kill_at_random_instants_and_resume() {
         if kills % 5 == 0 {
             // Every stored byte verifies, and no pack is left unreferenced.
             let check = env.run(&["check", "--read-data", "--json"]).ok().json();
-            assert_eq!(check["errors"], 0, "{check}");
+            assert_eq!(check["error_count"], 0, "{check}");
             let fresh = backup_json(&env, &["--force", "--resume", "never"], &sources);
             assert_eq!(fresh["tree_id"], r["tree_id"]);
             restore_equals(&env, &sources);
@@ -266,7 +266,7 @@ fn several_kills_in_a_row_then_changes_before_resume() {
     assert_eq!(r["tree_id"], reference["tree_id"]);
     assert_ne!(r["tree_id"], clean["tree_id"]);
     let check = env.run(&["check", "--read-data", "--json"]).ok().json();
-    assert_eq!(check["errors"], 0, "{check}");
+    assert_eq!(check["error_count"], 0, "{check}");
 }
 
 /// A crash at each step of sealing (index stored, snapshot stored, journal
@@ -297,10 +297,10 @@ fn crash_points_while_sealing_and_journaling() {
             serde_json::from_str::<serde_json::Value>(
                 &env.run(&["snapshots", "--json"]).ok().stdout,
             )
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len()
+            .unwrap()["snapshots"]
+                .as_array()
+                .unwrap()
+                .len()
         };
         let before = count(&env);
         let r = backup_json(&env, &[], &sources);
@@ -311,7 +311,7 @@ fn crash_points_while_sealing_and_journaling() {
         assert_eq!(r["resumed"], point != "after-snapshot", "{point}: {r}");
         restore_equals(&env, &sources);
         let check = env.run(&["check", "--read-data", "--json"]).ok().json();
-        assert_eq!(check["errors"], 0, "{point}: {check}");
+        assert_eq!(check["error_count"], 0, "{point}: {check}");
     }
 }
 

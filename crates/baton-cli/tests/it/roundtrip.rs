@@ -55,7 +55,7 @@ fn full_tree_round_trip_and_unchanged_rebackup() {
             "backup --json lacks {field}: {first}"
         );
     }
-    assert_eq!(first["errors"], 0, "{first}");
+    assert_eq!(first["error_count"], 0, "{first}");
     assert_eq!(first["files_changed"], 0);
     assert!(first["files_new"].as_u64().unwrap() >= manifest.files as u64 - 1);
     assert_eq!(first["bytes_total"].as_u64().unwrap(), manifest.bytes);
@@ -274,7 +274,7 @@ fn stdin_backup_and_dump() {
     assert_eq!(dumped.stdout, data);
     let snaps = env.run(&["snapshots", "--json"]).ok().stdout;
     let v: serde_json::Value = serde_json::from_str(&snaps).unwrap();
-    assert_eq!(v[0]["paths"][0], "/db.sql");
+    assert_eq!(v["snapshots"][0]["paths"][0], "/db.sql");
 }
 
 #[test]

@@ -74,7 +74,7 @@ impl S3Env {
             args.extend(["--host", h]);
         }
         let list = self.run(&args).ok().json();
-        let id = list
+        let id = list["snapshots"]
             .as_array()
             .and_then(|a| a.last())
             .and_then(|s| s["id"].as_str())

@@ -5,7 +5,7 @@ use crate::common::{Env, no_panic, objects};
 use baton_testing::write_file;
 
 fn snapshot_ids(env: &Env) -> Vec<String> {
-    let v = env.run(&["snapshots", "--json"]).json();
+    let v = env.run(&["snapshots", "--json"]).json()["snapshots"].clone();
     v.as_array()
         .unwrap()
         .iter()
@@ -160,7 +160,7 @@ fn a_closed_stdout_never_aborts_a_backup() {
     let (code, err) = run_and_close_stdout(&env, &["backup", "-vv", src.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json()["snapshots"].clone();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     let (code, err) = run_and_close_stdout(&env, &["ls", "latest"]);
     assert_eq!(code, 0, "{err}");
@@ -392,10 +392,8 @@ fn a_damaged_blob_is_stored_afresh_and_its_pack_replaced() {
     assert!(!pack.exists());
     let r = env.run(&["check", "--read-data"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    for snap in env
-        .run(&["snapshots", "--json"])
-        .ok()
-        .json()
+    for snap in env.run(&["snapshots", "--json"]).ok().json()["snapshots"]
+        .clone()
         .as_array()
         .unwrap()
     {

@@ -310,7 +310,8 @@ pub fn backup(
                 }
             });
         }
-        progress.phase("backing up");
+        // Files are read, chunked and packed, packs uploaded as they fill.
+        progress.phase("reading");
         let pipe = Pipeline::start(s, cfg);
         let mut a = Archiver::new(repo_ref, &pipe, &filter, opts, progress, cancel)
             .with_journal(checkpoint, resume_catalog);
@@ -327,6 +328,8 @@ pub fn backup(
         }
         let walk = walk.map(|id| (id, a.into_summary()));
         scan_done.cancel();
+        // Everything is read: the last packs are written.
+        progress.phase("uploading");
         (walk, pipe.finish())
     });
     progress.phase("finishing");
