@@ -32,32 +32,59 @@ now() { date +%s.%N; }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[\"$1\"])"; }
 
 REPO="$OUT/repo-restore-resume"
-rm -rf "$REPO" "$OUT/rr-clean" "$OUT/rr-killed" "$XDG_CACHE_HOME"
+rm -rf "$REPO" "$OUT"/rr-clean-* "$OUT"/rr-killed-* "$XDG_CACHE_HOME"
 "$BATON_BIN" -r "$REPO" init -q
 "$BATON_BIN" -r "$REPO" backup -q "$DATA"
 
-drop; t0=$(now)
-"$BATON_BIN" -r "$REPO" restore latest --target "$OUT/rr-clean" --json > "$OUT/rr-clean.json"
-t1=$(now); full=$(echo "$t1 - $t0" | bc -l)
-total=$(field bytes < "$OUT/rr-clean.json")
-rm -rf "$OUT/rr-clean"
+ROUNDS="${ROUNDS:-3}"
+# Each round: a clean restore, then one killed at half its time and run
+# again. Times are to the end of the command ("done") and, separately, to
+# the end of a sync after it ("on disk"): the page cache makes the first
+# depend on how much dirty data the kernel lets a writer pile up. Targets
+# are removed only at the end: ext4 creates files slowly for a while after
+# many were deleted (its inode allocator skips recently freed inodes), which
+# would time the file system's recovery instead of the restore.
+: > "$OUT/rr-rounds.tsv"
+for round in $(seq "$ROUNDS"); do
+    rm -rf "$XDG_CACHE_HOME"
+    CLEAN="$OUT/rr-clean-$round" KILLED="$OUT/rr-killed-$round"
+    drop; t0=$(now)
+    "$BATON_BIN" -r "$REPO" restore latest --target "$CLEAN" --json > "$OUT/rr-clean.json"
+    t1=$(now); sync; t1s=$(now)
+    full=$(echo "$t1 - $t0" | bc -l); full_sync=$(echo "$t1s - $t0" | bc -l)
+    total=$(field bytes < "$OUT/rr-clean.json")
 
-drop; half=$(echo "$full / 2" | bc -l)
-"$BATON_BIN" -r "$REPO" restore latest --target "$OUT/rr-killed" -q & pid=$!
-sleep "$half"; kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
-there=$(du -sb "$OUT/rr-killed" | cut -f1)
-drop; t2=$(now)
-"$BATON_BIN" -r "$REPO" restore latest --target "$OUT/rr-killed" --json > "$OUT/rr-rerun.json"
-t3=$(now); rerun=$(echo "$t3 - $t2" | bc -l)
-fetched=$(field bytes_fetched < "$OUT/rr-rerun.json")
-verified=$(field bytes_verified_in_place < "$OUT/rr-rerun.json")
-# The re-run's result is checked, not assumed.
-"$BATON_BIN" -r "$REPO" restore latest --target "$OUT/rr-killed" --verify -q
-ratio=$(echo "$rerun / $full" | bc -l)
-printf '\nrestore re-run benchmark (%s cache, dataset %s, %.1f MiB restored)\n' "$CACHE" "$SIZE" "$(echo "$total / 1048576" | bc -l)"
-printf '%-38s %8.2f s\n' "clean restore" "$full"
-printf '%-38s %8.2f s  (%.0f%% of the bytes were on disk at the kill)\n' "killed at 50% of that, then run again" "$rerun" "$(echo "100 * $there / $total" | bc -l)"
-printf '%-38s %8.1f MiB fetched, %.1f MiB re-read and verified\n' "the re-run" "$(echo "$fetched / 1048576" | bc -l)" "$(echo "$verified / 1048576" | bc -l)"
-printf '%-38s %8.2f  (target <= 0.5)\n' "re-run / clean" "$ratio"
-printf '%s\t%s\t%s\t%.3f\t%.3f\t%s\t%s\t%.3f\n' "$(date -u +%FT%TZ)" "$SIZE" "$CACHE" "$full" "$rerun" "$there" "$fetched" "$ratio" >> "$OUT/restore-resume.tsv"
-rm -rf "$OUT/rr-killed" "$REPO" "$XDG_CACHE_HOME"
+    drop; half=$(echo "$full / 2" | bc -l)
+    "$BATON_BIN" -r "$REPO" restore latest --target "$KILLED" -q & pid=$!
+    sleep "$half"; kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+    files_there=$(find "$KILLED" -type f | wc -l)
+    drop; t2=$(now)
+    "$BATON_BIN" -r "$REPO" restore latest --target "$KILLED" --json > "$OUT/rr-rerun.json"
+    t3=$(now); sync; t3s=$(now)
+    rerun=$(echo "$t3 - $t2" | bc -l); rerun_sync=$(echo "$t3s - $t2" | bc -l)
+    fetched=$(field bytes_fetched < "$OUT/rr-rerun.json")
+    verified=$(field bytes_verified_in_place < "$OUT/rr-rerun.json")
+    trusted=$(field files_already_restored < "$OUT/rr-rerun.json")
+    files=$(field files < "$OUT/rr-rerun.json")
+    # The re-run's result is checked, not assumed.
+    "$BATON_BIN" -r "$REPO" restore latest --target "$KILLED" --verify -q
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$full" "$full_sync" "$rerun" "$rerun_sync" \
+        "$fetched" "$verified" "$trusted" "$files" "$files_there" "$total" >> "$OUT/rr-rounds.tsv"
+done
+python3 - "$OUT/rr-rounds.tsv" "$CACHE" "$SIZE" "$OUT/restore-resume.tsv" <<'PY'
+import statistics, sys, datetime
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+med = lambda i: statistics.median(r[i] for r in rows)
+ratio = statistics.median(r[2] / r[0] for r in rows)
+ratio_sync = statistics.median(r[3] / r[1] for r in rows)
+mib = 1048576
+print(f"\nrestore re-run benchmark ({sys.argv[2]} cache, dataset {sys.argv[3]}, {rows[0][9]/mib:.1f} MiB in {rows[0][7]:.0f} files; median of {len(rows)} rounds)")
+print(f"{'clean restore':40} {med(0):6.2f} s   {med(1):6.2f} s with sync")
+print(f"{'killed at 50% of that, run again':40} {med(2):6.2f} s   {med(3):6.2f} s with sync")
+print(f"{'left for the re-run':40} {med(4)/mib:6.1f} MiB to fetch ({100*med(4)/rows[0][9]:.0f}%), {rows[0][7]-med(6):.0f} files not finished ({100*(rows[0][7]-med(6))/rows[0][7]:.0f}%)")
+print(f"{'re-read and verified in place':40} {med(5)/mib:6.1f} MiB")
+print(f"{'re-run / clean':40} {ratio:6.2f}     {ratio_sync:6.2f} with sync   (target <= 0.5)")
+with open(sys.argv[4], "a") as f:
+    f.write(f"{datetime.datetime.utcnow():%FT%TZ}\t{sys.argv[3]}\t{sys.argv[2]}\t{med(0):.3f}\t{med(2):.3f}\t{med(4):.0f}\t{ratio:.3f}\t{ratio_sync:.3f}\n")
+PY
+rm -rf "$OUT"/rr-clean-* "$OUT"/rr-killed-* "$REPO" "$XDG_CACHE_HOME"

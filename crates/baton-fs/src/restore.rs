@@ -112,14 +112,27 @@ struct Restorer<'a> {
     trust_finished: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
-    pending: Vec<(PathBuf, Node, bool)>,
+    pending: Vec<(PathBuf, Node, Start)>,
     pending_chunks: usize,
     /// Batches go to the writer thread, which writes them while the walk
     /// goes on, and sends back what it did.
-    batches: Option<SyncSender<Vec<(PathBuf, Node, bool)>>>,
+    batches: Option<SyncSender<Vec<(PathBuf, Node, Start)>>>,
     done: Receiver<Result<BatchDone>>,
     /// Directories whose metadata is applied last, children first.
     dirs: Vec<(PathBuf, Node)>,
+}
+
+/// How a queued file's content is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// It does not exist: the worker writing its first chunk creates it.
+    Create,
+    /// It exists at its length and reads as zeros.
+    Zeroed,
+    /// It exists holding this many bytes of an earlier restore (or of
+    /// anything else): each chunk there is verified in place and only
+    /// those that differ are fetched and written.
+    InPlace(u64),
 }
 
 /// A batch of files is written when it holds this many chunks or files
@@ -131,17 +144,20 @@ const BATCH_FILES: usize = 4096;
 /// A batch written: per file, why its content could not be written, or
 /// else why its metadata could not be applied.
 struct BatchDone {
-    files: Vec<(PathBuf, Node, bool)>,
+    files: Vec<(PathBuf, Node, Start)>,
     content_failed: Vec<Option<String>>,
     metadata_failed: Vec<Option<String>>,
     bytes_fetched: u64,
+    bytes_verified_in_place: u64,
+    /// Per file: it was verified in place and found complete.
+    complete_in_place: Vec<bool>,
 }
 
 /// The writer thread: writes each batch's contents, then the files' metadata.
 fn write_batches(
     repo: &Repository,
     target: &Target,
-    batches: Receiver<Vec<(PathBuf, Node, bool)>>,
+    batches: Receiver<Vec<(PathBuf, Node, Start)>>,
     done: SyncSender<Result<BatchDone>>,
     progress: &dyn Progress,
     cancel: &Cancel,
@@ -150,11 +166,15 @@ fn write_batches(
     for files in batches {
         let jobs: Vec<fetch::FileJob> = files
             .iter()
-            .map(|(dst, n, create)| fetch::FileJob {
+            .map(|(dst, n, start)| fetch::FileJob {
                 path: dst.clone(),
                 content: n.content.clone(),
                 size: n.size,
-                create: *create,
+                create: *start == Start::Create,
+                in_place: match start {
+                    Start::InPlace(old_len) => Some(*old_len),
+                    _ => None,
+                },
                 linked: n.links > 1,
             })
             .collect();
@@ -184,6 +204,8 @@ fn write_batches(
             content_failed: outcome.failed,
             metadata_failed,
             bytes_fetched: outcome.bytes_fetched,
+            bytes_verified_in_place: outcome.bytes_verified_in_place,
+            complete_in_place: outcome.complete_in_place,
         };
         if done.send(Ok(d)).is_err() {
             return;
@@ -441,14 +463,14 @@ impl Restorer<'_> {
             );
             return Ok(());
         }
-        let existing = match self.target.existing(dst) {
+        let (existing, stat) = match self.target.existing_stat(dst) {
             Ok(e) => e,
             Err(e) => {
                 self.error(dst, format!("cannot restore: {e}"));
                 return Ok(());
             }
         };
-        if existing != Existing::Nothing && self.keep_existing(n, dst, existing) {
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat) {
             return Ok(());
         }
         if existing != Existing::Nothing
@@ -487,19 +509,19 @@ impl Restorer<'_> {
             // In a directory this restore created: the workers create the
             // file when they write its first chunk, so creating files is
             // spread over the cores instead of serialising the walk.
-            self.queue_file(n, dst, true)?;
+            self.queue_file(n, dst, Start::Create)?;
             return Ok(());
         }
         // Anything but a regular file in the way is replaced; a regular file
         // is kept and verified in place (an earlier, interrupted restore).
-        let existing = match self.target.existing(dst) {
+        let (existing, stat) = match self.target.existing_stat(dst) {
             Ok(e) => e,
             Err(e) => {
                 self.error(dst, format!("cannot restore: {e}"));
                 return Ok(());
             }
         };
-        if existing != Existing::Nothing && self.keep_existing(n, dst, existing) {
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat) {
             return Ok(());
         }
         let replace = match existing {
@@ -529,6 +551,12 @@ impl Restorer<'_> {
             self.hardlinks.insert(key, dst.to_path_buf());
         }
         let fresh = existing == Existing::Nothing || replace.is_some();
+        if fresh && n.links <= 1 && !n.content.is_empty() {
+            // New here: the worker writing its first chunk creates it (a
+            // file planted meanwhile is written over like any in the way).
+            self.queue_file(n, dst, Start::Create)?;
+            return Ok(());
+        }
         if fresh && (!n.content.is_empty() || n.links > 1) {
             // New: created at its length now, its content comes in a batch.
             let created = self
@@ -546,31 +574,46 @@ impl Restorer<'_> {
             if n.content.is_empty() {
                 self.finish_file(n, dst);
             } else {
-                self.queue_file(n, dst, false)?;
+                self.queue_file(n, dst, Start::Zeroed)?;
             }
             return Ok(());
         }
-        match self.write_content(n, dst) {
-            Ok(()) => {}
-            Err(e @ (RepoError::Cancelled | RepoError::LockLost(_))) => return Err(e),
-            Err(RepoError::Io { cause, .. }) if is_no_space(&cause) => {
-                // Kept as it is: the next run verifies what it holds.
-                return Err(target_full(dst, cause));
-            }
+        // A regular file of ours is there (an earlier restore's, or an
+        // edit): made the snapshot's length now, its chunks verified in
+        // place by the writer's workers and only those that differ fetched,
+        // in pack order like any other file.
+        // (Or an empty file, created here.)
+        let sized = self
+            .target
+            .open_file(dst, fresh, fresh, false)
+            .and_then(|f| {
+                let old_len = f.metadata()?.len();
+                if old_len != n.size {
+                    f.set_len(n.size)?;
+                }
+                Ok(old_len.min(n.size))
+            });
+        match sized {
+            Ok(_) if n.content.is_empty() => self.finish_file(n, dst),
+            Ok(old_len) => self.queue_file(n, dst, Start::InPlace(old_len))?,
+            Err(e) if is_no_space(&e) => return Err(target_full(dst, e)),
             Err(e) => {
-                let _ = self.target.remove(dst, false);
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot restore file: {e}"));
-                return Ok(());
             }
         }
-        self.finish_file(n, dst);
         Ok(())
     }
 
     /// Whether `--overwrite` keeps what is at `dst` (and records that).
-    fn keep_existing(&mut self, n: &Node, dst: &Path, existing: Existing) -> bool {
-        let ours = || self.target.size_and_mtime(dst).ok();
+    fn keep_existing(
+        &mut self,
+        n: &Node,
+        dst: &Path,
+        existing: Existing,
+        stat: Option<target::EntryStat>,
+    ) -> bool {
+        let ours = || stat.map(|st| (st.size, st.mtime_ns));
         let keep = match self.overwrite {
             Overwrite::Always if self.trust_finished => {
                 let finished = existing == Existing::File
@@ -578,7 +621,18 @@ impl Restorer<'_> {
                     && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
                 if finished {
                     self.summary.files_already_restored += 1;
-                    self.finish_file(n, dst);
+                    // A restore sets the times last: with them in place,
+                    // the rest was applied too, unless mode or owner were
+                    // changed since.
+                    let applied = stat.is_some_and(|st| {
+                        st.mode == n.mode & 0o7777
+                            && (!self.is_root || (st.uid, st.gid) == (n.uid, n.gid))
+                    });
+                    if applied {
+                        self.file_restored(n, dst);
+                    } else {
+                        self.finish_file(n, dst);
+                    }
                     return true;
                 }
                 false
@@ -609,9 +663,9 @@ impl Restorer<'_> {
 
     /// Queues a new file for the writer; `create`: the workers create it
     /// (else it exists at its length already).
-    fn queue_file(&mut self, n: &Node, dst: &Path, create: bool) -> Result<()> {
+    fn queue_file(&mut self, n: &Node, dst: &Path, start: Start) -> Result<()> {
         self.pending_chunks += n.content.len();
-        self.pending.push((dst.to_path_buf(), n.clone(), create));
+        self.pending.push((dst.to_path_buf(), n.clone(), start));
         if self.pending_chunks >= BATCH_CHUNKS || self.pending.len() >= BATCH_FILES {
             self.flush()?;
         }
@@ -645,8 +699,14 @@ impl Restorer<'_> {
 
     fn batch_done(&mut self, d: BatchDone) {
         self.summary.bytes_fetched += d.bytes_fetched;
+        self.summary.bytes_verified_in_place += d.bytes_verified_in_place;
         let results = d.content_failed.into_iter().zip(d.metadata_failed);
-        for ((dst, n, _), (content, metadata)) in d.files.iter().zip(results) {
+        for (((dst, n, _), (content, metadata)), complete) in
+            d.files.iter().zip(results).zip(d.complete_in_place)
+        {
+            if complete && content.is_none() {
+                self.summary.files_already_restored += 1;
+            }
             if let Some(e) = content {
                 let _ = self.target.remove(dst, false);
                 self.hardlinks.remove(&(n.device_id, n.inode));
@@ -675,61 +735,6 @@ impl Restorer<'_> {
             self.to_verify.push((dst.to_path_buf(), n.content.clone()));
         }
         self.progress.entry(dst, EntryStatus::Restored);
-    }
-
-    /// Writes a file's content. An existing file (left by an interrupted
-    /// restore) is verified chunk by chunk against the snapshot: intact
-    /// chunks are kept and only the others are fetched and written, so a
-    /// restore run again never starts over and never trusts what it has not
-    /// verified.
-    fn write_content(&mut self, n: &Node, dst: &Path) -> Result<()> {
-        let f = self
-            .target
-            .open_file(dst, true, false, n.links > 1)
-            .map_err(|e| RepoError::io(dst, e))?;
-        let old_len = f.metadata().map_err(|e| RepoError::io(dst, e))?.len();
-        let mut offset = 0u64;
-        let mut buf = Vec::new();
-        let mut fetched_any = false;
-        for id in &n.content {
-            self.cancel.check()?;
-            let len = self.repo.index().plain_len_any(id);
-            if let Some(len) = len
-                && offset + len <= old_len
-            {
-                buf.resize(len as usize, 0);
-                if f.read_exact_at(&mut buf, offset).is_ok() && &self.repo.key().blob_id(&buf) == id
-                {
-                    offset += len;
-                    self.summary.bytes_verified_in_place += len;
-                    self.progress.bytes(len);
-                    continue;
-                }
-            }
-            let data = self.repo.load_blob(id)?;
-            self.summary.bytes_fetched += data.len() as u64;
-            fetched_any = true;
-            if offset >= old_len {
-                // Beyond the old end the file reads as zeros: keep holes.
-                write_sparse(&f, &data, offset).map_err(|e| RepoError::io(dst, e))?;
-            } else {
-                f.write_all_at(&data, offset)
-                    .map_err(|e| RepoError::io(dst, e))?;
-            }
-            offset += data.len() as u64;
-            self.progress.bytes(data.len() as u64);
-        }
-        f.set_len(offset).map_err(|e| RepoError::io(dst, e))?;
-        if offset != n.size {
-            return Err(RepoError::Damaged(format!(
-                "snapshot records {} bytes but its chunks hold {offset}",
-                n.size
-            )));
-        }
-        if !fetched_any && old_len == offset && old_len > 0 {
-            self.summary.files_already_restored += 1;
-        }
-        Ok(())
     }
 
     fn verify_all(&mut self) -> Result<()> {

@@ -380,7 +380,8 @@ fn a_resume_after_a_lost_pack_and_a_second_kill_builds_the_right_image() {
             r.stderr
         );
     };
-    killed(40);
+    // Well before the end: under load, several packs may share a record.
+    killed(20);
     // The oldest data pack (chunks of segment 0) is lost.
     let mut packs = crate::common::objects(&env.repo, "data");
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
@@ -389,7 +390,7 @@ fn a_resume_after_a_lost_pack_and_a_second_kill_builds_the_right_image() {
         .find(|p| std::fs::metadata(p).unwrap().len() > 512 << 10)
         .unwrap();
     std::fs::remove_file(first_data).unwrap();
-    killed(4);
+    killed(2);
     let s = block_backup(&env, &img, &["--block-size", "64KiB"]);
     assert_eq!(s["resumed"], true, "{s}");
     let out = env.path("out.img");

@@ -1251,3 +1251,45 @@ fn every_json_message_is_documented_and_valid() {
         assert!(seen.contains(want), "no {want} message seen: {seen:?}");
     }
 }
+
+/// A file already in the target is verified in place on the writer's
+/// workers: only the chunks that differ are fetched, and a chunk of zeros
+/// is written over garbage (not skipped as a hole would be), longer files
+/// are cut to the snapshot's length.
+#[test]
+fn an_existing_file_is_repaired_in_place_chunk_by_chunk() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut rng = baton_testing::Rng::new(21);
+    let mut data = vec![0u8; 12 << 20];
+    rng.fill(&mut data[..6 << 20]);
+    rng.fill(&mut data[9 << 20..]);
+    write(&src.join("f"), &data);
+    env.backup(&[&src], &[]);
+    let t = env.path("t");
+    env.restore("latest", &t, &[]).ok();
+    let f = t
+        .join(
+            std::fs::canonicalize(&src)
+                .unwrap()
+                .strip_prefix("/")
+                .unwrap(),
+        )
+        .join("f");
+    // Garbage in the zeros, and a tail beyond the snapshot's end.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.write_all_at(&[0xAA; 300_000], (7 << 20) + 5).unwrap();
+        file.write_all_at(b"tail", 12 << 20).unwrap();
+    }
+    let again = env.restore("latest", &t, &["--json"]).ok().json();
+    assert!(std::fs::read(&f).unwrap() == data, "not repaired");
+    let fetched = again["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > 0, "{again}");
+    assert!(fetched < 8 << 20, "fetched {fetched} of 12 MiB: {again}");
+    assert!(
+        again["bytes_verified_in_place"].as_u64().unwrap() >= 4 << 20,
+        "{again}"
+    );
+}

@@ -15,6 +15,7 @@ use baton_storage::ObjectKind;
 use baton_types::{BlobType, Id};
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,10 @@ pub(super) struct FileJob {
     /// The size the snapshot records.
     pub size: u64,
     pub create: bool,
+    /// It exists at its length holding this many bytes of something
+    /// earlier: chunks there are verified in place (on every core) and
+    /// only those that differ are written.
+    pub in_place: Option<u64>,
     /// The snapshot hard-links this file: other links are expected.
     pub linked: bool,
 }
@@ -42,6 +47,10 @@ pub(super) struct Outcome {
     pub failed: Vec<Option<String>>,
     /// Plaintext bytes of blobs loaded from the repository.
     pub bytes_fetched: u64,
+    /// Bytes of `in_place` files found intact and kept.
+    pub bytes_verified_in_place: u64,
+    /// Per file: an `in_place` file found complete (nothing written).
+    pub complete_in_place: Vec<bool>,
     /// The first write that found the target full: the batch stopped there.
     pub no_space: Option<(PathBuf, std::io::Error)>,
 }
@@ -80,20 +89,27 @@ pub(super) fn write_files(
     cancel: &Cancel,
 ) -> Result<Outcome> {
     let failures = Failures(Mutex::new(vec![None; files.len()]));
+    let (intact, bytes_verified_in_place) = verify_in_place(repo, target, files, progress, cancel)?;
     // Plan: every blob once, under its pack; packs in order of first use.
     let mut wants: Vec<Want> = Vec::new();
     let mut by_id: HashMap<Id, usize> = HashMap::new();
     let mut packs: Vec<(Id, Vec<usize>)> = Vec::new();
     let mut pack_of: HashMap<Id, usize> = HashMap::new();
+    let mut remaining: Vec<usize> = vec![0; files.len()];
     for (fi, f) in files.iter().enumerate() {
         let mut offset = 0u64;
-        for id in &f.content {
+        for (ci, id) in f.content.iter().enumerate() {
             let Some(loc) = repo.index().locate(id) else {
                 failures.set(fi, || {
                     format!("blob {id} is not in the index (missing data)")
                 });
                 break;
             };
+            if intact[fi].as_ref().is_some_and(|m| m[ci]) {
+                offset += loc.raw_length as u64;
+                continue;
+            }
+            remaining[fi] += 1;
             let w = *by_id.entry(*id).or_insert_with(|| {
                 let p = *pack_of.entry(loc.pack).or_insert_with(|| {
                     packs.push((loc.pack, Vec::new()));
@@ -129,10 +145,12 @@ pub(super) fn write_files(
     }
 
     // Chunk writes left per file, to know which write is a file's last.
-    let remaining: Vec<AtomicUsize> = files
+    let complete_in_place: Vec<bool> = files
         .iter()
-        .map(|f| AtomicUsize::new(f.content.len()))
+        .zip(&remaining)
+        .map(|(f, &r)| f.in_place.is_some() && r == 0)
         .collect();
+    let remaining: Vec<AtomicUsize> = remaining.into_iter().map(AtomicUsize::new).collect();
     let next = AtomicUsize::new(0);
     let fetched = AtomicU64::new(0);
     let no_space: Mutex<Option<(PathBuf, std::io::Error)>> = Mutex::new(None);
@@ -183,6 +201,8 @@ pub(super) fn write_files(
     Ok(Outcome {
         failed: failures.0.into_inner().expect("failure list"),
         bytes_fetched: fetched.into_inner(),
+        bytes_verified_in_place,
+        complete_in_place,
         no_space: no_space.into_inner().expect("no space"),
     })
 }
@@ -277,7 +297,11 @@ impl Ctx<'_> {
             let written = out
                 .file(self.target, f, &job.path, job.create, job.linked)
                 .and_then(|file| {
-                    write_sparse(file, data, offset)?;
+                    match job.in_place {
+                        // Over old bytes, zeros must be written too.
+                        Some(old_len) if offset < old_len => file.write_all_at(data, offset)?,
+                        _ => write_sparse(file, data, offset)?,
+                    }
                     if last && job.create {
                         file.set_len(job.size)?;
                     }
@@ -298,6 +322,77 @@ impl Ctx<'_> {
         }
         out.blobs = bufs;
     }
+}
+
+/// Reads back the chunks of the `in_place` files, on every core: per file,
+/// which chunks are there intact (by their keyed hash), and the bytes so
+/// kept.
+fn verify_in_place(
+    repo: &Repository,
+    target: &Target,
+    files: &[FileJob],
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<(Vec<Option<Vec<bool>>>, u64)> {
+    let todo: Vec<usize> = (0..files.len())
+        .filter(|&i| files[i].in_place.is_some_and(|l| l > 0))
+        .collect();
+    let mut intact: Vec<Option<Vec<bool>>> = vec![None; files.len()];
+    if todo.is_empty() {
+        return Ok((intact, 0));
+    }
+    let next = AtomicUsize::new(0);
+    let kept = AtomicU64::new(0);
+    let found: Mutex<Vec<(usize, Vec<bool>)>> = Mutex::new(Vec::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..workers.min(todo.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    let mut buf = Vec::new();
+                    while let Some(&fi) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let f = &files[fi];
+                        let old_len = f.in_place.unwrap_or(0);
+                        let mut mask = vec![false; f.content.len()];
+                        // Unreadable: every chunk is fetched (and the
+                        // write reports what is wrong).
+                        if let Ok(file) = target.open_read(&f.path) {
+                            let mut offset = 0u64;
+                            for (ci, id) in f.content.iter().enumerate() {
+                                cancel.check()?;
+                                let Some(len) = repo.index().plain_len_any(id) else {
+                                    break;
+                                };
+                                if offset + len > old_len {
+                                    break;
+                                }
+                                buf.resize(len as usize, 0);
+                                if file.read_exact_at(&mut buf, offset).is_ok()
+                                    && &repo.key().blob_id(&buf) == id
+                                {
+                                    mask[ci] = true;
+                                    kept.fetch_add(len, Ordering::Relaxed);
+                                    progress.bytes(len);
+                                }
+                                offset += len;
+                            }
+                        }
+                        found.lock().expect("verified").push((fi, mask));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(RepoError::Internal("a verify worker panicked".into())))?;
+        }
+        Ok(())
+    })?;
+    for (fi, mask) in found.into_inner().expect("verified") {
+        intact[fi] = Some(mask);
+    }
+    Ok((intact, kept.into_inner()))
 }
 
 /// The file a worker wrote last, kept open: a large file's chunks tend to

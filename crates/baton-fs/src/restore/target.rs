@@ -52,6 +52,10 @@ pub(crate) struct Target {
     /// that very inode (a local user who swaps in a link to a file outside
     /// the target in between is refused).
     linked: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The directory [`Target::existing_stat`] looked in last, by path, and
+    /// its handle: a walk looks at one directory's entries in a row. Only
+    /// for looking; whatever changes the target resolves its path again.
+    stat_dir: Mutex<Option<(PathBuf, OwnedFd)>>,
 }
 
 fn errno(e: Errno) -> io::Error {
@@ -112,6 +116,17 @@ fn timespec(ns: i64) -> TimeSpec {
     TimeSpec::new(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
 }
 
+/// The status of an entry found in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What is at a path below the target, without following it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Existing {
@@ -137,6 +152,7 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
+            stat_dir: Mutex::new(None),
         })
     }
 
@@ -156,6 +172,7 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
+            stat_dir: Mutex::new(None),
         }))
     }
 
@@ -202,17 +219,47 @@ impl Target {
 
     /// What is at `p` (not followed).
     pub fn existing(&self, p: &Path) -> io::Result<Existing> {
-        let (dir, name) = self.parent(p)?;
-        match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if is_type(&st, SFlag::S_IFDIR) => Ok(Existing::Dir),
+        self.existing_stat(p).map(|(e, _)| e)
+    }
+
+    /// What is at `p` (not followed), with its status when there is
+    /// something: one `fstatat` for both.
+    pub fn existing_stat(&self, p: &Path) -> io::Result<(Existing, Option<EntryStat>)> {
+        let mut cached = self.stat_dir.lock().expect("stat dir");
+        let name = match (&*cached, p.parent(), p.file_name()) {
+            (Some((d, _)), Some(parent), Some(name)) if d == parent => name,
+            _ => {
+                let (dir, name) = self.parent(p)?;
+                *cached = p.parent().map(|d| (d.to_path_buf(), dir));
+                name
+            }
+        };
+        let dir = &cached.as_ref().expect("a directory handle").1;
+        let st = match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok((Existing::Nothing, None)),
+            Err(e) => return Err(errno(e)),
+        };
+        let kind = if is_type(&st, SFlag::S_IFDIR) {
+            Existing::Dir
+        } else if is_type(&st, SFlag::S_IFREG) && st.st_nlink == 1 {
             // A file with other hard links is never written through: the
             // other name may be outside the target (a link planted by a
             // local user); it is replaced like anything else in the way.
-            Ok(st) if is_type(&st, SFlag::S_IFREG) && st.st_nlink == 1 => Ok(Existing::File),
-            Ok(_) => Ok(Existing::Other),
-            Err(Errno::ENOENT) => Ok(Existing::Nothing),
-            Err(e) => Err(errno(e)),
-        }
+            Existing::File
+        } else {
+            Existing::Other
+        };
+        Ok((
+            kind,
+            Some(EntryStat {
+                size: st.st_size as u64,
+                mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            }),
+        ))
     }
 
     /// The size and mtime (ns) of the entry at `p` (not followed).
@@ -256,6 +303,7 @@ impl Target {
     /// through its parent's handle, never following a symbolic link (a
     /// link is removed, not what it points to).
     pub fn remove_all(&self, p: &Path) -> io::Result<()> {
+        *self.stat_dir.lock().expect("stat dir") = None;
         let (dir, name) = self.parent(p)?;
         let dir = nix::fcntl::openat(
             &dir,
@@ -280,6 +328,9 @@ impl Target {
 
     /// Removes the entry `p` (a directory only if empty), not following it.
     pub fn remove(&self, p: &Path, is_dir: bool) -> io::Result<()> {
+        if is_dir {
+            *self.stat_dir.lock().expect("stat dir") = None;
+        }
         let (dir, name) = self.parent(p)?;
         let flag = if is_dir {
             UnlinkatFlags::RemoveDir
