@@ -176,9 +176,12 @@ fn write_batches(
                     _ => None,
                 },
                 linked: n.links > 1,
+                // A hard-linked file gets its metadata below, once its
+                // path is checked to name the inode this restore made.
+                meta: (n.links <= 1).then_some(n),
             })
             .collect();
-        let outcome = match fetch::write_files(repo, target, &jobs, progress, cancel) {
+        let outcome = match fetch::write_files(repo, target, &jobs, is_root, progress, cancel) {
             Ok(o) => o,
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -191,12 +194,16 @@ fn write_batches(
             let _ = done.send(Err(target_full(&path, cause)));
             return;
         }
+        // Applied by the workers after each file's last write, except where
+        // nothing was written (found complete in place) and hard links.
         let metadata_failed = files
             .iter()
             .zip(&outcome.failed)
-            .map(|((dst, n, _), failed)| match failed {
-                None => target.apply_metadata(dst, n, is_root).err(),
-                Some(_) => None,
+            .zip(outcome.metadata)
+            .map(|(((dst, n, _), failed), done)| match (failed, done) {
+                (Some(_), _) => None,
+                (None, Some(r)) => r.err(),
+                (None, None) => target.apply_metadata(dst, n, is_root).err(),
             })
             .collect();
         let d = BatchDone {

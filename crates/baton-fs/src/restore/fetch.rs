@@ -27,7 +27,7 @@ const MAX_GAP: u64 = 1 << 20;
 /// and reads as zeros, or (`create`) it does not exist yet and the worker
 /// that writes its first chunk creates it, the one that writes its last
 /// gives it its length (trailing holes).
-pub(super) struct FileJob {
+pub(super) struct FileJob<'a> {
     pub path: PathBuf,
     pub content: Vec<Id>,
     /// The size the snapshot records.
@@ -39,6 +39,9 @@ pub(super) struct FileJob {
     pub in_place: Option<u64>,
     /// The snapshot hard-links this file: other links are expected.
     pub linked: bool,
+    /// Metadata to apply, on the worker's own handle, once the file's last
+    /// chunk is written (`None`: the caller applies it).
+    pub meta: Option<&'a baton_types::Node>,
 }
 
 /// What writing a batch did.
@@ -51,6 +54,9 @@ pub(super) struct Outcome {
     pub bytes_verified_in_place: u64,
     /// Per file: an `in_place` file found complete (nothing written).
     pub complete_in_place: Vec<bool>,
+    /// Per file with `meta`: the result of applying it, if a worker did
+    /// (after its last write); `None`: the caller still has to.
+    pub metadata: Vec<Option<Result<(), String>>>,
     /// The first write that found the target full: the batch stopped there.
     pub no_space: Option<(PathBuf, std::io::Error)>,
 }
@@ -84,7 +90,8 @@ impl Failures {
 pub(super) fn write_files(
     repo: &Repository,
     target: &Target,
-    files: &[FileJob],
+    files: &[FileJob<'_>],
+    is_root: bool,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<Outcome> {
@@ -150,7 +157,11 @@ pub(super) fn write_files(
         .zip(&remaining)
         .map(|(f, &r)| f.in_place.is_some() && r == 0)
         .collect();
+    // Chunk writes not yet finished per file: the worker that finishes the
+    // last one applies the file's metadata (times last, after every write).
+    let unwritten: Vec<AtomicUsize> = remaining.iter().map(|&r| AtomicUsize::new(r)).collect();
     let remaining: Vec<AtomicUsize> = remaining.into_iter().map(AtomicUsize::new).collect();
+    let metadata: Mutex<Vec<Option<Result<(), String>>>> = Mutex::new(vec![None; files.len()]);
     let next = AtomicUsize::new(0);
     let fetched = AtomicU64::new(0);
     let no_space: Mutex<Option<(PathBuf, std::io::Error)>> = Mutex::new(None);
@@ -179,6 +190,9 @@ pub(super) fn write_files(
                                 progress,
                                 fetched: &fetched,
                                 remaining: &remaining,
+                                unwritten: &unwritten,
+                                metadata: &metadata,
+                                is_root,
                                 no_space: &no_space,
                             };
                             ctx.pack(pack, ws, &wants, &mut out);
@@ -203,6 +217,7 @@ pub(super) fn write_files(
         bytes_fetched: fetched.into_inner(),
         bytes_verified_in_place,
         complete_in_place,
+        metadata: metadata.into_inner().expect("metadata"),
         no_space: no_space.into_inner().expect("no space"),
     })
 }
@@ -210,11 +225,14 @@ pub(super) fn write_files(
 struct Ctx<'a> {
     repo: &'a Repository,
     target: &'a Target,
-    files: &'a [FileJob],
+    files: &'a [FileJob<'a>],
     failures: &'a Failures,
     progress: &'a dyn Progress,
     fetched: &'a AtomicU64,
     remaining: &'a [AtomicUsize],
+    unwritten: &'a [AtomicUsize],
+    metadata: &'a Mutex<Vec<Option<Result<(), String>>>>,
+    is_root: bool,
     no_space: &'a Mutex<Option<(PathBuf, std::io::Error)>>,
 }
 
@@ -318,6 +336,16 @@ impl Ctx<'_> {
                 self.failures
                     .set(f, || format!("writing {}: {e}", job.path.display()));
             }
+            if self.unwritten[f].fetch_sub(1, Ordering::AcqRel) == 1
+                && let Some(node) = job.meta
+                && !self.failures.has(f)
+                && let Some((_, file)) = out.open.as_ref().filter(|(i, _)| *i == f)
+            {
+                let r = self
+                    .target
+                    .apply_metadata_on(&job.path, file, node, self.is_root);
+                self.metadata.lock().expect("metadata")[f] = Some(r);
+            }
             self.progress.bytes(data.len() as u64);
         }
         out.blobs = bufs;
@@ -330,7 +358,7 @@ impl Ctx<'_> {
 fn verify_in_place(
     repo: &Repository,
     target: &Target,
-    files: &[FileJob],
+    files: &[FileJob<'_>],
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<(Vec<Option<Vec<bool>>>, u64)> {

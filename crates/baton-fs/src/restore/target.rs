@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -462,6 +462,20 @@ impl Target {
         Ok(())
     }
 
+    /// [`Target::apply_metadata`] on a handle of the regular file `p` that
+    /// is already open (the one its content was written through).
+    pub fn apply_metadata_on(
+        &self,
+        p: &Path,
+        file: &File,
+        node: &Node,
+        is_root: bool,
+    ) -> Result<(), String> {
+        let st = fstat(file).map_err(|e| errno(e).to_string())?;
+        self.check_links(p, node, &st)?;
+        metadata_on_handle(file, node, is_root)
+    }
+
     /// Applies ownership, xattrs, permissions and times of `node` to the
     /// entry at `p`, on a handle of that very entry (its type checked), in
     /// the order that keeps each from undoing another (chown clears setuid
@@ -557,7 +571,7 @@ impl Target {
 
 /// Ownership, xattrs, mode and times of `node`, on an open handle of the
 /// entry (its type and links checked first by [`Target::check_links`]).
-fn metadata_on_handle(fd: &OwnedFd, node: &Node, is_root: bool) -> Result<(), String> {
+fn metadata_on_handle(fd: &impl AsFd, node: &Node, is_root: bool) -> Result<(), String> {
     let mut first_err: Option<String> = None;
     let mut note = |e: String| {
         first_err.get_or_insert(e);
