@@ -371,6 +371,18 @@ impl Restorer<'_> {
             }
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
+                // Something else where the snapshot has a directory is
+                // replaced, unless --overwrite keeps it.
+                if !fresh
+                    && sel
+                    && let Ok((e, Some(st))) = self.target.existing_stat(&dst)
+                    && e != Existing::Dir
+                    && keeps_in_the_way(self.overwrite, st.mtime_ns, n.mtime_ns)
+                {
+                    self.summary.skipped += 1;
+                    self.progress.entry(&dst, EntryStatus::Unmodified);
+                    continue;
+                }
                 let created = if fresh {
                     self.target.create_dir(&dst).map(|()| true)
                 } else {
@@ -405,7 +417,8 @@ impl Restorer<'_> {
                     self.dirs.push((dst, n.clone()));
                     self.summary.dirs += 1;
                     any = true;
-                } else {
+                } else if created {
+                    // Made only to look below: nothing there was selected.
                     let _ = self.target.remove(&dst, true);
                 }
             } else if sel {
@@ -558,12 +571,6 @@ impl Restorer<'_> {
             self.hardlinks.insert(key, dst.to_path_buf());
         }
         let fresh = existing == Existing::Nothing || replace.is_some();
-        if fresh && n.links <= 1 && !n.content.is_empty() {
-            // New here: the worker writing its first chunk creates it (a
-            // file planted meanwhile is written over like any in the way).
-            self.queue_file(n, dst, Start::Create)?;
-            return Ok(());
-        }
         if fresh && (!n.content.is_empty() || n.links > 1) {
             // New: created at its length now, its content comes in a batch.
             let created = self
@@ -598,6 +605,8 @@ impl Restorer<'_> {
                 if old_len != n.size {
                     f.set_len(n.size)?;
                 }
+                // Verified, written and given metadata: this inode only.
+                self.target.pin(dst, &f)?;
                 Ok(old_len.min(n.size))
             });
         match sized {
@@ -624,22 +633,14 @@ impl Restorer<'_> {
         let keep = match self.overwrite {
             Overwrite::Always if self.trust_finished => {
                 let finished = existing == Existing::File
+                    && n.kind == NodeKind::File
                     && n.links <= 1
                     && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
                 if finished {
                     self.summary.files_already_restored += 1;
-                    // A restore sets the times last: with them in place,
-                    // the rest was applied too, unless mode or owner were
-                    // changed since.
-                    let applied = stat.is_some_and(|st| {
-                        st.mode == n.mode & 0o7777
-                            && (!self.is_root || (st.uid, st.gid) == (n.uid, n.gid))
-                    });
-                    if applied {
-                        self.file_restored(n, dst);
-                    } else {
-                        self.finish_file(n, dst);
-                    }
+                    // Metadata again: the times are set last even when an
+                    // owner or xattr could not be, so they prove nothing.
+                    self.finish_file(n, dst);
                     return true;
                 }
                 false
@@ -649,6 +650,7 @@ impl Restorer<'_> {
             Overwrite::IfNewer => ours().is_some_and(|(_, mtime)| mtime >= n.mtime_ns),
             Overwrite::IfChanged => {
                 let same = existing == Existing::File
+                    && n.kind == NodeKind::File
                     && n.links <= 1
                     && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
                 if same {
@@ -811,6 +813,16 @@ fn write_sparse(f: &File, data: &[u8], offset: u64) -> std::io::Result<()> {
 /// tree that skipped that check could carry one; restore refuses it all the same.
 fn safe_name(name: &[u8]) -> bool {
     baton_types::safe_name(name)
+}
+
+/// Whether `--overwrite` keeps an entry of another type that is where the
+/// snapshot has a directory (`IfChanged` and `Always` replace it: it differs).
+fn keeps_in_the_way(policy: Overwrite, ours_mtime_ns: i64, snapshot_mtime_ns: i64) -> bool {
+    match policy {
+        Overwrite::Never => true,
+        Overwrite::IfNewer => ours_mtime_ns >= snapshot_mtime_ns,
+        Overwrite::Always | Overwrite::IfChanged => false,
+    }
 }
 
 /// Makes `dst` a directory; returns whether it was created (it is then empty).

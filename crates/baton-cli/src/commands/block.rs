@@ -606,7 +606,14 @@ fn instant(g: &Global, a: &RestoreArgs, repo: Repository, id: Id, node: &Node) -
             let report = |p: &instant::CopyProgress, err: Option<&str>| {
                 *last2.lock().expect("progress") = *p;
                 if let Some(e) = err {
-                    eprintln!("error: {}", context::escape(e));
+                    if json {
+                        eprintln!(
+                            "{}",
+                            serde_json::json!({"message_type": "error", "item": "", "message": e, "during": "copying"})
+                        );
+                    } else {
+                        eprintln!("error: {}", context::escape(e));
+                    }
                 } else if json {
                     super::print_json(
                         "status",

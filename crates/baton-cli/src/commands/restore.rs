@@ -148,11 +148,11 @@ fn dry_run(
                 serde_json::json!({ "action": action.as_str(), "item": p.display().to_string(), "size": size }),
             );
         } else if !g.quiet || action != PlanAction::Unchanged {
-            outln!(
-                "would {:<9} {}",
-                action.as_str(),
-                context::escape(&p.display().to_string())
-            );
+            let label = match action {
+                PlanAction::Unchanged => "unchanged".to_string(),
+                a => format!("would {}", a.as_str()),
+            };
+            outln!("{label:<13} {}", context::escape(&p.display().to_string()));
         }
     };
     let plan = crate::baton::plan_restore(

@@ -1293,3 +1293,38 @@ fn an_existing_file_is_repaired_in_place_chunk_by_chunk() {
         "{again}"
     );
 }
+
+/// A file where the snapshot has a directory: `--overwrite never` keeps
+/// it (and the dry run says so), `always` replaces it with the directory.
+#[test]
+fn overwrite_never_keeps_a_file_where_a_directory_goes() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("d/inner"), b"inner");
+    env.backup(&[&src], &[]);
+    let rel = std::fs::canonicalize(&src).unwrap();
+    let rel = rel.strip_prefix("/").unwrap();
+    let t = env.path("t");
+    env.restore("latest", &t, &[]).ok();
+    let d = t.join(rel).join("d");
+    std::fs::remove_dir_all(&d).unwrap();
+    write(&d, b"a file of mine");
+    let plan = env
+        .restore(
+            "latest",
+            &t,
+            &["--dry-run", "--json", "--overwrite", "never"],
+        )
+        .ok()
+        .json();
+    assert_eq!(plan["skip"], 1, "{plan}");
+    assert_eq!(plan["update"], 0, "{plan}");
+    let r = env
+        .restore("latest", &t, &["--json", "--overwrite", "never"])
+        .ok()
+        .json();
+    assert_eq!(r["skipped"], 1, "{r}");
+    assert_eq!(std::fs::read(&d).unwrap(), b"a file of mine");
+    env.restore("latest", &t, &[]).ok();
+    assert_eq!(std::fs::read(d.join("inner")).unwrap(), b"inner");
+}

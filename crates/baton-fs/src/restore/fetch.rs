@@ -320,7 +320,7 @@ impl Ctx<'_> {
                         Some(old_len) if offset < old_len => file.write_all_at(data, offset)?,
                         _ => write_sparse(file, data, offset)?,
                     }
-                    if last && job.create {
+                    if last && (job.create || job.in_place.is_some()) {
                         file.set_len(job.size)?;
                     }
                     Ok(())

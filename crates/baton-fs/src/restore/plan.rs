@@ -182,6 +182,15 @@ impl Planner<'_> {
                 else {
                     continue;
                 };
+                if sel
+                    && !matches!(existing, Existing::Dir | Existing::Nothing)
+                    && let Some(t) = self.target
+                    && let Ok((_, Some(st))) = t.existing_stat(&dst)
+                    && super::keeps_in_the_way(self.opts.overwrite, st.mtime_ns, n.mtime_ns)
+                {
+                    self.note(PlanAction::Skip, &dst, 0);
+                    continue;
+                }
                 let is_dir = existing == Existing::Dir;
                 // Whatever else is in the way is replaced.
                 let action = match existing {

@@ -52,10 +52,6 @@ pub(crate) struct Target {
     /// that very inode (a local user who swaps in a link to a file outside
     /// the target in between is refused).
     linked: Mutex<HashMap<PathBuf, (u64, u64)>>,
-    /// The directory [`Target::existing_stat`] looked in last, by path, and
-    /// its handle: a walk looks at one directory's entries in a row. Only
-    /// for looking; whatever changes the target resolves its path again.
-    stat_dir: Mutex<Option<(PathBuf, OwnedFd)>>,
 }
 
 fn errno(e: Errno) -> io::Error {
@@ -152,7 +148,6 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
-            stat_dir: Mutex::new(None),
         })
     }
 
@@ -172,7 +167,6 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
-            stat_dir: Mutex::new(None),
         }))
     }
 
@@ -225,17 +219,8 @@ impl Target {
     /// What is at `p` (not followed), with its status when there is
     /// something: one `fstatat` for both.
     pub fn existing_stat(&self, p: &Path) -> io::Result<(Existing, Option<EntryStat>)> {
-        let mut cached = self.stat_dir.lock().expect("stat dir");
-        let name = match (&*cached, p.parent(), p.file_name()) {
-            (Some((d, _)), Some(parent), Some(name)) if d == parent => name,
-            _ => {
-                let (dir, name) = self.parent(p)?;
-                *cached = p.parent().map(|d| (d.to_path_buf(), dir));
-                name
-            }
-        };
-        let dir = &cached.as_ref().expect("a directory handle").1;
-        let st = match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let (dir, name) = self.parent(p)?;
+        let st = match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok((Existing::Nothing, None)),
             Err(e) => return Err(errno(e)),
@@ -303,7 +288,6 @@ impl Target {
     /// through its parent's handle, never following a symbolic link (a
     /// link is removed, not what it points to).
     pub fn remove_all(&self, p: &Path) -> io::Result<()> {
-        *self.stat_dir.lock().expect("stat dir") = None;
         let (dir, name) = self.parent(p)?;
         let dir = nix::fcntl::openat(
             &dir,
@@ -328,9 +312,6 @@ impl Target {
 
     /// Removes the entry `p` (a directory only if empty), not following it.
     pub fn remove(&self, p: &Path, is_dir: bool) -> io::Result<()> {
-        if is_dir {
-            *self.stat_dir.lock().expect("stat dir") = None;
-        }
         let (dir, name) = self.parent(p)?;
         let flag = if is_dir {
             UnlinkatFlags::RemoveDir
@@ -398,6 +379,8 @@ impl Target {
             }
         } else if st.st_nlink != 1 {
             return Err(other_links());
+        } else {
+            self.check_pinned(p, &st)?;
         }
         Ok(File::from(fd))
     }
@@ -409,7 +392,26 @@ impl Target {
         if !is_type(&st, SFlag::S_IFREG) {
             return Err(changed());
         }
+        self.check_pinned(p, &st)?;
         Ok(File::from(fd))
+    }
+
+    /// Pins `p` to the inode `file` is open on: every later open of `p`
+    /// by this restore (to verify, write, apply metadata) must reach that
+    /// very inode, so what is verified is what is written and given the
+    /// snapshot's owner and mode, whatever is swapped in at the name.
+    pub fn pin(&self, p: &Path, file: &File) -> io::Result<()> {
+        let st = fstat(file).map_err(errno)?;
+        self.remember(p, &st);
+        Ok(())
+    }
+
+    /// For a pinned path, whether `st` is the pinned inode.
+    fn check_pinned(&self, p: &Path, st: &FileStat) -> io::Result<()> {
+        match self.linked.lock().expect("linked files").get(p) {
+            Some(known) if *known != dev_ino(st) => Err(not_ours()),
+            _ => Ok(()),
+        }
     }
 
     fn remember(&self, p: &Path, st: &FileStat) {
@@ -457,6 +459,8 @@ impl Target {
                 self.check_ours(p, st).map_err(|e| e.to_string())?;
             } else if st.st_nlink != 1 {
                 return Err(other_links().to_string());
+            } else {
+                self.check_pinned(p, st).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
