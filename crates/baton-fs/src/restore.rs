@@ -96,8 +96,7 @@ struct Restorer<'a> {
     budget: WalkBudget,
     /// Trees read by the preflight walk, taken (once) by the restoring walk.
     prefetched: HashMap<Id, std::sync::Arc<baton_types::Tree>>,
-    includes: PatternSet,
-    excludes: PatternSet,
+    selection: Selection,
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
     is_root: bool,
@@ -106,9 +105,6 @@ struct Restorer<'a> {
     verify: bool,
     overwrite: Overwrite,
     delete: bool,
-    /// The snapshot's source paths: `--delete` acts only at or below them
-    /// (the ancestors above a source hold just the path to it).
-    sources: Vec<String>,
     trust_finished: bool,
     summary: RestoreSummary,
     /// New files created at their length, waiting for their content.
@@ -120,6 +116,80 @@ struct Restorer<'a> {
     done: Receiver<Result<BatchDone>>,
     /// Directories whose metadata is applied last, children first.
     dirs: Vec<(PathBuf, Node)>,
+}
+
+/// What a restore (and its dry run) selects: `--include`, `--exclude`, and
+/// for `--delete` the snapshot's source paths.
+pub(crate) struct Selection {
+    includes: PatternSet,
+    excludes: PatternSet,
+    /// `--delete` acts only at or below these (the ancestors above a
+    /// source hold just the path to it).
+    sources: Vec<String>,
+}
+
+impl Selection {
+    fn new(opts: &RestoreOptions, snapshot: &Snapshot) -> Result<Selection> {
+        Ok(Selection {
+            includes: PatternSet::new(&opts.includes)?,
+            excludes: PatternSet::new(&opts.excludes)?,
+            sources: snapshot.paths.clone(),
+        })
+    }
+
+    /// Entry `n` of the directory at snapshot path `prefix`: its path and
+    /// whether it is selected (`selected`: its directory is), `None` if
+    /// excluded; an error for a name that would leave the directory.
+    fn pick(
+        &self,
+        prefix: &str,
+        n: &Node,
+        selected: bool,
+    ) -> Result<Option<(String, bool)>, String> {
+        let p = join(prefix, &n.name.lossy());
+        if self.excludes.matches(Path::new(&p)) {
+            return Ok(None);
+        }
+        if !safe_name(&n.name.0) {
+            return Err(format!(
+                "refusing entry with unsafe name {:?} (it would escape the target)",
+                n.name.lossy()
+            ));
+        }
+        let sel = selected || self.includes.is_empty() || self.includes.matches(Path::new(&p));
+        Ok(Some((p, sel)))
+    }
+
+    /// `--delete`: the entries of the target directory `dir` that tree `t`
+    /// (at snapshot path `prefix`) lacks and the patterns select; none
+    /// outside the snapshot's sources.
+    fn extras(
+        &self,
+        target: &Target,
+        t: &baton_types::Tree,
+        dir: &Path,
+        prefix: &str,
+        selected: bool,
+    ) -> std::io::Result<Vec<PathBuf>> {
+        use std::os::unix::ffi::OsStrExt;
+        let here = Path::new(if prefix.is_empty() { "/" } else { prefix });
+        if !self.sources.iter().any(|s| here.starts_with(s)) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for name in target.list(dir)? {
+            if t.find(name.as_bytes()).is_some() {
+                continue;
+            }
+            let p = join(prefix, &name.to_string_lossy());
+            if !self.excludes.matches(Path::new(&p))
+                && (selected || self.includes.is_empty() || self.includes.matches(Path::new(&p)))
+            {
+                out.push(dir.join(&name));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// How a queued file's content is written.
@@ -264,8 +334,7 @@ pub fn restore(
             target: handle,
             budget,
             prefetched,
-            includes: PatternSet::new(&opts.includes)?,
-            excludes: PatternSet::new(&opts.excludes)?,
+            selection: Selection::new(opts, snapshot)?,
             progress,
             cancel,
             is_root,
@@ -274,7 +343,6 @@ pub fn restore(
             verify: opts.verify,
             overwrite: opts.overwrite,
             delete: opts.delete,
-            sources: snapshot.paths.clone(),
             trust_finished: opts.trust_finished,
             summary: RestoreSummary::default(),
             pending: Vec::new(),
@@ -354,21 +422,14 @@ impl Restorer<'_> {
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
-            let p = join(prefix, &n.name.lossy());
-            if self.excludes.matches(Path::new(&p)) {
-                continue;
-            }
-            let sel = selected || self.includes.is_empty() || self.includes.matches(Path::new(&p));
-            if !safe_name(&n.name.0) {
-                self.error(
-                    dir,
-                    format!(
-                        "refusing entry with unsafe name {:?} (it would escape the target)",
-                        n.name.lossy()
-                    ),
-                );
-                continue;
-            }
+            let (p, sel) = match self.selection.pick(prefix, n, selected) {
+                Ok(Some(picked)) => picked,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.error(dir, e);
+                    continue;
+                }
+            };
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
                 // Something else where the snapshot has a directory is
@@ -439,29 +500,14 @@ impl Restorer<'_> {
         // Only in directories the backup read whole: at or below a source
         // (above one, the snapshot holds only the path to it, and the
         // target's other entries there are none of its business).
-        let here = Path::new(if prefix.is_empty() { "/" } else { prefix });
-        if !self.sources.iter().any(|s| here.starts_with(s)) {
-            return;
-        }
-        let names = match self.target.list(dir) {
-            Ok(n) => n,
+        let extras = match self.selection.extras(self.target, t, dir, prefix, selected) {
+            Ok(e) => e,
             Err(e) => {
                 self.error(dir, format!("cannot list for --delete: {e}"));
                 return;
             }
         };
-        for name in names {
-            use std::os::unix::ffi::OsStrExt;
-            if t.find(name.as_bytes()).is_some() {
-                continue;
-            }
-            let p = join(prefix, &name.to_string_lossy());
-            let sel = !self.excludes.matches(Path::new(&p))
-                && (selected || self.includes.is_empty() || self.includes.matches(Path::new(&p)));
-            if !sel {
-                continue;
-            }
-            let dst = dir.join(&name);
+        for dst in extras {
             match self.target.remove_all(&dst) {
                 Ok(()) => self.summary.deleted += 1,
                 Err(e) => self.error(&dst, format!("cannot delete (--delete): {e}")),

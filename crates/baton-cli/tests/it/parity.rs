@@ -284,6 +284,20 @@ fn touch(p: &Path, when: &str) {
     assert!(st.success());
 }
 
+/// Restores the latest snapshot into `t`, then edits the restored source
+/// (at `rel` below it): `edited` rewritten now, `newer` rewritten and dated
+/// 2030, `older` rewritten and dated 2020. Returns the source's directory.
+fn restore_and_edit(env: &Env, t: &Path, rel: &Path) -> std::path::PathBuf {
+    env.restore("latest", t, &[]).ok();
+    let dir = t.join(rel);
+    write(&dir.join("edited"), b"locally edited");
+    write(&dir.join("newer"), b"target newer");
+    touch(&dir.join("newer"), "2030-01-01T00:00:00Z");
+    write(&dir.join("older"), b"target older");
+    touch(&dir.join("older"), "2020-01-01T00:00:00Z");
+    dir
+}
+
 /// Each `--overwrite` policy against a target holding an edited file, a
 /// newer one, an older one, one altered behind size and time, and an
 /// extra one.
@@ -338,13 +352,7 @@ fn overwrite_policies_decide_what_happens_to_existing_files() {
         ),
     ] {
         let t = env.path(&format!("t-{policy}"));
-        env.restore("latest", &t, &[]).ok();
-        let dir = t.join(&rel);
-        write(&dir.join("edited"), b"locally edited");
-        write(&dir.join("newer"), b"target newer");
-        touch(&dir.join("newer"), "2030-01-01T00:00:00Z");
-        write(&dir.join("older"), b"target older");
-        touch(&dir.join("older"), "2020-01-01T00:00:00Z");
+        let dir = restore_and_edit(&env, &t, &rel);
         // Same size, same mtime, other bytes: only reading would tell.
         write(&dir.join("same"), b"altered-same!");
         touch(&dir.join("same"), "2025-01-01T00:00:00Z");
@@ -1038,13 +1046,7 @@ fn restore_dry_run_predicts_the_restore_and_changes_nothing() {
 
     for policy in ["always", "if-changed", "if-newer", "never"] {
         let t = env.path(&format!("t-{policy}"));
-        env.restore("latest", &t, &[]).ok();
-        let dir = t.join(&rel);
-        write(&dir.join("edited"), b"locally edited");
-        write(&dir.join("newer"), b"target newer");
-        touch(&dir.join("newer"), "2030-01-01T00:00:00Z");
-        write(&dir.join("older"), b"target older");
-        touch(&dir.join("older"), "2020-01-01T00:00:00Z");
+        let dir = restore_and_edit(&env, &t, &rel);
         std::fs::remove_file(dir.join("missing")).unwrap();
         write(&dir.join("extra"), b"not in the snapshot");
         write(&dir.join("extra-dir/x"), b"x");

@@ -6,9 +6,8 @@
 //! reported `unchanged` only when every chunk matches.
 
 use super::target::{Existing, Target};
-use super::{Overwrite, RestoreOptions, safe_name};
-use crate::filter::PatternSet;
-use baton_repo::browse::{WalkBudget, find_node, join};
+use super::{Overwrite, RestoreOptions, Selection};
+use baton_repo::browse::{WalkBudget, find_node};
 use baton_repo::progress::Cancel;
 use baton_repo::{RepoError, Repository, Result};
 use baton_types::{Id, Node, NodeKind, Snapshot};
@@ -65,10 +64,8 @@ struct Planner<'a> {
     repo: &'a Repository,
     target: Option<&'a Target>,
     budget: WalkBudget,
-    includes: PatternSet,
-    excludes: PatternSet,
+    selection: Selection,
     opts: &'a RestoreOptions,
-    sources: Vec<String>,
     cancel: &'a Cancel,
     plan: RestorePlan,
     report: &'a mut dyn FnMut(PlanAction, &Path, u64),
@@ -95,10 +92,8 @@ pub fn plan_restore(
         repo,
         target: handle.as_ref(),
         budget: WalkBudget::for_snapshot(snapshot),
-        includes: PatternSet::new(&opts.includes)?,
-        excludes: PatternSet::new(&opts.excludes)?,
+        selection: Selection::new(opts, snapshot)?,
         opts,
-        sources: snapshot.paths.clone(),
         cancel,
         plan: RestorePlan::default(),
         report,
@@ -159,21 +154,14 @@ impl Planner<'_> {
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
-            let p = join(prefix, &n.name.lossy());
-            if self.excludes.matches(Path::new(&p)) {
-                continue;
-            }
-            let sel = selected || self.includes.is_empty() || self.includes.matches(Path::new(&p));
-            if !safe_name(&n.name.0) {
-                self.error(
-                    dir,
-                    format!(
-                        "refusing entry with unsafe name {:?} (it would escape the target)",
-                        n.name.lossy()
-                    ),
-                );
-                continue;
-            }
+            let (p, sel) = match self.selection.pick(prefix, n, selected) {
+                Ok(Some(picked)) => picked,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.error(dir, e);
+                    continue;
+                }
+            };
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
                 let Some(existing) = self
@@ -229,29 +217,14 @@ impl Planner<'_> {
     /// `--delete`: what the target directory holds that the snapshot's does
     /// not, among the selected paths at or below the snapshot's sources.
     fn delete_extra(&mut self, t: &baton_types::Tree, dir: &Path, prefix: &str, selected: bool) {
-        let here = Path::new(if prefix.is_empty() { "/" } else { prefix });
-        if !self.sources.iter().any(|s| here.starts_with(s)) {
-            return;
-        }
         let Some(target) = self.target else { return };
-        let names = match target.list(dir) {
-            Ok(n) => n,
-            Err(e) => {
-                self.error(dir, format!("cannot list for --delete: {e}"));
-                return;
+        match self.selection.extras(target, t, dir, prefix, selected) {
+            Ok(extras) => {
+                for dst in extras {
+                    self.note(PlanAction::Delete, &dst, 0);
+                }
             }
-        };
-        for name in names {
-            use std::os::unix::ffi::OsStrExt;
-            if t.find(name.as_bytes()).is_some() {
-                continue;
-            }
-            let p = join(prefix, &name.to_string_lossy());
-            let sel = !self.excludes.matches(Path::new(&p))
-                && (selected || self.includes.is_empty() || self.includes.matches(Path::new(&p)));
-            if sel {
-                self.note(PlanAction::Delete, &dir.join(&name), 0);
-            }
+            Err(e) => self.error(dir, format!("cannot list for --delete: {e}")),
         }
     }
 
