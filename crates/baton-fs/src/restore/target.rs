@@ -60,6 +60,9 @@ fn errno(e: Errno) -> io::Error {
             io::Error::other("a path component inside the target is a symbolic link (not followed)")
         }
         Errno::EXDEV => io::Error::other("the path would leave the restore target (not followed)"),
+        Errno::ENOTDIR => io::Error::other(
+            "a path component inside the target is not a directory (replaced meanwhile?)",
+        ),
         e => io::Error::from(e),
     }
 }

@@ -309,7 +309,8 @@ fn links_in_the_target_are_replaced_not_followed() {
 /// Runs `act` once, when the operation reports `after`: the attacker's
 /// move, made at a deterministic moment.
 struct OnceAt {
-    after: PathBuf,
+    /// The entry reported; `None`: the first bytes written.
+    after: Option<PathBuf>,
     act: Box<dyn Fn() + Send + Sync>,
     done: Mutex<bool>,
 }
@@ -317,9 +318,26 @@ struct OnceAt {
 impl OnceAt {
     fn new(after: PathBuf, act: impl Fn() + Send + Sync + 'static) -> Self {
         OnceAt {
-            after,
+            after: Some(after),
             act: Box::new(act),
             done: Mutex::new(false),
+        }
+    }
+
+    /// Runs `act` when the operation reports its first bytes written.
+    fn at_first_write(act: impl Fn() + Send + Sync + 'static) -> Self {
+        OnceAt {
+            after: None,
+            act: Box::new(act),
+            done: Mutex::new(false),
+        }
+    }
+
+    fn fire(&self) {
+        let mut done = self.done.lock().unwrap();
+        if !*done {
+            (self.act)();
+            *done = true;
         }
     }
 
@@ -330,10 +348,13 @@ impl OnceAt {
 
 impl Progress for OnceAt {
     fn entry(&self, path: &Path, _status: EntryStatus) {
-        let mut done = self.done.lock().unwrap();
-        if !*done && path == self.after {
-            (self.act)();
-            *done = true;
+        if self.after.as_deref() == Some(path) {
+            self.fire();
+        }
+    }
+    fn bytes(&self, n: u64) {
+        if self.after.is_none() && n > 0 {
+            self.fire();
         }
     }
 }
@@ -348,7 +369,7 @@ fn swap_dir_for_link(dir: PathBuf, to: PathBuf) -> impl Fn() + Send + Sync + 'st
 
 /// A local user swaps a directory inside a non-empty target for a symbolic
 /// link while the restore runs (made deterministic: at the moment restore
-/// reports the directory's first file). Nothing is written, created or
+/// writes its first chunk, with two more files to write in that directory). Nothing is written, created or
 /// chmodded outside; the entries behind the swap fail, naming the link.
 #[test]
 fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
@@ -373,10 +394,7 @@ fn a_directory_swapped_for_a_link_mid_restore_is_not_followed() {
     std::fs::create_dir_all(target.join("sub")).unwrap();
     std::fs::write(target.join("sub/a"), b"old").unwrap();
     std::fs::write(target.join("sub/b"), b"old").unwrap();
-    let racer = OnceAt::new(
-        target.join("sub/a"),
-        swap_dir_for_link(target.join("sub"), outside.clone()),
-    );
+    let racer = OnceAt::at_first_write(swap_dir_for_link(target.join("sub"), outside.clone()));
     let sum = restore(&s, &snap, &target, &racer).unwrap();
     assert!(racer.ran(), "the race never ran");
     assert_eq!(std::fs::read(outside.join("b")).unwrap(), b"victim");
