@@ -317,8 +317,9 @@ pub fn restore(
     };
     let handle = Target::open(target).map_err(|e| RepoError::io(target, e))?;
     let handle = &handle;
-    // An empty target holds nothing to keep or replace.
-    let target_fresh = std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_none());
+    // An empty target holds nothing to keep or replace, if no one else can
+    // add to it while the workers create its files (they do not use O_EXCL).
+    let target_fresh = handle.is_private_empty_dir(target);
     let is_root = nix::unistd::geteuid().is_root();
     let (batch_tx, batch_rx) = sync_channel(1);
     let (done_tx, done_rx) = sync_channel(64);

@@ -20,22 +20,25 @@ pub fn run(g: &Global, a: &RestoreArgs) -> Result<i32> {
         if a.dry_run {
             // An image is written whole (its holes skipped) over the target.
             let size = node.size;
+            let exists = a.target.symlink_metadata().is_ok();
             if g.json {
                 super::print_json(
                     "summary",
                     serde_json::json!({
                         "dry_run": true, "snapshot_id": id.to_hex(), "image": node.name.lossy(),
-                        "restore": 1, "update": 0, "unchanged": 0, "skip": 0, "delete": 0,
+                        "restore": u64::from(!exists), "update": u64::from(exists),
+                        "unchanged": 0, "skip": 0, "delete": 0,
                         "bytes_to_write": size, "bytes_to_fetch": size, "errors": [], "error_count": 0,
                     }),
                 );
             } else if !g.quiet {
                 outln!(
-                    "dry run: would write image {} of snapshot {} ({}) to {}",
+                    "dry run: would write image {} of snapshot {} ({}) to {}{}",
                     context::escape(&node.name.lossy()),
                     id.short(),
                     super::bytes(size),
-                    a.target.display()
+                    a.target.display(),
+                    if exists { ", over what is there" } else { "" }
                 );
             }
             return Ok(crate::exit::OK);

@@ -1330,3 +1330,48 @@ fn overwrite_never_keeps_a_file_where_a_directory_goes() {
     env.restore("latest", &t, &[]).ok();
     assert_eq!(std::fs::read(d.join("inner")).unwrap(), b"inner");
 }
+
+/// The dry run counts a hard-linked file's data once, as the restore
+/// writes it once and links the other names.
+#[test]
+fn restore_dry_run_counts_hard_linked_data_once() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a"), &[7u8; 100_000]);
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    env.backup(&[&src], &[]);
+    let plan = env
+        .restore("latest", &env.path("t"), &["--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(plan["bytes_to_write"], 100_000, "{plan}");
+    let r = env
+        .restore("latest", &env.path("t"), &["--json"])
+        .ok()
+        .json();
+    assert!(r["bytes_fetched"].as_u64().unwrap() <= 100_000, "{r}");
+}
+
+/// An empty target others may write to is restored with exclusive
+/// creation (the walk's way), and comes out equal all the same.
+#[test]
+fn a_shared_empty_target_restores_equal() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a"), &[1u8; 70_000]);
+    write(&src.join("d/b"), b"bee");
+    env.backup(&[&src], &[]);
+    let t = env.path("shared");
+    std::fs::create_dir(&t).unwrap();
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    env.restore("latest", &t, &[]).ok();
+    let dir = t.join(
+        std::fs::canonicalize(&src)
+            .unwrap()
+            .strip_prefix("/")
+            .unwrap(),
+    );
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), vec![1u8; 70_000]);
+    assert_eq!(std::fs::read(dir.join("d/b")).unwrap(), b"bee");
+}

@@ -69,6 +69,8 @@ struct Planner<'a> {
     cancel: &'a Cancel,
     plan: RestorePlan,
     report: &'a mut dyn FnMut(PlanAction, &Path, u64),
+    /// Hard-linked files seen: later links are links, not data.
+    linked: std::collections::HashSet<(u64, u64)>,
 }
 
 /// Works out what restoring `subpath` (or the whole snapshot) into
@@ -97,6 +99,7 @@ pub fn plan_restore(
         cancel,
         plan: RestorePlan::default(),
         report,
+        linked: Default::default(),
     };
     let exists = p.target.is_some();
     match (node, subtree) {
@@ -239,7 +242,11 @@ impl Planner<'_> {
             );
             return Ok(());
         }
-        let size = if n.kind == NodeKind::File { n.size } else { 0 };
+        let size = match n.kind {
+            NodeKind::File if n.links > 1 && !self.linked.insert((n.device_id, n.inode)) => 0,
+            NodeKind::File => n.size,
+            _ => 0,
+        };
         let existing = match self.existing(dst, parent_exists) {
             Some(e) => e,
             None if !parent_exists => Existing::Nothing,

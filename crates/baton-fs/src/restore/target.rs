@@ -399,6 +399,37 @@ impl Target {
         Ok(File::from(fd))
     }
 
+    /// Whether the directory `p` (the target itself, or below it) is empty
+    /// and only this user may add to it (owned by the effective user, not
+    /// writable by group or others): then nothing can appear in it but what
+    /// this restore puts there, and it is restored like a directory the
+    /// restore made (files created by the workers, nothing to compare).
+    pub fn is_private_empty_dir(&self, p: &Path) -> bool {
+        let fd = if p == self.path {
+            nix::fcntl::openat(
+                &self.root,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)
+        } else {
+            self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+        };
+        let Ok(fd) = fd else { return false };
+        let private = fstat(&fd).is_ok_and(|st| {
+            st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o022 == 0
+        });
+        if !private {
+            return false;
+        }
+        let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
+            return false;
+        };
+        dir.iter()
+            .all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+    }
+
     /// Pins `p` to the inode `file` is open on: every later open of `p`
     /// by this restore (to verify, write, apply metadata) must reach that
     /// very inode, so what is verified is what is written and given the
