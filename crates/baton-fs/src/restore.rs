@@ -676,14 +676,15 @@ impl Restorer<'_> {
         existing: Existing,
         stat: Option<target::EntryStat>,
     ) -> bool {
-        let ours = || stat.map(|st| (st.size, st.mtime_ns));
+        // A regular file of ours whose size and mtime (to the ns) are the
+        // snapshot's: finished by an earlier restore, and untouched since.
+        let same_stat = existing == Existing::File
+            && n.kind == NodeKind::File
+            && n.links <= 1
+            && stat.is_some_and(|st| st.size == n.size && st.mtime_ns == n.mtime_ns);
         let keep = match self.overwrite {
             Overwrite::Always if self.trust_finished => {
-                let finished = existing == Existing::File
-                    && n.kind == NodeKind::File
-                    && n.links <= 1
-                    && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
-                if finished {
+                if same_stat {
                     self.summary.files_already_restored += 1;
                     // Metadata again: the times are set last even when an
                     // owner or xattr could not be, so they prove nothing.
@@ -694,13 +695,9 @@ impl Restorer<'_> {
             }
             Overwrite::Always => false,
             Overwrite::Never => true,
-            Overwrite::IfNewer => ours().is_some_and(|(_, mtime)| mtime >= n.mtime_ns),
+            Overwrite::IfNewer => stat.is_some_and(|st| st.mtime_ns >= n.mtime_ns),
             Overwrite::IfChanged => {
-                let same = existing == Existing::File
-                    && n.kind == NodeKind::File
-                    && n.links <= 1
-                    && ours().is_some_and(|(size, mtime)| size == n.size && mtime == n.mtime_ns);
-                if same {
+                if same_stat {
                     // Finished and untouched since: its metadata is applied,
                     // its content trusted (read back with --verify).
                     self.summary.files_unchanged += 1;

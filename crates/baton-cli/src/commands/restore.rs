@@ -167,8 +167,9 @@ fn dry_run(
         &mut report,
         context::cancel(),
     )?;
+    let progress = CliProgress::new(g.verbose, g.quiet, g.json);
     for (p, m) in &plan.errors {
-        crate::baton::Progress::error(&CliProgress::new(g.verbose, g.quiet, g.json), p, m);
+        crate::baton::Progress::error(&progress, p, m);
     }
     if g.json {
         let mut v = serde_json::to_value(&plan)?;

@@ -5,7 +5,7 @@
 //! the restore would verify chunk by chunk is read and hashed here too, and
 //! reported `unchanged` only when every chunk matches.
 
-use super::target::{Existing, Target};
+use super::target::{EntryStat, Existing, Target};
 use super::{Overwrite, RestoreOptions, Selection};
 use baton_repo::browse::{WalkBudget, find_node};
 use baton_repo::progress::Cancel;
@@ -131,10 +131,17 @@ impl Planner<'_> {
         self.plan.errors.push((path.display().to_string(), msg));
     }
 
-    /// What is at `dst`, when the directory holding it exists.
-    fn existing(&mut self, dst: &Path, parent_exists: bool) -> Option<Existing> {
-        let t = self.target.filter(|_| parent_exists)?;
-        match t.existing(dst) {
+    /// What is at `dst` and its status (one `fstatat`): nothing when the
+    /// directory holding it does not exist; `None` if it cannot be examined.
+    fn existing(
+        &mut self,
+        dst: &Path,
+        parent_exists: bool,
+    ) -> Option<(Existing, Option<EntryStat>)> {
+        let Some(t) = self.target.filter(|_| parent_exists) else {
+            return Some((Existing::Nothing, None));
+        };
+        match t.existing_stat(dst) {
             Ok(e) => Some(e),
             Err(e) => {
                 self.error(dst, format!("cannot examine: {e}"));
@@ -167,16 +174,12 @@ impl Planner<'_> {
             };
             let dst = dir.join(n.name.as_os());
             if n.kind == NodeKind::Dir {
-                let Some(existing) = self
-                    .existing(&dst, exists)
-                    .or((!exists).then_some(Existing::Nothing))
-                else {
+                let Some((existing, stat)) = self.existing(&dst, exists) else {
                     continue;
                 };
                 if sel
-                    && !matches!(existing, Existing::Dir | Existing::Nothing)
-                    && let Some(t) = self.target
-                    && let Ok((_, Some(st))) = t.existing_stat(&dst)
+                    && existing != Existing::Dir
+                    && let Some(st) = stat
                     && super::keeps_in_the_way(self.opts.overwrite, st.mtime_ns, n.mtime_ns)
                 {
                     self.note(PlanAction::Skip, &dst, 0);
@@ -247,10 +250,8 @@ impl Planner<'_> {
             NodeKind::File => n.size,
             _ => 0,
         };
-        let existing = match self.existing(dst, parent_exists) {
-            Some(e) => e,
-            None if !parent_exists => Existing::Nothing,
-            None => return Ok(()),
+        let Some((existing, stat)) = self.existing(dst, parent_exists) else {
+            return Ok(());
         };
         if existing == Existing::Nothing {
             self.plan.bytes_to_write += size;
@@ -258,8 +259,7 @@ impl Planner<'_> {
             self.note(PlanAction::Restore, dst, size);
             return Ok(());
         }
-        let target = self.target.expect("an existing entry has a target");
-        let size_and_mtime = target.size_and_mtime(dst).ok();
+        let size_and_mtime = stat.map(|st| (st.size, st.mtime_ns));
         let same_stat = existing == Existing::File
             && n.kind == NodeKind::File
             && n.links <= 1

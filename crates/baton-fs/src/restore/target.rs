@@ -250,31 +250,26 @@ impl Target {
         ))
     }
 
-    /// The size and mtime (ns) of the entry at `p` (not followed).
-    pub fn size_and_mtime(&self, p: &Path) -> io::Result<(u64, i64)> {
-        let (dir, name) = self.parent(p)?;
-        let st =
-            nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
-        Ok((
-            st.st_size as u64,
-            st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-        ))
-    }
-
-    /// The names in the directory `p` (below the target, not followed).
-    pub fn list(&self, p: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-        use std::os::unix::ffi::OsStrExt;
-        let fd = if p == self.path {
+    /// Opens the directory `p` for reading: the target itself, or a
+    /// directory below it (not followed).
+    fn open_dir(&self, p: &Path) -> io::Result<OwnedFd> {
+        if p == self.path {
             nix::fcntl::openat(
                 &self.root,
                 ".",
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(errno)?
+            .map_err(errno)
         } else {
-            self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?
-        };
+            self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+        }
+    }
+
+    /// The names in the directory `p` (below the target, not followed).
+    pub fn list(&self, p: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        use std::os::unix::ffi::OsStrExt;
+        let fd = self.open_dir(p)?;
         let mut dir = nix::dir::Dir::from_fd(fd).map_err(errno)?;
         let mut out = Vec::new();
         for e in dir.iter() {
@@ -405,18 +400,9 @@ impl Target {
     /// this restore puts there, and it is restored like a directory the
     /// restore made (files created by the workers, nothing to compare).
     pub fn is_private_empty_dir(&self, p: &Path) -> bool {
-        let fd = if p == self.path {
-            nix::fcntl::openat(
-                &self.root,
-                ".",
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno)
-        } else {
-            self.open_beneath(p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+        let Ok(fd) = self.open_dir(p) else {
+            return false;
         };
-        let Ok(fd) = fd else { return false };
         let private = fstat(&fd).is_ok_and(|st| {
             st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o022 == 0
         });
