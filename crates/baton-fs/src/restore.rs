@@ -24,7 +24,7 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use target::{Existing, Target};
+use target::{EntryStat, Existing, Target};
 
 /// Options of `baton restore`.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +116,8 @@ struct Restorer<'a> {
     done: Receiver<Result<BatchDone>>,
     /// Directories whose metadata is applied last, children first.
     dirs: Vec<(PathBuf, Node)>,
+    /// A handle of the directory whose entries the walk is looking at.
+    stat_dir: Option<(PathBuf, std::os::fd::OwnedFd)>,
 }
 
 /// What a restore (and its dry run) selects: `--include`, `--exclude`, and
@@ -192,11 +194,27 @@ impl Selection {
     }
 }
 
+/// What the walk may assume of a directory of the target.
+#[derive(Debug, Clone, Copy, Default)]
+struct Place {
+    /// No other user can add, rename or remove entries in it or in any
+    /// directory between it and the target (each is owned by this user
+    /// and not writable by group or others, or was made by this restore).
+    sealed: bool,
+    /// Sealed, and empty or made by this restore: nothing in it needs to be
+    /// checked, kept or replaced.
+    fresh: bool,
+}
+
 /// How a queued file's content is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {
-    /// It does not exist: the worker writing its first chunk creates it.
+    /// It does not exist, and no one else can put anything at its name:
+    /// the worker writing its first chunk creates it.
     Create,
+    /// It did not exist: the worker writing its first chunk creates it
+    /// exclusively (something at the name by then fails the file).
+    CreateExclusive,
     /// It exists at its length and reads as zeros.
     Zeroed,
     /// It exists holding this many bytes of an earlier restore (or of
@@ -240,7 +258,8 @@ fn write_batches(
                 path: dst.clone(),
                 content: n.content.clone(),
                 size: n.size,
-                create: *start == Start::Create,
+                create: matches!(start, Start::Create | Start::CreateExclusive),
+                exclusive: *start == Start::CreateExclusive,
                 in_place: match start {
                     Start::InPlace(old_len) => Some(*old_len),
                     _ => None,
@@ -319,7 +338,11 @@ pub fn restore(
     let handle = &handle;
     // An empty target holds nothing to keep or replace, if no one else can
     // add to it while the workers create its files (they do not use O_EXCL).
-    let target_fresh = handle.is_private_empty_dir(target);
+    let private = handle.private_dir(target);
+    let place = Place {
+        sealed: private.is_some(),
+        fresh: private == Some(true),
+    };
     let is_root = nix::unistd::geteuid().is_root();
     let (batch_tx, batch_rx) = sync_channel(1);
     let (done_tx, done_rx) = sync_channel(64);
@@ -351,8 +374,9 @@ pub fn restore(
             batches: Some(batch_tx),
             done: done_rx,
             dirs: Vec::new(),
+            stat_dir: None,
         };
-        let result = r.run(node, subtree, target, sub, opts.verify, target_fresh);
+        let result = r.run(node, subtree, target, sub, opts.verify, place);
         // Stops the writer thread (after its batch) however the walk ended.
         r.batches = None;
         result.map(|()| r.summary)
@@ -367,17 +391,17 @@ impl Restorer<'_> {
         target: &Path,
         sub: &str,
         verify: bool,
-        target_fresh: bool,
+        place: Place,
     ) -> Result<()> {
         self.progress.phase("restoring");
         let r = self;
         match (node, subtree) {
             (Some(n), _) if n.kind != NodeKind::Dir => {
                 let dst = target.join(n.name.as_os());
-                r.leaf(&n, &dst, sub, target_fresh)?;
+                r.leaf(&n, &dst, sub, place)?;
             }
             (_, Some(tree)) => {
-                r.tree(&tree, target, sub, false, target_fresh)?;
+                r.tree(&tree, target, sub, false, place)?;
             }
             (_, None) => {}
         }
@@ -398,6 +422,38 @@ impl Restorer<'_> {
         Ok(())
     }
 
+    /// [`Restorer::tree`] for a subdirectory; the walk is back in the
+    /// parent directory after it.
+    fn subtree(
+        &mut self,
+        tree: &Id,
+        dir: &Path,
+        prefix: &str,
+        selected: bool,
+        place: Place,
+    ) -> Result<bool> {
+        let r = self.tree(tree, dir, prefix, selected, place);
+        self.stat_dir = None;
+        r
+    }
+
+    /// What is at `dst` (not followed), with its status: through a handle
+    /// of its directory, kept while the walk stays there.
+    fn existing_stat(&mut self, dst: &Path) -> std::io::Result<(Existing, Option<EntryStat>)> {
+        let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
+            return self.target.existing_stat(dst);
+        };
+        let cached = self.stat_dir.as_ref().filter(|(p, _)| p == parent);
+        let fd = match cached {
+            Some((_, fd)) => fd,
+            None => {
+                let fd = self.target.parent_handle(dst)?;
+                &self.stat_dir.insert((parent.to_path_buf(), fd)).1
+            }
+        };
+        Target::existing_stat_in(fd, name)
+    }
+
     fn error(&mut self, path: &Path, msg: String) {
         let p = path.display().to_string();
         self.progress.error(&p, &msg);
@@ -405,21 +461,23 @@ impl Restorer<'_> {
     }
 
     /// Restores the entries of `tree` into `dir`. Returns whether anything was restored.
-    /// `fresh`: `dir` was created by this restore (or was empty), so nothing
-    /// in it needs to be checked, kept or replaced.
+    /// `place`: what may be assumed of `dir`.
     fn tree(
         &mut self,
         tree: &Id,
         dir: &Path,
         prefix: &str,
         selected: bool,
-        fresh: bool,
+        place: Place,
     ) -> Result<bool> {
+        let fresh = place.fresh;
         let t = match self.prefetched.remove(tree) {
             Some(t) => t,
             None => self.repo.read_tree(tree)?,
         };
         self.budget.enter(tree, t.nodes.len())?;
+        // A directory's handle is kept only while the walk is in it.
+        self.stat_dir = None;
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
@@ -437,7 +495,7 @@ impl Restorer<'_> {
                 // replaced, unless --overwrite keeps it.
                 if !fresh
                     && sel
-                    && let Ok((e, Some(st))) = self.target.existing_stat(&dst)
+                    && let Ok((e, Some(st))) = self.existing_stat(&dst)
                     && e != Existing::Dir
                     && keeps_in_the_way(self.overwrite, st.mtime_ns, n.mtime_ns)
                 {
@@ -458,8 +516,25 @@ impl Restorer<'_> {
                         continue;
                     }
                 };
+                let inner_place = if created {
+                    // Made here (mode 0700): as private as its parent.
+                    Place {
+                        sealed: place.sealed,
+                        fresh: place.sealed,
+                    }
+                } else if place.sealed {
+                    // Found (an interrupted restore's): private and empty
+                    // is as good as made here.
+                    let private = self.target.private_dir(&dst);
+                    Place {
+                        sealed: private.is_some(),
+                        fresh: private == Some(true),
+                    }
+                } else {
+                    Place::default()
+                };
                 let inner = match n.subtree {
-                    Some(sub) => match self.tree(&sub, &dst, &p, sel, created) {
+                    Some(sub) => match self.subtree(&sub, &dst, &p, sel, inner_place) {
                         Ok(b) => b,
                         Err(RepoError::Cancelled) => return Err(RepoError::Cancelled),
                         // A full device or a lost lock stops the whole
@@ -484,7 +559,7 @@ impl Restorer<'_> {
                     let _ = self.target.remove(&dst, true);
                 }
             } else if sel {
-                self.leaf(n, &dst, &p, fresh)?;
+                self.leaf(n, &dst, &p, place)?;
                 any = true;
             }
         }
@@ -516,9 +591,9 @@ impl Restorer<'_> {
         }
     }
 
-    fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str, fresh: bool) -> Result<()> {
+    fn leaf(&mut self, n: &Node, dst: &Path, snap_path: &str, place: Place) -> Result<()> {
         if n.kind == NodeKind::File {
-            return self.file(n, dst, snap_path, fresh);
+            return self.file(n, dst, snap_path, place);
         }
         if n.kind == NodeKind::Image {
             self.error(
@@ -530,7 +605,7 @@ impl Restorer<'_> {
             );
             return Ok(());
         }
-        let (existing, stat) = match self.target.existing_stat(dst) {
+        let (existing, stat) = match self.existing_stat(dst) {
             Ok(e) => e,
             Err(e) => {
                 self.error(dst, format!("cannot restore: {e}"));
@@ -571,8 +646,8 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str, fresh: bool) -> Result<()> {
-        if fresh && n.links <= 1 && !n.content.is_empty() {
+    fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str, place: Place) -> Result<()> {
+        if place.fresh && n.links <= 1 && !n.content.is_empty() {
             // In a directory this restore created: the workers create the
             // file when they write its first chunk, so creating files is
             // spread over the cores instead of serialising the walk.
@@ -581,7 +656,7 @@ impl Restorer<'_> {
         }
         // Anything but a regular file in the way is replaced; a regular file
         // is kept and verified in place (an earlier, interrupted restore).
-        let (existing, stat) = match self.target.existing_stat(dst) {
+        let (existing, stat) = match self.existing_stat(dst) {
             Ok(e) => e,
             Err(e) => {
                 self.error(dst, format!("cannot restore: {e}"));
@@ -589,6 +664,18 @@ impl Restorer<'_> {
             }
         };
         if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat) {
+            return Ok(());
+        }
+        if existing == Existing::Nothing && n.links <= 1 && !n.content.is_empty() {
+            // Created by the workers too: in a directory no one else can
+            // add to, as in a fresh one; elsewhere exclusively, so that
+            // nothing planted at the name meanwhile is written through.
+            let start = if place.sealed {
+                Start::Create
+            } else {
+                Start::CreateExclusive
+            };
+            self.queue_file(n, dst, start)?;
             return Ok(());
         }
         let replace = match existing {
@@ -674,21 +761,30 @@ impl Restorer<'_> {
         n: &Node,
         dst: &Path,
         existing: Existing,
-        stat: Option<target::EntryStat>,
+        stat: Option<EntryStat>,
     ) -> bool {
         // A regular file of ours whose size and mtime (to the ns) are the
         // snapshot's: finished by an earlier restore, and untouched since.
-        let same_stat = existing == Existing::File
-            && n.kind == NodeKind::File
-            && n.links <= 1
-            && stat.is_some_and(|st| st.size == n.size && st.mtime_ns == n.mtime_ns);
+        let same_stat = match stat {
+            Some(st)
+                if existing == Existing::File
+                    && n.kind == NodeKind::File
+                    && n.links <= 1
+                    && st.size == n.size
+                    && st.mtime_ns == n.mtime_ns =>
+            {
+                Some(st)
+            }
+            _ => None,
+        };
         let keep = match self.overwrite {
             Overwrite::Always if self.trust_finished => {
-                if same_stat {
+                if let Some(st) = same_stat {
                     self.summary.files_already_restored += 1;
-                    // Metadata again: the times are set last even when an
-                    // owner or xattr could not be, so they prove nothing.
-                    self.finish_file(n, dst);
+                    // The times are set last even when an owner or xattr
+                    // could not be, so they prove nothing about the rest:
+                    // what differs is applied again.
+                    self.finish_kept_file(n, dst, &st);
                     return true;
                 }
                 false
@@ -697,11 +793,11 @@ impl Restorer<'_> {
             Overwrite::Never => true,
             Overwrite::IfNewer => stat.is_some_and(|st| st.mtime_ns >= n.mtime_ns),
             Overwrite::IfChanged => {
-                if same_stat {
+                if let Some(st) = same_stat {
                     // Finished and untouched since: its metadata is applied,
                     // its content trusted (read back with --verify).
                     self.summary.files_unchanged += 1;
-                    self.finish_file(n, dst);
+                    self.finish_kept_file(n, dst, &st);
                     return true;
                 }
                 false
@@ -754,14 +850,20 @@ impl Restorer<'_> {
         self.summary.bytes_fetched += d.bytes_fetched;
         self.summary.bytes_verified_in_place += d.bytes_verified_in_place;
         let results = d.content_failed.into_iter().zip(d.metadata_failed);
-        for (((dst, n, _), (content, metadata)), complete) in
+        for (((dst, n, start), (content, metadata)), complete) in
             d.files.iter().zip(results).zip(d.complete_in_place)
         {
             if complete && content.is_none() {
                 self.summary.files_already_restored += 1;
             }
             if let Some(e) = content {
-                let _ = self.target.remove(dst, false);
+                // Not left looking restored; but where someone else could
+                // have put something at the name, only the inode this
+                // restore created or checked is removed.
+                let _ = match start {
+                    Start::CreateExclusive | Start::InPlace(_) => self.target.remove_if_pinned(dst),
+                    Start::Create | Start::Zeroed => self.target.remove(dst, false),
+                };
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot restore file: {e}"));
                 continue;
@@ -770,6 +872,23 @@ impl Restorer<'_> {
                 self.error(dst, e);
             }
             self.file_restored(n, dst);
+        }
+    }
+
+    /// A finished file that was kept: its metadata is applied again unless
+    /// the status just read shows all of it there already (owner, mode and
+    /// times; a node with xattrs always gets them again), so a re-run does
+    /// not open every file an earlier restore finished.
+    fn finish_kept_file(&mut self, n: &Node, dst: &Path, st: &EntryStat) {
+        let in_place = n.xattrs.is_empty()
+            && st.mode == n.mode & 0o7777
+            && (!self.is_root || (st.uid == n.uid && st.gid == n.gid))
+            && st.mtime_ns == n.mtime_ns
+            && (n.ctime_ns == 0 || n.atime_ns == 0 || st.atime_ns == n.atime_ns);
+        if in_place {
+            self.file_restored(n, dst);
+        } else {
+            self.finish_file(n, dst);
         }
     }
 

@@ -977,6 +977,14 @@ fn a_restore_run_again_trusts_what_it_finished() {
     let first = env.restore("latest", &t, &["--json"]);
     assert_ne!(first.code, 0);
     std::fs::remove_dir_all(dir.join("e")).unwrap();
+    // Trusted content is not trusted metadata: a mode or owner changed
+    // since (which leaves the mtime alone) is put back.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(dir.join("a"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(dir.join("b"), Some(4321), Some(4321)).unwrap();
+    }
     let again = env.restore("latest", &t, &["--json"]).ok().json();
     assert_eq!(again["bytes_verified_in_place"], 0, "{again}");
     assert_eq!(again["files_already_restored"], 4, "{again}");
@@ -986,6 +994,15 @@ fn a_restore_run_again_trusts_what_it_finished() {
             std::fs::read(dir.join(n)).unwrap(),
             std::fs::read(src.join(n)).unwrap()
         );
+        let (got, want) = (
+            std::fs::metadata(dir.join(n)).unwrap(),
+            std::fs::metadata(src.join(n)).unwrap(),
+        );
+        assert_eq!(got.mode(), want.mode(), "{n}");
+        assert_eq!(got.mtime_nsec(), want.mtime_nsec(), "{n}");
+        if root {
+            assert_eq!((got.uid(), got.gid()), (want.uid(), want.gid()), "{n}");
+        }
     }
     // Finished: the next restore onto it is a fresh one and verifies.
     let third = env.restore("latest", &t, &["--json"]).ok().json();

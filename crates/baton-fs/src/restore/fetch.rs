@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Blobs of one pack closer than this are read with one request.
 const MAX_GAP: u64 = 1 << 20;
@@ -33,6 +33,10 @@ pub(super) struct FileJob<'a> {
     /// The size the snapshot records.
     pub size: u64,
     pub create: bool,
+    /// With `create`: something else may appear at the name meanwhile, so
+    /// the first worker to open it creates it exclusively (and pins that
+    /// inode); the others open what it created.
+    pub exclusive: bool,
     /// It exists at its length holding this many bytes of something
     /// earlier: chunks there are verified in place (on every core) and
     /// only those that differ are written.
@@ -165,6 +169,7 @@ pub(super) fn write_files(
     let next = AtomicUsize::new(0);
     let fetched = AtomicU64::new(0);
     let no_space: Mutex<Option<(PathBuf, std::io::Error)>> = Mutex::new(None);
+    let created: Vec<OnceLock<Result<(), Made>>> = files.iter().map(|_| OnceLock::new()).collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -192,6 +197,7 @@ pub(super) fn write_files(
                                 remaining: &remaining,
                                 unwritten: &unwritten,
                                 metadata: &metadata,
+                                created: &created,
                                 is_root,
                                 no_space: &no_space,
                             };
@@ -232,6 +238,9 @@ struct Ctx<'a> {
     remaining: &'a [AtomicUsize],
     unwritten: &'a [AtomicUsize],
     metadata: &'a Mutex<Vec<Option<Result<(), String>>>>,
+    /// Per `exclusive` file: whether its creation succeeded (errno and
+    /// message if not), set by the worker that created it.
+    created: &'a [OnceLock<Result<(), Made>>],
     is_root: bool,
     no_space: &'a Mutex<Option<(PathBuf, std::io::Error)>>,
 }
@@ -312,19 +321,17 @@ impl Ctx<'_> {
             }
             let job = &self.files[f];
             let last = self.remaining[f].fetch_sub(1, Ordering::AcqRel) == 1;
-            let written = out
-                .file(self.target, f, &job.path, job.create, job.linked)
-                .and_then(|file| {
-                    match job.in_place {
-                        // Over old bytes, zeros must be written too.
-                        Some(old_len) if offset < old_len => file.write_all_at(data, offset)?,
-                        _ => write_sparse(file, data, offset)?,
-                    }
-                    if last && (job.create || job.in_place.is_some()) {
-                        file.set_len(job.size)?;
-                    }
-                    Ok(())
-                });
+            let written = out.file(self, f).and_then(|file| {
+                match job.in_place {
+                    // Over old bytes, zeros must be written too.
+                    Some(old_len) if offset < old_len => file.write_all_at(data, offset)?,
+                    _ => write_sparse(file, data, offset)?,
+                }
+                if last && (job.create || job.in_place.is_some()) {
+                    file.set_len(job.size)?;
+                }
+                Ok(())
+            });
             if let Err(e) = written {
                 if super::is_no_space(&e) {
                     let mut first = self.no_space.lock().expect("no space");
@@ -434,18 +441,47 @@ struct Writer {
     blobs: BlobBuffers,
 }
 
+/// Why an exclusive creation failed: its errno, if any, and its message.
+#[derive(Debug)]
+struct Made(Option<i32>, String);
+
 impl Writer {
-    fn file(
-        &mut self,
-        target: &Target,
-        f: usize,
-        path: &std::path::Path,
-        create: bool,
-        linked: bool,
-    ) -> std::io::Result<&File> {
+    /// The handle of the batch's file `f`, opened (or created) if it is not
+    /// the one this worker wrote last.
+    fn file(&mut self, ctx: &Ctx<'_>, f: usize) -> std::io::Result<&File> {
         if self.open.as_ref().is_none_or(|(i, _)| *i != f) {
             self.open = None;
-            let file = target.open_file(path, create, false, linked)?;
+            let job = &ctx.files[f];
+            let (target, path) = (ctx.target, &job.path);
+            let file = if job.create && job.exclusive {
+                let mut mine = None;
+                let made = ctx.created[f].get_or_init(|| {
+                    let file = target.open_file(path, true, true, false).map_err(|e| {
+                        let msg = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                            "something appeared at this name during the restore".to_string()
+                        } else {
+                            e.to_string()
+                        };
+                        Made(e.raw_os_error(), msg)
+                    })?;
+                    target
+                        .pin(path, &file)
+                        .map_err(|e| Made(e.raw_os_error(), e.to_string()))?;
+                    mine = Some(file);
+                    Ok(())
+                });
+                match (mine, made) {
+                    (Some(file), _) => file,
+                    // Created by another worker: that very inode.
+                    (None, Ok(())) => target.open_file(path, false, false, false)?,
+                    (None, Err(Made(Some(errno), _))) if *errno != nix::libc::EEXIST => {
+                        return Err(std::io::Error::from_raw_os_error(*errno));
+                    }
+                    (None, Err(Made(_, msg))) => return Err(std::io::Error::other(msg.clone())),
+                }
+            } else {
+                target.open_file(path, job.create, false, job.linked)?
+            };
             self.open = Some((f, file));
         }
         Ok(&self.open.as_ref().expect("just opened").1)

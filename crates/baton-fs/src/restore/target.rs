@@ -103,7 +103,7 @@ fn other_links() -> io::Error {
 
 fn not_ours() -> io::Error {
     io::Error::other(
-        "the hard-linked file is no longer the one this restore created (replaced while the restore ran): not written through (left alone)",
+        "the file is no longer the one this restore created or checked there (replaced while the restore ran): not written through (left alone)",
     )
 }
 
@@ -120,6 +120,7 @@ fn timespec(ns: i64) -> TimeSpec {
 pub(crate) struct EntryStat {
     pub size: u64,
     pub mtime_ns: i64,
+    pub atime_ns: i64,
     /// Permission bits (with setuid, setgid, sticky).
     pub mode: u32,
     pub uid: u32,
@@ -223,7 +224,24 @@ impl Target {
     /// something: one `fstatat` for both.
     pub fn existing_stat(&self, p: &Path) -> io::Result<(Existing, Option<EntryStat>)> {
         let (dir, name) = self.parent(p)?;
-        let st = match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Self::existing_stat_in(&dir, name)
+    }
+
+    /// A handle of the directory holding `p` (resolved beneath the target,
+    /// following nothing), for [`Target::existing_stat_in`]: a walk looks
+    /// at a directory's entries through one handle instead of resolving
+    /// every entry's path.
+    pub fn parent_handle(&self, p: &Path) -> io::Result<OwnedFd> {
+        self.parent(p).map(|(fd, _)| fd)
+    }
+
+    /// What is at `name` in the directory `dir` (not followed), with its
+    /// status.
+    pub fn existing_stat_in(
+        dir: &OwnedFd,
+        name: &OsStr,
+    ) -> io::Result<(Existing, Option<EntryStat>)> {
+        let st = match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok((Existing::Nothing, None)),
             Err(e) => return Err(errno(e)),
@@ -243,6 +261,7 @@ impl Target {
             Some(EntryStat {
                 size: st.st_size as u64,
                 mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                atime_ns: st.st_atime * 1_000_000_000 + st.st_atime_nsec,
                 mode: st.st_mode & 0o7777,
                 uid: st.st_uid,
                 gid: st.st_gid,
@@ -394,26 +413,21 @@ impl Target {
         Ok(File::from(fd))
     }
 
-    /// Whether the directory `p` (the target itself, or below it) is empty
-    /// and only this user may add to it (owned by the effective user, not
-    /// writable by group or others): then nothing can appear in it but what
-    /// this restore puts there, and it is restored like a directory the
-    /// restore made (files created by the workers, nothing to compare).
-    pub fn is_private_empty_dir(&self, p: &Path) -> bool {
-        let Ok(fd) = self.open_dir(p) else {
-            return false;
-        };
-        let private = fstat(&fd).is_ok_and(|st| {
-            st.st_uid == nix::unistd::geteuid().as_raw() && st.st_mode & 0o022 == 0
-        });
-        if !private {
-            return false;
+    /// For the directory `p` (the target itself, or below it, not
+    /// followed): `None` if another user may add, rename or remove entries
+    /// in it (it is not owned by the effective user, or is writable by
+    /// group or others), else whether it is empty.
+    pub fn private_dir(&self, p: &Path) -> Option<bool> {
+        let fd = self.open_dir(p).ok()?;
+        let st = fstat(&fd).ok()?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+            return None;
         }
-        let Ok(mut dir) = nix::dir::Dir::from_fd(fd) else {
-            return false;
-        };
-        dir.iter()
-            .all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
+        let mut dir = nix::dir::Dir::from_fd(fd).ok()?;
+        Some(
+            dir.iter()
+                .all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b".."))),
+        )
     }
 
     /// Pins `p` to the inode `file` is open on: every later open of `p`
@@ -423,6 +437,19 @@ impl Target {
     pub fn pin(&self, p: &Path, file: &File) -> io::Result<()> {
         let st = fstat(file).map_err(errno)?;
         self.remember(p, &st);
+        Ok(())
+    }
+
+    /// Removes `p` if it is the inode pinned there (something else at the
+    /// name, or nothing pinned, is left alone).
+    pub fn remove_if_pinned(&self, p: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        let st =
+            nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        let pinned = self.linked.lock().expect("linked files").get(p).copied();
+        if pinned == Some(dev_ino(&st)) {
+            nix::unistd::unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(errno)?;
+        }
         Ok(())
     }
 

@@ -84,6 +84,22 @@ fn file_node(repo: &mut Repository, name: &str, data: &[u8]) -> Node {
     n
 }
 
+/// File nodes whose contents are stored in one pack, in this order.
+fn file_nodes<const N: usize>(repo: &mut Repository, files: [(&str, &[u8]); N]) -> [Node; N] {
+    let blobs: Vec<_> = files
+        .iter()
+        .map(|(_, d)| (BlobType::Data, d.to_vec()))
+        .collect();
+    let ids = repo.store_raw_blobs(&blobs).unwrap();
+    std::array::from_fn(|i| {
+        let mut n = node(files[i].0, NodeKind::File);
+        n.mode = 0o644;
+        n.size = files[i].1.len() as u64;
+        n.content = vec![ids[i]];
+        n
+    })
+}
+
 /// Stores `nodes` as a tree blob as given (unsorted, duplicated: anything).
 fn raw_tree(repo: &mut Repository, nodes: Vec<Node>) -> Id {
     repo.store_raw_blobs(&[(BlobType::Tree, to_json(&Tree { nodes }))])
@@ -902,4 +918,118 @@ fn an_append_only_key_cannot_hide_data_by_superseding_the_index() {
     assert!(sum.errors.is_empty(), "{:?}", sum.errors);
     let file = std::fs::read_dir(&again).unwrap().count();
     assert!(file > 0);
+}
+
+/// A target others may write to (mode 0777, no sticky bit): a local user
+/// plants a file of their own where the restore is about to create one
+/// (made deterministic: when the restore writes its first chunk, into the
+/// file before it). The restore never writes into the planted file (whose
+/// owner could read what a root restore puts there): that file fails,
+/// and the planted file keeps its content.
+#[test]
+fn a_file_planted_where_restore_creates_one_is_not_written_through() {
+    let mut s = setup();
+    // One pack, `a` first: one worker writes `a`, then `b`.
+    let [a, b] = file_nodes(
+        &mut s.repo,
+        [("a", b"first"), ("b", b"secret of the snapshot")],
+    );
+    let root = raw_tree(&mut s.repo, vec![a, b]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = target.join("b");
+    let at = planted.clone();
+    let racer = OnceAt::at_first_write(move || std::fs::write(&at, b"planted").unwrap());
+    let sum = restore(&s, &snap, &target, &racer).unwrap();
+    assert!(racer.ran(), "the race never ran");
+    assert_eq!(std::fs::read(&planted).unwrap(), b"planted");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"first");
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(p, e)| p.ends_with("/b") && e.contains("appeared")),
+        "{:?}",
+        sum.errors
+    );
+}
+
+/// A directory the restore made inside a target others may write to is
+/// not trusted to stay the restore's own: a local user moves it away and
+/// puts their own directory, holding a file of theirs, at its name (at the
+/// restore's first write, into the directory's first file). The file the
+/// restore then creates there fails; the planted one keeps its content.
+#[test]
+fn a_directory_replaced_after_restore_made_it_is_not_written_into() {
+    let mut s = setup();
+    let [x, y] = file_nodes(
+        &mut s.repo,
+        [("x", b"first"), ("y", b"secret of the snapshot")],
+    );
+    let inner = raw_tree(&mut s.repo, vec![x, y]);
+    let mut d = node("d", NodeKind::Dir);
+    d.subtree = Some(inner);
+    d.mode = 0o700;
+    let root = raw_tree(&mut s.repo, vec![d]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = target.join("d");
+    let at = dir.clone();
+    let racer = OnceAt::at_first_write(move || {
+        std::fs::rename(&at, at.with_extension("moved")).unwrap();
+        std::fs::create_dir(&at).unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(at.join("y"), b"planted").unwrap();
+    });
+    let sum = restore(&s, &snap, &target, &racer).unwrap();
+    assert!(racer.ran(), "the race never ran");
+    assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"planted");
+    assert!(!sum.errors.is_empty(), "the swap went unnoticed");
+}
+
+/// A file found in the target (an interrupted restore's) is verified in
+/// place, then written: a local user swaps it for a file of their own in
+/// between (at the restore's first write, into the file before it). The
+/// swapped-in file is neither written nor chmodded; that file fails.
+#[test]
+fn a_file_swapped_between_verify_and_write_is_not_written_through() {
+    let mut s = setup();
+    // One pack, `a` first: one worker writes `a`, then `b`.
+    let [a, b] = file_nodes(
+        &mut s.repo,
+        [("a", b"first"), ("b", b"secret of the snapshot")],
+    );
+    let root = raw_tree(&mut s.repo, vec![a, b]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(target.join("a"), b"old a").unwrap();
+    std::fs::write(target.join("b"), b"old b, as long as the snapshot's").unwrap();
+    let name = target.join("b");
+    let at = name.clone();
+    let racer = OnceAt::at_first_write(move || {
+        std::fs::rename(&at, at.with_extension("moved")).unwrap();
+        std::fs::write(&at, b"the attacker's own file").unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o666)).unwrap();
+    });
+    let sum = restore(&s, &snap, &target, &racer).unwrap();
+    assert!(racer.ran(), "the race never ran");
+    assert_eq!(std::fs::read(&name).unwrap(), b"the attacker's own file");
+    let mode = std::fs::metadata(&name).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "the swapped-in file was chmodded");
+    assert_eq!(std::fs::read(target.join("a")).unwrap(), b"first");
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(p, e)| p.ends_with("/b") && e.contains("no longer the one")),
+        "{:?}",
+        sum.errors
+    );
 }
