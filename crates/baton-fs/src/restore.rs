@@ -1,8 +1,9 @@
 //! `baton restore`: recreate a snapshot (or part of it) in a directory with
-//! all metadata. The tree walk creates directories, special files and new
-//! files at their final length; the contents of new files are then written
-//! in batches, in pack order, by one worker per core ([`fetch`]); files
-//! left by an interrupted restore are verified in place instead. Writes are
+//! all metadata. The tree walk creates directories and special files and
+//! decides what each file needs; the files' contents are then written in
+//! batches, in pack order, by one worker per core ([`fetch`]), which also
+//! create new files; files left by an interrupted restore are verified in
+//! place instead. Writes are
 //! positional and skip all-zero blocks, so sparse files stay sparse. A
 //! file's metadata is applied once its content is written, a directory's at
 //! the very end, children before parents, so nothing disturbs it.
@@ -107,7 +108,7 @@ struct Restorer<'a> {
     delete: bool,
     trust_finished: bool,
     summary: RestoreSummary,
-    /// New files created at their length, waiting for their content.
+    /// Files waiting for their content, with how to start writing them.
     pending: Vec<(PathBuf, Node, Start)>,
     pending_chunks: usize,
     /// Batches go to the writer thread, which writes them while the walk
@@ -116,8 +117,13 @@ struct Restorer<'a> {
     done: Receiver<Result<BatchDone>>,
     /// Directories whose metadata is applied last, children first.
     dirs: Vec<(PathBuf, Node)>,
-    /// A handle of the directory whose entries the walk is looking at.
+    /// A handle of the directory whose entries the walk is looking at
+    /// (kept only in a sealed directory: elsewhere each look resolves the
+    /// path again, through the pinned directories).
     stat_dir: Option<(PathBuf, std::os::fd::OwnedFd)>,
+    /// Whether the directory the walk is in is sealed.
+    here_sealed: bool,
+    euid: u32,
 }
 
 /// What a restore (and its dry run) selects: `--include`, `--exclude`, and
@@ -194,16 +200,46 @@ impl Selection {
     }
 }
 
-/// What the walk may assume of a directory of the target.
+/// What the walk may assume of a directory of the target. "Others" are
+/// users other than this one and root.
 #[derive(Debug, Clone, Copy, Default)]
 struct Place {
-    /// No other user can add, rename or remove entries in it or in any
-    /// directory between it and the target (each is owned by this user
-    /// and not writable by group or others, or was made by this restore).
+    /// Others can replace neither it nor any directory between it and the
+    /// target: each sits in a directory others cannot write to, or that is
+    /// sticky, owned by this user or root, and is itself owned by this user
+    /// or root. (The target itself is held open.) Where it is not, the
+    /// directory is pinned to its inode.
+    stable: bool,
+    /// Others cannot rename or remove entries in it either: stable, owned
+    /// by this user and not writable by group or others (or made `0700` by
+    /// this restore).
     sealed: bool,
     /// Sealed, and empty or made by this restore: nothing in it needs to be
     /// checked, kept or replaced.
     fresh: bool,
+    /// Others cannot replace its entries (it is owned by this user or root
+    /// and not writable by others, or sticky): a stable directory's
+    /// subdirectories owned by this user or root are stable.
+    guards: bool,
+}
+
+impl Place {
+    /// The target itself, or a directory found (not made) in a directory
+    /// whose entries are `stable_parent`-ly placed.
+    fn found(stable: bool, st: Option<target::DirStatus>, euid: u32) -> Place {
+        let Some(st) = st else {
+            return Place::default();
+        };
+        let trusted_owner = st.uid == euid || st.uid == 0;
+        let stable = stable && trusted_owner;
+        let private = st.uid == euid && st.mode & 0o022 == 0;
+        Place {
+            stable,
+            sealed: stable && private,
+            fresh: stable && private && st.empty,
+            guards: trusted_owner && (st.mode & 0o022 == 0 || st.mode & 0o1000 != 0),
+        }
+    }
 }
 
 /// How a queued file's content is written.
@@ -338,11 +374,8 @@ pub fn restore(
     let handle = &handle;
     // An empty target holds nothing to keep or replace, if no one else can
     // add to it while the workers create its files (they do not use O_EXCL).
-    let private = handle.private_dir(target);
-    let place = Place {
-        sealed: private.is_some(),
-        fresh: private == Some(true),
-    };
+    let euid = nix::unistd::geteuid().as_raw();
+    let place = Place::found(true, handle.dir_status(target), euid);
     let is_root = nix::unistd::geteuid().is_root();
     let (batch_tx, batch_rx) = sync_channel(1);
     let (done_tx, done_rx) = sync_channel(64);
@@ -375,6 +408,8 @@ pub fn restore(
             done: done_rx,
             dirs: Vec::new(),
             stat_dir: None,
+            here_sealed: false,
+            euid: nix::unistd::geteuid().as_raw(),
         };
         let result = r.run(node, subtree, target, sub, opts.verify, place);
         // Stops the writer thread (after its batch) however the walk ended.
@@ -432,8 +467,10 @@ impl Restorer<'_> {
         selected: bool,
         place: Place,
     ) -> Result<bool> {
+        let back = self.here_sealed;
         let r = self.tree(tree, dir, prefix, selected, place);
         self.stat_dir = None;
+        self.here_sealed = back;
         r
     }
 
@@ -443,6 +480,9 @@ impl Restorer<'_> {
         let (Some(parent), Some(name)) = (dst.parent(), dst.file_name()) else {
             return self.target.existing_stat(dst);
         };
+        if !self.here_sealed {
+            return self.target.existing_stat(dst);
+        }
         let cached = self.stat_dir.as_ref().filter(|(p, _)| p == parent);
         let fd = match cached {
             Some((_, fd)) => fd,
@@ -478,6 +518,7 @@ impl Restorer<'_> {
         self.budget.enter(tree, t.nodes.len())?;
         // A directory's handle is kept only while the walk is in it.
         self.stat_dir = None;
+        self.here_sealed = place.sealed;
         let mut any = false;
         for n in &t.nodes {
             self.cancel.check()?;
@@ -516,23 +557,28 @@ impl Restorer<'_> {
                         continue;
                     }
                 };
+                let held = place.stable && place.guards;
                 let inner_place = if created {
-                    // Made here (mode 0700): as private as its parent.
+                    // Made here, mode 0700: sealed if it cannot be replaced.
                     Place {
-                        sealed: place.sealed,
-                        fresh: place.sealed,
-                    }
-                } else if place.sealed {
-                    // Found (an interrupted restore's): private and empty
-                    // is as good as made here.
-                    let private = self.target.private_dir(&dst);
-                    Place {
-                        sealed: private.is_some(),
-                        fresh: private == Some(true),
+                        stable: held,
+                        sealed: held,
+                        fresh: held,
+                        guards: true,
                     }
                 } else {
-                    Place::default()
+                    // Found (an interrupted restore's, say): private and
+                    // empty is as good as made here.
+                    Place::found(held, self.target.dir_status(&dst), self.euid)
                 };
+                if !inner_place.stable
+                    && let Err(e) = self.target.pin_dir(&dst)
+                {
+                    // Others can write here: the directory is pinned, so
+                    // nothing goes into one swapped in at its name.
+                    self.error(&dst, format!("cannot restore directory: {e}"));
+                    continue;
+                }
                 let inner = match n.subtree {
                     Some(sub) => match self.subtree(&sub, &dst, &p, sel, inner_place) {
                         Ok(b) => b,
@@ -612,7 +658,7 @@ impl Restorer<'_> {
                 return Ok(());
             }
         };
-        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat) {
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat, place) {
             return Ok(());
         }
         if existing != Existing::Nothing
@@ -648,34 +694,31 @@ impl Restorer<'_> {
 
     fn file(&mut self, n: &Node, dst: &Path, _snap_path: &str, place: Place) -> Result<()> {
         if place.fresh && n.links <= 1 && !n.content.is_empty() {
-            // In a directory this restore created: the workers create the
-            // file when they write its first chunk, so creating files is
-            // spread over the cores instead of serialising the walk.
+            // In a fresh directory: the workers create the file when they
+            // write its first chunk, so creating files is spread over the
+            // cores instead of serialising the walk.
             self.queue_file(n, dst, Start::Create)?;
             return Ok(());
         }
         // Anything but a regular file in the way is replaced; a regular file
         // is kept and verified in place (an earlier, interrupted restore).
-        let (existing, stat) = match self.existing_stat(dst) {
+        let (mut existing, stat) = match self.existing_stat(dst) {
             Ok(e) => e,
             Err(e) => {
                 self.error(dst, format!("cannot restore: {e}"));
                 return Ok(());
             }
         };
-        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat) {
-            return Ok(());
+        if !place.sealed
+            && existing == Existing::File
+            && stat.is_some_and(|st| st.uid != self.euid && st.uid != n.uid)
+        {
+            // Where others can write, a file owned by someone else (who may
+            // hold it open) is neither trusted, nor written through, nor
+            // given metadata: it is replaced like anything else in the way.
+            existing = Existing::Other;
         }
-        if existing == Existing::Nothing && n.links <= 1 && !n.content.is_empty() {
-            // Created by the workers too: in a directory no one else can
-            // add to, as in a fresh one; elsewhere exclusively, so that
-            // nothing planted at the name meanwhile is written through.
-            let start = if place.sealed {
-                Start::Create
-            } else {
-                Start::CreateExclusive
-            };
-            self.queue_file(n, dst, start)?;
+        if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat, place) {
             return Ok(());
         }
         let replace = match existing {
@@ -688,6 +731,21 @@ impl Restorer<'_> {
         };
         if let Some(Err(e)) = replace {
             self.error(dst, format!("cannot replace existing entry: {e}"));
+            return Ok(());
+        }
+        if (existing == Existing::Nothing || replace.is_some())
+            && n.links <= 1
+            && !n.content.is_empty()
+        {
+            // Created by the workers too: in a directory no one else can
+            // add to, as in a fresh one; elsewhere exclusively, so that
+            // nothing planted at the name meanwhile is written through.
+            let start = if place.sealed {
+                Start::Create
+            } else {
+                Start::CreateExclusive
+            };
+            self.queue_file(n, dst, start)?;
             return Ok(());
         }
         if n.links > 1 {
@@ -707,10 +765,15 @@ impl Restorer<'_> {
         let fresh = existing == Existing::Nothing || replace.is_some();
         if fresh && (!n.content.is_empty() || n.links > 1) {
             // New: created at its length now, its content comes in a batch.
+            // Pinned: written and given metadata only while the name
+            // reaches this inode.
             let created = self
                 .target
                 .open_file(dst, true, true, n.links > 1)
-                .and_then(|f| f.set_len(n.size));
+                .and_then(|f| {
+                    self.target.pin(dst, &f)?;
+                    f.set_len(n.size)
+                });
             if let Err(e) = created {
                 if is_no_space(&e) {
                     return Err(target_full(dst, e));
@@ -721,6 +784,9 @@ impl Restorer<'_> {
             }
             if n.content.is_empty() {
                 self.finish_file(n, dst);
+                if n.links <= 1 {
+                    self.target.unpin(dst);
+                }
             } else {
                 self.queue_file(n, dst, Start::Zeroed)?;
             }
@@ -735,7 +801,18 @@ impl Restorer<'_> {
             .target
             .open_file(dst, fresh, fresh, false)
             .and_then(|f| {
-                let old_len = f.metadata()?.len();
+                use std::os::unix::fs::MetadataExt;
+                let m = f.metadata()?;
+                // What was opened is what the walk looked at, and (where
+                // others can write) owned by this user or the snapshot's.
+                if stat.is_some_and(|st| st.id != (m.dev(), m.ino()))
+                    || (!place.sealed && m.uid() != self.euid && m.uid() != n.uid)
+                {
+                    return Err(std::io::Error::other(
+                        "replaced while the restore ran: not written through (left alone)",
+                    ));
+                }
+                let old_len = m.len();
                 if old_len != n.size {
                     f.set_len(n.size)?;
                 }
@@ -762,6 +839,7 @@ impl Restorer<'_> {
         dst: &Path,
         existing: Existing,
         stat: Option<EntryStat>,
+        place: Place,
     ) -> bool {
         // A regular file of ours whose size and mtime (to the ns) are the
         // snapshot's: finished by an earlier restore, and untouched since.
@@ -784,7 +862,7 @@ impl Restorer<'_> {
                     // The times are set last even when an owner or xattr
                     // could not be, so they prove nothing about the rest:
                     // what differs is applied again.
-                    self.finish_kept_file(n, dst, &st);
+                    self.finish_kept_file(n, dst, &st, place);
                     return true;
                 }
                 false
@@ -797,7 +875,7 @@ impl Restorer<'_> {
                     // Finished and untouched since: its metadata is applied,
                     // its content trusted (read back with --verify).
                     self.summary.files_unchanged += 1;
-                    self.finish_kept_file(n, dst, &st);
+                    self.finish_kept_file(n, dst, &st, place);
                     return true;
                 }
                 false
@@ -871,6 +949,9 @@ impl Restorer<'_> {
             if let Some(e) = metadata {
                 self.error(dst, e);
             }
+            if n.links <= 1 && !self.verify {
+                self.target.unpin(dst);
+            }
             self.file_restored(n, dst);
         }
     }
@@ -879,7 +960,7 @@ impl Restorer<'_> {
     /// the status just read shows all of it there already (owner, mode and
     /// times; a node with xattrs always gets them again), so a re-run does
     /// not open every file an earlier restore finished.
-    fn finish_kept_file(&mut self, n: &Node, dst: &Path, st: &EntryStat) {
+    fn finish_kept_file(&mut self, n: &Node, dst: &Path, st: &EntryStat, place: Place) {
         let in_place = n.xattrs.is_empty()
             && st.mode == n.mode & 0o7777
             && (!self.is_root || (st.uid == n.uid && st.gid == n.gid))
@@ -887,8 +968,13 @@ impl Restorer<'_> {
             && (n.ctime_ns == 0 || n.atime_ns == 0 || st.atime_ns == n.atime_ns);
         if in_place {
             self.file_restored(n, dst);
-        } else {
+        } else if place.sealed {
             self.finish_file(n, dst);
+        } else {
+            // Given metadata only if the name still reaches what was looked at.
+            self.target.pin_id(dst, st.id);
+            self.finish_file(n, dst);
+            self.target.unpin(dst);
         }
     }
 

@@ -11,10 +11,16 @@
 //!   from that handle: a symbolic link anywhere on the way, or `..`, fails
 //!   with `ELOOP`/`EXDEV` instead of leading elsewhere.
 //! - The last component is created or opened with no-follow and, where the
-//!   entry is new, exclusive flags (`O_CREAT | O_EXCL | O_NOFOLLOW`,
-//!   `mkdirat`, `symlinkat`, `mknodat`, `linkat` without
-//!   `AT_SYMLINK_FOLLOW`), and an opened entry's type is checked on the
-//!   handle (`fstat`) before anything is written to it.
+//!   entry is new and someone else could write to its directory, exclusive
+//!   flags (`O_CREAT | O_EXCL | O_NOFOLLOW`, `mkdirat`, `symlinkat`,
+//!   `mknodat`, `linkat` without `AT_SYMLINK_FOLLOW`), and an opened entry's
+//!   type is checked on the handle (`fstat`) before anything is written to
+//!   it.
+//! - Entries the restore made or checked where others can write are
+//!   **pinned** by path to their (device, inode): every later use of the path
+//!   (a file's writes and metadata, a directory's entries and metadata) must
+//!   reach that inode, so a local user who swaps in a file or directory of
+//!   their own in between is refused.
 //! - Metadata is applied to a handle of the entry (`O_PATH | O_NOFOLLOW`,
 //!   type checked), through `/proc/self/fd/N`, which names exactly the inode
 //!   that was opened; symbolic links themselves by `fchownat`/`utimensat`
@@ -46,11 +52,13 @@ const FILE_MODE_WHILE_RESTORING: u32 = 0o600;
 pub(crate) struct Target {
     root: OwnedFd,
     path: PathBuf,
-    /// The files the snapshot hard-links, by path: the (device, inode) this
-    /// restore created each as. Such a file is expected to have other links,
-    /// so it is written and given metadata only while its path still names
-    /// that very inode (a local user who swaps in a link to a file outside
-    /// the target in between is refused).
+    /// Pinned entries, by path: the (device, inode) this restore created or
+    /// checked there. A file the snapshot hard-links is expected to have
+    /// other links, so it is written and given metadata only while its path
+    /// still names that very inode (a local user who swaps in a link to a
+    /// file outside the target in between is refused); the same holds for
+    /// files verified in place, files created where others can write, and
+    /// the directories on the way there.
     linked: Mutex<HashMap<PathBuf, (u64, u64)>>,
 }
 
@@ -101,6 +109,12 @@ fn other_links() -> io::Error {
     )
 }
 
+fn dir_not_ours() -> io::Error {
+    io::Error::other(
+        "a directory on the way is no longer the one this restore created or checked there (replaced while the restore ran): nothing written into it",
+    )
+}
+
 fn not_ours() -> io::Error {
     io::Error::other(
         "the file is no longer the one this restore created or checked there (replaced while the restore ran): not written through (left alone)",
@@ -125,6 +139,16 @@ pub(crate) struct EntryStat {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// (device, inode).
+    pub id: (u64, u64),
+}
+
+/// A directory's owner, mode and whether it is empty.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirStatus {
+    pub uid: u32,
+    pub mode: u32,
+    pub empty: bool,
 }
 
 /// What is at a path below the target, without following it.
@@ -201,12 +225,41 @@ impl Target {
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(beneath());
         let fd = openat2(&self.root, dir, how).map_err(errno)?;
+        self.check_dir_pinned(p.parent(), &fd)?;
         Ok((fd, name))
+    }
+
+    /// If the directory `dir` is pinned, whether `fd` is that directory.
+    fn check_dir_pinned(&self, dir: Option<&Path>, fd: &OwnedFd) -> io::Result<()> {
+        let Some(dir) = dir else { return Ok(()) };
+        let pinned = self.linked.lock().expect("linked files").get(dir).copied();
+        match pinned {
+            Some(id) if dev_ino(&fstat(fd).map_err(errno)?) != id => Err(dir_not_ours()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a directory is pinned anywhere (then every open goes through
+    /// its parent's handle, to check it).
+    fn any_dir_pinned(&self, p: &Path) -> bool {
+        p.parent()
+            .is_some_and(|d| self.linked.lock().expect("linked files").contains_key(d))
     }
 
     /// Opens `p` itself in one call: every component, the last included,
     /// resolved beneath the target without following any symbolic link.
     fn open_beneath(&self, p: &Path, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+        if self.any_dir_pinned(p) {
+            // Its directory is pinned: opened through a checked handle of it.
+            let (dir, name) = self.parent(p)?;
+            return nix::fcntl::openat(
+                &dir,
+                name,
+                flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(mode),
+            )
+            .map_err(errno);
+        }
         let rel = self.rel(p)?;
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
@@ -265,6 +318,7 @@ impl Target {
                 mode: st.st_mode & 0o7777,
                 uid: st.st_uid,
                 gid: st.st_gid,
+                id: dev_ino(&st),
             }),
         ))
     }
@@ -413,21 +467,20 @@ impl Target {
         Ok(File::from(fd))
     }
 
-    /// For the directory `p` (the target itself, or below it, not
-    /// followed): `None` if another user may add, rename or remove entries
-    /// in it (it is not owned by the effective user, or is writable by
-    /// group or others), else whether it is empty.
-    pub fn private_dir(&self, p: &Path) -> Option<bool> {
+    /// The owner, mode and emptiness of the directory `p` (the target
+    /// itself, or below it, not followed); `None` if it cannot be read.
+    pub fn dir_status(&self, p: &Path) -> Option<DirStatus> {
         let fd = self.open_dir(p).ok()?;
         let st = fstat(&fd).ok()?;
-        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
-            return None;
-        }
         let mut dir = nix::dir::Dir::from_fd(fd).ok()?;
-        Some(
-            dir.iter()
-                .all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b".."))),
-        )
+        let empty = dir
+            .iter()
+            .all(|e| e.is_ok_and(|e| matches!(e.file_name().to_bytes(), b"." | b"..")));
+        Some(DirStatus {
+            uid: st.st_uid,
+            mode: st.st_mode & 0o7777,
+            empty,
+        })
     }
 
     /// Pins `p` to the inode `file` is open on: every later open of `p`
@@ -438,6 +491,32 @@ impl Target {
         let st = fstat(file).map_err(errno)?;
         self.remember(p, &st);
         Ok(())
+    }
+
+    /// Pins `p` to the entry `st` describes (found by the walk's `fstatat`):
+    /// later uses of `p` must reach that inode.
+    pub fn pin_id(&self, p: &Path, id: (u64, u64)) {
+        self.linked
+            .lock()
+            .expect("linked files")
+            .insert(p.to_path_buf(), id);
+    }
+
+    /// Pins the directory `p` (below the target) to what is there now.
+    pub fn pin_dir(&self, p: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(p)?;
+        let st =
+            nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+        if !is_type(&st, SFlag::S_IFDIR) {
+            return Err(changed());
+        }
+        self.remember(p, &st);
+        Ok(())
+    }
+
+    /// Forgets the pin of `p` (a file that is finished).
+    pub fn unpin(&self, p: &Path) {
+        self.linked.lock().expect("linked files").remove(p);
     }
 
     /// Removes `p` if it is the inode pinned there (something else at the
@@ -500,6 +579,10 @@ impl Target {
     fn check_links(&self, p: &Path, node: &Node, st: &FileStat) -> Result<(), String> {
         if !is_type(st, type_of(node.kind)) {
             return Err(changed().to_string());
+        }
+        if node.kind == NodeKind::Dir {
+            self.check_pinned(p, st)
+                .map_err(|_| dir_not_ours().to_string())?;
         }
         if node.kind == NodeKind::File {
             if node.links > 1 {

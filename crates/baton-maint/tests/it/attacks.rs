@@ -958,9 +958,10 @@ fn a_file_planted_where_restore_creates_one_is_not_written_through() {
 
 /// A directory the restore made inside a target others may write to is
 /// not trusted to stay the restore's own: a local user moves it away and
-/// puts their own directory, holding a file of theirs, at its name (at the
-/// restore's first write, into the directory's first file). The file the
-/// restore then creates there fails; the planted one keeps its content.
+/// puts their own, empty directory at its name (at the restore's first
+/// write, into the directory's first file). Nothing the restore writes
+/// afterwards goes into that directory, and the directory is not given the
+/// snapshot's owner or mode.
 #[test]
 fn a_directory_replaced_after_restore_made_it_is_not_written_into() {
     let mut s = setup();
@@ -984,12 +985,111 @@ fn a_directory_replaced_after_restore_made_it_is_not_written_into() {
         std::fs::rename(&at, at.with_extension("moved")).unwrap();
         std::fs::create_dir(&at).unwrap();
         std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o777)).unwrap();
-        std::fs::write(at.join("y"), b"planted").unwrap();
     });
     let sum = restore(&s, &snap, &target, &racer).unwrap();
     assert!(racer.ran(), "the race never ran");
-    assert_eq!(std::fs::read(dir.join("y")).unwrap(), b"planted");
-    assert!(!sum.errors.is_empty(), "the swap went unnoticed");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "the restore wrote into the swapped-in directory"
+    );
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o777, "the swapped-in directory was chmodded");
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(_, e)| e.contains("no longer the one")),
+        "{:?}",
+        sum.errors
+    );
+}
+
+/// Where others can write, a file of another user's found where the
+/// snapshot has a file (the user holds it open, and for `if-changed` gave it
+/// the snapshot's size and mtime, to be trusted and given a setuid mode) is
+/// replaced: the inode they hold gets neither the content nor the owner or
+/// mode of the snapshot's file.
+#[test]
+fn a_file_of_another_user_in_the_target_is_replaced_not_reused() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (to own a file as another user)");
+        return;
+    }
+    let mut s = setup();
+    let [b, c] = file_nodes(
+        &mut s.repo,
+        [("b", b"secret of the snapshot"), ("c", b"setuid program")],
+    );
+    let mut c = c;
+    c.mode = 0o4755;
+    c.mtime_ns = 1_000_000_000;
+    let root = raw_tree(&mut s.repo, vec![b, c]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    for policy in [
+        crate::baton::Overwrite::Always,
+        crate::baton::Overwrite::IfChanged,
+    ] {
+        let target = s.root.join(format!("t-{policy:?}"));
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut held = Vec::new();
+        for (name, content) in [
+            ("b", &b"planted, as long as the secret"[..]),
+            ("c", b"attacker's tool"),
+        ] {
+            let p = target.join(name);
+            std::fs::write(&p, content).unwrap();
+            // `c` looks finished: the snapshot's size and mtime.
+            if name == "c" {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(14)
+                    .unwrap();
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1);
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+            std::os::unix::fs::chown(&p, Some(4321), Some(4321)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+            held.push(std::fs::File::open(&p).unwrap());
+        }
+        let sum = crate::baton::restore(
+            &s.repo,
+            &snap,
+            None,
+            &target,
+            &RestoreOptions {
+                overwrite: policy,
+                ..Default::default()
+            },
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+        assert!(sum.errors.is_empty(), "{policy:?}: {:?}", sum.errors);
+        for f in &held {
+            let m = f.metadata().unwrap();
+            assert_eq!((m.uid(), m.mode() & 0o7777), (4321, 0o666), "{policy:?}");
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut &*f, &mut got).unwrap();
+            assert!(
+                !got.starts_with(b"secret") && !got.starts_with(b"setuid"),
+                "{policy:?}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(target.join("b")).unwrap(),
+            b"secret of the snapshot"
+        );
+        assert_eq!(std::fs::read(target.join("c")).unwrap(), b"setuid program");
+    }
 }
 
 /// A file found in the target (an interrupted restore's) is verified in
