@@ -143,6 +143,149 @@ pub enum Command {
     Forget(ForgetArgs),
     /// Delete data no snapshot uses, and repack partly used packs
     Prune(PruneArgs),
+    /// Run the director: the certificate authority that enrols agents and
+    /// media agents, their registry, and its HTTPS API (mutual TLS)
+    Director(DirectorArgs),
+    /// Administer a director through its API (an API token)
+    #[command(subcommand)]
+    Ctl(CtlCommand),
+    /// This machine as a node of a director: enrol it, check who it is
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct DirectorArgs {
+    /// Where the director keeps its database (SQLite, by default), its CA
+    /// certificate (`ca.pem`) and the first admin API token (`admin.token`)
+    #[arg(long, value_name = "DIR", env = "BATON_DIRECTOR_STATE")]
+    pub state: PathBuf,
+    /// Address to listen on (HTTPS)
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8443",
+        env = "BATON_DIRECTOR_LISTEN"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// Keep the state in this database instead: `postgres://USER@HOST/DB`
+    /// (or `sqlite://PATH`)
+    #[arg(long, value_name = "URL", env = "BATON_DIRECTOR_DATABASE")]
+    pub database: Option<String>,
+    /// A host name or address nodes reach the director by (repeatable;
+    /// `localhost` and the loopback addresses are always included)
+    #[arg(
+        long = "hostname",
+        value_name = "NAME",
+        env = "BATON_DIRECTOR_HOSTNAMES",
+        value_delimiter = ','
+    )]
+    pub hostnames: Vec<String>,
+    /// How long the certificates issued at enrolment are valid
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_validity, env = "BATON_DIRECTOR_CERT_VALIDITY")]
+    pub cert_validity: i64,
+}
+
+/// Parses a duration such as `90d`, `12h`, `30s` into seconds.
+pub fn parse_duration_s(s: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    i64::try_from(d.as_secs())
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive duration"))
+}
+
+/// A certificate validity: a duration of at most ten years.
+pub fn parse_validity(s: &str) -> Result<i64, String> {
+    let n = parse_duration_s(s)?;
+    if n > 10 * 366 * 86400 {
+        return Err(format!("{s:?}: at most ten years"));
+    }
+    Ok(n)
+}
+
+/// How `baton ctl` reaches the director.
+#[derive(Args, Debug)]
+pub struct DirectorConn {
+    /// The director's URL
+    #[arg(long, value_name = "URL", env = "BATON_DIRECTOR")]
+    pub director: String,
+    /// The director's CA certificate (its state directory's `ca.pem`)
+    #[arg(long, value_name = "FILE", env = "BATON_DIRECTOR_CA")]
+    pub ca: PathBuf,
+    /// A file holding the API token (the director's `admin.token`)
+    #[arg(long, value_name = "FILE", env = "BATON_DIRECTOR_TOKEN_FILE")]
+    pub token_file: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Make a one-time enrolment token for a node (shown once)
+    Token(CtlTokenArgs),
+    /// List the enrolled nodes and their certificates
+    Nodes(CtlNodesArgs),
+    /// Revoke a node's certificate: its connections are refused from now on
+    Revoke(CtlRevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CtlTokenArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// What the node is: `agent` or `media-agent`
+    #[arg(long, value_parser = ["agent", "media-agent"])]
+    pub role: String,
+    /// The node's name (1 to 64 of A-Z a-z 0-9 . - _)
+    #[arg(long)]
+    pub name: String,
+    /// How long the token may be used
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration_s)]
+    pub ttl: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlNodesArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlRevokeArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// The node whose certificate is revoked
+    pub name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Enrol this machine with a director (a one-time token from `baton ctl token`)
+    Enrol(AgentEnrolArgs),
+    /// Ask the director who this machine's certificate says it is
+    Whoami(AgentWhoamiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentEnrolArgs {
+    /// The director's URL
+    #[arg(long, value_name = "URL", env = "BATON_DIRECTOR")]
+    pub director: String,
+    /// The enrolment token
+    #[arg(long, env = "BATON_ENROL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Where the node keeps its key and certificate
+    #[arg(long, value_name = "DIR", env = "BATON_AGENT_STATE")]
+    pub state: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentWhoamiArgs {
+    /// The director's URL
+    #[arg(long, value_name = "URL", env = "BATON_DIRECTOR")]
+    pub director: String,
+    /// Where the node keeps its key and certificate
+    #[arg(long, value_name = "DIR", env = "BATON_AGENT_STATE")]
+    pub state: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

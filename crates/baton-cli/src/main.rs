@@ -29,6 +29,8 @@ pub mod exit {
     pub const NO_REPOSITORY: i32 = 10;
     pub const LOCKED: i32 = 11;
     pub const WRONG_PASSWORD: i32 = 12;
+    pub const DENIED: i32 = 13;
+    pub const UNREACHABLE: i32 = 14;
 }
 
 /// A usage error found after argument parsing (exit code 2, like clap's).
@@ -56,6 +58,15 @@ fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<Usage>() {
             return exit::USAGE;
+        }
+        if let Some(c) = cause.downcast_ref::<baton_director::client::ClientError>() {
+            use baton_wire::ErrorCode;
+            return match c.code() {
+                Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden) => exit::DENIED,
+                Some(ErrorCode::Invalid | ErrorCode::NotFound | ErrorCode::Conflict) => exit::USAGE,
+                _ if c.retry_later() => exit::UNREACHABLE,
+                _ => exit::FAILED,
+            };
         }
         if let Some(r) = cause.downcast_ref::<RepoError>() {
             return match r {

@@ -5,6 +5,7 @@ mod backup;
 mod block;
 mod browse;
 mod check;
+mod director;
 mod find;
 mod forget;
 mod init;
@@ -58,6 +59,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Cat(a) => browse::cat(g, &a),
         Command::Key(k) => key::run(g, k),
+        Command::Director(a) => director::serve(g, &a),
+        Command::Ctl(c) => director::ctl(g, c),
+        Command::Agent(c) => director::agent(g, c),
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
         Command::Check(a) => check::run(g, &a),

@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod common;
 mod corruption;
+mod director;
 mod errors;
 mod fixtures;
 mod forget;

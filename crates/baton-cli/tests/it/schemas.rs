@@ -16,6 +16,9 @@ use std::path::PathBuf;
 const NOT_MESSAGES: &[&str] = &["cat", "dump", "completion", "man", "mount", "help"];
 
 const COMMANDS: &[&str] = &[
+    "director",
+    "ctl",
+    "agent",
     "init",
     "backup",
     "restore",

@@ -1,0 +1,678 @@
+//! The director's security backbone (issue 13), with the real binary: a
+//! director on loopback, `baton ctl` with its API token, `baton agent
+//! enrol` with one-time tokens, and connections with certificates that are
+//! forged, expired or revoked. Each scenario runs on SQLite and on a real
+//! PostgreSQL started for the test (skipped without PostgreSQL unless
+//! `BATON_TEST_REQUIRE_PG=1`).
+
+use crate::common::{Env, Run, is_root, run};
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `baton director`, killed when dropped.
+struct Director {
+    child: Child,
+    url: String,
+    state: PathBuf,
+    fingerprint: String,
+}
+
+impl Drop for Director {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Director {
+    fn start(env: &Env, state: &Path, db: Option<&str>, extra: &[&str]) -> Director {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_baton"));
+        c.args(["director", "--json", "--listen", "127.0.0.1:0", "--state"])
+            .arg(state)
+            .args(extra)
+            .env_remove("BATON_DIRECTOR_DATABASE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(db) = db {
+            c.args(["--database", db]);
+        }
+        let _ = env;
+        let mut child = c.spawn().expect("starting baton director");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("director's first line is not its ready message ({e}): {line:?}")
+        });
+        crate::schemas::validate("director.schema.json", &ready).unwrap();
+        Director {
+            child,
+            url: ready["url"].as_str().unwrap().to_string(),
+            state: state.to_path_buf(),
+            fingerprint: ready["ca_fingerprint"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn ctl(&self, env: &Env, args: &[&str]) -> Run {
+        let mut c = env.cmd();
+        c.arg("ctl")
+            .args(args)
+            .arg("--director")
+            .arg(&self.url)
+            .arg("--ca")
+            .arg(self.state.join("ca.pem"))
+            .arg("--token-file")
+            .arg(self.state.join("admin.token"));
+        run(&mut c)
+    }
+
+    fn token(&self, env: &Env, role: &str, name: &str, ttl: &str) -> String {
+        let r = self
+            .ctl(
+                env,
+                &[
+                    "token", "--json", "--role", role, "--name", name, "--ttl", ttl,
+                ],
+            )
+            .ok();
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+
+    fn enrol(&self, env: &Env, token: &str, state: &Path) -> Run {
+        let mut c = env.cmd();
+        c.args([
+            "agent",
+            "enrol",
+            "--json",
+            "--director",
+            &self.url,
+            "--token",
+            token,
+            "--state",
+        ])
+        .arg(state);
+        run(&mut c)
+    }
+
+    fn whoami(&self, env: &Env, state: &Path) -> Run {
+        let mut c = env.cmd();
+        c.args([
+            "agent",
+            "whoami",
+            "--json",
+            "--director",
+            &self.url,
+            "--state",
+        ])
+        .arg(state);
+        run(&mut c)
+    }
+}
+
+/// An HTTPS request with no certificate and no token (`curl -k`): status
+/// code and body.
+fn anonymous(url: &str, method: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "-X", method, "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+fn scenario(db: Option<&str>) {
+    let env = Env::new();
+    let dstate = env.path("director");
+    let d = Director::start(&env, &dstate, db, &[]);
+
+    // Its state is private: it holds the CA's key.
+    let mode = std::fs::metadata(&dstate).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let mode = std::fs::metadata(dstate.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Nothing answers without authentication (the CA certificate, public,
+    // aside).
+    for (path, method) in [
+        ("/v1/nodes", "GET"),
+        ("/v1/tokens", "POST"),
+        ("/v1/whoami", "GET"),
+        ("/v1/nodes/x/revoke", "POST"),
+    ] {
+        let (code, body) = anonymous(&format!("{}{path}", d.url), method);
+        assert_eq!(code, "401", "{path}: {body}");
+        assert!(body.contains("\"unauthenticated\""), "{path}: {body}");
+    }
+    let (code, ca) = anonymous(&format!("{}/v1/ca", d.url), "GET");
+    assert_eq!(code, "200");
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    // A wrong API token is refused (exit 13).
+    let wrong = env.path("wrong.token");
+    std::fs::write(&wrong, "0".repeat(64)).unwrap();
+    let mut c = env.cmd();
+    c.args(["ctl", "nodes", "--director", &d.url, "--ca"])
+        .arg(dstate.join("ca.pem"))
+        .arg("--token-file")
+        .arg(&wrong);
+    let r = run(&mut c);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+
+    // Enrolment with a one-time token; the node is known by its certificate.
+    let token = d.token(&env, "agent", "web-1", "1h");
+    assert!(token.contains(&d.fingerprint));
+    let a = env.path("agent-a");
+    let e = d.enrol(&env, &token, &a).ok().json();
+    assert_eq!(
+        (e["name"].as_str(), e["role"].as_str()),
+        (Some("web-1"), Some("agent"))
+    );
+    let key_mode = std::fs::metadata(a.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(key_mode, 0o600);
+    let w = d.whoami(&env, &a).ok().json();
+    assert_eq!(w["name"], "web-1");
+    assert_eq!(w["role"], "agent");
+    assert_eq!(w["serial"], e["serial"]);
+
+    // Tokens and secrets never travel in the clear.
+    let plain = d.url.replace("https://", "http://");
+    let spare = d.token(&env, "agent", "web-2", "1h");
+    let r = d.enrol(&env, &spare, &env.path("agent-plain"));
+    let mut c = env.cmd();
+    c.args([
+        "agent",
+        "enrol",
+        "--director",
+        &plain,
+        "--token",
+        &spare,
+        "--state",
+    ])
+    .arg(env.path("agent-plain"));
+    let r2 = run(&mut c);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r2.code, 1, "{}", r2.stderr);
+    assert!(r2.stderr.contains("https:// only"), "{}", r2.stderr);
+    let mut c = env.cmd();
+    c.args(["ctl", "nodes", "--director", &plain, "--ca"])
+        .arg(dstate.join("ca.pem"))
+        .arg("--token-file")
+        .arg(dstate.join("admin.token"));
+    assert_eq!(run(&mut c).code, 1);
+    // A media agent may not be named like the director (its certificate
+    // would then let it pose as the director).
+    for name in ["localhost", "127.0.0.1", "LocalHost"] {
+        let r = d.ctl(&env, &["token", "--role", "media-agent", "--name", name]);
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+    }
+
+    // The token works once.
+    let again = d.enrol(&env, &token, &env.path("agent-b"));
+    assert_eq!(again.code, 13, "{}", again.stderr);
+    assert!(again.stderr.contains("used"), "{}", again.stderr);
+    // A token that was never issued, and a mangled one.
+    let forged_token = format!("baton-enrol-1.{}.{}", d.fingerprint, "ab".repeat(32));
+    assert_eq!(d.enrol(&env, &forged_token, &env.path("agent-c")).code, 13);
+    assert_ne!(
+        d.enrol(&env, "baton-enrol-1.zz", &env.path("agent-c")).code,
+        0
+    );
+    // An expired token.
+    let short = d.token(&env, "agent", "late", "1s");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(d.enrol(&env, &short, &env.path("agent-late")).code, 13);
+
+    // A certificate from another CA, for the same name: refused at the
+    // handshake.
+    let forged = env.path("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let other = baton_director::pki::Ca::create("impostor", baton_director::server::now()).unwrap();
+    let (key, csr) = baton_director::pki::node_key_and_csr("web-1").unwrap();
+    let cert = other
+        .issue_node(
+            &csr,
+            baton_wire::Role::Agent,
+            "web-1",
+            baton_director::server::now(),
+            3600,
+        )
+        .unwrap();
+    std::fs::write(forged.join("key.pem"), key).unwrap();
+    std::fs::write(forged.join("cert.pem"), cert.cert_pem).unwrap();
+    std::fs::copy(a.join("ca.pem"), forged.join("ca.pem")).unwrap();
+    let r = d.whoami(&env, &forged);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    // A node's certificate without its key is of no use.
+    std::fs::copy(a.join("cert.pem"), forged.join("cert.pem")).unwrap();
+    let r = d.whoami(&env, &forged);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("does not go with"), "{}", r.stderr);
+
+    // A token made by another director is not sent to this one.
+    let d2 = Director::start(&env, &env.path("director-2"), None, &[]);
+    let foreign = d2.token(&env, "agent", "web-9", "1h");
+    let r = d.enrol(&env, &foreign, &env.path("agent-9"));
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("not the director"), "{}", r.stderr);
+    drop(d2);
+
+    // Revoked: refused at the handshake from then on.
+    let n = d.ctl(&env, &["revoke", "--json", "web-1"]).ok().json();
+    assert!(n["nodes"][0]["revoked"].is_i64(), "{n}");
+    let r = d.whoami(&env, &a);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+    // By the revocation list, at the handshake (not only by the database).
+    assert!(r.stderr.contains("CertificateRevoked"), "{}", r.stderr);
+    // Enrolled again, the node has a new certificate; the old one stays
+    // revoked.
+    let b = env.path("agent-a2");
+    d.enrol(&env, &d.token(&env, "agent", "web-1", "1h"), &b)
+        .ok();
+    assert_eq!(d.whoami(&env, &b).ok().json()["name"], "web-1");
+    assert_eq!(d.whoami(&env, &a).code, 13);
+    let nodes = d.ctl(&env, &["nodes", "--json"]).ok().json();
+    let list: Vec<_> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["name"] == "web-1")
+        .collect();
+    assert_eq!(list.len(), 2, "{nodes}");
+    assert!(
+        list[0]["revoked"].is_i64() && list[1]["revoked"].is_null(),
+        "{nodes}"
+    );
+
+    // Restarted on the same state: the same CA, the same nodes, the same
+    // revocations.
+    let url = d.url.clone();
+    drop(d);
+    let d = Director::start(&env, &dstate, db, &[]);
+    assert_ne!(d.url, url, "a new port (port 0)");
+    let fp_again = d.fingerprint.clone();
+    assert_eq!(d.whoami(&env, &b).ok().json()["name"], "web-1");
+    assert_eq!(d.whoami(&env, &a).code, 13);
+    assert!(token.contains(&fp_again));
+
+    // Expired certificates are refused at the handshake.
+    let short_state = env.path("director-short");
+    let ds = Director::start(&env, &short_state, None, &["--cert-validity", "2s"]);
+    let s = env.path("agent-s");
+    ds.enrol(&env, &ds.token(&env, "media-agent", "ma-1", "1h"), &s)
+        .ok();
+    assert_eq!(ds.whoami(&env, &s).ok().json()["role"], "media-agent");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let r = ds.whoami(&env, &s);
+    assert_eq!(r.code, 13, "{}", r.stderr);
+}
+
+#[test]
+fn nodes_enrol_once_and_forged_expired_or_revoked_certificates_are_refused() {
+    scenario(None);
+}
+
+/// A PostgreSQL server of its own on loopback (trust authentication, a
+/// random port), stopped when dropped.
+struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D"])
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+impl Postgres {
+    fn start() -> Option<Postgres> {
+        let bin = pg_bin()?;
+        if !is_root() {
+            return None;
+        }
+        let dir = PathBuf::from(format!("/tmp/baton-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let sh = |cmd: String| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--", "bash", "-c", &cmd])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "`{cmd}`: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        Command::new("chown")
+            .args(["postgres:", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let pg = Postgres { dir, bin, port };
+        let (b, d) = (pg.bin.display(), pg.dir.display());
+        sh(format!(
+            "{b}/initdb -D {d}/data -U postgres --auth=trust --no-sync -E UTF8 --locale=C >/dev/null"
+        ));
+        sh(format!(
+            "{b}/pg_ctl -D {d}/data -l {d}/log -w -t 60 -o '-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off' start >/dev/null"
+        ));
+        sh(format!(
+            "{b}/createdb -h 127.0.0.1 -p {port} -U postgres director"
+        ));
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/director", self.port)
+    }
+
+    /// A new database; its URL.
+    fn create_db(&self, name: &str) -> String {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+#[test]
+fn the_same_on_postgresql() {
+    let Some(pg) = Postgres::start() else {
+        assert!(
+            std::env::var("BATON_TEST_REQUIRE_PG").is_err(),
+            "PostgreSQL is required (BATON_TEST_REQUIRE_PG) but not here"
+        );
+        eprintln!("skipped: no PostgreSQL (or not root)");
+        return;
+    };
+    scenario(Some(&pg.url()));
+
+    // Two directors on one database: one CA, one registry; a revocation on
+    // one is refused by the other at once (its database check), and at the
+    // handshake within seconds (its revocation list).
+    let env = Env::new();
+    let url = pg.create_db("shared");
+    let one = Director::start(&env, &env.path("one"), Some(&url), &[]);
+    let two = Director::start(&env, &env.path("two"), Some(&url), &[]);
+    assert_eq!(one.fingerprint, two.fingerprint);
+    // The API token is where the database's first director wrote it.
+    assert!(!env.path("two").join("admin.token").exists());
+    std::fs::copy(
+        env.path("one").join("admin.token"),
+        env.path("two").join("admin.token"),
+    )
+    .unwrap();
+    let n = env.path("node");
+    one.enrol(&env, &one.token(&env, "agent", "shared-1", "1h"), &n)
+        .ok();
+    assert_eq!(two.whoami(&env, &n).ok().json()["name"], "shared-1");
+    two.ctl(&env, &["revoke", "shared-1"]).ok();
+    assert_eq!(one.whoami(&env, &n).code, 13);
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let r = one.whoami(&env, &n);
+    assert!(r.stderr.contains("CertificateRevoked"), "{}", r.stderr);
+}
+
+/// `curl` against the director with these extra arguments (CA pinned):
+/// status code and body.
+fn curl(d: &Director, path: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(d.state.join("ca.pem"))
+        .args(args)
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .arg(format!("{}{path}", d.url))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+/// The API answers as `docs/api/director.openapi.json` says: the document
+/// lists exactly the routes the server has; each, called without
+/// credentials, answers with a status it documents (an error body being an
+/// `ApiError`); called properly, each answers a body its schema accepts.
+#[test]
+fn the_api_answers_as_its_openapi_document_says() {
+    let env = Env::new();
+    let d = Director::start(&env, &env.path("director"), None, &[]);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/director.openapi.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let base = "https://baton.invalid/api/director.openapi.json";
+    let mut compiler = boon::Compiler::new();
+    compiler.set_default_draft(boon::Draft::V2020_12);
+    compiler.add_resource(base, doc.clone()).unwrap();
+    let mut schemas = boon::Schemas::new();
+    let mut check = |name: &str, body: &str| {
+        let idx = compiler
+            .compile(&format!("{base}#/components/schemas/{name}"), &mut schemas)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {body}"));
+        if let Err(e) = schemas.validate(&v, idx) {
+            panic!("{name}: {e:#}\n{v}");
+        }
+    };
+
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.insert((path.clone(), method.clone()));
+        }
+    }
+    let served: std::collections::BTreeSet<(String, String)> = [
+        ("/v1/ca", "get"),
+        ("/v1/enrol", "post"),
+        ("/v1/whoami", "get"),
+        ("/v1/tokens", "post"),
+        ("/v1/nodes", "get"),
+        ("/v1/nodes/{name}/revoke", "post"),
+        ("/metrics", "get"),
+    ]
+    .into_iter()
+    .map(|(p, m)| (p.to_string(), m.to_string()))
+    .collect();
+    assert_eq!(documented, served);
+
+    for (path, method) in &documented {
+        let (code, body) = anonymous(
+            &format!("{}{}", d.url, path.replace("{name}", "x")),
+            &method.to_uppercase(),
+        );
+        let responses = &doc["paths"][path][method]["responses"];
+        assert!(
+            responses.get(&code).is_some(),
+            "{method} {path}: {code} is not documented: {body}"
+        );
+        if code != "200" {
+            check("ApiError", &body);
+        }
+    }
+    for (path, method) in [("/v1/nope", "GET"), ("/", "GET"), ("/v1/ca/x", "POST")] {
+        let (code, body) = anonymous(&format!("{}{path}", d.url), method);
+        assert_eq!(code, "404", "{path}");
+        check("ApiError", &body);
+    }
+
+    let token = std::fs::read_to_string(d.state.join("admin.token")).unwrap();
+    let bearer = format!("authorization: Bearer {token}");
+    let json = "content-type: application/json";
+    let (code, body) = curl(
+        &d,
+        "/v1/tokens",
+        &[
+            "-H",
+            &bearer,
+            "-H",
+            json,
+            "-d",
+            r#"{"role":"agent","name":"n1"}"#,
+        ],
+    );
+    assert_eq!(code, "200", "{body}");
+    check("TokenResponse", &body);
+    let enrol_token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = curl(
+        &d,
+        "/v1/tokens",
+        &[
+            "-H",
+            &bearer,
+            "-H",
+            json,
+            "-d",
+            r#"{"role":"agent","name":"../n"}"#,
+        ],
+    );
+    assert_eq!(code, "400", "{body}");
+    check("ApiError", &body);
+
+    let (key, csr) = baton_director::pki::node_key_and_csr("n1").unwrap();
+    let req = serde_json::json!({ "token": enrol_token, "csr_pem": csr }).to_string();
+    let (code, body) = curl(&d, "/v1/enrol", &["-H", json, "-d", &req]);
+    assert_eq!(code, "200", "{body}");
+    check("EnrolResponse", &body);
+    let cert = serde_json::from_str::<serde_json::Value>(&body).unwrap()["cert_pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let node = env.path("node");
+    std::fs::create_dir_all(&node).unwrap();
+    std::fs::write(node.join("key.pem"), key).unwrap();
+    std::fs::write(node.join("cert.pem"), cert).unwrap();
+    let (certf, keyf) = (node.join("cert.pem"), node.join("key.pem"));
+    let mtls = [
+        "--cert",
+        certf.to_str().unwrap(),
+        "--key",
+        keyf.to_str().unwrap(),
+    ];
+    let (code, body) = curl(&d, "/v1/whoami", &mtls);
+    assert_eq!(code, "200", "{body}");
+    check("Whoami", &body);
+    // A node certificate is no API token.
+    let (code, body) = curl(&d, "/v1/nodes", &mtls);
+    assert_eq!(code, "401", "{body}");
+    let (code, body) = curl(&d, "/v1/nodes", &["-H", &bearer]);
+    assert_eq!(code, "200", "{body}");
+    check("NodeList", &body);
+    let (code, body) = curl(&d, "/v1/nodes/n1/revoke", &["-H", &bearer, "-X", "POST"]);
+    assert_eq!(code, "200", "{body}");
+    check("NodeList", &body);
+    let (code, body) = curl(&d, "/v1/nodes/n1/revoke", &["-H", &bearer, "-X", "POST"]);
+    assert_eq!(code, "404", "{body}");
+    check("ApiError", &body);
+    // Another wire version is refused.
+    let (code, body) = curl(
+        &d,
+        "/v1/nodes",
+        &["-H", &bearer, "-H", "baton-wire-version: 2"],
+    );
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("\"version\""), "{body}");
+
+    let (code, text) = curl(&d, "/metrics", &["-H", &bearer]);
+    assert_eq!(code, "200", "{text}");
+    for line in [
+        "baton_director_certificates{role=\"agent\",state=\"revoked\"} 1",
+        "baton_director_certificates{role=\"agent\",state=\"valid\"} 0",
+        "baton_director_enrolments_total 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    let refused: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_director_requests_refused_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused >= 5, "{text}");
+}
+
+/// The example settings file names only settings `baton director` reads,
+/// and the unit file starts it with them.
+#[test]
+fn the_example_settings_are_the_directors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let env_file = std::fs::read_to_string(root.join("contrib/director.env")).unwrap();
+    let unit =
+        std::fs::read_to_string(root.join("contrib/systemd/baton-director.service")).unwrap();
+    let help = Env::new().run(&["director", "--help"]).ok().stdout;
+    // Help text wraps anywhere.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut n = 0;
+    for line in env_file.lines().map(|l| l.trim_start_matches('#')) {
+        if let Some((name, _)) = line.split_once('=')
+            && name.starts_with("BATON_")
+        {
+            assert!(
+                help.contains(&format!("env: {name}=")),
+                "{name} is not a setting of baton director:\n{help}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 4);
+    assert!(unit.contains("EnvironmentFile=/etc/baton/director.env"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/baton director"));
+    assert!(help.contains("env: BATON_DIRECTOR_STATE="));
+}

@@ -1,0 +1,794 @@
+//! The director's HTTPS API. Every connection is TLS; a node presents the
+//! certificate the director issued it (mutual TLS, checked against the CA
+//! and its revocation list at the handshake, then looked up by
+//! fingerprint); a person or `baton ctl` presents an API token. The only
+//! answers given without either are the CA certificate (public) and
+//! enrolment, which a one-time token authenticates.
+
+use crate::pki::{self, Ca};
+use crate::store::{Store, StoreError};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_wire::{
+    ApiError, EnrolRequest, EnrolResponse, ErrorCode, NodeList, TokenRequest, TokenResponse, Whoami,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tower::ServiceExt;
+
+/// How a director runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where its SQLite database (by default) and its admin token live.
+    pub state_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; default: `state_dir/director.db`.
+    pub database: Option<String>,
+    pub listen: SocketAddr,
+    /// Host names and addresses its certificate names (besides `localhost`
+    /// and the loopback addresses).
+    pub hostnames: Vec<String>,
+    /// How long node certificates are valid, in seconds.
+    pub cert_validity_s: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).expect("the system's random source");
+    hex::encode(b)
+}
+
+/// How secrets (enrolment and API tokens) are stored: their BLAKE3 hash
+/// (they are 256 random bits, so no slow hash is needed).
+pub fn secret_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+/// Connections served at once (more wait to be accepted).
+const MAX_CONNECTIONS: usize = 2048;
+/// The longest a connection lives: a node reconnects (and its certificate
+/// is checked again) at least this often.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The prefix of enrolment tokens (their format's version).
+pub const TOKEN_PREFIX: &str = "baton-enrol-1";
+
+/// Splits an enrolment token into the CA fingerprint and the secret.
+pub fn parse_token(token: &str) -> Option<(&str, &str)> {
+    let mut parts = token.trim().split('.');
+    let (Some(TOKEN_PREFIX), Some(fp), Some(secret), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    (fp.len() == 64 && secret.len() == 64).then_some((fp, secret))
+}
+
+struct Inner {
+    store: Store,
+    ca: Ca,
+    ca_fingerprint: String,
+    cfg: Config,
+    /// Rebuilt when a certificate is revoked: new connections check the
+    /// new revocation list.
+    tls: RwLock<Arc<rustls::ServerConfig>>,
+    /// Held while a new TLS configuration is built and swapped in; the
+    /// number of revoked certificates it was built with.
+    reloading: tokio::sync::Mutex<usize>,
+    server_cert: (String, String),
+    counters: Counters,
+}
+
+/// What `/metrics` counts since the start.
+#[derive(Default)]
+struct Counters {
+    handshakes_failed: AtomicU64,
+    enrolments: AtomicU64,
+    enrolments_refused: AtomicU64,
+    requests_refused: AtomicU64,
+}
+
+/// A director, its state opened and its port bound.
+pub struct Director {
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+    /// A new admin API token, when this start made the first one.
+    pub new_admin_token: Option<String>,
+}
+
+impl Director {
+    pub async fn start(cfg: Config) -> Result<Director, DirectorError> {
+        // The state holds the CA's key: private to this user.
+        let io = |what: &std::path::Path, e| DirectorError::Io(what.display().to_string(), e);
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&cfg.state_dir)
+                .map_err(|e| io(&cfg.state_dir, e))?;
+            std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io(&cfg.state_dir, e))?;
+        }
+        let url = match &cfg.database {
+            Some(u) => u.clone(),
+            None => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let db = cfg.state_dir.join("director.db");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&db)
+                    .map_err(|e| io(&db, e))?;
+                format!("sqlite://{}?mode=rwc", db.display())
+            }
+        };
+        let store = Store::open(&url).await?;
+        let now = now();
+        // The CA: made once; two directors sharing a database agree on the
+        // first one stored.
+        // Certificate and key in one row: whoever stores first wins whole.
+        let stored = match store.meta("ca").await? {
+            Some(v) => v,
+            None => {
+                let ca = Ca::create(&hostname(), now)?;
+                let v = serde_json::json!({ "cert": ca.cert_pem, "key": ca.key_pem() });
+                store.meta_set_once("ca", &v.to_string()).await?
+            }
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&stored).map_err(|_| StoreError::Corrupt("CA".into()))?;
+        let (Some(c), Some(k)) = (v["cert"].as_str(), v["key"].as_str()) else {
+            return Err(StoreError::Corrupt("CA".into()).into());
+        };
+        let ca = Ca::load(c, k)?;
+        let new_admin_token = if store.api_token_count().await? == 0 {
+            let token = random_hex(32);
+            // On disk before it counts: a token whose file could not be
+            // written would leave no way in.
+            let file = cfg.state_dir.join("admin.token");
+            crate::client::write_private(&file, token.as_bytes())
+                .map_err(|e| DirectorError::Tls(e.to_string()))?;
+            store
+                .add_api_token(&secret_hash(&token), "admin", now)
+                .await?;
+            Some(token)
+        } else {
+            None
+        };
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+        hosts.extend(cfg.hostnames.iter().cloned());
+        if !cfg.listen.ip().is_unspecified() {
+            hosts.push(cfg.listen.ip().to_string());
+        }
+        hosts.sort();
+        hosts.dedup();
+        let server_cert = ca.issue_server(&hosts, now)?;
+        let tls = tls_config(&ca, &store, &server_cert).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| DirectorError::Io(format!("listening on {}", cfg.listen), e))?;
+        let ca_fingerprint = ca.fingerprint()?;
+        Ok(Director {
+            inner: Arc::new(Inner {
+                store,
+                ca,
+                ca_fingerprint,
+                cfg,
+                tls: RwLock::new(tls),
+                reloading: tokio::sync::Mutex::new(usize::MAX),
+                server_cert,
+                counters: Counters::default(),
+            }),
+            listener,
+            new_admin_token,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.ca.cert_pem
+    }
+
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.inner.ca_fingerprint
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let router = router(self.inner.clone());
+        // Revocations made by another director sharing the database reach
+        // this one's handshakes within seconds.
+        let watch = {
+            let inner = self.inner.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    let _ = reload_tls(&inner, false).await;
+                }
+            }
+        };
+        // Connections are bounded: past the limit, new ones wait.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let accept = async {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (tcp, _) = match self.listener.accept().await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let cfg = self.inner.tls.read().expect("tls config").clone();
+                let router = router.clone();
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    let Ok(Ok(tls)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    else {
+                        inner
+                            .counters
+                            .handshakes_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    let peer = Peer(
+                        tls.get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| pki::fingerprint(c)),
+                    );
+                    let svc = hyper::service::service_fn(
+                        move |mut req: hyper::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(peer.clone());
+                            router.clone().oneshot(req)
+                        },
+                    );
+                    // Slow or idle clients do not hold a connection for ever.
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                });
+            }
+        };
+        tokio::select! {
+            () = accept => {}
+            () = watch => {}
+            () = shutdown => {}
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "director".into())
+}
+
+async fn tls_config(
+    ca: &Ca,
+    store: &Store,
+    server_cert: &(String, String),
+) -> Result<Arc<rustls::ServerConfig>, DirectorError> {
+    let tls = |e: String| DirectorError::Tls(e);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca.cert_der()?))
+        .map_err(|e| tls(e.to_string()))?;
+    let revoked = store.revoked().await?;
+    let number = revoked.len() as u64 + 1;
+    let crl = ca.crl(&revoked, number, now())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(vec![CertificateRevocationListDer::from(crl)])
+        // Enrolment and API-token requests come without a certificate;
+        // every handler says which it needs.
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| tls(e.to_string()))?;
+    let chain = vec![
+        CertificateDer::from_pem_slice(server_cert.0.as_bytes()).map_err(|e| tls(e.to_string()))?,
+        CertificateDer::from(ca.cert_der()?),
+    ];
+    let key =
+        PrivateKeyDer::from_pem_slice(server_cert.1.as_bytes()).map_err(|e| tls(e.to_string()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls(e.to_string()))?;
+    // Every connection is a full handshake: a resumed session would carry
+    // a certificate past its expiry or revocation unchecked.
+    let mut cfg = cfg;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
+/// The fingerprint of the certificate the connection presented, if any
+/// (already checked against the CA and its revocation list).
+#[derive(Clone)]
+struct Peer(Option<String>);
+
+/// An error answer.
+struct Fail(ErrorCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        let status = match self.0 {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Invalid | ErrorCode::Version => StatusCode::BAD_REQUEST,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ApiError {
+                code: self.0,
+                message: self.1,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        match e {
+            StoreError::Db(_) => {
+                // The details (host names, the server's words) go to the
+                // log, not to whoever asked.
+                eprintln!("director: {e}");
+                Fail(
+                    ErrorCode::Unavailable,
+                    "the director's database is unavailable; try again later".into(),
+                )
+            }
+            StoreError::Conflict(m) => Fail(ErrorCode::Conflict, m),
+            StoreError::Corrupt(_) | StoreError::Refused(_) => {
+                eprintln!("director: {e}");
+                Fail(
+                    ErrorCode::Internal,
+                    "the director failed; see its log".into(),
+                )
+            }
+        }
+    }
+}
+
+impl From<DirectorError> for Fail {
+    fn from(e: DirectorError) -> Fail {
+        match e {
+            DirectorError::Store(s) => s.into(),
+            e => Fail(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+type Answer<T> = Result<Json<T>, Fail>;
+
+fn router(inner: Arc<Inner>) -> Router {
+    // Who may call what is checked before anything of the request is read.
+    let admin = Router::new()
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}/revoke", post(revoke))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            require_api_token,
+        ));
+    let nodes = Router::new().route("/v1/whoami", get(whoami)).route_layer(
+        axum::middleware::from_fn_with_state(inner.clone(), require_node),
+    );
+    Router::new()
+        .route("/v1/ca", get(ca))
+        .route("/v1/enrol", post(enrol))
+        .merge(admin)
+        .merge(nodes)
+        .fallback(|| async { Fail(ErrorCode::NotFound, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            Fail(
+                ErrorCode::NotFound,
+                "no such endpoint (not with this method)".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn(check_version))
+        .with_state(inner)
+}
+
+/// Whether `name` is one the director's certificate carries, or looks
+/// like an address.
+fn names_the_director(inner: &Inner, name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "localhost"
+        || n.parse::<std::net::IpAddr>().is_ok()
+        || n.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || inner
+            .cfg
+            .hostnames
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&n))
+        || n == hostname().to_ascii_lowercase()
+}
+
+/// Lets through only requests with a known API token.
+async fn require_api_token(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match api_user(&inner, req.headers()).await {
+        Ok(_) => next.run(req).await,
+        Err(f) => {
+            inner
+                .counters
+                .requests_refused
+                .fetch_add(1, Ordering::Relaxed);
+            f.into_response()
+        }
+    }
+}
+
+/// Lets through only requests on a connection with the certificate of an
+/// enrolled node that is not revoked; the handler finds the node in the
+/// request's extensions.
+async fn require_node(
+    State(inner): State<Arc<Inner>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or(Peer(None));
+    match node_of(&inner, &peer).await {
+        Ok(node) => {
+            req.extensions_mut().insert(node);
+            next.run(req).await
+        }
+        Err(f) => {
+            inner
+                .counters
+                .requests_refused
+                .fetch_add(1, Ordering::Relaxed);
+            f.into_response()
+        }
+    }
+}
+
+/// Refuses a request that says it speaks another wire version.
+async fn check_version(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(v) = req.headers().get(baton_wire::VERSION_HEADER) {
+        let theirs = v.to_str().ok().and_then(|s| s.parse::<u32>().ok());
+        if theirs != Some(baton_wire::VERSION) {
+            return Fail(
+                ErrorCode::Version,
+                format!(
+                    "this director speaks wire version {}; the request says {:?}",
+                    baton_wire::VERSION,
+                    v
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The API token of a request (`Authorization: Bearer ...`), checked.
+async fn api_user(inner: &Inner, headers: &HeaderMap) -> Result<String, Fail> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Fail(
+                ErrorCode::Unauthenticated,
+                "an API token is needed (Authorization: Bearer TOKEN)".into(),
+            )
+        })?;
+    inner
+        .store
+        .api_token(&secret_hash(token.trim()))
+        .await?
+        .ok_or_else(|| Fail(ErrorCode::Unauthenticated, "unknown API token".into()))
+}
+
+/// The enrolled node a connection's certificate belongs to.
+async fn node_of(inner: &Inner, peer: &Peer) -> Result<crate::store::Node, Fail> {
+    let fp = peer.0.as_deref().ok_or_else(|| {
+        Fail(
+            ErrorCode::Unauthenticated,
+            "a node certificate is needed (enrol first)".into(),
+        )
+    })?;
+    let node = inner
+        .store
+        .node_by_fingerprint(fp)
+        .await?
+        .ok_or_else(|| Fail(ErrorCode::Unauthenticated, "unknown certificate".into()))?;
+    if node.info.revoked.is_some() {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            "this certificate is revoked".into(),
+        ));
+    }
+    if node.info.not_after <= now() {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            "this certificate has expired".into(),
+        ));
+    }
+    Ok(node)
+}
+
+async fn ca(State(inner): State<Arc<Inner>>) -> String {
+    inner.ca.cert_pem.clone()
+}
+
+async fn enrol(
+    State(inner): State<Arc<Inner>>,
+    req: Result<Json<EnrolRequest>, axum::extract::rejection::JsonRejection>,
+) -> Answer<EnrolResponse> {
+    let req = body(req)?;
+    let (fp, secret) = parse_token(&req.token).ok_or_else(|| {
+        Fail(
+            ErrorCode::Unauthenticated,
+            "malformed enrolment token".into(),
+        )
+    })?;
+    if fp != inner.ca_fingerprint {
+        return Err(Fail(
+            ErrorCode::Unauthenticated,
+            "this token was made by another director".into(),
+        ));
+    }
+    // A request that cannot succeed does not use up the token.
+    pki::check_csr(&req.csr_pem).map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
+    let now = now();
+    let Some((role, name)) = inner
+        .store
+        .use_enrol_token(&secret_hash(secret), now)
+        .await?
+    else {
+        inner
+            .counters
+            .enrolments_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(Fail(
+            ErrorCode::Unauthenticated,
+            "unknown, used or expired enrolment token".into(),
+        ));
+    };
+    let issued = inner
+        .ca
+        .issue_node(&req.csr_pem, role, &name, now, inner.cfg.cert_validity_s)
+        .map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
+    let info = baton_wire::NodeInfo {
+        name: name.clone(),
+        role,
+        serial: issued.serial.clone(),
+        enrolled: now,
+        not_after: issued.not_after,
+        revoked: None,
+    };
+    inner.store.add_node(&info, &issued.fingerprint).await?;
+    inner.counters.enrolments.fetch_add(1, Ordering::Relaxed);
+    // An earlier certificate of this name is revoked now.
+    reload_tls(&inner, true).await?;
+    Ok(Json(EnrolResponse {
+        name,
+        role,
+        cert_pem: issued.cert_pem,
+        ca_pem: inner.ca.cert_pem.clone(),
+        serial: issued.serial,
+        not_after: issued.not_after,
+    }))
+}
+
+/// Builds a TLS configuration with the current revocation list and swaps
+/// it in (one at a time, so an older list never replaces a newer one);
+/// unless `force`, only if the number of revoked certificates changed.
+async fn reload_tls(inner: &Inner, force: bool) -> Result<(), Fail> {
+    let mut built_with = inner.reloading.lock().await;
+    let revoked = inner.store.revoked().await?.len();
+    if !force && revoked == *built_with {
+        return Ok(());
+    }
+    let cfg = tls_config(&inner.ca, &inner.store, &inner.server_cert).await?;
+    *inner.tls.write().expect("tls config") = cfg;
+    *built_with = revoked;
+    Ok(())
+}
+
+/// A JSON body, or an error answer in the documented shape.
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Fail> {
+    b.map(|Json(v)| v).map_err(|e| {
+        Fail(
+            ErrorCode::Invalid,
+            format!("request body: {}", e.body_text()),
+        )
+    })
+}
+
+async fn whoami(Extension(node): Extension<crate::store::Node>) -> Answer<Whoami> {
+    Ok(Json(Whoami {
+        name: node.info.name,
+        role: node.info.role,
+        serial: node.info.serial,
+    }))
+}
+
+async fn create_token(
+    State(inner): State<Arc<Inner>>,
+    req: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Answer<TokenResponse> {
+    let req = body(req)?;
+    if !baton_wire::valid_node_name(&req.name) {
+        return Err(Fail(
+            ErrorCode::Invalid,
+            format!(
+                "{:?} is not a valid node name (1 to 64 of A-Z a-z 0-9 . - _)",
+                req.name
+            ),
+        ));
+    }
+    if req.role == baton_wire::Role::MediaAgent && names_the_director(&inner, &req.name) {
+        // A media agent's certificate names it as a server: it must not
+        // name the director (or an address), or that machine could pose
+        // as the director to nodes and people.
+        return Err(Fail(
+            ErrorCode::Invalid,
+            format!(
+                "{:?} is a name of the director, or an address: a media agent needs its own host name",
+                req.name
+            ),
+        ));
+    }
+    let ttl = req.ttl_s.unwrap_or(3600).clamp(1, 30 * 86400) as i64;
+    let secret = random_hex(32);
+    let expires = now() + ttl;
+    inner
+        .store
+        .add_enrol_token(&secret_hash(&secret), req.role, &req.name, expires)
+        .await?;
+    Ok(Json(TokenResponse {
+        token: format!("{TOKEN_PREFIX}.{}.{secret}", inner.ca_fingerprint),
+        role: req.role,
+        name: req.name,
+        expires,
+    }))
+}
+
+async fn nodes(State(inner): State<Arc<Inner>>) -> Answer<NodeList> {
+    let nodes = inner.store.nodes().await?;
+    Ok(Json(NodeList {
+        nodes: nodes.into_iter().map(|n| n.info).collect(),
+    }))
+}
+
+async fn revoke(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Answer<NodeList> {
+    if inner.store.revoke(&name, now()).await? == 0 {
+        return Err(Fail(
+            ErrorCode::NotFound,
+            format!("no node {name:?} with a valid certificate"),
+        ));
+    }
+    reload_tls(&inner, true).await?;
+    let nodes = inner.store.nodes().await?;
+    Ok(Json(NodeList {
+        nodes: nodes
+            .into_iter()
+            .filter(|n| n.info.name == name)
+            .map(|n| n.info)
+            .collect(),
+    }))
+}
+
+/// Prometheus text format: the nodes by role and state, and what was
+/// refused since the start.
+async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
+    use std::fmt::Write;
+    let nodes = inner.store.nodes().await?;
+    let now = now();
+    let mut by: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for n in &nodes {
+        let state = match n.info.revoked {
+            Some(_) => "revoked",
+            None if n.info.not_after < now => "expired",
+            None => "valid",
+        };
+        *by.entry((n.info.role.as_str(), state)).or_default() += 1;
+    }
+    let mut out = String::new();
+    out.push_str(
+        "# HELP baton_director_certificates Node certificates issued, by role and state.\n",
+    );
+    out.push_str("# TYPE baton_director_certificates gauge\n");
+    for role in ["agent", "media-agent"] {
+        for state in ["valid", "expired", "revoked"] {
+            let n = by.get(&(role, state)).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "baton_director_certificates{{role=\"{role}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    let c = &inner.counters;
+    for (name, help, v) in [
+        (
+            "baton_director_enrolments_total",
+            "Nodes enrolled.",
+            &c.enrolments,
+        ),
+        (
+            "baton_director_enrolments_refused_total",
+            "Enrolments refused (unknown, used or expired token).",
+            &c.enrolments_refused,
+        ),
+        (
+            "baton_director_requests_refused_total",
+            "Requests refused for want of a valid API token or node certificate.",
+            &c.requests_refused,
+        ),
+        (
+            "baton_director_tls_handshakes_failed_total",
+            "TLS handshakes that failed (forged, expired or revoked certificates among them).",
+            &c.handshakes_failed,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    Ok(out)
+}

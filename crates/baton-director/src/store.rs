@@ -1,0 +1,327 @@
+//! The director's state: SQLite by default (a file in its state directory),
+//! PostgreSQL with `--database postgres://...`. One set of SQL statements
+//! serves both (sqlx's `Any` driver; `$N` parameters, `TEXT` and `BIGINT`
+//! columns only, `ON CONFLICT DO NOTHING`), so the same tests run on both.
+
+use baton_wire::{NodeInfo, Role};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed: try again later.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database holds an invalid {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Refused(String),
+    /// Another enrolment of the same name won the race.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS enrol_tokens (hash TEXT PRIMARY KEY, role TEXT NOT NULL, \
+     name TEXT NOT NULL, expires BIGINT NOT NULL, used BIGINT)",
+    "CREATE TABLE IF NOT EXISTS nodes (serial TEXT PRIMARY KEY, name TEXT NOT NULL, \
+     role TEXT NOT NULL, fingerprint TEXT NOT NULL UNIQUE, enrolled BIGINT NOT NULL, \
+     not_after BIGINT NOT NULL, revoked BIGINT)",
+    "CREATE TABLE IF NOT EXISTS api_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, \
+     created BIGINT NOT NULL)",
+    // One current certificate per node, even with two enrolments racing.
+    "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
+];
+
+/// Whether `url` may be used as it is: SQLite, PostgreSQL over a Unix socket
+/// or loopback, or PostgreSQL with `sslmode=verify-full` (the database holds
+/// the CA's key: whoever reads it can issue certificates).
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return Err(format!(
+            "{url:?}: the database is sqlite://PATH or postgres://USER@HOST/DB"
+        ));
+    };
+    if url.contains("sslmode=verify-full") {
+        return Ok(());
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split(']').next())
+        .unwrap_or_else(|| host.split(':').next().unwrap_or(""));
+    let local = host.is_empty()
+        || host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || url.contains("host=/");
+    if local {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host}: PostgreSQL across a network needs `?sslmode=verify-full` (with `sslrootcert=` for a private CA): the database holds the director's CA key"
+        ))
+    }
+}
+
+/// A node as the director knows it, with its certificate's fingerprint.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub info: NodeInfo,
+    pub fingerprint: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+type NodeRow = (String, String, String, String, i64, i64, Option<i64>);
+
+fn node_of(r: NodeRow) -> Result<Node> {
+    let (serial, name, role, fingerprint, enrolled, not_after, revoked) = r;
+    let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+    Ok(Node {
+        info: NodeInfo {
+            name,
+            role,
+            serial,
+            enrolled,
+            not_after,
+            revoked,
+        },
+        fingerprint,
+    })
+}
+
+impl Store {
+    /// Connects (creating an SQLite file if needed) and makes the tables.
+    pub async fn open(url: &str) -> Result<Store> {
+        check_url(url).map_err(StoreError::Refused)?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite:") { 1 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        for stmt in SCHEMA {
+            // Constant statements of this file.
+            sqlx::query(sqlx::AssertSqlSafe(*stmt))
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_as::<_, (String,)>("SELECT value FROM meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.0),
+        )
+    }
+
+    /// Sets `key` unless it is set; returns the value it holds after.
+    pub async fn meta_set_once(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        self.meta(key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("meta {key} vanished")))
+    }
+
+    pub async fn add_enrol_token(
+        &self,
+        hash: &str,
+        role: Role,
+        name: &str,
+        expires: i64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO enrol_tokens (hash, role, name, expires) VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(role.as_str())
+            .bind(name)
+            .bind(expires)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Uses the enrolment token with this hash, once: its role and name if
+    /// it exists, is unused and has not expired (it is then used).
+    pub async fn use_enrol_token(&self, hash: &str, now: i64) -> Result<Option<(Role, String)>> {
+        let done = sqlx::query(
+            "UPDATE enrol_tokens SET used = $1 WHERE hash = $2 AND used IS NULL AND expires > $1",
+        )
+        .bind(now)
+        .bind(hash)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query_as::<_, (String, String)>(
+            "SELECT role, name FROM enrol_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_one(&self.pool)
+        .await?;
+        let role =
+            Role::parse(&row.0).ok_or_else(|| StoreError::Corrupt(format!("role {:?}", row.0)))?;
+        Ok(Some((role, row.1)))
+    }
+
+    /// Records a node's new certificate; earlier certificates of the same
+    /// name are revoked (one current certificate per node).
+    pub async fn add_node(&self, info: &NodeInfo, fingerprint: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL")
+            .bind(info.enrolled)
+            .bind(&info.name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO nodes (serial, name, role, fingerprint, enrolled, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&info.serial)
+        .bind(&info.name)
+        .bind(info.role.as_str())
+        .bind(fingerprint)
+        .bind(info.enrolled)
+        .bind(info.not_after)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(format!(
+                "node {:?} is being enrolled by another request",
+                info.name
+            )),
+            e => e.into(),
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn node_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Node>> {
+        let row = sqlx::query_as::<_, NodeRow>(
+            "SELECT serial, name, role, fingerprint, enrolled, not_after, revoked \
+             FROM nodes WHERE fingerprint = $1",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(node_of).transpose()
+    }
+
+    /// Every certificate ever issued, oldest first.
+    pub async fn nodes(&self) -> Result<Vec<Node>> {
+        sqlx::query_as::<_, NodeRow>(
+            "SELECT serial, name, role, fingerprint, enrolled, not_after, revoked \
+             FROM nodes ORDER BY enrolled, serial",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(node_of)
+        .collect()
+    }
+
+    /// Revokes the current certificate of node `name`, and cancels the
+    /// unused enrolment tokens for that name; how many certificates were.
+    pub async fn revoke(&self, name: &str, now: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL")
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE enrol_tokens SET used = $1 WHERE name = $2 AND used IS NULL")
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// (serial, revocation time) of every revoked certificate.
+    pub async fn revoked(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as::<_, (String, i64)>(
+            "SELECT serial, revoked FROM nodes WHERE revoked IS NOT NULL ORDER BY serial",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn add_api_token(&self, hash: &str, name: &str, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO api_tokens (hash, name, created) VALUES ($1, $2, $3)")
+            .bind(hash)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn api_token_count(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM api_tokens")
+                .fetch_one(&self.pool)
+                .await?
+                .0,
+        )
+    }
+
+    /// The name of the API token with this hash, if there is one.
+    pub async fn api_token(&self, hash: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_as::<_, (String,)>("SELECT name FROM api_tokens WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_across_a_network_needs_verified_tls() {
+        for ok in [
+            "sqlite:///var/lib/x.db?mode=rwc",
+            "postgres://u@127.0.0.1:5432/d",
+            "postgres://u@localhost/d",
+            "postgres://u@[::1]:5432/d",
+            "postgres:///d?host=/run/postgresql",
+            "postgres://u@db.example.org/d?sslmode=verify-full",
+        ] {
+            assert!(super::check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "postgres://u@db.example.org/d",
+            "postgres://u:pw@10.0.0.5:5432/d?sslmode=require",
+            "mysql://x",
+        ] {
+            assert!(super::check_url(bad).is_err(), "{bad}");
+        }
+    }
+}

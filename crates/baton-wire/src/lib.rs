@@ -1,0 +1,226 @@
+//! The messages Baton's daemons and tools exchange: the director's HTTP API
+//! (JSON), used by `baton ctl`, agents and media agents.
+//!
+//! Every request carries [`VERSION_HEADER`]; a peer refuses a major version
+//! it does not speak with [`ErrorCode::Version`], so old and new binaries
+//! fail with a message instead of misreading each other. Fields are added
+//! only as `Option` or with a `#[serde(default)]`, which keeps a version's
+//! messages readable by its successors; anything else is a new version.
+//!
+//! This crate holds types only (serde): no I/O, no runtime.
+
+use serde::{Deserialize, Serialize};
+
+/// The wire version this build speaks.
+pub const VERSION: u32 = 1;
+
+/// The HTTP header carrying the sender's wire version.
+pub const VERSION_HEADER: &str = "baton-wire-version";
+
+/// What a node enrolled with the director is; it is written into the node's
+/// certificate, so a certificate issued to an agent cannot act as a media
+/// agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// `baton agent`: runs jobs on a protected machine, holds the keys.
+    Agent,
+    /// `baton media-agent`: stores packs for the agents of its pool.
+    MediaAgent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::MediaAgent => "media-agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "agent" => Some(Role::Agent),
+            "media-agent" => Some(Role::MediaAgent),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /v1/tokens` (API token): a one-time enrolment token for a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub role: Role,
+    /// The node's name: letters, digits, `.`, `-` and `_`, at most 64.
+    pub name: String,
+    /// Seconds until the token expires unused (default one hour).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// The answer to [`TokenRequest`]. `token` is shown once: the director
+/// keeps only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponse {
+    /// `baton-enrol-1.<CA fingerprint>.<secret>`: the fingerprint (SHA-256
+    /// of the CA certificate, hex) lets the node check it talks to this
+    /// director before it sends the secret.
+    pub token: String,
+    pub role: Role,
+    pub name: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// `POST /v1/enrol` (no client certificate; the token authenticates): the
+/// node sends a certificate signing request for a key it made and keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The whole token as [`TokenResponse::token`] gave it.
+    pub token: String,
+    /// PKCS#10, PEM.
+    pub csr_pem: String,
+}
+
+/// The answer to [`EnrolRequest`]: the node's certificate, to be used as
+/// its client (and, for a media agent, server) identity from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolResponse {
+    pub name: String,
+    pub role: Role,
+    /// PEM.
+    pub cert_pem: String,
+    /// The director's CA certificate, PEM: the only root a node trusts.
+    pub ca_pem: String,
+    /// Serial number of the certificate, hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// `GET /v1/whoami` (client certificate): who the director takes the
+/// caller for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Whoami {
+    pub name: String,
+    pub role: Role,
+    pub serial: String,
+}
+
+/// A node in `GET /v1/nodes` (API token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInfo {
+    pub name: String,
+    pub role: Role,
+    /// Serial number of its current certificate, hex.
+    pub serial: String,
+    /// Unix seconds.
+    pub enrolled: i64,
+    pub not_after: i64,
+    /// Unix seconds; set once the certificate is revoked.
+    pub revoked: Option<i64>,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeList {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// What kind of failure an error answer reports, so that a caller can tell
+/// retry-later from alert-a-human from its own mistake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// No or bad credentials (token, certificate): HTTP 401.
+    Unauthenticated,
+    /// Authenticated, but not allowed (wrong role, revoked): HTTP 403.
+    Forbidden,
+    /// HTTP 404.
+    NotFound,
+    /// The request is malformed or names something invalid: HTTP 400.
+    Invalid,
+    /// It conflicts with the current state (a used token, a name taken):
+    /// HTTP 409.
+    Conflict,
+    /// The peer speaks another wire version: HTTP 400.
+    Version,
+    /// Try again later (the database is unreachable): HTTP 503.
+    Unavailable,
+    /// A bug or an unexpected failure on the server: HTTP 500.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed later without anyone acting.
+    pub fn retry_later(self) -> bool {
+        matches!(self, ErrorCode::Unavailable)
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Whether `name` may name a node: 1 to 64 of `[A-Za-z0-9._-]`, not
+/// starting with `.` or `-` (it goes into certificates, file names and
+/// URLs).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_keep_their_field_names() {
+        let r = TokenRequest {
+            role: Role::MediaAgent,
+            name: "ma-1".into(),
+            ttl_s: None,
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"role":"media-agent","name":"ma-1","ttl_s":null}"#);
+        let back: TokenRequest = serde_json::from_str(r#"{"role":"agent","name":"a"}"#).unwrap();
+        assert_eq!(back.role, Role::Agent);
+        assert!(
+            serde_json::from_str::<TokenRequest>(r#"{"role":"agent","name":"a","x":1}"#).is_err()
+        );
+        let e = ApiError {
+            code: ErrorCode::Unavailable,
+            message: "later".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"code":"unavailable","message":"later"}"#
+        );
+        assert!(e.code.retry_later() && !ErrorCode::Forbidden.retry_later());
+    }
+
+    #[test]
+    fn node_names_are_checked() {
+        for ok in ["a", "agent-1", "db.example_2"] {
+            assert!(valid_node_name(ok), "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", "-a", ".a", "a/b", "a b", "é", long.as_str(), "a\n"] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
+    }
+}
