@@ -226,6 +226,71 @@ pub enum CtlCommand {
     Nodes(CtlNodesArgs),
     /// Revoke a node's certificate: its connections are refused from now on
     Revoke(CtlRevokeArgs),
+    /// Add a pool: media agents sharing one repository
+    PoolAdd(CtlPoolAddArgs),
+    /// List the pools
+    Pools(CtlNodesArgs),
+    /// Define a job: what an agent backs up, when, into which pool, what is kept
+    JobAdd(CtlJobAddArgs),
+    /// List the job definitions
+    Jobs(CtlNodesArgs),
+    /// Remove a job definition
+    JobRemove(CtlRevokeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CtlPoolAddArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// The pool's name
+    #[arg(long)]
+    pub name: String,
+    /// The repository its media agents write to (a path they share, or an
+    /// s3: URL)
+    #[arg(long, value_name = "REPO")]
+    pub repository: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlJobAddArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// The job's name
+    #[arg(long)]
+    pub name: String,
+    /// The agent that runs it
+    #[arg(long)]
+    pub agent: String,
+    /// The pool that stores it
+    #[arg(long)]
+    pub pool: String,
+    /// A path to back up, absolute (repeatable)
+    #[arg(long = "path", value_name = "PATH", required = true)]
+    pub paths: Vec<String>,
+    /// When: `every N{m,h,d}` or `daily HH:MM` (UTC)
+    #[arg(long)]
+    pub schedule: String,
+    /// A tag for its snapshots (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Keep the last N snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the last snapshot of each of the last N hours
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the last snapshot of each of the last N days
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the last snapshot of each of the last N weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the last snapshot of each of the last N months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the last snapshot of each of the last N years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -253,7 +318,7 @@ pub struct CtlNodesArgs {
 pub struct CtlRevokeArgs {
     #[command(flatten)]
     pub conn: DirectorConn,
-    /// The node whose certificate is revoked
+    /// The node (or job) by name
     pub name: String,
 }
 
@@ -263,6 +328,8 @@ pub enum AgentCommand {
     Enrol(AgentEnrolArgs),
     /// Ask the director who this machine's certificate says it is
     Whoami(AgentWhoamiArgs),
+    /// The jobs the director defines for this machine, with their repositories
+    Jobs(AgentWhoamiArgs),
 }
 
 #[derive(Args, Debug)]

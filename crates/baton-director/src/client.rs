@@ -3,8 +3,8 @@
 //! and either an API token or the node's own certificate.
 
 use baton_wire::{
-    ApiError, EnrolRequest, EnrolResponse, ErrorCode, NodeList, Role, TokenRequest, TokenResponse,
-    Whoami,
+    AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, JobList, JobSpec, NodeList, Pool,
+    PoolList, Role, TokenRequest, TokenResponse, Whoami,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -242,6 +242,41 @@ impl Client {
 
     pub fn whoami(&self) -> Result<Whoami> {
         self.get("/v1/whoami")
+    }
+
+    pub fn add_pool(&self, pool: &Pool) -> Result<PoolList> {
+        self.post("/v1/pools", pool)
+    }
+
+    pub fn pools(&self) -> Result<PoolList> {
+        self.get("/v1/pools")
+    }
+
+    pub fn add_job(&self, job: &JobSpec) -> Result<JobList> {
+        self.post("/v1/jobs", job)
+    }
+
+    pub fn jobs(&self) -> Result<JobList> {
+        self.get("/v1/jobs")
+    }
+
+    pub fn remove_job(&self, name: &str) -> Result<JobList> {
+        if !baton_wire::valid_node_name(name) {
+            return Err(ClientError::Local(format!("{name:?} is not a job name")));
+        }
+        let mut req = self
+            .agent
+            .delete(format!("{}/v1/jobs/{name}", self.base))
+            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
+        if let Auth::Token(t) = &self.auth {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        Self::answer(req.call())
+    }
+
+    /// The calling agent's jobs (node certificate).
+    pub fn agent_jobs(&self) -> Result<AgentJobs> {
+        self.get("/v1/agent/jobs")
     }
 }
 

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_wire::{
-    ApiError, EnrolRequest, EnrolResponse, ErrorCode, NodeList, TokenRequest, TokenResponse, Whoami,
+    AgentJob, AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, JobList, JobSpec,
+    NodeList, Pool, PoolList, TokenRequest, TokenResponse, Whoami,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -419,13 +420,20 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/revoke", post(revoke))
         .route("/metrics", get(metrics))
+        .route("/v1/pools", post(add_pool).get(pools))
+        .route("/v1/jobs", post(add_job).get(jobs))
+        .route("/v1/jobs/{name}", axum::routing::delete(remove_job))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_api_token,
         ));
-    let nodes = Router::new().route("/v1/whoami", get(whoami)).route_layer(
-        axum::middleware::from_fn_with_state(inner.clone(), require_node),
-    );
+    let nodes = Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/agent/jobs", get(agent_jobs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            require_node,
+        ));
     Router::new()
         .route("/v1/ca", get(ca))
         .route("/v1/enrol", post(enrol))
@@ -791,4 +799,111 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
         );
     }
     Ok(out)
+}
+
+fn invalid(msg: String) -> Fail {
+    Fail(ErrorCode::Invalid, msg)
+}
+
+async fn add_pool(
+    State(inner): State<Arc<Inner>>,
+    req: Result<Json<Pool>, axum::extract::rejection::JsonRejection>,
+) -> Answer<PoolList> {
+    let pool = body(req)?;
+    if !baton_wire::valid_node_name(&pool.name) {
+        return Err(invalid(format!("{:?} is not a valid pool name", pool.name)));
+    }
+    if pool.repository.trim().is_empty() || pool.repository.len() > 4096 {
+        return Err(invalid(
+            "a pool needs its repository (a path or an s3: URL)".into(),
+        ));
+    }
+    inner.store.add_pool(&pool, now()).await?;
+    Ok(Json(PoolList { pools: vec![pool] }))
+}
+
+async fn pools(State(inner): State<Arc<Inner>>) -> Answer<PoolList> {
+    Ok(Json(PoolList {
+        pools: inner.store.pools().await?,
+    }))
+}
+
+/// Checks a job definition; the reason it is refused.
+fn check_job(job: &JobSpec) -> Result<(), String> {
+    for (what, name) in [
+        ("job", &job.name),
+        ("agent", &job.agent),
+        ("pool", &job.pool),
+    ] {
+        if !baton_wire::valid_node_name(name) {
+            return Err(format!("{name:?} is not a valid {what} name"));
+        }
+    }
+    if job.paths.is_empty() || job.paths.len() > 1024 {
+        return Err("a job backs up 1 to 1024 paths".into());
+    }
+    for p in &job.paths {
+        if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
+            return Err(format!("{p:?}: a job's paths are absolute, without `..`"));
+        }
+    }
+    for t in &job.tags {
+        if t.is_empty() || t.contains(',') || t.len() > 128 {
+            return Err(format!("{t:?} is not a valid tag"));
+        }
+    }
+    baton_wire::parse_schedule(&job.schedule)?;
+    Ok(())
+}
+
+async fn add_job(
+    State(inner): State<Arc<Inner>>,
+    req: Result<Json<JobSpec>, axum::extract::rejection::JsonRejection>,
+) -> Answer<JobList> {
+    let job = body(req)?;
+    check_job(&job).map_err(invalid)?;
+    if !inner.store.add_job(&job, now()).await? {
+        return Err(Fail(
+            ErrorCode::NotFound,
+            format!("no pool {:?} (baton ctl pool-add)", job.pool),
+        ));
+    }
+    Ok(Json(JobList { jobs: vec![job] }))
+}
+
+async fn jobs(State(inner): State<Arc<Inner>>) -> Answer<JobList> {
+    Ok(Json(JobList {
+        jobs: inner
+            .store
+            .jobs(None)
+            .await?
+            .into_iter()
+            .map(|(j, _)| j)
+            .collect(),
+    }))
+}
+
+async fn remove_job(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Answer<JobList> {
+    if !inner.store.remove_job(&name).await? {
+        return Err(Fail(ErrorCode::NotFound, format!("no job {name:?}")));
+    }
+    Ok(Json(JobList { jobs: Vec::new() }))
+}
+
+/// The jobs of the calling agent, with their repositories: what it runs,
+/// and all it may reach.
+async fn agent_jobs(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+) -> Answer<AgentJobs> {
+    if node.info.role != baton_wire::Role::Agent {
+        return Err(Fail(ErrorCode::Forbidden, "only agents have jobs".into()));
+    }
+    let jobs = inner.store.jobs(Some(&node.info.name)).await?;
+    Ok(Json(AgentJobs {
+        jobs: jobs
+            .into_iter()
+            .map(|(job, repository)| AgentJob { job, repository })
+            .collect(),
+    }))
 }

@@ -3,7 +3,7 @@
 //! serves both (sqlx's `Any` driver; `$N` parameters, `TEXT` and `BIGINT`
 //! columns only, `ON CONFLICT DO NOTHING`), so the same tests run on both.
 
-use baton_wire::{NodeInfo, Role};
+use baton_wire::{JobSpec, NodeInfo, Pool, Role};
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
@@ -32,6 +32,10 @@ const SCHEMA: &[&str] = &[
      not_after BIGINT NOT NULL, revoked BIGINT)",
     "CREATE TABLE IF NOT EXISTS api_tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, \
      created BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, repository TEXT NOT NULL, \
+     created BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, agent TEXT NOT NULL, \
+     pool TEXT NOT NULL, spec TEXT NOT NULL, created BIGINT NOT NULL)",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -299,6 +303,93 @@ impl Store {
                 .await?
                 .map(|r| r.0),
         )
+    }
+}
+
+impl Store {
+    /// Adds a pool; `Conflict` if the name is taken.
+    pub async fn add_pool(&self, pool: &Pool, now: i64) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO pools (name, repository, created) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&pool.name)
+        .bind(&pool.repository)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("pool {:?} exists", pool.name)));
+        }
+        Ok(())
+    }
+
+    pub async fn pools(&self) -> Result<Vec<Pool>> {
+        Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT name, repository FROM pools ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(name, repository)| Pool { name, repository })
+        .collect())
+    }
+
+    /// Adds a job (its pool checked to exist, in the same transaction);
+    /// `Conflict` if the name is taken, `Ok(false)` without the pool.
+    pub async fn add_job(&self, job: &JobSpec, now: i64) -> Result<bool> {
+        let spec = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let pool = sqlx::query_as::<_, (String,)>("SELECT name FROM pools WHERE name = $1")
+            .bind(&job.pool)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if pool.is_none() {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "INSERT INTO jobs (name, agent, pool, spec, created) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&job.name)
+        .bind(&job.agent)
+        .bind(&job.pool)
+        .bind(spec)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("job {:?} exists", job.name)));
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Jobs, all or those of one agent, with their pool's repository.
+    pub async fn jobs(&self, agent: Option<&str>) -> Result<Vec<(JobSpec, String)>> {
+        let rows = sqlx::query_as::<_, (String, String)>(
+            "SELECT jobs.spec, pools.repository FROM jobs JOIN pools ON pools.name = jobs.pool \
+             WHERE $1 = '' OR jobs.agent = $1 ORDER BY jobs.name",
+        )
+        .bind(agent.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(spec, repo)| {
+                serde_json::from_str(&spec)
+                    .map(|j| (j, repo))
+                    .map_err(|_| StoreError::Corrupt("job".into()))
+            })
+            .collect()
+    }
+
+    /// Removes a job; whether there was one.
+    pub async fn remove_job(&self, name: &str) -> Result<bool> {
+        Ok(sqlx::query("DELETE FROM jobs WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
     }
 }
 

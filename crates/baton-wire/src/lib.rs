@@ -133,6 +133,126 @@ pub struct NodeList {
     pub nodes: Vec<NodeInfo>,
 }
 
+/// A pool of media agents and the repository they all write to (an S3
+/// bucket or a shared directory, as `baton -r` takes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: String,
+    pub repository: String,
+}
+
+/// `GET /v1/pools`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolList {
+    pub pools: Vec<Pool>,
+}
+
+/// How many snapshots a job's retention keeps (as `baton forget --keep-*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+}
+
+/// A job definition: what an agent backs up, when, into which pool, and
+/// what is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// The agent (node name) that runs it.
+    pub agent: String,
+    /// The pool whose media agents store it.
+    pub pool: String,
+    /// Absolute paths on the agent.
+    pub paths: Vec<String>,
+    /// `every DURATION` (`30m`, `6h`, `1d`; at least a minute) or `daily
+    /// HH:MM` (UTC).
+    pub schedule: String,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobList {
+    pub jobs: Vec<JobSpec>,
+}
+
+/// A job as its agent sees it (`GET /v1/agent/jobs`): with the repository
+/// of its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJob {
+    pub job: JobSpec,
+    pub repository: String,
+}
+
+/// `GET /v1/agent/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentJobs {
+    pub jobs: Vec<AgentJob>,
+}
+
+/// When a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every this many seconds.
+    Every(u64),
+    /// Daily at this minute of the day, UTC.
+    Daily(u32),
+}
+
+/// Parses a job's schedule: `every N{m,h,d}` (at least a minute) or
+/// `daily HH:MM` (UTC).
+pub fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    let bad = || format!("{s:?}: a schedule is `every N{{m,h,d}}` or `daily HH:MM` (UTC)");
+    let mut words = s.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("every"), Some(d), None) => {
+            let (n, unit) = d.split_at(d.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            let mult = match unit {
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86400,
+                _ => return Err(bad()),
+            };
+            let secs = n
+                .checked_mul(mult)
+                .filter(|v| (60..=366 * 86400).contains(v))
+                .ok_or_else(bad)?;
+            Ok(Schedule::Every(secs))
+        }
+        (Some("daily"), Some(t), None) => {
+            let (h, m) = t.split_once(':').ok_or_else(bad)?;
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 || t.len() != 5 {
+                return Err(bad());
+            }
+            Ok(Schedule::Daily(h * 60 + m))
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// What kind of failure an error answer reports, so that a caller can tell
 /// retry-later from alert-a-human from its own mistake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +331,27 @@ mod tests {
             r#"{"code":"unavailable","message":"later"}"#
         );
         assert!(e.code.retry_later() && !ErrorCode::Forbidden.retry_later());
+    }
+
+    #[test]
+    fn schedules_are_parsed() {
+        assert_eq!(parse_schedule("every 30m"), Ok(Schedule::Every(1800)));
+        assert_eq!(parse_schedule("every 1d"), Ok(Schedule::Every(86400)));
+        assert_eq!(parse_schedule("daily 02:05"), Ok(Schedule::Daily(125)));
+        for bad in [
+            "",
+            "every",
+            "every 0m",
+            "every 5s",
+            "every 10x",
+            "daily 24:00",
+            "daily 2:00",
+            "weekly",
+            "every 1d extra",
+            "every 99999999999999999999d",
+        ] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

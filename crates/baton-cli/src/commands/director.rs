@@ -122,6 +122,84 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 }
             }
         }
+        CtlCommand::PoolAdd(a) => {
+            let pool = baton_wire::Pool {
+                name: a.name.clone(),
+                repository: a.repository.clone(),
+            };
+            let list = admin(&a.conn)?.add_pool(&pool)?;
+            if g.json {
+                super::print_json("pools", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!(
+                    "added pool {:?}: {}",
+                    a.name,
+                    context::escape(&a.repository)
+                );
+            }
+        }
+        CtlCommand::Pools(a) => {
+            let list = admin(&a.conn)?.pools()?;
+            if g.json {
+                super::print_json("pools", serde_json::to_value(&list)?);
+            } else {
+                for p in &list.pools {
+                    outln!("{:<24} {}", p.name, context::escape(&p.repository));
+                }
+            }
+        }
+        CtlCommand::JobAdd(a) => {
+            let job = baton_wire::JobSpec {
+                name: a.name.clone(),
+                agent: a.agent.clone(),
+                pool: a.pool.clone(),
+                paths: a.paths.clone(),
+                schedule: a.schedule.clone(),
+                retention: baton_wire::Retention {
+                    keep_last: a.keep_last,
+                    keep_hourly: a.keep_hourly,
+                    keep_daily: a.keep_daily,
+                    keep_weekly: a.keep_weekly,
+                    keep_monthly: a.keep_monthly,
+                    keep_yearly: a.keep_yearly,
+                },
+                tags: a.tags.clone(),
+            };
+            if let Err(e) = baton_wire::parse_schedule(&job.schedule) {
+                return Err(crate::Usage(e).into());
+            }
+            let list = admin(&a.conn)?.add_job(&job)?;
+            if g.json {
+                super::print_json("jobs", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!("added job {:?} for agent {:?}", a.name, a.agent);
+            }
+        }
+        CtlCommand::Jobs(a) => {
+            let list = admin(&a.conn)?.jobs()?;
+            if g.json {
+                super::print_json("jobs", serde_json::to_value(&list)?);
+            } else {
+                for j in &list.jobs {
+                    outln!(
+                        "{:<20} agent {:<16} pool {:<12} {:<14} {}",
+                        j.name,
+                        j.agent,
+                        j.pool,
+                        j.schedule,
+                        context::escape(&j.paths.join(" "))
+                    );
+                }
+            }
+        }
+        CtlCommand::JobRemove(a) => {
+            let list = admin(&a.conn)?.remove_job(&a.name)?;
+            if g.json {
+                super::print_json("jobs", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!("removed job {:?}", a.name);
+            }
+        }
         CtlCommand::Revoke(a) => {
             let list = admin(&a.conn)?.revoke(&a.name)?;
             if g.json {
@@ -158,6 +236,22 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
                     date(r.not_after),
                     a.state.join("key.pem").display()
                 );
+            }
+        }
+        AgentCommand::Jobs(a) => {
+            let jobs = Client::for_node(&a.director, &a.state)?.agent_jobs()?;
+            if g.json {
+                super::print_json("jobs", serde_json::to_value(&jobs)?);
+            } else {
+                for j in &jobs.jobs {
+                    outln!(
+                        "{:<20} {:<14} {} -> {}",
+                        j.job.name,
+                        j.job.schedule,
+                        context::escape(&j.job.paths.join(" ")),
+                        context::escape(&j.repository)
+                    );
+                }
             }
         }
         AgentCommand::Whoami(a) => {

@@ -296,6 +296,86 @@ fn scenario(db: Option<&str>) {
         "{nodes}"
     );
 
+    // Pools and jobs: an agent sees its own jobs, with their repositories.
+    let p = d
+        .ctl(
+            &env,
+            &[
+                "pool-add",
+                "--json",
+                "--name",
+                "p1",
+                "--repository",
+                "/srv/repo-1",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(p["pools"][0]["repository"], "/srv/repo-1");
+    assert_eq!(
+        d.ctl(&env, &["pool-add", "--name", "p1", "--repository", "/x"])
+            .code,
+        2
+    );
+    let job = |name: &str, agent: &str, pool: &str, path: &str, schedule: &str| {
+        d.ctl(
+            &env,
+            &[
+                "job-add",
+                "--json",
+                "--name",
+                name,
+                "--agent",
+                agent,
+                "--pool",
+                pool,
+                "--path",
+                path,
+                "--schedule",
+                schedule,
+                "--keep-daily",
+                "7",
+                "--tag",
+                "nightly",
+            ],
+        )
+    };
+    assert_eq!(job("j0", "web-1", "nope", "/etc", "daily 02:00").code, 2);
+    assert_eq!(job("j0", "web-1", "p1", "/etc", "hourly").code, 2);
+    assert_eq!(job("j0", "web-1", "p1", "etc", "daily 02:00").code, 2);
+    assert_eq!(
+        job("j0", "web-1", "p1", "/etc/../root", "daily 02:00").code,
+        2
+    );
+    let j = job("j1", "web-1", "p1", "/etc", "daily 02:00").ok().json();
+    assert_eq!(j["jobs"][0]["retention"]["keep_daily"], 7);
+    job("j2", "web-9", "p1", "/srv", "every 6h").ok();
+    assert_eq!(job("j1", "web-1", "p1", "/etc", "daily 02:00").code, 2);
+    let all = d.ctl(&env, &["jobs", "--json"]).ok().json();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 2, "{all}");
+    let mut c = env.cmd();
+    c.args(["agent", "jobs", "--json", "--director", &d.url, "--state"])
+        .arg(&b);
+    let mine = run(&mut c).ok().json();
+    let mine = mine["jobs"].as_array().unwrap();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["job"]["name"], "j1");
+    assert_eq!(mine[0]["repository"], "/srv/repo-1");
+    // A media agent has no jobs; a revoked agent sees none.
+    let m = env.path("media");
+    d.enrol(&env, &d.token(&env, "media-agent", "ma-x", "1h"), &m)
+        .ok();
+    let mut c = env.cmd();
+    c.args(["agent", "jobs", "--director", &d.url, "--state"])
+        .arg(&m);
+    assert_eq!(run(&mut c).code, 13);
+    let mut c = env.cmd();
+    c.args(["agent", "jobs", "--director", &d.url, "--state"])
+        .arg(&a);
+    assert_eq!(run(&mut c).code, 13);
+    d.ctl(&env, &["job-remove", "j2"]).ok();
+    assert_eq!(d.ctl(&env, &["job-remove", "j2"]).code, 2);
+
     // Restarted on the same state: the same CA, the same nodes, the same
     // revocations.
     let url = d.url.clone();
@@ -306,6 +386,8 @@ fn scenario(db: Option<&str>) {
     assert_eq!(d.whoami(&env, &b).ok().json()["name"], "web-1");
     assert_eq!(d.whoami(&env, &a).code, 13);
     assert!(token.contains(&fp_again));
+    let all = d.ctl(&env, &["jobs", "--json"]).ok().json();
+    assert_eq!(all["jobs"][0]["name"], "j1", "{all}");
 
     // Expired certificates are refused at the handshake.
     let short_state = env.path("director-short");
@@ -524,6 +606,12 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/nodes", "get"),
         ("/v1/nodes/{name}/revoke", "post"),
         ("/metrics", "get"),
+        ("/v1/pools", "get"),
+        ("/v1/pools", "post"),
+        ("/v1/jobs", "get"),
+        ("/v1/jobs", "post"),
+        ("/v1/jobs/{name}", "delete"),
+        ("/v1/agent/jobs", "get"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m.to_string()))
