@@ -184,6 +184,19 @@ pub struct DirectorArgs {
     /// How long the certificates issued at enrolment are valid
     #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_validity, env = "BATON_DIRECTOR_CERT_VALIDITY")]
     pub cert_validity: i64,
+    /// POST events that need attention (refused enrolments, revoked
+    /// certificates) as JSON to this URL (repeatable)
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "BATON_DIRECTOR_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub webhooks: Vec<String>,
+    /// Sign webhook bodies with the secret in this file (HMAC-SHA256, in
+    /// the `baton-signature` header)
+    #[arg(long, value_name = "FILE", env = "BATON_DIRECTOR_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Parses a duration such as `90d`, `12h`, `30s` into seconds.

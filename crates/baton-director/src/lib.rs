@@ -11,5 +11,6 @@ pub mod client;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 pub use server::{Config, Director, DirectorError};

@@ -38,6 +38,10 @@ pub struct Config {
     pub hostnames: Vec<String>,
     /// How long node certificates are valid, in seconds.
     pub cert_validity_s: i64,
+    /// URLs events are POSTed to.
+    pub webhooks: Vec<String>,
+    /// The secret webhook bodies are signed with (HMAC-SHA256).
+    pub webhook_secret: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,7 @@ struct Inner {
     reloading: tokio::sync::Mutex<usize>,
     server_cert: (String, String),
     counters: Counters,
+    hooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
 }
 
 /// What `/metrics` counts since the start.
@@ -112,6 +117,14 @@ struct Counters {
     enrolments: AtomicU64,
     enrolments_refused: AtomicU64,
     requests_refused: AtomicU64,
+}
+
+impl Inner {
+    fn notify(&self, event: &'static str, node: Option<&str>, message: String) {
+        if let Some(h) = self.hooks.get() {
+            h.send(event, node, message);
+        }
+    }
 }
 
 /// A director, its state opened and its port bound.
@@ -207,6 +220,7 @@ impl Director {
                 reloading: tokio::sync::Mutex::new(usize::MAX),
                 server_cert,
                 counters: Counters::default(),
+                hooks: std::sync::OnceLock::new(),
             }),
             listener,
             new_admin_token,
@@ -227,6 +241,10 @@ impl Director {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let _ = self.inner.hooks.set(crate::webhooks::Webhooks::start(
+            self.inner.cfg.webhooks.clone(),
+            self.inner.cfg.webhook_secret.clone(),
+        ));
         let router = router(self.inner.clone());
         // Revocations made by another director sharing the database reach
         // this one's handshakes within seconds.
@@ -610,6 +628,11 @@ async fn enrol(
             .counters
             .enrolments_refused
             .fetch_add(1, Ordering::Relaxed);
+        inner.notify(
+            "enrolment_refused",
+            None,
+            "an enrolment with an unknown, used or expired token was refused".into(),
+        );
         return Err(Fail(
             ErrorCode::Unauthenticated,
             "unknown, used or expired enrolment token".into(),
@@ -629,6 +652,15 @@ async fn enrol(
     };
     inner.store.add_node(&info, &issued.fingerprint).await?;
     inner.counters.enrolments.fetch_add(1, Ordering::Relaxed);
+    inner.notify(
+        "node_enrolled",
+        Some(&name),
+        format!(
+            "{} {name:?} enrolled (certificate {})",
+            role.as_str(),
+            issued.serial
+        ),
+    );
     // An earlier certificate of this name is revoked now.
     reload_tls(&inner, true).await?;
     Ok(Json(EnrolResponse {
@@ -730,6 +762,11 @@ async fn revoke(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> An
         ));
     }
     reload_tls(&inner, true).await?;
+    inner.notify(
+        "certificate_revoked",
+        Some(&name),
+        format!("the certificate of {name:?} was revoked"),
+    );
     let nodes = inner.store.nodes().await?;
     Ok(Json(NodeList {
         nodes: nodes

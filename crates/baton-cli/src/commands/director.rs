@@ -15,8 +15,26 @@ pub fn serve(g: &Global, a: &DirectorArgs) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the director's runtime")?;
+    for u in &a.webhooks {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(
+                crate::Usage(format!("--webhook {u:?}: an http:// or https:// URL")).into(),
+            );
+        }
+    }
+    let webhook_secret = match &a.webhook_secret_file {
+        Some(f) => Some(
+            std::fs::read(f)
+                .with_context(|| format!("reading the webhook secret {}", f.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+        None => None,
+    };
     rt.block_on(async {
         let cfg = baton_director::Config {
+            webhooks: a.webhooks.clone(),
+            webhook_secret,
             state_dir: a.state.clone(),
             database: a.database.clone(),
             listen: a.listen,

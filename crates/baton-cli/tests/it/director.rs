@@ -764,3 +764,107 @@ fn the_example_settings_are_the_directors() {
     assert!(unit.contains("ExecStart=/usr/local/bin/baton director"));
     assert!(help.contains("env: BATON_DIRECTOR_STATE="));
 }
+
+/// A webhook receiver on loopback: every request's headers and body.
+fn receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            let (head, body) = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break (head.to_string(), rest[..len].to_string());
+                    }
+                }
+            };
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            let _ = tx.send((head, body));
+        }
+    });
+    (url, rx)
+}
+
+/// Refused enrolments and revocations are POSTed to the webhook, signed
+/// with HMAC-SHA256 under the configured secret.
+#[test]
+fn events_that_need_attention_reach_the_webhook_signed() {
+    let env = Env::new();
+    let (url, rx) = receiver();
+    let secret = env.path("hook.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let d = Director::start(
+        &env,
+        &env.path("director"),
+        None,
+        &[
+            "--webhook",
+            &url,
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    let token = d.token(&env, "agent", "web-1", "1h");
+    d.enrol(&env, &token, &env.path("a")).ok();
+    assert_eq!(d.enrol(&env, &token, &env.path("b")).code, 13);
+    d.ctl(&env, &["revoke", "web-1"]).ok();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (head, body) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a webhook call");
+        let sig = head
+            .lines()
+            .find_map(|l| l.strip_prefix("baton-signature: "))
+            .unwrap_or_else(|| panic!("unsigned: {head}"));
+        assert_eq!(
+            sig,
+            baton_director::webhooks::sign(b"s3cret", body.as_bytes())
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        seen.push((v["event"].as_str().unwrap().to_string(), v["node"].clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("node_enrolled".to_string(), serde_json::json!("web-1")),
+            ("enrolment_refused".to_string(), serde_json::Value::Null),
+            (
+                "certificate_revoked".to_string(),
+                serde_json::json!("web-1")
+            ),
+        ]
+    );
+    // A webhook that is not a URL is a usage error.
+    let mut c = env.cmd();
+    c.args([
+        "director",
+        "--listen",
+        "127.0.0.1:0",
+        "--webhook",
+        "ftp://x",
+        "--state",
+    ])
+    .arg(env.path("d2"));
+    assert_eq!(run(&mut c).code, 2);
+}
