@@ -17,6 +17,56 @@ use baton_types::{
 };
 use std::collections::BTreeMap;
 
+/// What a record says that may travel in the clear: enough for a
+/// coordinator (the director) to follow a job without the repository key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSummary {
+    pub job: Id,
+    pub seq: u64,
+    /// Durable position in the backup stream.
+    pub position: u64,
+    /// The packs the record makes durable, and their stored bytes.
+    pub packs: Vec<Id>,
+    pub pack_bytes: u64,
+}
+
+impl RecordSummary {
+    pub fn of(rec: &JournalRecord) -> RecordSummary {
+        RecordSummary {
+            job: rec.job,
+            seq: rec.seq,
+            position: rec.position,
+            packs: rec.packs.iter().map(|p| p.id).collect(),
+            pack_bytes: rec
+                .packs
+                .iter()
+                .flat_map(|p| &p.blobs)
+                .map(|b| u64::from(b.length))
+                .sum(),
+        }
+    }
+}
+
+/// Where a job's sealed records go: the repository (standalone), or, under
+/// a director, the network (records shipped to the index server before the
+/// backup is complete). `store` returns once the record is durable there:
+/// that is the acknowledgement a resume (or a takeover) relies on.
+pub trait JournalSink {
+    /// Stores the sealed record `name` (`<job>/<seq>`), whose summary is
+    /// `summary`, durably.
+    fn store(&mut self, name: &str, sealed: &[u8], summary: &RecordSummary) -> Result<()>;
+}
+
+/// The repository's `journal/` objects.
+pub struct RepoSink<'a>(pub &'a Repository);
+
+impl JournalSink for RepoSink<'_> {
+    fn store(&mut self, name: &str, sealed: &[u8], _summary: &RecordSummary) -> Result<()> {
+        self.0.storage().put(ObjectKind::Journal, name, sealed)?;
+        Ok(())
+    }
+}
+
 /// Appends records of one job.
 pub struct JournalWriter {
     job: Id,
@@ -139,6 +189,16 @@ impl JournalWriter {
     }
 
     fn write(&mut self, repo: &Repository, rec: JournalRecord) -> Result<()> {
+        self.write_to(repo, &mut RepoSink(repo), rec)
+    }
+
+    /// Seals `rec` with the repository's key and hands it to `sink`.
+    pub fn write_to(
+        &mut self,
+        repo: &Repository,
+        sink: &mut dyn JournalSink,
+        rec: JournalRecord,
+    ) -> Result<()> {
         let name = record_name(&self.job, self.next_seq);
         let sealed = repo.seal(
             ObjectKind::Journal,
@@ -146,7 +206,7 @@ impl JournalWriter {
             repo.config().compression.max(1),
             &to_json(&rec),
         );
-        repo.storage().put(ObjectKind::Journal, &name, &sealed)?;
+        sink.store(&name, &sealed, &RecordSummary::of(&rec))?;
         crate::crashpoint::crashpoint("after-journal");
         self.next_seq += 1;
         Ok(())
@@ -220,7 +280,7 @@ fn record_names(repo: &Repository, job: &Id) -> Result<Vec<String>> {
 /// Reads all records of a job and folds them into its state.
 pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
     let names = record_names(repo, job)?;
-    let mut state: Option<JobState> = None;
+    let mut records = Vec::with_capacity(names.len());
     for name in &names {
         let plain = repo.load_object(ObjectKind::Journal, name)?;
         let rec: JournalRecord = from_json("journal record", &plain)
@@ -229,6 +289,25 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
             return Err(RepoError::Damaged(format!(
                 "journal {name} holds record {} of job {}",
                 rec.seq, rec.job
+            )));
+        }
+        records.push(rec);
+    }
+    fold(job, records)
+}
+
+/// Folds a job's records, in order, into its state: a pure function, the
+/// same wherever the records come from (the repository, or the director's
+/// index server handing a job to another media agent).
+pub fn fold(job: &Id, records: impl IntoIterator<Item = JournalRecord>) -> Result<JobState> {
+    let mut state: Option<JobState> = None;
+    for rec in records {
+        if rec.job != *job {
+            return Err(RepoError::Damaged(format!(
+                "record {} of job {} in the journal of job {}",
+                rec.seq,
+                rec.job.short(),
+                job.short()
             )));
         }
         let st = match (&mut state, rec.manifest.clone()) {
@@ -419,4 +498,124 @@ pub fn save_packs_index(
     repo.index_mut().add_file(&idx);
     crate::crashpoint::crashpoint("after-index");
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_types::{FsName, JournalBlob, JournalSegment};
+
+    fn node(name: &str, kind: NodeKind, size: u64) -> Node {
+        Node {
+            name: FsName::from(name),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            user: None,
+            group: None,
+            mtime_ns: 1,
+            atime_ns: 0,
+            ctime_ns: 1,
+            inode: 0,
+            device_id: 0,
+            links: 1,
+            size,
+            rdev: 0,
+            content: Vec::new(),
+            subtree: None,
+            link_target: None,
+            xattrs: Vec::new(),
+            image: None,
+        }
+    }
+
+    fn rec(job: Id, seq: u64, position: u64, catalog: &[(&str, NodeKind)]) -> JournalRecord {
+        JournalRecord {
+            job,
+            seq,
+            time: format!("t{seq}"),
+            manifest: (seq == 0).then(|| JobManifest {
+                hostname: "h".into(),
+                paths: vec!["/src".into()],
+                tags: Vec::new(),
+                parent: None,
+                started: "t0".into(),
+                image: None,
+            }),
+            packs: vec![JournalPack {
+                id: Id::from_bytes([seq as u8; 32]),
+                blobs: vec![JournalBlob {
+                    id: Id::from_bytes([9; 32]),
+                    blob_type: baton_types::BlobType::Data,
+                    offset: 0,
+                    length: 100,
+                    raw_length: 200,
+                    compressed: true,
+                }],
+            }],
+            position,
+            catalog: catalog
+                .iter()
+                .map(|(p, k)| CatalogEntry {
+                    path: FsName::from(*p),
+                    depth: p.matches('/').count() as u32,
+                    offset: position,
+                    node: node(p.rsplit('/').next().unwrap(), *k, 10),
+                })
+                .collect(),
+            completed_sources: Vec::new(),
+            segments: vec![JournalSegment {
+                index: seq % 2,
+                id: Id::from_bytes([seq as u8; 32]),
+            }],
+        }
+    }
+
+    /// The fold keeps the frontier (a directory replaces what is below
+    /// it), the last position, every pack, the last segment per place;
+    /// records need their manifest first and must be the job's.
+    #[test]
+    fn fold_is_the_jobs_state() {
+        let job = Id::from_bytes([1; 32]);
+        let records = vec![
+            rec(job, 0, 0, &[]),
+            rec(
+                job,
+                1,
+                10,
+                &[("/src/d/a", NodeKind::File), ("/src/d/b", NodeKind::File)],
+            ),
+            rec(
+                job,
+                2,
+                30,
+                &[("/src/d", NodeKind::Dir), ("/src/e", NodeKind::File)],
+            ),
+        ];
+        let st = fold(&job, records.clone()).unwrap();
+        assert_eq!((st.records, st.next_seq, st.position), (3, 3, 30));
+        assert_eq!(st.packs.len(), 3);
+        let keys: Vec<&[u8]> = st.catalog.keys().map(|k| k.as_slice()).collect();
+        assert_eq!(keys, [&b"/src/d"[..], b"/src/e"]);
+        assert_eq!(st.segments.len(), 2);
+        assert_eq!(st.segments[&0], Id::from_bytes([2; 32]));
+        assert_eq!(st.last_time, "t2");
+        // Pure: the same records, the same state.
+        let again = fold(&job, records.clone()).unwrap();
+        assert_eq!(again.catalog, st.catalog);
+        assert!(fold(&job, records[1..].to_vec()).is_err());
+        assert!(fold(&Id::from_bytes([2; 32]), records.clone()).is_err());
+        assert!(matches!(
+            fold(&job, Vec::new()),
+            Err(RepoError::NotFound(_))
+        ));
+
+        let s = RecordSummary::of(&records[2]);
+        assert_eq!((s.job, s.seq, s.position), (job, 2, 30));
+        assert_eq!(
+            (s.packs, s.pack_bytes),
+            (vec![Id::from_bytes([2; 32])], 100)
+        );
+    }
 }
