@@ -483,6 +483,15 @@ fn names_the_director(inner: &Inner, name: &str) -> bool {
         || n == hostname().to_ascii_lowercase()
 }
 
+/// A request refused for want of credentials: counted, answered.
+fn refused(inner: &Inner, f: Fail) -> Response {
+    inner
+        .counters
+        .requests_refused
+        .fetch_add(1, Ordering::Relaxed);
+    f.into_response()
+}
+
 /// Lets through only requests with a known API token.
 async fn require_api_token(
     State(inner): State<Arc<Inner>>,
@@ -491,13 +500,7 @@ async fn require_api_token(
 ) -> Response {
     match api_user(&inner, req.headers()).await {
         Ok(_) => next.run(req).await,
-        Err(f) => {
-            inner
-                .counters
-                .requests_refused
-                .fetch_add(1, Ordering::Relaxed);
-            f.into_response()
-        }
+        Err(f) => refused(&inner, f),
     }
 }
 
@@ -519,13 +522,7 @@ async fn require_node(
             req.extensions_mut().insert(node);
             next.run(req).await
         }
-        Err(f) => {
-            inner
-                .counters
-                .requests_refused
-                .fetch_add(1, Ordering::Relaxed);
-            f.into_response()
-        }
+        Err(f) => refused(&inner, f),
     }
 }
 

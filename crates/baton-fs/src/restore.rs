@@ -571,8 +571,20 @@ impl Restorer<'_> {
                     // empty is as good as made here.
                     Place::found(held, self.target.dir_status(&dst), self.euid)
                 };
+                // A directory others can replace is pinned; one owned by
+                // another user (not root, not the snapshot's owner of it)
+                // is not restored into: they could read and swap what goes
+                // there, and it would end up chowned to the snapshot's owner.
+                let euid = self.euid;
+                let owner_ok = |uid: u32| {
+                    if created {
+                        uid == euid
+                    } else {
+                        uid == euid || uid == 0 || uid == n.uid
+                    }
+                };
                 if !inner_place.stable
-                    && let Err(e) = self.target.pin_dir(&dst)
+                    && let Err(e) = self.target.pin_dir(&dst, owner_ok)
                 {
                     // Others can write here: the directory is pinned, so
                     // nothing goes into one swapped in at its name.
@@ -709,13 +721,11 @@ impl Restorer<'_> {
                 return Ok(());
             }
         };
-        if !place.sealed
-            && existing == Existing::File
-            && stat.is_some_and(|st| st.uid != self.euid && st.uid != n.uid)
-        {
-            // Where others can write, a file owned by someone else (who may
-            // hold it open) is neither trusted, nor written through, nor
-            // given metadata: it is replaced like anything else in the way.
+        if existing == Existing::File && stat.is_some_and(|st| !self.may_reuse(st.uid, n)) {
+            // A file owned by someone else (who may hold it open, or have
+            // given it the snapshot's size and mtime) is neither trusted,
+            // nor written through, nor given metadata: it is replaced like
+            // anything else in the way.
             existing = Existing::Other;
         }
         if existing != Existing::Nothing && self.keep_existing(n, dst, existing, stat, place) {
@@ -803,10 +813,11 @@ impl Restorer<'_> {
             .and_then(|f| {
                 use std::os::unix::fs::MetadataExt;
                 let m = f.metadata()?;
-                // What was opened is what the walk looked at, and (where
-                // others can write) owned by this user or the snapshot's.
-                if stat.is_some_and(|st| st.id != (m.dev(), m.ino()))
-                    || (!place.sealed && m.uid() != self.euid && m.uid() != n.uid)
+                // What was opened is what the walk looked at (a file this
+                // restore just created is new), and owned by someone it
+                // may write for.
+                if (!fresh && stat.is_some_and(|st| st.id != (m.dev(), m.ino())))
+                    || !self.may_reuse(m.uid(), n)
                 {
                     return Err(std::io::Error::other(
                         "replaced while the restore ran: not written through (left alone)",
@@ -830,6 +841,14 @@ impl Restorer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a regular file owned by `uid` may be kept, written in place
+    /// or given `n`'s metadata: it is this user's, or the snapshot's owner's
+    /// when the snapshot gives it no setuid or setgid bit (a user must not
+    /// get a set-id program of their own content from a restore).
+    fn may_reuse(&self, uid: u32, n: &Node) -> bool {
+        uid == self.euid || (uid == n.uid && n.mode & 0o6000 == 0)
     }
 
     /// Whether `--overwrite` keeps what is at `dst` (and records that).
@@ -940,7 +959,8 @@ impl Restorer<'_> {
                 // restore created or checked is removed.
                 let _ = match start {
                     Start::CreateExclusive | Start::InPlace(_) => self.target.remove_if_pinned(dst),
-                    Start::Create | Start::Zeroed => self.target.remove(dst, false),
+                    Start::Zeroed => self.target.remove_if_pinned(dst),
+                    Start::Create => self.target.remove(dst, false),
                 };
                 self.hardlinks.remove(&(n.device_id, n.inode));
                 self.error(dst, format!("cannot restore file: {e}"));

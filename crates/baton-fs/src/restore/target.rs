@@ -60,6 +60,12 @@ pub(crate) struct Target {
     /// files verified in place, files created where others can write, and
     /// the directories on the way there.
     linked: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The (device, inode) of every pinned directory: one may not be
+    /// pinned at a second path.
+    pinned_dirs: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// How many directories are pinned: none, in the common case, and then
+    /// paths are not looked up.
+    dirs_pinned: std::sync::atomic::AtomicUsize,
 }
 
 fn errno(e: Errno) -> io::Error {
@@ -176,6 +182,8 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
+            pinned_dirs: Mutex::new(std::collections::HashSet::new()),
+            dirs_pinned: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -195,6 +203,8 @@ impl Target {
             root,
             path: path.to_path_buf(),
             linked: Mutex::new(HashMap::new()),
+            pinned_dirs: Mutex::new(std::collections::HashSet::new()),
+            dirs_pinned: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -232,6 +242,9 @@ impl Target {
     /// If the directory `dir` is pinned, whether `fd` is that directory.
     fn check_dir_pinned(&self, dir: Option<&Path>, fd: &OwnedFd) -> io::Result<()> {
         let Some(dir) = dir else { return Ok(()) };
+        if self.dirs_pinned.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let pinned = self.linked.lock().expect("linked files").get(dir).copied();
         match pinned {
             Some(id) if dev_ino(&fstat(fd).map_err(errno)?) != id => Err(dir_not_ours()),
@@ -242,8 +255,9 @@ impl Target {
     /// Whether a directory is pinned anywhere (then every open goes through
     /// its parent's handle, to check it).
     fn any_dir_pinned(&self, p: &Path) -> bool {
-        p.parent()
-            .is_some_and(|d| self.linked.lock().expect("linked files").contains_key(d))
+        self.dirs_pinned.load(std::sync::atomic::Ordering::Acquire) > 0
+            && p.parent()
+                .is_some_and(|d| self.linked.lock().expect("linked files").contains_key(d))
     }
 
     /// Opens `p` itself in one call: every component, the last included,
@@ -502,14 +516,28 @@ impl Target {
             .insert(p.to_path_buf(), id);
     }
 
-    /// Pins the directory `p` (below the target) to what is there now.
-    pub fn pin_dir(&self, p: &Path) -> io::Result<()> {
+    /// Pins the directory `p` (below the target) to what is there now,
+    /// if its owner is one `owner_ok` accepts and it is not a directory
+    /// already pinned at another path (one of this restore's, moved).
+    pub fn pin_dir(&self, p: &Path, owner_ok: impl Fn(u32) -> bool) -> io::Result<()> {
         let (dir, name) = self.parent(p)?;
         let st =
             nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
         if !is_type(&st, SFlag::S_IFDIR) {
             return Err(changed());
         }
+        if !owner_ok(st.st_uid) {
+            return Err(io::Error::other(format!(
+                "owned by another user (uid {}) where others can write: not restored into (restore into a directory only you can write to)",
+                st.st_uid
+            )));
+        }
+        let mut dirs = self.pinned_dirs.lock().expect("pinned directories");
+        if !dirs.insert(dev_ino(&st)) {
+            return Err(dir_not_ours());
+        }
+        self.dirs_pinned
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.remember(p, &st);
         Ok(())
     }

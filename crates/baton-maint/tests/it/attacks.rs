@@ -1133,3 +1133,75 @@ fn a_file_swapped_between_verify_and_write_is_not_written_through() {
         sum.errors
     );
 }
+
+/// A directory another user made in advance where the snapshot has one
+/// (in a target others can write to) is not restored into, nor given the
+/// snapshot's owner and mode at the end: they could read and swap what the
+/// restore puts there.
+#[test]
+fn a_directory_of_another_user_is_not_restored_into() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root (to own a directory as another user)");
+        return;
+    }
+    let mut s = setup();
+    let [x] = file_nodes(&mut s.repo, [("x", b"secret of the snapshot")]);
+    let inner = raw_tree(&mut s.repo, vec![x]);
+    let mut d = node("d", NodeKind::Dir);
+    d.subtree = Some(inner);
+    d.mode = 0o700;
+    let root = raw_tree(&mut s.repo, vec![d]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = target.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(4321), Some(4321)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sum = restore(&s, &snap, &target, &NoProgress).unwrap();
+    assert!(
+        !dir.join("x").exists(),
+        "restored into another user's directory"
+    );
+    let m = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        (m.uid(), m.mode() & 0o7777),
+        (4321, 0o777),
+        "chowned or chmodded"
+    );
+    assert!(
+        sum.errors
+            .iter()
+            .any(|(_, e)| e.contains("owned by another user")),
+        "{:?}",
+        sum.errors
+    );
+}
+
+/// An empty file where the target has something else (a symbolic link, a
+/// directory) replaces it, as any file does.
+#[test]
+fn an_empty_file_replaces_what_is_in_its_way() {
+    let mut s = setup();
+    let mut e1 = node("e1", NodeKind::File);
+    e1.mode = 0o640;
+    let mut e2 = e1.clone();
+    e2.name = FsName::from("e2");
+    let root = raw_tree(&mut s.repo, vec![e1, e2]);
+    let mut snap = s.snapshot.clone();
+    snap.tree = root;
+    let target = s.root.join("t");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", target.join("e1")).unwrap();
+    std::fs::create_dir(target.join("e2")).unwrap();
+    let sum = restore(&s, &snap, &target, &NoProgress).unwrap();
+    assert!(sum.errors.is_empty(), "{:?}", sum.errors);
+    for n in ["e1", "e2"] {
+        let m = std::fs::symlink_metadata(target.join(n)).unwrap();
+        assert!(m.is_file() && m.len() == 0, "{n}");
+        assert_eq!(m.permissions().mode() & 0o777, 0o640, "{n}");
+    }
+}
