@@ -224,8 +224,8 @@ struct Place {
 }
 
 impl Place {
-    /// The target itself, or a directory found (not made) in a directory
-    /// whose entries are `stable_parent`-ly placed.
+    /// The target itself (`stable`: true), or a directory found (not made)
+    /// in a stable directory that guards its entries (`stable`).
     fn found(stable: bool, st: Option<target::DirStatus>, euid: u32) -> Place {
         let Some(st) = st else {
             return Place::default();

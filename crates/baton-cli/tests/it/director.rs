@@ -427,20 +427,9 @@ impl Drop for Postgres {
     }
 }
 
-fn pg_bin() -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin"))
-        .filter(|p| p.join("pg_ctl").exists())
-        .collect();
-    v.sort();
-    v.pop()
-}
-
 impl Postgres {
     fn start() -> Option<Postgres> {
-        let bin = pg_bin()?;
+        let bin = crate::instant_pg::pg_bin()?;
         if !is_root() {
             return None;
         }
