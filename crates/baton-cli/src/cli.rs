@@ -149,9 +149,56 @@ pub enum Command {
     /// Administer a director through its API (an API token)
     #[command(subcommand)]
     Ctl(CtlCommand),
-    /// This machine as a node of a director: enrol it, check who it is
+    /// This machine as a node of a director: enrol it, check who it is,
+    /// run its jobs
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Run a media agent: stores what agents back up into its pools'
+    /// repositories (append-only for them), forwards their journal records
+    /// to the director
+    MediaAgent(MediaAgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MediaAgentArgs {
+    /// The director's URL
+    #[arg(long, value_name = "URL", env = "BATON_DIRECTOR")]
+    pub director: String,
+    /// Where `baton agent enrol` (with a media-agent token) put its key and
+    /// certificate
+    #[arg(long, value_name = "DIR", env = "BATON_MEDIA_STATE")]
+    pub state: PathBuf,
+    /// Address to listen on (HTTPS, mutual TLS)
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8444",
+        env = "BATON_MEDIA_LISTEN"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// The address agents connect to, if not --listen (`host:port`)
+    #[arg(long, value_name = "HOST:PORT", env = "BATON_MEDIA_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A pool it serves (repeatable; `baton ctl pool-add` defines pools)
+    #[arg(
+        long = "pool",
+        value_name = "NAME",
+        required = true,
+        env = "BATON_MEDIA_POOLS",
+        value_delimiter = ','
+    )]
+    pub pools: Vec<String>,
+    /// Objects written at once (each is held in memory while it is stored)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        env = "BATON_MEDIA_MAX_WRITES"
+    )]
+    pub max_writes: usize,
+    /// Receive at most this many bytes per second (for tests of balancing)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, hide = true)]
+    pub throttle: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +296,10 @@ pub enum CtlCommand {
     Jobs(CtlNodesArgs),
     /// Remove a job definition
     JobRemove(CtlRevokeArgs),
+    /// List the media agents, their pools and load, from their heartbeats
+    MediaAgents(CtlNodesArgs),
+    /// List backup runs as their journal records reached the director
+    Runs(CtlNodesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -343,6 +394,30 @@ pub enum AgentCommand {
     Whoami(AgentWhoamiArgs),
     /// The jobs the director defines for this machine, with their repositories
     Jobs(AgentWhoamiArgs),
+    /// Run one of this machine's jobs now, through a media agent of its pool
+    Backup(AgentBackupArgs),
+    /// Run this machine's jobs on their schedules until stopped
+    Run(AgentRunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentBackupArgs {
+    #[command(flatten)]
+    pub node: AgentWhoamiArgs,
+    /// The job's name (`baton agent jobs` lists them)
+    pub job: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub node: AgentWhoamiArgs,
+    /// Run the jobs that are due once, then exit
+    #[arg(long)]
+    pub once: bool,
+    /// How often to ask the director for the jobs
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_s)]
+    pub poll: i64,
 }
 
 #[derive(Args, Debug)]

@@ -26,6 +26,14 @@ pub fn repo_location(g: &Global) -> (PathBuf, bool) {
 /// anything else a local directory.
 pub fn storage(g: &Global) -> Result<Arc<dyn Storage>> {
     let (location, _) = repo_location(g);
+    if let Some(pool) = location.to_str().and_then(|l| l.strip_prefix("media:")) {
+        let (director, state) = media_node()?;
+        let m = Arc::new(baton_media::client::MediaStorage::new(
+            &director, &state, pool,
+        )?);
+        *MEDIA.lock().expect("media storage") = Some(m.clone());
+        return Ok(m);
+    }
     if let Some(url) = location.to_str().and_then(|l| l.strip_prefix("s3:")) {
         let attempts = std::env::var("BATON_S3_ATTEMPTS")
             .ok()
@@ -46,13 +54,46 @@ pub fn storage(g: &Global) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(LocalStorage::new(location)))
 }
 
+/// The node (director URL, state directory) a `media:POOL` repository is
+/// reached as: set by `baton agent`, else `BATON_DIRECTOR` and
+/// `BATON_AGENT_STATE`.
+static MEDIA_NODE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+
+/// The last `media:` storage opened (its journal sink is set on the
+/// repository opened from it).
+static MEDIA: std::sync::Mutex<Option<Arc<baton_media::client::MediaStorage>>> =
+    std::sync::Mutex::new(None);
+
+pub fn set_media_node(director: &str, state: &std::path::Path) {
+    let _ = MEDIA_NODE.set((director.to_string(), state.to_path_buf()));
+}
+
+fn media_node() -> Result<(String, PathBuf)> {
+    if let Some(n) = MEDIA_NODE.get() {
+        return Ok(n.clone());
+    }
+    match (env_nonempty("BATON_DIRECTOR"), env_nonempty("BATON_AGENT_STATE")) {
+        (Some(d), Some(s)) => Ok((d, PathBuf::from(s))),
+        _ => Err(crate::Usage(
+            "a media:POOL repository is reached as an enrolled agent: set BATON_DIRECTOR and BATON_AGENT_STATE"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+/// The `media:` storage this process opened, if any.
+pub fn media() -> Option<Arc<baton_media::client::MediaStorage>> {
+    MEDIA.lock().expect("media storage").clone()
+}
+
 /// Whether the repository is a local directory (whose files can be checked
 /// for their modes).
 pub fn is_local(g: &Global) -> bool {
     !repo_location(g)
         .0
         .to_str()
-        .is_some_and(|l| l.starts_with("s3:"))
+        .is_some_and(|l| l.starts_with("s3:") || l.starts_with("media:"))
 }
 
 fn strip_newline(mut s: String) -> String {
@@ -202,6 +243,10 @@ pub fn open(g: &Global) -> Result<Repository> {
     let mut repo = Repository::open_with_hint(s, pw.as_bytes(), g.key_hint.as_deref())?;
     if let Some(wait) = g.retry_lock {
         repo.set_lock_retry(wait, Some(cancel().flag()));
+    }
+    if let Some(m) = media() {
+        // Journal records travel with their summary, for the director.
+        repo.set_journal_sink(Arc::new(baton_media::client::MediaSink(m)));
     }
     if is_local(g) {
         warn_if_readable_by_others(&repo_location(g).0.join("keys").join(repo.key_name()));

@@ -3,8 +3,9 @@
 //! and either an API token or the node's own certificate.
 
 use baton_wire::{
-    AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, JobList, JobSpec, NodeList, Pool,
-    PoolList, Role, TokenRequest, TokenResponse, Whoami,
+    AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, JobList, JobSpec, JournalAck,
+    JournalShip, MediaAgentList, MediaHeartbeat, MediaState, NodeList, Pool, PoolList, Role,
+    RunList, TokenRequest, TokenResponse, Whoami,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -277,6 +278,32 @@ impl Client {
     /// The calling agent's jobs (node certificate).
     pub fn agent_jobs(&self) -> Result<AgentJobs> {
         self.get("/v1/agent/jobs")
+    }
+
+    /// A media agent's heartbeat.
+    pub fn heartbeat(&self, beat: &MediaHeartbeat) -> Result<MediaState> {
+        self.post("/v1/media/heartbeat", beat)
+    }
+
+    /// A media agent forwards a journal record; `Ok` once it is durable.
+    pub fn ship_journal(&self, ship: &JournalShip) -> Result<JournalAck> {
+        self.post("/v1/media/journal", ship)
+    }
+
+    /// The live media agents of `pool`, the least loaded first (an agent).
+    pub fn agent_media(&self, pool: &str) -> Result<MediaAgentList> {
+        if !baton_wire::valid_node_name(pool) {
+            return Err(ClientError::Local(format!("{pool:?} is not a pool name")));
+        }
+        self.get(&format!("/v1/agent/media?pool={pool}"))
+    }
+
+    pub fn media_agents(&self) -> Result<MediaAgentList> {
+        self.get("/v1/media-agents")
+    }
+
+    pub fn runs(&self) -> Result<RunList> {
+        self.get("/v1/runs")
     }
 }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod webhooks;
 
 pub use server::{Config, Director, DirectorError};

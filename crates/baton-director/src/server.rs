@@ -13,17 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_wire::{
-    AgentJob, AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, JobList, JobSpec,
-    NodeList, Pool, PoolList, TokenRequest, TokenResponse, Whoami,
+    AgentJob, AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, Grant, JobList, JobSpec,
+    JournalAck, JournalShip, MediaAgentInfo, MediaAgentList, MediaHeartbeat, MediaState, NodeList,
+    Pool, PoolList, Role, RunList, TokenRequest, TokenResponse, Whoami,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tower::ServiceExt;
 
 /// How a director runs.
 #[derive(Debug, Clone)]
@@ -74,12 +71,6 @@ pub fn secret_hash(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 
-/// Connections served at once (more wait to be accepted).
-const MAX_CONNECTIONS: usize = 2048;
-/// The longest a connection lives: a node reconnects (and its certificate
-/// is checked again) at least this often.
-const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// The prefix of enrolment tokens (their format's version).
 pub const TOKEN_PREFIX: &str = "baton-enrol-1";
 
@@ -101,14 +92,29 @@ struct Inner {
     cfg: Config,
     /// Rebuilt when a certificate is revoked: new connections check the
     /// new revocation list.
-    tls: RwLock<Arc<rustls::ServerConfig>>,
+    tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     /// Held while a new TLS configuration is built and swapped in; the
     /// number of revoked certificates it was built with.
     reloading: tokio::sync::Mutex<usize>,
     server_cert: (String, String),
     counters: Counters,
     hooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
+    /// Media agents as their heartbeats tell them (not persisted: a
+    /// restarted director knows them again within one heartbeat).
+    media: std::sync::Mutex<std::collections::HashMap<String, MediaEntry>>,
 }
+
+struct MediaEntry {
+    beat: MediaHeartbeat,
+    seen: std::time::Instant,
+    /// Agents pointed at it since its last heartbeat (so that agents
+    /// asking at once are spread before its load shows them).
+    handed: u64,
+}
+
+/// How long a media agent may take data after the director last answered
+/// its heartbeat (it beats every [`LEASE_MS`] / 6).
+pub const LEASE_MS: u64 = 3000;
 
 /// What `/metrics` counts since the start.
 #[derive(Default)]
@@ -216,11 +222,12 @@ impl Director {
                 ca,
                 ca_fingerprint,
                 cfg,
-                tls: RwLock::new(tls),
+                tls: Arc::new(RwLock::new(tls)),
                 reloading: tokio::sync::Mutex::new(usize::MAX),
                 server_cert,
                 counters: Counters::default(),
                 hooks: std::sync::OnceLock::new(),
+                media: Default::default(),
             }),
             listener,
             new_admin_token,
@@ -257,60 +264,16 @@ impl Director {
                 }
             }
         };
-        // Connections are bounded: past the limit, new ones wait.
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let accept = async {
-            loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (tcp, _) = match self.listener.accept().await {
-                    Ok(c) => c,
-                    Err(_) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let cfg = self.inner.tls.read().expect("tls config").clone();
-                let router = router.clone();
-                let inner = self.inner.clone();
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    let Ok(Ok(tls)) = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(tcp),
-                    )
-                    .await
-                    else {
-                        inner
-                            .counters
-                            .handshakes_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        return;
-                    };
-                    let peer = Peer(
-                        tls.get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|c| pki::fingerprint(c)),
-                    );
-                    let svc = hyper::service::service_fn(
-                        move |mut req: hyper::Request<hyper::body::Incoming>| {
-                            req.extensions_mut().insert(peer.clone());
-                            router.clone().oneshot(req)
-                        },
-                    );
-                    // Slow or idle clients do not hold a connection for ever.
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-                });
-            }
+        let failed: Arc<dyn Fn() + Send + Sync> = {
+            let inner = self.inner.clone();
+            Arc::new(move || {
+                inner
+                    .counters
+                    .handshakes_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            })
         };
+        let accept = crate::tls::serve(self.listener, self.inner.tls.clone(), router, failed);
         tokio::select! {
             () = accept => {}
             () = watch => {}
@@ -330,46 +293,22 @@ async fn tls_config(
     store: &Store,
     server_cert: &(String, String),
 ) -> Result<Arc<rustls::ServerConfig>, DirectorError> {
-    let tls = |e: String| DirectorError::Tls(e);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca.cert_der()?))
-        .map_err(|e| tls(e.to_string()))?;
     let revoked = store.revoked().await?;
     let number = revoked.len() as u64 + 1;
     let crl = ca.crl(&revoked, number, now())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(vec![CertificateRevocationListDer::from(crl)])
-        // Enrolment and API-token requests come without a certificate;
-        // every handler says which it needs.
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls(e.to_string()))?;
     let chain = vec![
-        CertificateDer::from_pem_slice(server_cert.0.as_bytes()).map_err(|e| tls(e.to_string()))?,
-        CertificateDer::from(ca.cert_der()?),
+        crate::tls::cert_der(&server_cert.0).map_err(DirectorError::Tls)?,
+        ca.cert_der()?,
     ];
-    let key =
-        PrivateKeyDer::from_pem_slice(server_cert.1.as_bytes()).map_err(|e| tls(e.to_string()))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| tls(e.to_string()))?;
-    // Every connection is a full handshake: a resumed session would carry
-    // a certificate past its expiry or revocation unchecked.
-    let mut cfg = cfg;
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+    // Enrolment and API-token requests come without a certificate; every
+    // handler says which it needs.
+    crate::tls::server_config(&ca.cert_der()?, crl, true, chain, &server_cert.1)
+        .map_err(DirectorError::Tls)
 }
 
 /// The fingerprint of the certificate the connection presented, if any
 /// (already checked against the CA and its revocation list).
-#[derive(Clone)]
-struct Peer(Option<String>);
+use crate::tls::Peer;
 
 /// An error answer.
 struct Fail(ErrorCode, String);
@@ -441,6 +380,8 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/pools", post(add_pool).get(pools))
         .route("/v1/jobs", post(add_job).get(jobs))
         .route("/v1/jobs/{name}", axum::routing::delete(remove_job))
+        .route("/v1/media-agents", get(media_agents))
+        .route("/v1/runs", get(runs))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_api_token,
@@ -448,6 +389,9 @@ fn router(inner: Arc<Inner>) -> Router {
     let nodes = Router::new()
         .route("/v1/whoami", get(whoami))
         .route("/v1/agent/jobs", get(agent_jobs))
+        .route("/v1/agent/media", get(agent_media))
+        .route("/v1/media/heartbeat", post(heartbeat))
+        .route("/v1/media/journal", post(ship_journal))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_node,
@@ -939,5 +883,200 @@ async fn agent_jobs(
             .into_iter()
             .map(|(job, repository)| AgentJob { job, repository })
             .collect(),
+    }))
+}
+
+fn require_role(node: &crate::store::Node, role: Role) -> Result<(), Fail> {
+    if node.info.role != role {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("only a {} may call this", role.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+fn media_info(name: &str, e: &MediaEntry) -> MediaAgentInfo {
+    let age = e.seen.elapsed().as_millis() as u64;
+    MediaAgentInfo {
+        name: name.to_string(),
+        address: e.beat.address.clone(),
+        pools: e.beat.pools.clone(),
+        load: e.beat.load.clone(),
+        last_seen_ms: age,
+        alive: age < LEASE_MS,
+    }
+}
+
+/// A media agent's heartbeat: its load is recorded; it is answered with
+/// what it needs to serve until the next one (its pools, who may reach
+/// them, the revocation list) and the lease that bounds how long it may.
+async fn heartbeat(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<MediaHeartbeat>, axum::extract::rejection::JsonRejection>,
+) -> Answer<MediaState> {
+    require_role(&node, Role::MediaAgent)?;
+    let beat = body(b)?;
+    if beat.address.len() > 256 || beat.pools.len() > 256 {
+        return Err(invalid("heartbeat too large".into()));
+    }
+    let known = inner.store.pools().await?;
+    let pools: Vec<Pool> = known
+        .into_iter()
+        .filter(|p| beat.pools.contains(&p.name))
+        .collect();
+    let grants: Vec<Grant> = inner
+        .store
+        .grants(now())
+        .await?
+        .into_iter()
+        .filter_map(|mut g| {
+            g.pools.retain(|p| pools.iter().any(|q| &q.name == p));
+            (!g.pools.is_empty()).then_some(g)
+        })
+        .collect();
+    let revoked = inner.store.revoked().await?;
+    let crl = inner
+        .ca
+        .crl(&revoked, revoked.len() as u64 + 1, now())
+        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    inner.media.lock().expect("media agents").insert(
+        node.info.name.clone(),
+        MediaEntry {
+            beat,
+            seen: std::time::Instant::now(),
+            handed: 0,
+        },
+    );
+    Ok(Json(MediaState {
+        lease_ms: LEASE_MS,
+        pools,
+        grants,
+        crl_hex: hex::encode(crl),
+    }))
+}
+
+/// Whether `agent` has a job in `pool`.
+async fn agent_in_pool(inner: &Inner, agent: &str, pool: &str) -> Result<bool, Fail> {
+    Ok(inner
+        .store
+        .jobs(Some(agent))
+        .await?
+        .iter()
+        .any(|(j, _)| j.pool == pool))
+}
+
+#[derive(serde::Deserialize)]
+struct PoolQuery {
+    pool: String,
+}
+
+/// The live media agents of a pool the calling agent's jobs name, the
+/// least loaded first.
+async fn agent_media(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    axum::extract::Query(q): axum::extract::Query<PoolQuery>,
+) -> Answer<MediaAgentList> {
+    require_role(&node, Role::Agent)?;
+    if !agent_in_pool(&inner, &node.info.name, &q.pool).await? {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("no job of yours names pool {:?}", q.pool),
+        ));
+    }
+    let mut media = inner.media.lock().expect("media agents");
+    let mut list: Vec<(u64, MediaAgentInfo)> = media
+        .iter()
+        .map(|(n, e)| (e.beat.load.queue_depth + e.handed, media_info(n, e)))
+        .filter(|(_, i)| i.alive && i.pools.contains(&q.pool))
+        .collect();
+    list.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.load.bytes_per_s.cmp(&b.1.load.bytes_per_s))
+            .then(a.1.name.cmp(&b.1.name))
+    });
+    if let Some((_, first)) = list.first()
+        && let Some(e) = media.get_mut(&first.name)
+    {
+        e.handed += 1;
+    }
+    Ok(Json(MediaAgentList {
+        media_agents: list.into_iter().map(|(_, i)| i).collect(),
+    }))
+}
+
+async fn media_agents(State(inner): State<Arc<Inner>>) -> Answer<MediaAgentList> {
+    let media = inner.media.lock().expect("media agents");
+    let mut list: Vec<MediaAgentInfo> = media.iter().map(|(n, e)| media_info(n, e)).collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(MediaAgentList { media_agents: list }))
+}
+
+async fn runs(State(inner): State<Arc<Inner>>) -> Answer<RunList> {
+    Ok(Json(RunList {
+        runs: inner.store.runs().await?,
+    }))
+}
+
+/// Whether `name` is a journal record's name: `<job hex>/<seq digits>`.
+fn journal_name_ok(name: &str) -> bool {
+    name.split_once('/').is_some_and(|(j, s)| {
+        (1..=64).contains(&j.len())
+            && j.bytes().all(|b| b.is_ascii_hexdigit())
+            && (1..=20).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// A journal record forwarded by a media agent: stored durably, then
+/// acknowledged (the media agent answers its agent only after this).
+async fn ship_journal(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<JournalShip>, axum::extract::rejection::JsonRejection>,
+) -> Answer<JournalAck> {
+    require_role(&node, Role::MediaAgent)?;
+    let ship = body(b)?;
+    if !journal_name_ok(&ship.name)
+        || ship.sealed_hex.len() > 32 << 20
+        || hex::decode(&ship.sealed_hex).is_err()
+    {
+        return Err(invalid("not a journal record".into()));
+    }
+    // The media agent checked the agent; so does the director.
+    if !agent_in_pool(&inner, &ship.agent, &ship.pool).await? {
+        inner.notify(
+            "refused",
+            Some(&node.info.name),
+            format!(
+                "a journal record for pool {:?} from agent {:?}, which has no job there",
+                ship.pool, ship.agent
+            ),
+        );
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("agent {:?} has no job in pool {:?}", ship.agent, ship.pool),
+        ));
+    }
+    let summary = ship.summary.clone().unwrap_or_default();
+    let stored = inner
+        .store
+        .add_journal(
+            &crate::store::JournalRow {
+                pool: &ship.pool,
+                name: &ship.name,
+                agent: &ship.agent,
+                media_agent: &node.info.name,
+                sealed_hex: &ship.sealed_hex,
+                summary: &summary,
+            },
+            now(),
+        )
+        .await?;
+    Ok(Json(JournalAck {
+        name: ship.name,
+        stored,
     }))
 }

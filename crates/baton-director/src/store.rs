@@ -36,6 +36,13 @@ const SCHEMA: &[&str] = &[
      created BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS jobs (name TEXT PRIMARY KEY, agent TEXT NOT NULL, \
      pool TEXT NOT NULL, spec TEXT NOT NULL, created BIGINT NOT NULL)",
+    // Journal records shipped by media agents: sealed (the director has no
+    // repository key), with the summary that travelled in the clear.
+    "CREATE TABLE IF NOT EXISTS journal (pool TEXT NOT NULL, name TEXT NOT NULL, \
+     job TEXT NOT NULL, seq BIGINT NOT NULL, agent TEXT NOT NULL, media_agent TEXT NOT NULL, \
+     sealed TEXT NOT NULL, position BIGINT NOT NULL, pack_bytes BIGINT NOT NULL, \
+     packs BIGINT NOT NULL, pack_ids TEXT NOT NULL, received BIGINT NOT NULL, \
+     PRIMARY KEY (pool, name))",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -390,6 +397,141 @@ impl Store {
             .await?
             .rows_affected()
             == 1)
+    }
+}
+
+/// A journal record as the director keeps it.
+pub struct JournalRow<'a> {
+    pub pool: &'a str,
+    pub name: &'a str,
+    pub agent: &'a str,
+    pub media_agent: &'a str,
+    pub sealed_hex: &'a str,
+    pub summary: &'a baton_wire::JournalSummary,
+}
+
+impl Store {
+    /// Stores a journal record durably (the commit is the acknowledgement).
+    /// `Ok(false)` if it was already held with the same bytes (a retry);
+    /// `Conflict` if a different record holds the name.
+    pub async fn add_journal(&self, r: &JournalRow<'_>, now: i64) -> Result<bool> {
+        let (job, _) = r
+            .name
+            .split_once('/')
+            .ok_or_else(|| StoreError::Refused("journal record name".into()))?;
+        let done = sqlx::query(
+            "INSERT INTO journal (pool, name, job, seq, agent, media_agent, sealed, position, \
+             pack_bytes, packs, pack_ids, received) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+        )
+        .bind(r.pool)
+        .bind(r.name)
+        .bind(job)
+        .bind(r.summary.seq as i64)
+        .bind(r.agent)
+        .bind(r.media_agent)
+        .bind(r.sealed_hex)
+        .bind(r.summary.position as i64)
+        .bind(r.summary.pack_bytes as i64)
+        .bind(r.summary.packs.len() as i64)
+        .bind(r.summary.packs.join(","))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        let held = sqlx::query_as::<_, (String,)>(
+            "SELECT sealed FROM journal WHERE pool = $1 AND name = $2",
+        )
+        .bind(r.pool)
+        .bind(r.name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match held {
+            Some((s,)) if s == r.sealed_hex => Ok(false),
+            _ => Err(StoreError::Conflict(format!(
+                "journal record {} of pool {} is held with other contents",
+                r.name, r.pool
+            ))),
+        }
+    }
+
+    /// The sealed records of one run (job id), in order.
+    pub async fn journal_of(&self, pool: &str, job: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as::<_, (String, String)>(
+            "SELECT name, sealed FROM journal WHERE pool = $1 AND job = $2 ORDER BY seq",
+        )
+        .bind(pool)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs as their journal records tell them, the latest first.
+    pub async fn runs(&self) -> Result<Vec<baton_wire::RunInfo>> {
+        type Row = (String, String, String, i64, i64, i64, i64, i64, i64, i64);
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT job, pool, MIN(agent), COUNT(*), MAX(seq), MAX(position), \
+             CAST(SUM(pack_bytes) AS BIGINT), CAST(SUM(packs) AS BIGINT), MIN(received), MAX(received) \
+             FROM journal GROUP BY pool, job ORDER BY MAX(received) DESC, job",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for (job, pool, agent, records, last_seq, position, pack_bytes, packs, started, updated) in
+            rows
+        {
+            let media_agent = sqlx::query_as::<_, (String,)>(
+                "SELECT media_agent FROM journal WHERE pool = $1 AND job = $2 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(&pool)
+            .bind(&job)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.0)
+            .unwrap_or_default();
+            runs.push(baton_wire::RunInfo {
+                job,
+                agent,
+                pool,
+                records: records as u64,
+                last_seq: last_seq as u64,
+                position: position as u64,
+                pack_bytes: pack_bytes as u64,
+                packs: packs as u64,
+                media_agent,
+                started,
+                updated,
+            });
+        }
+        Ok(runs)
+    }
+
+    /// The current (not revoked, not expired) certificates of agents, with
+    /// the pools their jobs name: who may reach which repository.
+    pub async fn grants(&self, now: i64) -> Result<Vec<baton_wire::Grant>> {
+        let rows = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT DISTINCT nodes.name, nodes.fingerprint, jobs.pool FROM nodes \
+             JOIN jobs ON jobs.agent = nodes.name \
+             WHERE nodes.role = 'agent' AND nodes.revoked IS NULL AND nodes.not_after > $1 \
+             ORDER BY nodes.name, jobs.pool",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<baton_wire::Grant> = Vec::new();
+        for (agent, fingerprint, pool) in rows {
+            match out.last_mut() {
+                Some(g) if g.fingerprint == fingerprint => g.pools.push(pool),
+                _ => out.push(baton_wire::Grant {
+                    agent,
+                    fingerprint,
+                    pools: vec![pool],
+                }),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -51,17 +51,17 @@ impl RecordSummary {
 /// a director, the network (records shipped to the index server before the
 /// backup is complete). `store` returns once the record is durable there:
 /// that is the acknowledgement a resume (or a takeover) relies on.
-pub trait JournalSink {
+pub trait JournalSink: Send + Sync {
     /// Stores the sealed record `name` (`<job>/<seq>`), whose summary is
     /// `summary`, durably.
-    fn store(&mut self, name: &str, sealed: &[u8], summary: &RecordSummary) -> Result<()>;
+    fn store(&self, name: &str, sealed: &[u8], summary: &RecordSummary) -> Result<()>;
 }
 
 /// The repository's `journal/` objects.
 pub struct RepoSink<'a>(pub &'a Repository);
 
 impl JournalSink for RepoSink<'_> {
-    fn store(&mut self, name: &str, sealed: &[u8], _summary: &RecordSummary) -> Result<()> {
+    fn store(&self, name: &str, sealed: &[u8], _summary: &RecordSummary) -> Result<()> {
         self.0.storage().put(ObjectKind::Journal, name, sealed)?;
         Ok(())
     }
@@ -189,14 +189,17 @@ impl JournalWriter {
     }
 
     fn write(&mut self, repo: &Repository, rec: JournalRecord) -> Result<()> {
-        self.write_to(repo, &mut RepoSink(repo), rec)
+        match repo.journal_sink() {
+            Some(sink) => self.write_to(repo, sink.as_ref(), rec),
+            None => self.write_to(repo, &RepoSink(repo), rec),
+        }
     }
 
     /// Seals `rec` with the repository's key and hands it to `sink`.
     pub fn write_to(
         &mut self,
         repo: &Repository,
-        sink: &mut dyn JournalSink,
+        sink: &dyn JournalSink,
         rec: JournalRecord,
     ) -> Result<()> {
         let name = record_name(&self.job, self.next_seq);

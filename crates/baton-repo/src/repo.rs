@@ -69,6 +69,9 @@ pub struct Repository {
         std::time::Duration,
         Option<Arc<std::sync::atomic::AtomicBool>>,
     ),
+    /// Where backup journal records go instead of the repository's
+    /// `journal/` objects directly (under a director: the network).
+    journal_sink: Option<Arc<dyn crate::journal::JournalSink>>,
 }
 
 /// How many default-cost key derivations one `open` spends at most on
@@ -224,6 +227,17 @@ pub fn username() -> String {
 }
 
 impl Repository {
+    /// Sends this repository's backup journal records to `sink` (which
+    /// stores them durably, with their summary) instead of writing them
+    /// as objects directly.
+    pub fn set_journal_sink(&mut self, sink: Arc<dyn crate::journal::JournalSink>) {
+        self.journal_sink = Some(sink);
+    }
+
+    pub(crate) fn journal_sink(&self) -> Option<&Arc<dyn crate::journal::JournalSink>> {
+        self.journal_sink.as_ref()
+    }
+
     /// Creates a new repository protected by `password`.
     pub fn init(
         storage: Arc<dyn Storage>,
@@ -292,6 +306,7 @@ impl Repository {
             not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
             lock_retry: (std::time::Duration::ZERO, None),
+            journal_sink: None,
         })
     }
 
@@ -472,6 +487,7 @@ impl Repository {
             not_cacheable: Mutex::default(),
             index_skipped: Vec::new(),
             lock_retry: (std::time::Duration::ZERO, None),
+            journal_sink: None,
         })
     }
 

@@ -211,6 +211,154 @@ pub struct AgentJobs {
     pub jobs: Vec<AgentJob>,
 }
 
+/// A media agent's load, as it reports it with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaLoad {
+    /// Requests being served now.
+    pub queue_depth: u64,
+    /// Bytes received per second over the last heartbeat interval.
+    pub bytes_per_s: u64,
+    /// CPU the daemon used over the last interval, in percent of one core.
+    pub cpu_percent: f64,
+    /// Requests that failed on the storage side since the start.
+    pub errors: u64,
+    /// Bytes received since the start.
+    pub bytes_total: u64,
+}
+
+/// `POST /v1/media/heartbeat` (media-agent certificate): the media agent
+/// says where agents reach it, which pools it serves, and its load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaHeartbeat {
+    /// The address agents connect to (`host:port`); agents check the
+    /// media agent's certificate by its name, not by this address.
+    pub address: String,
+    pub pools: Vec<String>,
+    pub load: MediaLoad,
+}
+
+/// Who may reach a pool through a media agent: an agent's current
+/// certificate (SHA-256 fingerprint, hex) and the pools its jobs name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub agent: String,
+    pub fingerprint: String,
+    pub pools: Vec<String>,
+}
+
+/// The answer to [`MediaHeartbeat`]: what the media agent needs to serve
+/// for the next `lease_ms`. Past the lease without a newer answer it
+/// refuses every request (a media agent cut off from the director stops
+/// taking data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaState {
+    pub lease_ms: u64,
+    /// The pools this media agent serves, with their repositories.
+    pub pools: Vec<Pool>,
+    pub grants: Vec<Grant>,
+    /// The director's current revocation list (DER, hex), checked at
+    /// every handshake.
+    pub crl_hex: String,
+}
+
+/// A media agent as the director knows it from its heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaAgentInfo {
+    pub name: String,
+    pub address: String,
+    pub pools: Vec<String>,
+    pub load: MediaLoad,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+    /// Whether its lease is current (it may take data).
+    pub alive: bool,
+}
+
+/// `GET /v1/media-agents` (API token), and `GET /v1/agent/media?pool=P`
+/// (agent certificate; only pools its jobs name; only live media agents,
+/// the least loaded first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaAgentList {
+    pub media_agents: Vec<MediaAgentInfo>,
+}
+
+/// What a journal record says in the clear (the record itself stays
+/// sealed with the repository's key): enough for the director to follow a
+/// job. Sent by the agent with the record, in [`SUMMARY_HEADER`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSummary {
+    pub seq: u64,
+    /// Durable position in the backup stream (bytes).
+    pub position: u64,
+    /// Packs the record makes durable (hex ids).
+    pub packs: Vec<String>,
+    /// Their stored bytes.
+    pub pack_bytes: u64,
+}
+
+/// The header carrying a [`JournalSummary`] (JSON) with a journal record.
+pub const SUMMARY_HEADER: &str = "baton-journal-summary";
+
+/// `POST /v1/media/journal` (media-agent certificate): a journal record
+/// an agent sent, forwarded before the agent is answered. The director
+/// stores it durably, then acknowledges.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalShip {
+    pub pool: String,
+    /// The agent that sent it (as its certificate says).
+    pub agent: String,
+    /// `<job>/<seq>`, the record's object name.
+    pub name: String,
+    /// The sealed record, hex.
+    pub sealed_hex: String,
+    #[serde(default)]
+    pub summary: Option<JournalSummary>,
+}
+
+/// The answer to [`JournalShip`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalAck {
+    pub name: String,
+    /// False when the director already held this record (a retry).
+    pub stored: bool,
+}
+
+/// A backup run as the director follows it from its journal records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    /// The run's journal id (hex).
+    pub job: String,
+    pub agent: String,
+    pub pool: String,
+    pub records: u64,
+    pub last_seq: u64,
+    pub position: u64,
+    pub pack_bytes: u64,
+    pub packs: u64,
+    /// The media agent that forwarded the last record.
+    pub media_agent: String,
+    /// Unix seconds.
+    pub started: i64,
+    pub updated: i64,
+}
+
+/// `GET /v1/runs` (API token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunList {
+    pub runs: Vec<RunInfo>,
+}
+
 /// When a job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {

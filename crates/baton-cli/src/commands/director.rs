@@ -2,7 +2,9 @@
 //! daemon (on a tokio runtime made here; the library runs on the caller's)
 //! and the blocking clients of its API.
 
-use crate::cli::{AgentCommand, CtlCommand, DirectorArgs, DirectorConn, Global};
+use crate::cli::{
+    AgentCommand, AgentWhoamiArgs, CtlCommand, DirectorArgs, DirectorConn, Global, MediaAgentArgs,
+};
 use crate::context;
 use anyhow::{Context, Result};
 use baton_director::client::{self, Client};
@@ -218,6 +220,66 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 outln!("removed job {:?}", a.name);
             }
         }
+        CtlCommand::MediaAgents(a) => {
+            let list = admin(&a.conn)?.media_agents()?;
+            if g.json {
+                super::print_json("media_agents", serde_json::to_value(&list)?);
+            } else {
+                outln!(
+                    "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6} {:>7} pools",
+                    "name",
+                    "address",
+                    "status",
+                    "queue",
+                    "bytes/s",
+                    "cpu%",
+                    "errors"
+                );
+                for m in &list.media_agents {
+                    outln!(
+                        "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6.1} {:>7} {}",
+                        m.name,
+                        context::escape(&m.address),
+                        if m.alive { "live" } else { "lost" },
+                        m.load.queue_depth,
+                        m.load.bytes_per_s,
+                        m.load.cpu_percent,
+                        m.load.errors,
+                        m.pools.join(",")
+                    );
+                }
+            }
+        }
+        CtlCommand::Runs(a) => {
+            let list = admin(&a.conn)?.runs()?;
+            if g.json {
+                super::print_json("runs", serde_json::to_value(&list)?);
+            } else {
+                outln!(
+                    "{:<16} {:<16} {:<12} {:>8} {:>14} {:>7} {:<16} updated",
+                    "run",
+                    "agent",
+                    "pool",
+                    "records",
+                    "position",
+                    "packs",
+                    "media agent"
+                );
+                for r in &list.runs {
+                    outln!(
+                        "{:<16} {:<16} {:<12} {:>8} {:>14} {:>7} {:<16} {}",
+                        &r.job[..16.min(r.job.len())],
+                        r.agent,
+                        r.pool,
+                        r.records,
+                        r.position,
+                        r.packs,
+                        r.media_agent,
+                        date(r.updated)
+                    );
+                }
+            }
+        }
         CtlCommand::Revoke(a) => {
             let list = admin(&a.conn)?.revoke(&a.name)?;
             if g.json {
@@ -272,6 +334,18 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
                 }
             }
         }
+        AgentCommand::Backup(a) => {
+            let jobs = Client::for_node(&a.node.director, &a.node.state)?.agent_jobs()?;
+            let Some(job) = jobs.jobs.into_iter().find(|j| j.job.name == a.job) else {
+                return Err(crate::Usage(format!(
+                    "no job {:?} for this agent (`baton agent jobs` lists them)",
+                    a.job
+                ))
+                .into());
+            };
+            return run_job(g, &a.node, &job.job);
+        }
+        AgentCommand::Run(a) => return run_schedule(g, &a),
         AgentCommand::Whoami(a) => {
             let w = Client::for_node(&a.director, &a.state)?.whoami()?;
             if g.json {
@@ -282,4 +356,172 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
         }
     }
     Ok(crate::exit::OK)
+}
+
+/// Runs one job now: the CLI's own backup, into the job's pool through a
+/// media agent the director names.
+fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Result<i32> {
+    context::set_media_node(&node.director, &node.state);
+    let mut argv: Vec<String> = vec!["baton".into(), "backup".into()];
+    for t in &job.tags {
+        argv.push("--tag".into());
+        argv.push(t.clone());
+    }
+    argv.push("--".into());
+    argv.extend(job.paths.iter().cloned());
+    let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        .map_err(|e| crate::Usage(format!("job {:?}: {e}", job.name)))?;
+    let crate::cli::Command::Backup(args) = parsed.command else {
+        unreachable!("parsed as a backup");
+    };
+    let mut g2 = g.clone();
+    g2.repo = Some(std::path::PathBuf::from(format!("media:{}", job.pool)));
+    let code = super::backup::run(&g2, &args)?;
+    if let Some(m) = context::media()
+        && !g.quiet
+        && !g.json
+    {
+        eprintln!(
+            "job {:?}: stored through media agent{} {}{}",
+            job.name,
+            if m.served_by().len() > 1 { "s" } else { "" },
+            m.served_by().join(" then "),
+            if m.switches() > 0 {
+                format!(" ({} switch(es))", m.switches())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(code)
+}
+
+/// When `schedule` next makes a job due after its last start (Unix
+/// seconds; `None`: never run, due now).
+fn due(schedule: baton_wire::Schedule, last: Option<i64>, now: i64) -> bool {
+    let Some(last) = last else {
+        return true;
+    };
+    match schedule {
+        baton_wire::Schedule::Every(s) => now - last >= s as i64,
+        baton_wire::Schedule::Daily(minute) => {
+            // The latest HH:MM (UTC) not after now.
+            let day = now.div_euclid(86400) * 86400;
+            let mut at = day + i64::from(minute) * 60;
+            if at > now {
+                at -= 86400;
+            }
+            last < at
+        }
+    }
+}
+
+/// Runs the agent's jobs on their schedules (each job's last start kept in
+/// the state directory's `schedule.json`), one at a time, until Ctrl-C.
+fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
+    let file = a.node.state.join("schedule.json");
+    let mut last: std::collections::BTreeMap<String, i64> = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut worst = crate::exit::OK;
+    loop {
+        let jobs =
+            match Client::for_node(&a.node.director, &a.node.state).and_then(|c| c.agent_jobs()) {
+                Ok(j) => j.jobs,
+                Err(e) if e.retry_later() && !a.once => {
+                    eprintln!("agent: cannot reach the director ({e}); trying again");
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+        for j in &jobs {
+            if context::cancel().is_cancelled() {
+                break;
+            }
+            let Ok(schedule) = baton_wire::parse_schedule(&j.job.schedule) else {
+                eprintln!("agent: job {:?} has an invalid schedule", j.job.name);
+                continue;
+            };
+            let now = baton_director::server::now();
+            if !due(schedule, last.get(&j.job.name).copied(), now) {
+                continue;
+            }
+            last.insert(j.job.name.clone(), now);
+            // Recorded before the run: a run that fails is retried at its
+            // next time, not in a loop (an interrupted one resumes then).
+            client::write_private(&file, &serde_json::to_vec(&last)?)?;
+            match run_job(g, &a.node, &j.job) {
+                Ok(code) => worst = worst.max(code),
+                Err(e) => {
+                    eprintln!("agent: job {:?} failed: {e:#}", j.job.name);
+                    worst = worst.max(crate::exit::FAILED);
+                }
+            }
+        }
+        if a.once || context::cancel().is_cancelled() {
+            break;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(a.poll as u64);
+        while std::time::Instant::now() < until && !context::cancel().is_cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        if context::cancel().is_cancelled() {
+            break;
+        }
+    }
+    context::forget_interrupt();
+    Ok(worst)
+}
+
+/// Runs a media agent until SIGINT or SIGTERM.
+pub fn media_agent(g: &Global, a: &MediaAgentArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the media agent's runtime")?;
+    let base = g.clone();
+    let open: baton_media::server::Opener = std::sync::Arc::new(move |repo: &str| {
+        if repo.starts_with("media:") {
+            return Err("a pool's repository cannot be another media agent".into());
+        }
+        let mut g = base.clone();
+        g.repo = Some(std::path::PathBuf::from(repo));
+        context::storage(&g).map_err(|e| format!("{e:#}"))
+    });
+    rt.block_on(async {
+        let m = baton_media::MediaAgent::start(baton_media::Config {
+            state_dir: a.state.clone(),
+            director: a.director.clone(),
+            listen: a.listen,
+            advertise: a.advertise.clone(),
+            pools: a.pools.clone(),
+            open,
+            max_writes: a.max_writes,
+            throttle_bytes_per_s: a.throttle,
+        })
+        .await?;
+        if g.json {
+            super::print_json(
+                "media_agent_ready",
+                serde_json::json!({ "name": m.name(), "address": m.address(), "pools": a.pools }),
+            );
+        } else if !g.quiet {
+            outln!(
+                "media agent {} listening on {} for pools {}",
+                m.name(),
+                m.address(),
+                a.pools.join(",")
+            );
+        }
+        let stop = async {
+            while !context::cancel().is_cancelled() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        m.run(stop).await;
+        context::forget_interrupt();
+        anyhow::Ok(crate::exit::OK)
+    })
 }

@@ -62,6 +62,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Director(a) => director::serve(g, &a),
         Command::Ctl(c) => director::ctl(g, c),
         Command::Agent(c) => director::agent(g, c),
+        Command::MediaAgent(a) => director::media_agent(g, &a),
         Command::Unlock(a) => key::unlock(g, &a),
         Command::Jobs(a) => key::jobs(g, a),
         Command::Check(a) => check::run(g, &a),

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A running `baton director`, killed when dropped.
-struct Director {
+pub(crate) struct Director {
     child: Child,
-    url: String,
-    state: PathBuf,
+    pub(crate) url: String,
+    pub(crate) state: PathBuf,
     fingerprint: String,
 }
 
@@ -27,7 +27,7 @@ impl Drop for Director {
 }
 
 impl Director {
-    fn start(env: &Env, state: &Path, db: Option<&str>, extra: &[&str]) -> Director {
+    pub(crate) fn start(env: &Env, state: &Path, db: Option<&str>, extra: &[&str]) -> Director {
         let mut c = Command::new(env!("CARGO_BIN_EXE_baton"));
         c.args(["director", "--json", "--listen", "127.0.0.1:0", "--state"])
             .arg(state)
@@ -57,7 +57,7 @@ impl Director {
         }
     }
 
-    fn ctl(&self, env: &Env, args: &[&str]) -> Run {
+    pub(crate) fn ctl(&self, env: &Env, args: &[&str]) -> Run {
         let mut c = env.cmd();
         c.arg("ctl")
             .args(args)
@@ -70,7 +70,7 @@ impl Director {
         run(&mut c)
     }
 
-    fn token(&self, env: &Env, role: &str, name: &str, ttl: &str) -> String {
+    pub(crate) fn token(&self, env: &Env, role: &str, name: &str, ttl: &str) -> String {
         let r = self
             .ctl(
                 env,
@@ -82,7 +82,7 @@ impl Director {
         r.json()["token"].as_str().unwrap().to_string()
     }
 
-    fn enrol(&self, env: &Env, token: &str, state: &Path) -> Run {
+    pub(crate) fn enrol(&self, env: &Env, token: &str, state: &Path) -> Run {
         let mut c = env.cmd();
         c.args([
             "agent",
@@ -601,6 +601,11 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/jobs", "post"),
         ("/v1/jobs/{name}", "delete"),
         ("/v1/agent/jobs", "get"),
+        ("/v1/agent/media", "get"),
+        ("/v1/media/heartbeat", "post"),
+        ("/v1/media/journal", "post"),
+        ("/v1/media-agents", "get"),
+        ("/v1/runs", "get"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m.to_string()))
@@ -692,6 +697,29 @@ fn the_api_answers_as_its_openapi_document_says() {
     let (code, body) = curl(&d, "/v1/nodes", &["-H", &bearer]);
     assert_eq!(code, "200", "{body}");
     check("NodeList", &body);
+    for (path, schema) in [
+        ("/v1/media-agents", "MediaAgentList"),
+        ("/v1/runs", "RunList"),
+    ] {
+        let (code, body) = curl(&d, path, &["-H", &bearer]);
+        assert_eq!(code, "200", "{body}");
+        check(schema, &body);
+    }
+    // An agent is no media agent, and asks only for its jobs' pools.
+    let (code, body) = curl(
+        &d,
+        "/v1/media/heartbeat",
+        &[
+            &mtls[..],
+            &["-H", json, "-d", r#"{"address":"x:1","pools":[],"load":{"queue_depth":0,"bytes_per_s":0,"cpu_percent":0,"errors":0,"bytes_total":0}}"#],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, "403", "{body}");
+    check("ApiError", &body);
+    let (code, body) = curl(&d, "/v1/agent/media?pool=p9", &mtls);
+    assert_eq!(code, "403", "{body}");
+    check("ApiError", &body);
     let (code, body) = curl(&d, "/v1/nodes/n1/revoke", &["-H", &bearer, "-X", "POST"]);
     assert_eq!(code, "200", "{body}");
     check("NodeList", &body);

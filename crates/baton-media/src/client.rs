@@ -1,0 +1,502 @@
+//! The agents' side of a media agent: [`MediaStorage`], the repository's
+//! storage seam over the media agent protocol ([`crate::proto`]), and
+//! [`MediaSink`], which sends backup journal records with their summary.
+//!
+//! The media agent is chosen by the director (the least loaded live one of
+//! the pool). Its certificate is checked against the director's CA *by its
+//! node name*: the URL's host is the media agent's name and a resolver of
+//! our own maps it to the address the director gave, so no other node,
+//! whatever address it answers on, passes for it.
+//!
+//! When a media agent stops answering, or answers that it cannot take
+//! requests (503: it lost its lease, it is ceasing), the request is sent
+//! again to another media agent of the pool, which the director names.
+//! Every request is safe to repeat: objects are created once, and a
+//! repeated create of the same bytes succeeds. Only the request in flight
+//! is sent again: at most one pack per stream.
+
+use crate::proto::{self, Exists, Listed, Size};
+use baton_director::client::Client;
+use baton_storage::{ErrorKind, ObjectInfo, ObjectKind, Storage, StorageError};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+
+/// A connection to one media agent.
+struct Conn {
+    name: String,
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// Resolves exactly one host name (a media agent's node name) to the
+/// address the director gave for it.
+#[derive(Debug)]
+struct Fixed {
+    host: String,
+    addrs: Vec<SocketAddr>,
+}
+
+impl ureq::unversioned::resolver::Resolver for Fixed {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if uri.host() != Some(self.host.as_str()) {
+            return Err(ureq::Error::HostNotFound);
+        }
+        let mut out = self.empty();
+        for a in self.addrs.iter().take(16) {
+            out.push(*a);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(out)
+    }
+}
+
+/// A pool's repository reached through its media agents.
+pub struct MediaStorage {
+    pool: String,
+    director: Client,
+    tls: TlsConfig,
+    current: Mutex<Option<Arc<Conn>>>,
+    /// How long a request keeps looking for a media agent that takes it.
+    patience: Duration,
+    switches: AtomicU64,
+    /// Media agents that served this storage, in order (the last serves now).
+    served_by: Mutex<Vec<String>>,
+}
+
+fn err(kind: ErrorKind, what: impl Into<String>, msg: impl Into<String>) -> StorageError {
+    StorageError::new(kind, what, msg)
+}
+
+fn what(kind: ObjectKind, name: &str) -> String {
+    match kind {
+        ObjectKind::Config => "config".into(),
+        k => format!("{} {name}", k.dir()),
+    }
+}
+
+/// What a failed exchange means for the caller: try another media agent
+/// (transport failure, 503), or an answer to pass on.
+enum Outcome {
+    Answer(ureq::http::Response<ureq::Body>),
+    Switch(String),
+}
+
+impl MediaStorage {
+    /// The repository of `pool`, for the agent enrolled into `state_dir`
+    /// with the director at `director`.
+    pub fn new(director: &str, state_dir: &Path, pool: &str) -> Result<MediaStorage, StorageError> {
+        let local = |m: String| err(ErrorKind::Permanent, format!("media:{pool}"), m);
+        if !baton_wire::valid_node_name(pool) {
+            return Err(local("not a pool name".into()));
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(state_dir.join(f))
+                .map_err(|e| local(format!("{}: {e}", state_dir.join(f).display())))
+        };
+        let (ca, cert, key) = (read("ca.pem")?, read("cert.pem")?, read("key.pem")?);
+        let client =
+            Client::with_cert(director, &ca, &cert, &key).map_err(|e| local(e.to_string()))?;
+        let ca = Certificate::from_pem(ca.as_bytes()).map_err(|e| local(e.to_string()))?;
+        let cert = Certificate::from_pem(cert.as_bytes()).map_err(|e| local(e.to_string()))?;
+        let key = PrivateKey::from_pem(key.as_bytes()).map_err(|e| local(e.to_string()))?;
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(vec![ca.to_owned()])))
+            .client_cert(Some(ClientCert::new_with_certs(
+                &[cert.to_owned()],
+                key.to_owned(),
+            )))
+            .build();
+        Ok(MediaStorage {
+            pool: pool.to_string(),
+            director: client,
+            tls,
+            current: Mutex::new(None),
+            patience: Duration::from_secs(
+                std::env::var("BATON_MEDIA_PATIENCE_S")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(120),
+            ),
+            switches: AtomicU64::new(0),
+            served_by: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How many times requests moved to another media agent.
+    pub fn switches(&self) -> u64 {
+        self.switches.load(Ordering::Relaxed)
+    }
+
+    /// The media agents that served, in order.
+    pub fn served_by(&self) -> Vec<String> {
+        self.served_by.lock().expect("served").clone()
+    }
+
+    fn connect(&self, name: &str, address: &str) -> Result<Conn, String> {
+        let addrs: Vec<SocketAddr> = address
+            .to_socket_addrs()
+            .map_err(|e| format!("{address}: {e}"))?
+            .collect();
+        let port = addrs.first().map(|a| a.port()).ok_or("no address")?;
+        let config = ureq::Agent::config_builder()
+            .tls_config(self.tls.clone())
+            .https_only(true)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_recv_body(Some(Duration::from_secs(120)))
+            .timeout_send_body(Some(Duration::from_secs(120)))
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            Fixed {
+                host: name.to_string(),
+                addrs,
+            },
+        );
+        Ok(Conn {
+            name: name.to_string(),
+            base: format!("https://{name}:{port}/v1/repo/{}", self.pool),
+            agent,
+        })
+    }
+
+    /// The media agent to use: the current one, or the one the director
+    /// names (not `avoid` if there is another).
+    fn conn(&self, avoid: Option<&str>) -> Result<Arc<Conn>, (bool, String)> {
+        if let Some(c) = self.current.lock().expect("conn").as_ref()
+            && avoid != Some(c.name.as_str())
+        {
+            return Ok(c.clone());
+        }
+        let list = self
+            .director
+            .agent_media(&self.pool)
+            .map_err(|e| (e.retry_later(), e.to_string()))?;
+        let pick = list
+            .media_agents
+            .iter()
+            .find(|m| Some(m.name.as_str()) != avoid)
+            .or(list.media_agents.first())
+            .ok_or_else(|| {
+                (
+                    true,
+                    format!("no media agent of pool {} is live", self.pool),
+                )
+            })?;
+        let c = Arc::new(
+            self.connect(&pick.name, &pick.address)
+                .map_err(|m| (true, m))?,
+        );
+        let mut served = self.served_by.lock().expect("served");
+        if served.last() != Some(&c.name) {
+            if !served.is_empty() {
+                self.switches.fetch_add(1, Ordering::Relaxed);
+            }
+            served.push(c.name.clone());
+        }
+        *self.current.lock().expect("conn") = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends a request (built by `f` on a connection) to a media agent
+    /// that takes it, moving to another on failure, until `patience` runs
+    /// out. A refusal or an error answer is returned as it is.
+    fn call(
+        &self,
+        what: &str,
+        f: &dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
+        let deadline = Instant::now() + self.patience;
+        let mut avoid: Option<String> = None;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let outcome = match self.conn(avoid.as_deref()) {
+                Ok(c) => match f(&c) {
+                    Ok(r) if r.status().as_u16() == 503 => {
+                        Outcome::Switch(format!("media agent {} is unavailable", c.name))
+                    }
+                    Ok(r) => Outcome::Answer(r),
+                    Err(e) => {
+                        let m = e.to_string();
+                        if m.to_ascii_lowercase().contains("alert") {
+                            // The media agent refused our certificate.
+                            return Err(err(
+                                ErrorKind::PermissionDenied,
+                                what,
+                                format!(
+                                    "media agent {} refused this agent's certificate: {m}",
+                                    c.name
+                                ),
+                            ));
+                        }
+                        Outcome::Switch(format!("media agent {}: {m}", c.name))
+                    }
+                },
+                Err((true, m)) => Outcome::Switch(m),
+                Err((false, m)) => {
+                    return Err(err(ErrorKind::PermissionDenied, what, m));
+                }
+            };
+            match outcome {
+                Outcome::Answer(r) => return Ok(r),
+                Outcome::Switch(why) => {
+                    let cur = self.current.lock().expect("conn").take();
+                    if let Some(c) = cur {
+                        avoid = Some(c.name.clone());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(err(ErrorKind::Transient, what, why));
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// An error answer as a storage error.
+    fn fail(what: &str, mut r: ureq::http::Response<ureq::Body>) -> StorageError {
+        let status = r.status().as_u16();
+        let body = r
+            .body_mut()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
+        let msg = serde_json::from_str::<baton_wire::ApiError>(&body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| format!("HTTP {status}"));
+        err(proto::kind_of(status), what, msg)
+    }
+
+    fn bytes(
+        what: &str,
+        mut r: ureq::http::Response<ureq::Body>,
+        limit: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        if !r.status().is_success() {
+            return Err(Self::fail(what, r));
+        }
+        r.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| err(ErrorKind::Transient, what, e.to_string()))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        what: &str,
+        r: ureq::http::Response<ureq::Body>,
+    ) -> Result<T, StorageError> {
+        let b = Self::bytes(what, r, 256 << 20)?;
+        serde_json::from_slice(&b).map_err(|e| {
+            err(
+                ErrorKind::Permanent,
+                what,
+                format!("unreadable answer: {e}"),
+            )
+        })
+    }
+
+    fn url(c: &Conn, kind: ObjectKind, name: &str) -> String {
+        let name = if kind == ObjectKind::Config {
+            "config"
+        } else {
+            name
+        };
+        format!("{}/{}/{name}", c.base, proto::kind_name(kind))
+    }
+
+    fn version<B>(r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        r.header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+    }
+
+    /// Creates an object; a journal record carries its summary.
+    pub fn put_with(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        data: &[u8],
+        summary: Option<&baton_wire::JournalSummary>,
+    ) -> Result<(), StorageError> {
+        baton_storage::check_name(kind, name)?;
+        let w = what(kind, name);
+        let summary = summary.map(|s| serde_json::to_string(s).expect("summary"));
+        let r = self.call(&w, &|c| {
+            let mut req = Self::version(c.agent.put(Self::url(c, kind, name)));
+            if let Some(s) = &summary {
+                req = req.header(baton_wire::SUMMARY_HEADER, s);
+            }
+            req.send(data)
+        })?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::fail(&w, r))
+        }
+    }
+}
+
+impl Storage for MediaStorage {
+    fn location(&self) -> String {
+        format!("media:{}", self.pool)
+    }
+
+    fn exists(&self) -> Result<bool, StorageError> {
+        let r = self.call("repository", &|c| {
+            Self::version(c.agent.get(&c.base)).call()
+        })?;
+        Ok(Self::json::<Exists>("repository", r)?.exists)
+    }
+
+    fn create(&self) -> Result<(), StorageError> {
+        let r = self.call("repository", &|c| {
+            Self::version(c.agent.post(&c.base)).send_empty()
+        })?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::fail("repository", r))
+        }
+    }
+
+    fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
+        self.put_with(kind, name, data, None)
+    }
+
+    fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
+        self.get_limited(kind, name, proto::MAX_OBJECT as u64)
+    }
+
+    fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
+        baton_storage::check_name(kind, name)?;
+        let w = what(kind, name);
+        let r = self.call(&w, &|c| {
+            Self::version(
+                c.agent
+                    .get(format!("{}?max={max}", Self::url(c, kind, name))),
+            )
+            .call()
+        })?;
+        Self::bytes(&w, r, max)
+    }
+
+    fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        baton_storage::check_name(kind, name)?;
+        let w = what(kind, name);
+        let r = self.call(&w, &|c| {
+            Self::version(c.agent.get(format!(
+                "{}?offset={offset}&len={len}",
+                Self::url(c, kind, name)
+            )))
+            .call()
+        })?;
+        let b = Self::bytes(&w, r, len)?;
+        if b.len() as u64 != len {
+            return Err(err(
+                ErrorKind::Permanent,
+                w,
+                format!("short read: {} of {len} bytes", b.len()),
+            ));
+        }
+        Ok(b)
+    }
+
+    fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
+        baton_storage::check_name(kind, name)?;
+        let w = what(kind, name);
+        let r = self.call(&w, &|c| {
+            Self::version(c.agent.get(format!("{}?stat=1", Self::url(c, kind, name)))).call()
+        })?;
+        Ok(Self::json::<Size>(&w, r)?.size)
+    }
+
+    fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.list_prefix(kind, "")
+    }
+
+    fn list_prefix(&self, kind: ObjectKind, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        if !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+        {
+            return Err(err(ErrorKind::Permanent, kind.dir(), "invalid prefix"));
+        }
+        let w = kind.dir().to_string();
+        let r = self.call(&w, &|c| {
+            Self::version(c.agent.get(format!(
+                "{}/{}?prefix={prefix}",
+                c.base,
+                proto::kind_name(kind)
+            )))
+            .call()
+        })?;
+        Ok(Self::json::<Vec<Listed>>(&w, r)?
+            .into_iter()
+            .map(|l| ObjectInfo {
+                name: l.name,
+                size: l.size,
+            })
+            .collect())
+    }
+
+    fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
+        baton_storage::check_name(kind, name)?;
+        let w = what(kind, name);
+        let r = self.call(&w, &|c| {
+            Self::version(c.agent.delete(Self::url(c, kind, name))).call()
+        })?;
+        if r.status().is_success() || r.status().as_u16() == 404 {
+            Ok(())
+        } else {
+            Err(Self::fail(&w, r))
+        }
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+/// Sends a repository's backup journal records through a media agent,
+/// with their summary in the clear for the director.
+pub struct MediaSink(pub Arc<MediaStorage>);
+
+impl baton_repo::journal::JournalSink for MediaSink {
+    fn store(
+        &self,
+        name: &str,
+        sealed: &[u8],
+        summary: &baton_repo::journal::RecordSummary,
+    ) -> baton_repo::Result<()> {
+        let s = baton_wire::JournalSummary {
+            seq: summary.seq,
+            position: summary.position,
+            packs: summary.packs.iter().map(|p| p.to_hex()).collect(),
+            pack_bytes: summary.pack_bytes,
+        };
+        self.0
+            .put_with(ObjectKind::Journal, name, sealed, Some(&s))?;
+        Ok(())
+    }
+}

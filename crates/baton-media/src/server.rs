@@ -1,0 +1,773 @@
+//! The media agent's daemon: heartbeats to the director (its load out;
+//! its pools, grants, revocation list and lease back), and the storage
+//! protocol ([`crate::proto`]) over mutual TLS for the agents the
+//! director's grants name.
+
+use crate::proto::{self, Exists, Listed, Size};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use baton_director::client::{Client, ClientError};
+use baton_director::tls::Peer;
+use baton_storage::{ObjectKind, Storage, StorageError};
+use baton_wire::{ApiError, ErrorCode, JournalShip, MediaHeartbeat, MediaLoad, MediaState, Role};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Opens a pool's repository storage from its location (as `baton -r`
+/// takes it): given by the caller, which knows the backends.
+pub type Opener = Arc<dyn Fn(&str) -> Result<Arc<dyn Storage>, String> + Send + Sync>;
+
+/// How a media agent runs.
+#[derive(Clone)]
+pub struct Config {
+    /// Where `baton agent enrol` put its key, certificate and the CA.
+    pub state_dir: PathBuf,
+    /// The director's URL.
+    pub director: String,
+    pub listen: SocketAddr,
+    /// The address agents connect to (`host:port`); default: `listen`
+    /// (loopback if that is unspecified).
+    pub advertise: Option<String>,
+    /// The pools it serves.
+    pub pools: Vec<String>,
+    pub open: Opener,
+    /// Writes stored at once (each holds one object in memory).
+    pub max_writes: usize,
+    /// Slows receiving to this many bytes per second (a test's way to
+    /// unbalance a pool).
+    pub throttle_bytes_per_s: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error(transparent)]
+    Director(#[from] ClientError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the last heartbeat's answer allows.
+#[derive(Default)]
+struct Grants {
+    /// Agent certificate fingerprint -> (agent, its pools).
+    by_fingerprint: HashMap<String, (String, Vec<String>)>,
+    /// Pool -> its repository, with the storage opened for it.
+    stores: HashMap<String, (String, Arc<dyn Storage>)>,
+    crl_hex: String,
+}
+
+#[derive(Default)]
+struct Load {
+    in_flight: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Inner {
+    name: String,
+    cfg: Config,
+    address: String,
+    director: Client,
+    grants: RwLock<Grants>,
+    tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    chain: Vec<Vec<u8>>,
+    key_pem: String,
+    ca_der: Vec<u8>,
+    /// Until when the director's last answer lets it take requests.
+    lease_until: Mutex<Option<Instant>>,
+    load: Load,
+    writes: tokio::sync::Semaphore,
+    handshakes_failed: AtomicU64,
+}
+
+/// A media agent, enrolled and registered with its director, its port bound.
+pub struct MediaAgent {
+    inner: Arc<Inner>,
+    listener: tokio::net::TcpListener,
+}
+
+fn read(dir: &std::path::Path, f: &str) -> Result<String, MediaError> {
+    let p = dir.join(f);
+    std::fs::read_to_string(&p).map_err(|e| MediaError::Io(p.display().to_string(), e))
+}
+
+/// How often a media agent beats (a sixth of its lease).
+fn beat_interval(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 6).max(100))
+}
+
+impl MediaAgent {
+    /// Checks its certificate with the director, binds `listen` and makes
+    /// its first heartbeat (so it serves with a current revocation list).
+    pub async fn start(cfg: Config) -> Result<MediaAgent, MediaError> {
+        let ca_pem = read(&cfg.state_dir, "ca.pem")?;
+        let cert_pem = read(&cfg.state_dir, "cert.pem")?;
+        let key_pem = read(&cfg.state_dir, "key.pem")?;
+        let director = Client::with_cert(&cfg.director, &ca_pem, &cert_pem, &key_pem)?;
+        let (director, me) = tokio::task::spawn_blocking(move || {
+            let me = director.whoami();
+            (director, me)
+        })
+        .await
+        .map_err(|e| MediaError::Refused(e.to_string()))?;
+        let me = me?;
+        if me.role != Role::MediaAgent {
+            return Err(MediaError::Refused(format!(
+                "this node is enrolled as {} {:?}, not as a media agent (enrol with a media-agent token)",
+                me.role.as_str(),
+                me.name
+            )));
+        }
+        for p in &cfg.pools {
+            if !baton_wire::valid_node_name(p) {
+                return Err(MediaError::Refused(format!("{p:?} is not a pool name")));
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| MediaError::Io(format!("listening on {}", cfg.listen), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| MediaError::Io("listening".into(), e))?;
+        let address = match &cfg.advertise {
+            Some(a) => a.clone(),
+            None if bound.ip().is_unspecified() => SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                bound.port(),
+            )
+            .to_string(),
+            None => bound.to_string(),
+        };
+        let tls = |e: String| MediaError::Tls(e);
+        let ca_der = baton_director::tls::cert_der(&ca_pem).map_err(tls)?;
+        let chain = vec![
+            baton_director::tls::cert_der(&cert_pem).map_err(tls)?,
+            ca_der.clone(),
+        ];
+        // Replaced by the first heartbeat's answer (with the director's
+        // revocation list) before the port is served.
+        let placeholder = {
+            use rustls::pki_types::pem::PemObject;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| tls(e.to_string()))?;
+            Arc::new(
+                rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| tls(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(chain.iter().cloned().map(Into::into).collect(), key)
+                .map_err(|e| tls(e.to_string()))?,
+            )
+        };
+        let inner = Arc::new(Inner {
+            name: me.name,
+            address,
+            director,
+            grants: RwLock::new(Grants::default()),
+            tls: Arc::new(RwLock::new(placeholder)),
+            chain,
+            key_pem,
+            ca_der,
+            lease_until: Mutex::new(None),
+            load: Load::default(),
+            writes: tokio::sync::Semaphore::new(cfg.max_writes.max(1)),
+            handshakes_failed: AtomicU64::new(0),
+            cfg,
+        });
+        let first = inner.clone();
+        tokio::task::spawn_blocking(move || first.beat(&mut CpuClock::new()))
+            .await
+            .map_err(|e| MediaError::Refused(e.to_string()))??;
+        Ok(MediaAgent { inner, listener })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address it told the director agents reach it at.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let beats = {
+            let inner = self.inner.clone();
+            async move {
+                let mut clock = CpuClock::new();
+                let mut was_ok = true;
+                loop {
+                    let every = beat_interval(baton_director::server::LEASE_MS);
+                    tokio::time::sleep(every).await;
+                    let i = inner.clone();
+                    let (r, c) = tokio::task::spawn_blocking(move || {
+                        let r = i.beat(&mut clock);
+                        (r, clock)
+                    })
+                    .await
+                    .expect("heartbeat thread");
+                    clock = c;
+                    match r {
+                        Ok(()) if !was_ok => {
+                            eprintln!("media agent {}: the director answers again", inner.name);
+                            was_ok = true;
+                        }
+                        Err(e) if was_ok => {
+                            eprintln!("media agent {}: heartbeat failed: {e}", inner.name);
+                            was_ok = false;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        };
+        let failed: Arc<dyn Fn() + Send + Sync> = {
+            let inner = self.inner.clone();
+            Arc::new(move || {
+                inner.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        let serve = baton_director::tls::serve(
+            self.listener,
+            self.inner.tls.clone(),
+            router(self.inner.clone()),
+            failed,
+        );
+        tokio::select! {
+            () = serve => {}
+            () = beats => {}
+            () = shutdown => {}
+        }
+    }
+}
+
+/// CPU time of this process between heartbeats.
+struct CpuClock {
+    last: (Instant, u64),
+    last_bytes: u64,
+}
+
+impl CpuClock {
+    fn new() -> CpuClock {
+        CpuClock {
+            last: (Instant::now(), cpu_ticks()),
+            last_bytes: 0,
+        }
+    }
+}
+
+/// User and system time of this process, in clock ticks (USER_HZ, 100 on
+/// Linux by ABI).
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    n(11) + n(12)
+}
+
+impl Inner {
+    /// One heartbeat (blocking): reports the load, applies the answer.
+    fn beat(&self, clock: &mut CpuClock) -> Result<(), MediaError> {
+        let now = Instant::now();
+        let ticks = cpu_ticks();
+        let secs = now.duration_since(clock.last.0).as_secs_f64().max(1e-3);
+        let bytes = self.load.bytes.load(Ordering::Relaxed);
+        let load = MediaLoad {
+            queue_depth: self.load.in_flight.load(Ordering::Relaxed),
+            bytes_per_s: ((bytes - clock.last_bytes) as f64 / secs) as u64,
+            cpu_percent: (ticks.saturating_sub(clock.last.1) as f64) / secs,
+            errors: self.load.errors.load(Ordering::Relaxed),
+            bytes_total: bytes,
+        };
+        clock.last = (now, ticks);
+        clock.last_bytes = bytes;
+        let beat = MediaHeartbeat {
+            address: self.address.clone(),
+            pools: self.cfg.pools.clone(),
+            load,
+        };
+        // The lease counts from when the request left, not when the answer
+        // came: a slow answer never stretches it.
+        let sent = Instant::now();
+        let state = self.director.heartbeat(&beat)?;
+        self.apply(state, sent)
+    }
+
+    fn apply(&self, state: MediaState, sent: Instant) -> Result<(), MediaError> {
+        let mut stores = HashMap::new();
+        {
+            let held = self.grants.read().expect("grants");
+            for p in &state.pools {
+                match held.stores.get(&p.name) {
+                    Some((repo, s)) if *repo == p.repository => {
+                        stores.insert(p.name.clone(), (repo.clone(), s.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for p in &state.pools {
+            if !stores.contains_key(&p.name) {
+                match (self.cfg.open)(&p.repository) {
+                    Ok(s) => {
+                        stores.insert(p.name.clone(), (p.repository.clone(), s));
+                    }
+                    Err(e) => eprintln!(
+                        "media agent {}: cannot open the repository of pool {}: {e}",
+                        self.name, p.name
+                    ),
+                }
+            }
+        }
+        let crl_changed = self.grants.read().expect("grants").crl_hex != state.crl_hex;
+        if crl_changed {
+            let crl = hex::decode(&state.crl_hex)
+                .map_err(|_| MediaError::Tls("the director sent an unreadable CRL".into()))?;
+            let cfg = baton_director::tls::server_config(
+                &self.ca_der,
+                crl,
+                false,
+                self.chain.clone(),
+                &self.key_pem,
+            )
+            .map_err(MediaError::Tls)?;
+            *self.tls.write().expect("tls") = cfg;
+        }
+        let by_fingerprint = state
+            .grants
+            .into_iter()
+            .map(|g| (g.fingerprint, (g.agent, g.pools)))
+            .collect();
+        *self.grants.write().expect("grants") = Grants {
+            by_fingerprint,
+            stores,
+            crl_hex: state.crl_hex,
+        };
+        *self.lease_until.lock().expect("lease") =
+            Some(sent + Duration::from_millis(state.lease_ms));
+        Ok(())
+    }
+}
+
+/// An error answer.
+struct Fail(StatusCode, ErrorCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            axum::Json(ApiError {
+                code: self.1,
+                message: self.2,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn storage_fail(inner: &Inner, e: StorageError) -> Fail {
+    let status =
+        StatusCode::from_u16(proto::status_of(e.kind)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        409 => ErrorCode::Conflict,
+        403 => ErrorCode::Forbidden,
+        503 => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    if status.is_server_error() {
+        inner.load.errors.fetch_add(1, Ordering::Relaxed);
+        eprintln!("media agent {}: {e}", inner.name);
+    }
+    Fail(status, code, e.to_string())
+}
+
+/// Who a request comes from and the storage it may use, found before any
+/// of its body is read.
+#[derive(Clone)]
+struct Allowed(String, Arc<dyn Storage>);
+
+async fn authorize(
+    State(inner): State<Arc<Inner>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or(Peer(None));
+    let pool = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/repo/")
+        .and_then(|p| p.split('/').next())
+        .unwrap_or("")
+        .to_string();
+    match allow(&inner, &peer, &pool) {
+        Ok((agent, s)) => {
+            req.extensions_mut().insert(Allowed(agent, s));
+            next.run(req).await
+        }
+        Err(f) => f.into_response(),
+    }
+}
+
+fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/v1/repo/{pool}", get(repo_exists).post(repo_create))
+        .route("/v1/repo/{pool}/{kind}", get(list))
+        .route(
+            "/v1/repo/{pool}/{kind}/{*name}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            authorize,
+        ))
+        .layer(DefaultBodyLimit::max(proto::MAX_OBJECT))
+        .fallback(|| async {
+            Fail(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such endpoint".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn(check_version))
+        .with_state(inner)
+}
+
+async fn check_version(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let v = req.headers().get(baton_wire::VERSION_HEADER);
+    if v.and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u32>().ok())
+        != Some(baton_wire::VERSION)
+    {
+        return Fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Version,
+            format!(
+                "this media agent speaks wire version {} (header {})",
+                baton_wire::VERSION,
+                baton_wire::VERSION_HEADER
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a Load);
+
+impl<'a> InFlight<'a> {
+    fn new(l: &'a Load) -> Self {
+        l.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(l)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The agent behind a request and the storage of the pool it asks for,
+/// if the director's grants allow it and the lease is current.
+fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Storage>), Fail> {
+    let current = inner
+        .lease_until
+        .lock()
+        .expect("lease")
+        .is_some_and(|t| Instant::now() < t);
+    if !current {
+        return Err(Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "media agent {} has lost contact with the director and takes no requests; try another",
+                inner.name
+            ),
+        ));
+    }
+    let Some(fp) = peer.0.as_deref() else {
+        return Err(Fail(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            "an agent certificate is needed".into(),
+        ));
+    };
+    let g = inner.grants.read().expect("grants");
+    let Some((agent, pools)) = g.by_fingerprint.get(fp) else {
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this certificate has no jobs here (not an agent's current certificate, or revoked)"
+                .into(),
+        ));
+    };
+    if !pools.iter().any(|p| p == pool) {
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("no job of agent {agent:?} names pool {pool:?}"),
+        ));
+    }
+    let Some((_, s)) = g.stores.get(pool) else {
+        return Err(Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("media agent {} cannot open pool {pool:?} now", inner.name),
+        ));
+    };
+    Ok((agent.clone(), s.clone()))
+}
+
+fn object(kind: &str, name: &str) -> Result<(ObjectKind, String), Fail> {
+    let bad = |m: String| Fail(StatusCode::BAD_REQUEST, ErrorCode::Invalid, m);
+    let k = proto::parse_kind(kind).ok_or_else(|| bad(format!("no object kind {kind:?}")))?;
+    baton_storage::check_name(k, name).map_err(|e| bad(e.to_string()))?;
+    Ok((k, name.to_string()))
+}
+
+/// Runs a storage call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, Fail> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| storage_fail(inner, e)),
+        Err(_) => Err(Fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "a storage call failed".into(),
+        )),
+    }
+}
+
+async fn repo_exists(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(_, s)): Extension<Allowed>,
+    Path(_pool): Path<String>,
+) -> Result<axum::Json<Exists>, Fail> {
+    let exists = blocking(&inner, move || s.exists()).await?;
+    Ok(axum::Json(Exists { exists }))
+}
+
+async fn repo_create(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(_, s)): Extension<Allowed>,
+    Path(_pool): Path<String>,
+) -> Result<StatusCode, Fail> {
+    blocking(&inner, move || s.create()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+}
+
+async fn list(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(_, s)): Extension<Allowed>,
+    Path((_pool, kind)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> Result<axum::Json<Vec<Listed>>, Fail> {
+    let _f = InFlight::new(&inner.load);
+    let k = proto::parse_kind(&kind).ok_or_else(|| {
+        Fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            format!("no object kind {kind:?}"),
+        )
+    })?;
+    let listed = blocking(&inner, move || match q.prefix {
+        Some(p) => s.list_prefix(k, &p),
+        None => s.list(k),
+    })
+    .await?;
+    Ok(axum::Json(
+        listed
+            .into_iter()
+            .map(|o| Listed {
+                name: o.name,
+                size: o.size,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct GetQuery {
+    offset: Option<u64>,
+    len: Option<u64>,
+    max: Option<u64>,
+    stat: Option<String>,
+}
+
+async fn get_object(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(_, s)): Extension<Allowed>,
+    Path((_pool, kind, name)): Path<(String, String, String)>,
+    Query(q): Query<GetQuery>,
+) -> Result<Response, Fail> {
+    let _f = InFlight::new(&inner.load);
+    let (k, name) = object(&kind, &name)?;
+    if q.stat.is_some() {
+        let size = blocking(&inner, move || s.size(k, &name)).await?;
+        return Ok(axum::Json(Size { size }).into_response());
+    }
+    let data = match (q.offset, q.len) {
+        (Some(off), Some(len)) => {
+            if len > proto::MAX_OBJECT as u64 {
+                return Err(Fail(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::Invalid,
+                    "range too long".into(),
+                ));
+            }
+            blocking(&inner, move || s.get_range(k, &name, off, len)).await?
+        }
+        (None, None) => {
+            let max = q.max.unwrap_or(proto::MAX_OBJECT as u64);
+            blocking(&inner, move || s.get_limited(k, &name, max)).await?
+        }
+        _ => {
+            return Err(Fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::Invalid,
+                "a range needs both offset and len".into(),
+            ));
+        }
+    };
+    Ok(([("content-type", "application/octet-stream")], data).into_response())
+}
+
+async fn put_object(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(agent, s)): Extension<Allowed>,
+    Path((pool, kind, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    data: Bytes,
+) -> Result<StatusCode, Fail> {
+    let _f = InFlight::new(&inner.load);
+    let (k, name) = object(&kind, &name)?;
+    let _slot = inner.writes.acquire().await.map_err(|_| {
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "shutting down".into(),
+        )
+    })?;
+    if let Some(rate) = inner.cfg.throttle_bytes_per_s.filter(|r| *r > 0) {
+        tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / rate as f64)).await;
+    }
+    inner
+        .load
+        .bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    if k == ObjectKind::Journal {
+        // On the index server before anything is acknowledged.
+        let summary = match headers.get(baton_wire::SUMMARY_HEADER) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| serde_json::from_str(v).ok())
+                    .ok_or_else(|| {
+                        Fail(
+                            StatusCode::BAD_REQUEST,
+                            ErrorCode::Invalid,
+                            "unreadable journal summary".into(),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let ship = JournalShip {
+            pool: pool.clone(),
+            agent,
+            name: name.clone(),
+            sealed_hex: hex::encode(&data),
+            summary,
+        };
+        let i = inner.clone();
+        let shipped = tokio::task::spawn_blocking(move || i.director.ship_journal(&ship))
+            .await
+            .map_err(|_| {
+                Fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "shipping failed".into(),
+                )
+            })?;
+        if let Err(e) = shipped {
+            let (status, code) = match e.code() {
+                Some(ErrorCode::Forbidden) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+                Some(ErrorCode::Conflict) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+                Some(ErrorCode::Invalid) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            };
+            return Err(Fail(
+                status,
+                code,
+                format!("the director did not take the journal record: {e}"),
+            ));
+        }
+    }
+    blocking(&inner, move || match s.put(k, &name, &data) {
+        Err(e) if e.is_already_exists() => {
+            // A retry of a write whose answer was lost is a success; a
+            // different object under the name is not.
+            let held = s.get_limited(k, &name, data.len() as u64)?;
+            if held == data[..] { Ok(()) } else { Err(e) }
+        }
+        r => r,
+    })
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn delete_object(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(agent, s)): Extension<Allowed>,
+    Path((pool, kind, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, Fail> {
+    let (k, name) = object(&kind, &name)?;
+    if !proto::client_may_delete(k) {
+        eprintln!(
+            "media agent {}: refused agent {agent:?} deleting {kind}/{name} in pool {pool:?}",
+            inner.name
+        );
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "append-only: agents may not delete {kind} through a media agent (prune with a full key on a trusted machine)"
+            ),
+        ));
+    }
+    blocking(&inner, move || s.remove(k, &name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
