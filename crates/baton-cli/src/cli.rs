@@ -196,9 +196,10 @@ pub struct MediaAgentArgs {
         env = "BATON_MEDIA_MAX_WRITES"
     )]
     pub max_writes: usize,
-    /// Receive at most this many bytes per second (for tests of balancing)
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, hide = true)]
-    pub throttle: Option<u64>,
+    /// Receive at most as many bytes per second as this file says, read
+    /// again every second (a test's way to unbalance a pool mid-backup)
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub throttle_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +245,16 @@ pub struct DirectorArgs {
     /// the `baton-signature` header)
     #[arg(long, value_name = "FILE", env = "BATON_DIRECTOR_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Tell a media agent to cease (its agents move to its pool's others)
+    /// when its writes take this many times longer per MiB than the
+    /// pool's fastest; 0: never
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value_t = 4.0,
+        env = "BATON_DIRECTOR_REBALANCE_RATIO"
+    )]
+    pub rebalance_ratio: f64,
 }
 
 /// Parses a duration such as `90d`, `12h`, `30s` into seconds.

@@ -39,6 +39,9 @@ pub struct Config {
     pub webhooks: Vec<String>,
     /// The secret webhook bodies are signed with (HMAC-SHA256).
     pub webhook_secret: Option<Vec<u8>>,
+    /// A media agent whose writes take this many times longer (per MiB)
+    /// than its pool's fastest is told to cease; 0: never.
+    pub rebalance_ratio: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,11 @@ struct Inner {
     /// Media agents as their heartbeats tell them (not persisted: a
     /// restarted director knows them again within one heartbeat).
     media: std::sync::Mutex<std::collections::HashMap<String, MediaEntry>>,
+    /// The fastest writes (ms per MiB) any media agent of each pool
+    /// reported: the baseline a slower one is measured against when its
+    /// peers are idle.
+    best_write: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+    failovers: AtomicU64,
 }
 
 struct MediaEntry {
@@ -110,7 +118,17 @@ struct MediaEntry {
     /// Agents pointed at it since its last heartbeat (so that agents
     /// asking at once are spread before its load shows them).
     handed: u64,
+    /// Told to cease until then (unbalanced, failing).
+    ceased_until: Option<std::time::Instant>,
+    /// Storage errors it reported at the previous heartbeat.
+    errors: u64,
 }
+
+/// How long a media agent told to cease stays out of its pools.
+const CEASE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// Slower than this (ms per MiB) is never "unbalanced": noise on an idle
+/// pool.
+const REBALANCE_FLOOR_MS_PER_MIB: f64 = 20.0;
 
 /// How long a media agent may take data after the director last answered
 /// its heartbeat (it beats every [`LEASE_MS`] / 6).
@@ -228,6 +246,8 @@ impl Director {
                 counters: Counters::default(),
                 hooks: std::sync::OnceLock::new(),
                 media: Default::default(),
+                best_write: Default::default(),
+                failovers: AtomicU64::new(0),
             }),
             listener,
             new_admin_token,
@@ -769,12 +789,67 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
             "TLS handshakes that failed (forged, expired or revoked certificates among them).",
             &c.handshakes_failed,
         ),
+        (
+            "baton_director_failovers_total",
+            "Media agents told to cease (failing, or slower than their pool's others).",
+            &inner.failovers,
+        ),
     ] {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             v.load(Ordering::Relaxed)
         );
+    }
+    // Media agents: liveness and load from their heartbeats.
+    let media: Vec<MediaAgentInfo> = {
+        let m = inner.media.lock().expect("media agents");
+        m.iter().map(|(n, e)| media_info(n, e)).collect()
+    };
+    for (metric, help, kind) in [
+        (
+            "baton_media_agent_up",
+            "Whether its lease is current and it is not ceased.",
+            "gauge",
+        ),
+        (
+            "baton_media_agent_queue_depth",
+            "Requests it is serving.",
+            "gauge",
+        ),
+        (
+            "baton_media_agent_bytes_per_second",
+            "Bytes received per second.",
+            "gauge",
+        ),
+        (
+            "baton_media_agent_cpu_percent",
+            "CPU it used, percent of one core.",
+            "gauge",
+        ),
+        (
+            "baton_media_agent_write_ms_per_mib",
+            "How long its writes take per MiB.",
+            "gauge",
+        ),
+        (
+            "baton_media_agent_errors_total",
+            "Storage-side failures since its start.",
+            "counter",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for m in &media {
+            let v = match metric {
+                "baton_media_agent_up" => f64::from(u8::from(m.alive && !m.ceased)),
+                "baton_media_agent_queue_depth" => m.load.queue_depth as f64,
+                "baton_media_agent_bytes_per_second" => m.load.bytes_per_s as f64,
+                "baton_media_agent_cpu_percent" => m.load.cpu_percent,
+                "baton_media_agent_write_ms_per_mib" => m.load.write_ms_per_mib,
+                _ => m.load.errors as f64,
+            };
+            let _ = writeln!(out, "{metric}{{name=\"{}\"}} {v}", m.name);
+        }
     }
     Ok(out)
 }
@@ -905,6 +980,9 @@ fn media_info(name: &str, e: &MediaEntry) -> MediaAgentInfo {
         load: e.beat.load.clone(),
         last_seen_ms: age,
         alive: age < LEASE_MS,
+        ceased: e
+            .ceased_until
+            .is_some_and(|t| t > std::time::Instant::now()),
     }
 }
 
@@ -941,19 +1019,21 @@ async fn heartbeat(
         .ca
         .crl(&revoked, revoked.len() as u64 + 1, now())
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-    inner.media.lock().expect("media agents").insert(
-        node.info.name.clone(),
-        MediaEntry {
-            beat,
-            seen: std::time::Instant::now(),
-            handed: 0,
-        },
-    );
+    let (cease, why) = record_beat(&inner, &node.info.name, beat);
+    if let Some(why) = why {
+        inner.failovers.fetch_add(1, Ordering::Relaxed);
+        eprintln!(
+            "director: media agent {} told to cease: {why}",
+            node.info.name
+        );
+        inner.notify("failover", Some(&node.info.name), why);
+    }
     Ok(Json(MediaState {
         lease_ms: LEASE_MS,
         pools,
         grants,
         crl_hex: hex::encode(crl),
+        cease,
     }))
 }
 
@@ -990,7 +1070,7 @@ async fn agent_media(
     let mut list: Vec<(u64, MediaAgentInfo)> = media
         .iter()
         .map(|(n, e)| (e.beat.load.queue_depth + e.handed, media_info(n, e)))
-        .filter(|(_, i)| i.alive && i.pools.contains(&q.pool))
+        .filter(|(_, i)| i.alive && !i.ceased && i.pools.contains(&q.pool))
         .collect();
     list.sort_by(|a, b| {
         a.0.cmp(&b.0)
@@ -1079,4 +1159,82 @@ async fn ship_journal(
         name: ship.name,
         stored,
     }))
+}
+
+/// Records a heartbeat; whether the media agent must cease, and why if
+/// that is new. It must when it reports new storage errors, or when its
+/// writes are `rebalance_ratio` times slower than the fastest of its pool
+/// (its live peers' now, or the best the pool has shown).
+fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option<String>) {
+    let now = std::time::Instant::now();
+    let mut media = inner.media.lock().expect("media agents");
+    let (mut ceased_until, prev_errors) = media
+        .get(name)
+        .map_or((None, beat.load.errors), |e| (e.ceased_until, e.errors));
+    if ceased_until.is_some_and(|t| t <= now) {
+        ceased_until = None;
+    }
+    let mut why = None;
+    let lat = beat.load.write_ms_per_mib;
+    {
+        let mut best = inner.best_write.lock().expect("best writes");
+        let ratio = inner.cfg.rebalance_ratio;
+        for pool in &beat.pools {
+            let peers = media
+                .iter()
+                .filter(|(n, e)| {
+                    n.as_str() != name
+                        && e.beat.pools.contains(pool)
+                        && e.seen.elapsed().as_millis() < u128::from(LEASE_MS)
+                        && e.ceased_until.is_none_or(|t| t <= now)
+                })
+                .filter_map(|(_, e)| {
+                    (e.beat.load.write_ms_per_mib > 0.0).then_some(e.beat.load.write_ms_per_mib)
+                })
+                .fold(f64::INFINITY, f64::min);
+            let base = best.get(pool).copied().unwrap_or(f64::INFINITY).min(peers);
+            let has_peer = media.iter().any(|(n, e)| {
+                n.as_str() != name
+                    && e.beat.pools.contains(pool)
+                    && e.seen.elapsed().as_millis() < u128::from(LEASE_MS)
+                    && e.ceased_until.is_none_or(|t| t <= now)
+            });
+            if ceased_until.is_none()
+                && has_peer
+                && ratio > 0.0
+                && lat > REBALANCE_FLOOR_MS_PER_MIB
+                && base.is_finite()
+                && lat > ratio * base.max(1.0)
+            {
+                why = Some(format!(
+                    "its writes take {lat:.0} ms per MiB, over {ratio}x the {base:.0} ms of pool {pool:?}; its agents move to its peers"
+                ));
+            }
+            if lat > 0.0 && ceased_until.is_none() {
+                let b = best.entry(pool.clone()).or_insert(lat);
+                *b = b.min(lat);
+            }
+        }
+    }
+    if why.is_none() && ceased_until.is_none() && beat.load.errors > prev_errors {
+        why = Some(format!(
+            "it reported {} storage errors since its last heartbeat; its agents move to its peers",
+            beat.load.errors - prev_errors
+        ));
+    }
+    if why.is_some() {
+        ceased_until = Some(now + CEASE_FOR);
+    }
+    let errors = beat.load.errors;
+    media.insert(
+        name.to_string(),
+        MediaEntry {
+            beat,
+            seen: now,
+            handed: 0,
+            ceased_until,
+            errors,
+        },
+    );
+    (ceased_until.is_some(), why)
 }

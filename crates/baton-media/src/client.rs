@@ -72,6 +72,13 @@ pub struct MediaStorage {
     switches: AtomicU64,
     /// Media agents that served this storage, in order (the last serves now).
     served_by: Mutex<Vec<String>>,
+    /// Requests sent again after a failure, and the bytes of their bodies.
+    resent: AtomicU64,
+    resent_bytes: AtomicU64,
+    resent_packs: AtomicU64,
+    /// The longest time from a failed request to its success through
+    /// another media agent (milliseconds).
+    takeover_ms: AtomicU64,
 }
 
 fn err(kind: ErrorKind, what: impl Into<String>, msg: impl Into<String>) -> StorageError {
@@ -130,12 +137,32 @@ impl MediaStorage {
             ),
             switches: AtomicU64::new(0),
             served_by: Mutex::new(Vec::new()),
+            resent: AtomicU64::new(0),
+            resent_bytes: AtomicU64::new(0),
+            resent_packs: AtomicU64::new(0),
+            takeover_ms: AtomicU64::new(0),
         })
     }
 
     /// How many times requests moved to another media agent.
     pub fn switches(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent again after a failure, their body bytes, and how
+    /// many of them were packs.
+    pub fn resent(&self) -> (u64, u64, u64) {
+        (
+            self.resent.load(Ordering::Relaxed),
+            self.resent_bytes.load(Ordering::Relaxed),
+            self.resent_packs.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The longest takeover: from a request failing to its success through
+    /// another media agent, in milliseconds.
+    pub fn takeover_ms(&self) -> u64 {
+        self.takeover_ms.load(Ordering::Relaxed)
     }
 
     /// The media agents that served, in order.
@@ -220,7 +247,19 @@ impl MediaStorage {
         what: &str,
         f: &dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
+        self.call_sized(what, 0, f)
+    }
+
+    /// [`MediaStorage::call`] for a request with a body of `len` bytes
+    /// (counted when it has to be sent again).
+    fn call_sized(
+        &self,
+        what: &str,
+        len: u64,
+        f: &dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
         let deadline = Instant::now() + self.patience;
+        let mut failed_at: Option<Instant> = None;
         let mut avoid: Option<String> = None;
         let mut wait = Duration::from_millis(50);
         loop {
@@ -252,8 +291,17 @@ impl MediaStorage {
                 }
             };
             match outcome {
-                Outcome::Answer(r) => return Ok(r),
+                Outcome::Answer(r) => {
+                    if let Some(t) = failed_at {
+                        self.resent.fetch_add(1, Ordering::Relaxed);
+                        self.resent_bytes.fetch_add(len, Ordering::Relaxed);
+                        self.takeover_ms
+                            .fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                    return Ok(r);
+                }
                 Outcome::Switch(why) => {
+                    failed_at.get_or_insert_with(Instant::now);
                     let cur = self.current.lock().expect("conn").take();
                     if let Some(c) = cur {
                         avoid = Some(c.name.clone());
@@ -336,13 +384,17 @@ impl MediaStorage {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
         let summary = summary.map(|s| serde_json::to_string(s).expect("summary"));
-        let r = self.call(&w, &|c| {
+        let before = self.resent.load(Ordering::Relaxed);
+        let r = self.call_sized(&w, data.len() as u64, &|c| {
             let mut req = Self::version(c.agent.put(Self::url(c, kind, name)));
             if let Some(s) = &summary {
                 req = req.header(baton_wire::SUMMARY_HEADER, s);
             }
             req.send(data)
         })?;
+        if kind == ObjectKind::Pack && self.resent.load(Ordering::Relaxed) > before {
+            self.resent_packs.fetch_add(1, Ordering::Relaxed);
+        }
         if r.status().is_success() {
             Ok(())
         } else {

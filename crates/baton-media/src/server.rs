@@ -41,9 +41,10 @@ pub struct Config {
     pub open: Opener,
     /// Writes stored at once (each holds one object in memory).
     pub max_writes: usize,
-    /// Slows receiving to this many bytes per second (a test's way to
-    /// unbalance a pool).
-    pub throttle_bytes_per_s: Option<u64>,
+    /// A file holding a rate in bytes per second, read again every
+    /// second: receiving is slowed to it (a test's way to unbalance a pool
+    /// mid-backup). Missing or empty: no limit.
+    pub throttle_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,34 @@ struct Load {
     in_flight: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
+    /// Bytes written and microseconds spent writing them (receiving the
+    /// body not counted: that is the agent's pace), since the last beat.
+    written: AtomicU64,
+    write_us: AtomicU64,
+    /// Pack writes under way: when each started, and its bytes (a slow one
+    /// shows before it ends).
+    writing: Mutex<HashMap<u64, (Instant, u64)>>,
+    next_write: AtomicU64,
+}
+
+/// A pack write under way, for as long as it lives.
+struct Writing<'a>(&'a Load, u64);
+
+impl<'a> Writing<'a> {
+    fn new(l: &'a Load, len: u64) -> Self {
+        let id = l.next_write.fetch_add(1, Ordering::Relaxed);
+        l.writing
+            .lock()
+            .expect("writes")
+            .insert(id, (Instant::now(), len));
+        Writing(l, id)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writing.lock().expect("writes").remove(&self.1);
+    }
 }
 
 struct Inner {
@@ -90,6 +119,11 @@ struct Inner {
     load: Load,
     writes: tokio::sync::Semaphore,
     handshakes_failed: AtomicU64,
+    /// Told by the director to cease: every request is answered 503 (the
+    /// agents move to another media agent of the pool).
+    ceased: tokio::sync::watch::Sender<bool>,
+    /// The throttle file's rate (0: none).
+    throttle: AtomicU64,
 }
 
 /// A media agent, enrolled and registered with its director, its port bound.
@@ -186,6 +220,8 @@ impl MediaAgent {
             load: Load::default(),
             writes: tokio::sync::Semaphore::new(cfg.max_writes.max(1)),
             handshakes_failed: AtomicU64::new(0),
+            ceased: tokio::sync::watch::Sender::new(false),
+            throttle: AtomicU64::new(0),
             cfg,
         });
         let first = inner.clone();
@@ -292,7 +328,25 @@ impl Inner {
         let ticks = cpu_ticks();
         let secs = now.duration_since(clock.last.0).as_secs_f64().max(1e-3);
         let bytes = self.load.bytes.load(Ordering::Relaxed);
+        let mut written = self.load.written.swap(0, Ordering::Relaxed);
+        let mut write_us = self.load.write_us.swap(0, Ordering::Relaxed);
+        for (start, len) in self.load.writing.lock().expect("writes").values() {
+            written += len;
+            write_us += start.elapsed().as_micros() as u64;
+        }
+        if let Some(f) = &self.cfg.throttle_file {
+            let rate = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            self.throttle.store(rate, Ordering::Relaxed);
+        }
         let load = MediaLoad {
+            write_ms_per_mib: if written >= 64 << 10 {
+                write_us as f64 / 1000.0 / (written as f64 / (1 << 20) as f64)
+            } else {
+                0.0
+            },
             queue_depth: self.load.in_flight.load(Ordering::Relaxed),
             bytes_per_s: ((bytes - clock.last_bytes) as f64 / secs) as u64,
             cpu_percent: (ticks.saturating_sub(clock.last.1) as f64) / secs,
@@ -363,6 +417,22 @@ impl Inner {
             stores,
             crl_hex: state.crl_hex,
         };
+        self.ceased.send_if_modified(|c| {
+            let changed = *c != state.cease;
+            if changed {
+                eprintln!(
+                    "media agent {}: {}",
+                    self.name,
+                    if state.cease {
+                        "told to cease by the director: refusing requests"
+                    } else {
+                        "taking requests again"
+                    }
+                );
+            }
+            *c = state.cease;
+            changed
+        });
         *self.lease_until.lock().expect("lease") =
             Some(sent + Duration::from_millis(state.lease_ms));
         Ok(())
@@ -501,6 +571,16 @@ fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Stor
         .lock()
         .expect("lease")
         .is_some_and(|t| Instant::now() < t);
+    if *inner.ceased.borrow() {
+        return Err(Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "media agent {} was told to cease by the director; use another of the pool",
+                inner.name
+            ),
+        ));
+    }
     if !current {
         return Err(Fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -681,8 +761,24 @@ async fn put_object(
             "shutting down".into(),
         )
     })?;
-    if let Some(rate) = inner.cfg.throttle_bytes_per_s.filter(|r| *r > 0) {
-        tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / rate as f64)).await;
+    let started = Instant::now();
+    let _writing = (k == ObjectKind::Pack).then(|| Writing::new(&inner.load, data.len() as u64));
+    let rate = inner.throttle.load(Ordering::Relaxed);
+    if rate > 0 {
+        // Ends early when the director says cease: what is not stored yet
+        // goes to another media agent at once.
+        let mut ceased = inner.ceased.subscribe();
+        let pause = tokio::time::sleep(Duration::from_secs_f64(data.len() as f64 / rate as f64));
+        tokio::select! {
+            () = pause => {}
+            _ = ceased.wait_for(|c| *c) => {
+                return Err(Fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!("media agent {} was told to cease; use another of the pool", inner.name),
+                ));
+            }
+        }
     }
     inner
         .load
@@ -736,7 +832,8 @@ async fn put_object(
             ));
         }
     }
-    blocking(&inner, move || match s.put(k, &name, &data) {
+    let len = data.len() as u64;
+    let r = blocking(&inner, move || match s.put(k, &name, &data) {
         Err(e) if e.is_already_exists() => {
             // A retry of a write whose answer was lost is a success; a
             // different object under the name is not.
@@ -745,7 +842,15 @@ async fn put_object(
         }
         r => r,
     })
-    .await?;
+    .await;
+    if r.is_ok() && k == ObjectKind::Pack {
+        inner.load.written.fetch_add(len, Ordering::Relaxed);
+        inner
+            .load
+            .write_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+    r?;
     Ok(StatusCode::CREATED)
 }
 

@@ -225,6 +225,11 @@ pub struct MediaLoad {
     pub errors: u64,
     /// Bytes received since the start.
     pub bytes_total: u64,
+    /// How long its writes took over the last interval, in milliseconds
+    /// per MiB (0: no writes); how the director sees one slower than its
+    /// peers.
+    #[serde(default)]
+    pub write_ms_per_mib: f64,
 }
 
 /// `POST /v1/media/heartbeat` (media-agent certificate): the media agent
@@ -263,6 +268,11 @@ pub struct MediaState {
     /// The director's current revocation list (DER, hex), checked at
     /// every handshake.
     pub crl_hex: String,
+    /// Stop taking requests (answer 503, so that agents move to another
+    /// media agent of the pool): the director found this one failing or
+    /// much slower than its peers.
+    #[serde(default)]
+    pub cease: bool,
 }
 
 /// A media agent as the director knows it from its heartbeats.
@@ -277,6 +287,9 @@ pub struct MediaAgentInfo {
     pub last_seen_ms: u64,
     /// Whether its lease is current (it may take data).
     pub alive: bool,
+    /// Whether the director told it to cease (it is not handed to agents).
+    #[serde(default)]
+    pub ceased: bool,
 }
 
 /// `GET /v1/media-agents` (API token), and `GET /v1/agent/media?pool=P`

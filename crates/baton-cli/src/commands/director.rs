@@ -42,6 +42,7 @@ pub fn serve(g: &Global, a: &DirectorArgs) -> Result<i32> {
             listen: a.listen,
             hostnames: a.hostnames.clone(),
             cert_validity_s: a.cert_validity,
+            rebalance_ratio: a.rebalance_ratio,
         };
         let d = baton_director::Director::start(cfg).await?;
         let addr = d.local_addr()?;
@@ -377,21 +378,38 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
     let mut g2 = g.clone();
     g2.repo = Some(std::path::PathBuf::from(format!("media:{}", job.pool)));
     let code = super::backup::run(&g2, &args)?;
-    if let Some(m) = context::media()
-        && !g.quiet
-        && !g.json
-    {
-        eprintln!(
-            "job {:?}: stored through media agent{} {}{}",
-            job.name,
-            if m.served_by().len() > 1 { "s" } else { "" },
-            m.served_by().join(" then "),
+    if let Some(m) = context::media() {
+        let (resent, resent_bytes, resent_packs) = m.resent();
+        if g.json {
+            super::print_json(
+                "agent_backup",
+                serde_json::json!({
+                    "job": job.name,
+                    "pool": job.pool,
+                    "exit_code": code,
+                    "media_agents": m.served_by(),
+                    "switches": m.switches(),
+                    "resent_requests": resent,
+                    "resent_bytes": resent_bytes,
+                    "resent_packs": resent_packs,
+                    "takeover_ms": m.takeover_ms(),
+                }),
+            );
+        } else if !g.quiet {
+            let mut line = format!(
+                "job {:?}: stored through media agent {}",
+                job.name,
+                m.served_by().join(" then ")
+            );
             if m.switches() > 0 {
-                format!(" ({} switch(es))", m.switches())
-            } else {
-                String::new()
+                line.push_str(&format!(
+                    " ({} switch(es); {resent} request(s), {resent_bytes} bytes sent again; takeover {} ms)",
+                    m.switches(),
+                    m.takeover_ms()
+                ));
             }
-        );
+            eprintln!("{line}");
+        }
     }
     Ok(code)
 }
@@ -499,7 +517,7 @@ pub fn media_agent(g: &Global, a: &MediaAgentArgs) -> Result<i32> {
             pools: a.pools.clone(),
             open,
             max_writes: a.max_writes,
-            throttle_bytes_per_s: a.throttle,
+            throttle_file: a.throttle_file.clone(),
         })
         .await?;
         if g.json {

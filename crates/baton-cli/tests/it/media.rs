@@ -115,7 +115,11 @@ struct Setup {
 
 fn setup(media_extra: &[&[&str]]) -> Setup {
     // Small packs: a backup stores, and journals, many.
-    let env = Env::with_pack_size(1);
+    setup_with(1, media_extra)
+}
+
+fn setup_with(pack_mib: u64, media_extra: &[&[&str]]) -> Setup {
+    let env = Env::with_pack_size(pack_mib);
     let d = Director::start(&env, &env.path("director"), None, &[]);
     let repo = env.repo.display().to_string();
     let env2 = Env::new();
@@ -348,4 +352,155 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
     let _ = &s.repo2;
+}
+
+/// Writes `files` files of `mib` MiB of incompressible bytes under `dir`.
+fn random_files(dir: &Path, files: usize, mib: usize, seed: u64) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    for f in 0..files {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(dir.join(format!("f{f:02}.bin"))).unwrap(),
+        );
+        for _ in 0..mib {
+            for c in buf.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            out.write_all(&buf).unwrap();
+        }
+        out.flush().unwrap();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Media agent A is slowed to 1 MiB/s: the director finds it
+    /// unbalanced against its pool and tells it to cease.
+    Throttle,
+    /// A is killed (SIGKILL).
+    Kill,
+}
+
+/// A backup of 1 GiB through media agent A, faulted midway: it completes
+/// through B, not from the start, and is exactly an uninterrupted backup.
+fn failover(fault: Fault) {
+    let throttle =
+        std::env::temp_dir().join(format!("baton-throttle-{}-{:?}", std::process::id(), fault));
+    let _ = std::fs::remove_file(&throttle);
+    let tf = throttle.to_str().unwrap().to_string();
+    let mut s = setup_with(16, &[&["--throttle-file", &tf], &[]]);
+    let env = &s.env;
+    let data = s.src.join("data");
+    random_files(&data, 8, 128, 0x5eed_0000 + fault as u64);
+
+    let mut c = env.std_cmd();
+    c.args([
+        "agent",
+        "backup",
+        "--json",
+        "--director",
+        &s.d.url,
+        "--state",
+    ])
+    .arg(&s.web)
+    .arg("web")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let child = c.spawn().unwrap();
+
+    // Midway: 400 MiB made durable through A, as the director saw it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
+        let r = &runs["runs"][0];
+        if r["pack_bytes"].as_u64().unwrap_or(0) >= 400 << 20 {
+            assert_eq!(r["media_agent"], "ma-1", "{runs}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {runs}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    match fault {
+        Fault::Kill => {
+            let a = &mut s.media[0].child;
+            a.kill().unwrap();
+            a.wait().unwrap();
+        }
+        Fault::Throttle => std::fs::write(&throttle, format!("{}", 1 << 20)).unwrap(),
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&throttle);
+    assert!(out.status.success(), "the backup did not complete");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "agent_backup")
+        .unwrap_or_else(|| panic!("no agent_backup message: {stdout}"));
+    crate::schemas::validate("agent.schema.json", &report).unwrap();
+    eprintln!(
+        "failover after {fault:?}: takeover {} ms, sent again {} bytes in {} requests ({} packs)",
+        report["takeover_ms"],
+        report["resent_bytes"],
+        report["resent_requests"],
+        report["resent_packs"]
+    );
+    assert_eq!(
+        report["media_agents"],
+        serde_json::json!(["ma-1", "ma-2"]),
+        "{report}"
+    );
+    // Not from the start: at most the pack in flight was sent again (one
+    // uploader: one stream), and the small metadata request beside it.
+    assert!(report["resent_packs"].as_u64().unwrap() <= 1, "{report}");
+    assert!(report["resent_requests"].as_u64().unwrap() <= 2, "{report}");
+    if let Fault::Throttle = fault {
+        let listed = s.d.ctl(env, &["media-agents", "--json"]).ok().json();
+        let a = listed["media_agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "ma-1")
+            .unwrap()
+            .clone();
+        assert_eq!(a["ceased"], true, "{listed}");
+    }
+    let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
+    assert_eq!(runs["runs"][0]["media_agent"], "ma-2", "{runs}");
+
+    // The repository is whole, and the snapshot is the source exactly.
+    env.run(&["check", "--read-data"]).ok();
+    let target = env.path("restored");
+    env.restore("latest", &target, &[]).ok();
+    same_tree(&s.src, &target.join(s.src.strip_prefix("/").unwrap()));
+    std::fs::remove_dir_all(&target).unwrap();
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let through = snaps["snapshots"][0]["tree"].as_str().unwrap().to_string();
+    // The same tree as a backup that nothing interrupted.
+    let direct = env.backup(&[&s.src], &[]);
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    let tree_of = |id: &serde_json::Value| {
+        snaps["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| &x["id"] == id)
+            .map(|x| x["tree"].as_str().unwrap().to_string())
+    };
+    assert_eq!(tree_of(&direct["snapshot_id"]), Some(through), "{direct}");
+}
+
+#[test]
+fn a_media_agent_killed_mid_backup_is_replaced_without_starting_over() {
+    failover(Fault::Kill);
+}
+
+#[test]
+fn an_unbalanced_media_agent_is_told_to_cease_and_its_backup_moves() {
+    failover(Fault::Throttle);
 }
