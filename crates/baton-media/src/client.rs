@@ -79,6 +79,9 @@ pub struct MediaStorage {
     /// The longest time from a failed request to its success through
     /// another media agent (milliseconds).
     takeover_ms: AtomicU64,
+    /// The longest a failed request ran before its failure was known
+    /// (milliseconds): how long detection took.
+    detect_ms: AtomicU64,
 }
 
 fn err(kind: ErrorKind, what: impl Into<String>, msg: impl Into<String>) -> StorageError {
@@ -95,7 +98,7 @@ fn what(kind: ObjectKind, name: &str) -> String {
 /// What a failed exchange means for the caller: try another media agent
 /// (transport failure, 503), or an answer to pass on.
 enum Outcome {
-    Answer(ureq::http::Response<ureq::Body>),
+    Answer(Answer),
     Switch(String),
 }
 
@@ -141,6 +144,7 @@ impl MediaStorage {
             resent_bytes: AtomicU64::new(0),
             resent_packs: AtomicU64::new(0),
             takeover_ms: AtomicU64::new(0),
+            detect_ms: AtomicU64::new(0),
         })
     }
 
@@ -163,6 +167,12 @@ impl MediaStorage {
     /// another media agent, in milliseconds.
     pub fn takeover_ms(&self) -> u64 {
         self.takeover_ms.load(Ordering::Relaxed)
+    }
+
+    /// The longest a failed request ran before the failure was known, in
+    /// milliseconds.
+    pub fn detect_ms(&self) -> u64 {
+        self.detect_ms.load(Ordering::Relaxed)
     }
 
     /// The media agents that served, in order.
@@ -239,37 +249,42 @@ impl MediaStorage {
         Ok(c)
     }
 
-    /// Sends a request (built by `f` on a connection) to a media agent
-    /// that takes it, moving to another on failure, until `patience` runs
-    /// out. A refusal or an error answer is returned as it is.
-    fn call(
-        &self,
-        what: &str,
-        f: &dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
-        self.call_sized(what, 0, f)
+    /// Whether the director still hands out media agent `name` for this
+    /// pool (alive, not ceased). An unreachable director counts as yes:
+    /// only the director's word moves a request that is still running.
+    fn still_handed_out(&self, name: &str) -> bool {
+        match self.director.agent_media(&self.pool) {
+            Ok(list) => list.media_agents.iter().any(|m| m.name == name),
+            Err(_) => true,
+        }
     }
 
-    /// [`MediaStorage::call`] for a request with a body of `len` bytes
-    /// (counted when it has to be sent again).
-    fn call_sized(
-        &self,
-        what: &str,
-        len: u64,
-        f: &dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<ureq::http::Response<ureq::Body>, StorageError> {
+    /// Sends a request (made by `f` on a connection, body read whole within
+    /// `limit`) to a media agent that takes it, moving to another on
+    /// failure, until `patience` runs out. An error answer other than 503
+    /// is returned as it is. `len` is the request body's size (counted when
+    /// it has to be sent again).
+    ///
+    /// The request runs on its own thread. While it runs, the director is
+    /// asked every half second (after the first second) whether the media
+    /// agent is still live; once it is not (its heartbeats stopped: it is
+    /// partitioned or hung, and its lease has ended, so it takes no more
+    /// data), the request is sent to another without waiting for the
+    /// network to time out. The abandoned thread ends at its own timeout.
+    fn call(&self, what: &str, len: u64, limit: u64, f: Request) -> Result<Answer, StorageError> {
         let deadline = Instant::now() + self.patience;
         let mut failed_at: Option<Instant> = None;
         let mut avoid: Option<String> = None;
         let mut wait = Duration::from_millis(50);
         loop {
+            let attempt = Instant::now();
             let outcome = match self.conn(avoid.as_deref()) {
-                Ok(c) => match f(&c) {
-                    Ok(r) if r.status().as_u16() == 503 => {
+                Ok(c) => match self.run(&c, &f, limit) {
+                    Some(Ok(a)) if a.status == 503 => {
                         Outcome::Switch(format!("media agent {} is unavailable", c.name))
                     }
-                    Ok(r) => Outcome::Answer(r),
-                    Err(e) => {
+                    Some(Ok(a)) => Outcome::Answer(a),
+                    Some(Err(e)) => {
                         let m = e.to_string();
                         if m.to_ascii_lowercase().contains("alert") {
                             // The media agent refused our certificate.
@@ -284,6 +299,10 @@ impl MediaStorage {
                         }
                         Outcome::Switch(format!("media agent {}: {m}", c.name))
                     }
+                    None => Outcome::Switch(format!(
+                        "media agent {} was lost (the director no longer hands it out)",
+                        c.name
+                    )),
                 },
                 Err((true, m)) => Outcome::Switch(m),
                 Err((false, m)) => {
@@ -291,16 +310,20 @@ impl MediaStorage {
                 }
             };
             match outcome {
-                Outcome::Answer(r) => {
+                Outcome::Answer(a) => {
                     if let Some(t) = failed_at {
                         self.resent.fetch_add(1, Ordering::Relaxed);
                         self.resent_bytes.fetch_add(len, Ordering::Relaxed);
                         self.takeover_ms
                             .fetch_max(t.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
-                    return Ok(r);
+                    return Ok(a);
                 }
                 Outcome::Switch(why) => {
+                    if failed_at.is_none() {
+                        self.detect_ms
+                            .fetch_max(attempt.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
                     failed_at.get_or_insert_with(Instant::now);
                     let cur = self.current.lock().expect("conn").take();
                     if let Some(c) = cur {
@@ -316,41 +339,62 @@ impl MediaStorage {
         }
     }
 
-    /// An error answer as a storage error.
-    fn fail(what: &str, mut r: ureq::http::Response<ureq::Body>) -> StorageError {
-        let status = r.status().as_u16();
-        let body = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 10)
-            .read_to_string()
-            .unwrap_or_default();
-        let msg = serde_json::from_str::<baton_wire::ApiError>(&body)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| format!("HTTP {status}"));
-        err(proto::kind_of(status), what, msg)
-    }
-
-    fn bytes(
-        what: &str,
-        mut r: ureq::http::Response<ureq::Body>,
-        limit: u64,
-    ) -> Result<Vec<u8>, StorageError> {
-        if !r.status().is_success() {
-            return Err(Self::fail(what, r));
+    /// Runs one exchange on its own thread; `None` if the media agent was
+    /// lost while it ran.
+    fn run(&self, c: &Arc<Conn>, f: &Request, limit: u64) -> Option<Result<Answer, ureq::Error>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c2, f2) = (c.clone(), f.clone());
+        let spawned = std::thread::Builder::new()
+            .name("baton-media-request".into())
+            .spawn(move || {
+                let r = f2(&c2).and_then(|mut r| {
+                    let status = r.status().as_u16();
+                    let cap = if (200..300).contains(&status) {
+                        limit
+                    } else {
+                        64 << 10
+                    };
+                    let body = r.body_mut().with_config().limit(cap).read_to_vec()?;
+                    Ok(Answer { status, body })
+                });
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            return Some(Err(ureq::Error::Io(e)));
         }
-        r.body_mut()
-            .with_config()
-            .limit(limit)
-            .read_to_vec()
-            .map_err(|e| err(ErrorKind::Transient, what, e.to_string()))
+        let started = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(r) => return Some(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Some(Err(ureq::Error::Io(std::io::Error::other(
+                        "the request's thread ended",
+                    ))));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if started.elapsed() >= Duration::from_secs(1)
+                        && !self.still_handed_out(&c.name)
+                    {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
-    fn json<T: serde::de::DeserializeOwned>(
-        what: &str,
-        r: ureq::http::Response<ureq::Body>,
-    ) -> Result<T, StorageError> {
-        let b = Self::bytes(what, r, 256 << 20)?;
+    /// An answer as a storage error, unless it is a success.
+    fn check(what: &str, a: Answer) -> Result<Vec<u8>, StorageError> {
+        if (200..300).contains(&a.status) {
+            return Ok(a.body);
+        }
+        let msg = serde_json::from_slice::<baton_wire::ApiError>(&a.body)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| format!("HTTP {}", a.status));
+        Err(err(proto::kind_of(a.status), what, msg))
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(what: &str, a: Answer) -> Result<T, StorageError> {
+        let b = Self::check(what, a)?;
         serde_json::from_slice(&b).map_err(|e| {
             err(
                 ErrorKind::Permanent,
@@ -369,8 +413,23 @@ impl MediaStorage {
         format!("{}/{}/{name}", c.base, proto::kind_name(kind))
     }
 
-    fn version<B>(r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        r.header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+    /// A GET of `path` below the repository's URL (with its query).
+    fn get_path(path: String) -> Request {
+        Arc::new(move |c: &Conn| {
+            c.agent
+                .get(format!("{}{path}", c.base))
+                .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                .call()
+        })
+    }
+
+    fn object_path(kind: ObjectKind, name: &str) -> String {
+        let name = if kind == ObjectKind::Config {
+            "config"
+        } else {
+            name
+        };
+        format!("/{}/{name}", proto::kind_name(kind))
     }
 
     /// Creates an object; a journal record carries its summary.
@@ -385,22 +444,39 @@ impl MediaStorage {
         let w = what(kind, name);
         let summary = summary.map(|s| serde_json::to_string(s).expect("summary"));
         let before = self.resent.load(Ordering::Relaxed);
-        let r = self.call_sized(&w, data.len() as u64, &|c| {
-            let mut req = Self::version(c.agent.put(Self::url(c, kind, name)));
-            if let Some(s) = &summary {
-                req = req.header(baton_wire::SUMMARY_HEADER, s);
-            }
-            req.send(data)
-        })?;
+        let body: Arc<[u8]> = Arc::from(data);
+        let name = name.to_string();
+        let a = self.call(
+            &w,
+            data.len() as u64,
+            64 << 10,
+            Arc::new(move |c: &Conn| {
+                let mut req = c
+                    .agent
+                    .put(Self::url(c, kind, &name))
+                    .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
+                if let Some(s) = &summary {
+                    req = req.header(baton_wire::SUMMARY_HEADER, s);
+                }
+                req.send(&body[..])
+            }),
+        )?;
         if kind == ObjectKind::Pack && self.resent.load(Ordering::Relaxed) > before {
             self.resent_packs.fetch_add(1, Ordering::Relaxed);
         }
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::fail(&w, r))
-        }
+        Self::check(&w, a).map(|_| ())
     }
+}
+
+/// One exchange with a media agent, made on a connection (it may be made
+/// again on another).
+type Request =
+    Arc<dyn Fn(&Conn) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> + Send + Sync>;
+
+/// A whole answer.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
 }
 
 impl Storage for MediaStorage {
@@ -409,21 +485,23 @@ impl Storage for MediaStorage {
     }
 
     fn exists(&self) -> Result<bool, StorageError> {
-        let r = self.call("repository", &|c| {
-            Self::version(c.agent.get(&c.base)).call()
-        })?;
-        Ok(Self::json::<Exists>("repository", r)?.exists)
+        let a = self.call("repository", 0, 1 << 10, Self::get_path(String::new()))?;
+        Ok(Self::json::<Exists>("repository", a)?.exists)
     }
 
     fn create(&self) -> Result<(), StorageError> {
-        let r = self.call("repository", &|c| {
-            Self::version(c.agent.post(&c.base)).send_empty()
-        })?;
-        if r.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::fail("repository", r))
-        }
+        let a = self.call(
+            "repository",
+            0,
+            1 << 10,
+            Arc::new(|c: &Conn| {
+                c.agent
+                    .post(&c.base)
+                    .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                    .send_empty()
+            }),
+        )?;
+        Self::check("repository", a).map(|_| ())
     }
 
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
@@ -437,14 +515,9 @@ impl Storage for MediaStorage {
     fn get_limited(&self, kind: ObjectKind, name: &str, max: u64) -> Result<Vec<u8>, StorageError> {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
-        let r = self.call(&w, &|c| {
-            Self::version(
-                c.agent
-                    .get(format!("{}?max={max}", Self::url(c, kind, name))),
-            )
-            .call()
-        })?;
-        Self::bytes(&w, r, max)
+        let path = format!("{}?max={max}", Self::object_path(kind, name));
+        let a = self.call(&w, 0, max, Self::get_path(path))?;
+        Self::check(&w, a)
     }
 
     fn get_range(
@@ -456,14 +529,12 @@ impl Storage for MediaStorage {
     ) -> Result<Vec<u8>, StorageError> {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
-        let r = self.call(&w, &|c| {
-            Self::version(c.agent.get(format!(
-                "{}?offset={offset}&len={len}",
-                Self::url(c, kind, name)
-            )))
-            .call()
-        })?;
-        let b = Self::bytes(&w, r, len)?;
+        let path = format!(
+            "{}?offset={offset}&len={len}",
+            Self::object_path(kind, name)
+        );
+        let a = self.call(&w, 0, len, Self::get_path(path))?;
+        let b = Self::check(&w, a)?;
         if b.len() as u64 != len {
             return Err(err(
                 ErrorKind::Permanent,
@@ -477,10 +548,9 @@ impl Storage for MediaStorage {
     fn size(&self, kind: ObjectKind, name: &str) -> Result<u64, StorageError> {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
-        let r = self.call(&w, &|c| {
-            Self::version(c.agent.get(format!("{}?stat=1", Self::url(c, kind, name)))).call()
-        })?;
-        Ok(Self::json::<Size>(&w, r)?.size)
+        let path = format!("{}?stat=1", Self::object_path(kind, name));
+        let a = self.call(&w, 0, 1 << 10, Self::get_path(path))?;
+        Ok(Self::json::<Size>(&w, a)?.size)
     }
 
     fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError> {
@@ -495,15 +565,9 @@ impl Storage for MediaStorage {
             return Err(err(ErrorKind::Permanent, kind.dir(), "invalid prefix"));
         }
         let w = kind.dir().to_string();
-        let r = self.call(&w, &|c| {
-            Self::version(c.agent.get(format!(
-                "{}/{}?prefix={prefix}",
-                c.base,
-                proto::kind_name(kind)
-            )))
-            .call()
-        })?;
-        Ok(Self::json::<Vec<Listed>>(&w, r)?
+        let path = format!("/{}?prefix={prefix}", proto::kind_name(kind));
+        let a = self.call(&w, 0, 256 << 20, Self::get_path(path))?;
+        Ok(Self::json::<Vec<Listed>>(&w, a)?
             .into_iter()
             .map(|l| ObjectInfo {
                 name: l.name,
@@ -515,14 +579,22 @@ impl Storage for MediaStorage {
     fn remove(&self, kind: ObjectKind, name: &str) -> Result<(), StorageError> {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
-        let r = self.call(&w, &|c| {
-            Self::version(c.agent.delete(Self::url(c, kind, name))).call()
-        })?;
-        if r.status().is_success() || r.status().as_u16() == 404 {
-            Ok(())
-        } else {
-            Err(Self::fail(&w, r))
+        let url_name = name.to_string();
+        let a = self.call(
+            &w,
+            0,
+            1 << 10,
+            Arc::new(move |c: &Conn| {
+                c.agent
+                    .delete(Self::url(c, kind, &url_name))
+                    .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                    .call()
+            }),
+        )?;
+        if a.status == 404 {
+            return Ok(());
         }
+        Self::check(&w, a).map(|_| ())
     }
 
     fn is_remote(&self) -> bool {

@@ -563,14 +563,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The agent behind a request and the storage of the pool it asks for,
-/// if the director's grants allow it and the lease is current.
-fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Storage>), Fail> {
-    let current = inner
-        .lease_until
-        .lock()
-        .expect("lease")
-        .is_some_and(|t| Instant::now() < t);
+/// Refuses (503) while the director has told this media agent to cease or
+/// its lease has lapsed.
+fn fenced(inner: &Inner) -> Result<(), Fail> {
     if *inner.ceased.borrow() {
         return Err(Fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -581,6 +576,11 @@ fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Stor
             ),
         ));
     }
+    let current = inner
+        .lease_until
+        .lock()
+        .expect("lease")
+        .is_some_and(|t| Instant::now() < t);
     if !current {
         return Err(Fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -591,6 +591,13 @@ fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Stor
             ),
         ));
     }
+    Ok(())
+}
+
+/// The agent behind a request and the storage of the pool it asks for,
+/// if the director's grants allow it and the lease is current.
+fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Storage>), Fail> {
+    fenced(inner)?;
     let Some(fp) = peer.0.as_deref() else {
         return Err(Fail(
             StatusCode::UNAUTHORIZED,
@@ -832,6 +839,10 @@ async fn put_object(
             ));
         }
     }
+    // Fenced again right before the write: a request that arrived while
+    // the lease held is not stored once it has lapsed or the director said
+    // cease (the agent sends it to another media agent).
+    fenced(&inner)?;
     let len = data.len() as u64;
     let r = blocking(&inner, move || match s.put(k, &name, &data) {
         Err(e) if e.is_already_exists() => {

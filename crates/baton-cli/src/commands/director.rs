@@ -393,6 +393,7 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
                     "resent_bytes": resent_bytes,
                     "resent_packs": resent_packs,
                     "takeover_ms": m.takeover_ms(),
+                    "detect_ms": m.detect_ms(),
                 }),
             );
         } else if !g.quiet {
@@ -403,8 +404,9 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
             );
             if m.switches() > 0 {
                 line.push_str(&format!(
-                    " ({} switch(es); {resent} request(s), {resent_bytes} bytes sent again; takeover {} ms)",
+                    " ({} switch(es); {resent} request(s), {resent_bytes} bytes sent again; failure known after {} ms, takeover {} ms)",
                     m.switches(),
+                    m.detect_ms(),
                     m.takeover_ms()
                 ));
             }

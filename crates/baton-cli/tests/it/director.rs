@@ -29,7 +29,11 @@ impl Drop for Director {
 impl Director {
     pub(crate) fn start(env: &Env, state: &Path, db: Option<&str>, extra: &[&str]) -> Director {
         let mut c = Command::new(env!("CARGO_BIN_EXE_baton"));
-        c.args(["director", "--json", "--listen", "127.0.0.1:0", "--state"])
+        c.args(["director", "--json"]);
+        if !extra.contains(&"--listen") {
+            c.args(["--listen", "127.0.0.1:0"]);
+        }
+        c.arg("--state")
             .arg(state)
             .args(extra)
             .env_remove("BATON_DIRECTOR_DATABASE")

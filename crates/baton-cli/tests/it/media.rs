@@ -29,13 +29,39 @@ impl Drop for Media {
 }
 
 impl Media {
-    fn start(env: &Env, d: &Director, state: &Path, pools: &str, extra: &[&str]) -> Media {
-        let mut c = env.std_cmd();
+    /// Starts one serving `pools`, inside network namespace `netns` if
+    /// given.
+    fn start(
+        env: &Env,
+        d: &Director,
+        state: &Path,
+        pools: &str,
+        extra: &[&str],
+        netns: Option<&str>,
+    ) -> Media {
+        let base = env.std_cmd();
+        let mut c = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(base.get_program());
+                c.env_clear();
+                for (k, v) in base.get_envs() {
+                    if let Some(v) = v {
+                        c.env(k, v);
+                    }
+                }
+                c
+            }
+            None => base,
+        };
+        let listen = if extra.contains(&"--listen") {
+            Vec::new()
+        } else {
+            vec!["--listen", "127.0.0.1:0"]
+        };
         c.args([
             "media-agent",
             "--json",
-            "--listen",
-            "127.0.0.1:0",
             "--director",
             &d.url,
             "--pool",
@@ -43,6 +69,7 @@ impl Media {
             "--state",
         ])
         .arg(state)
+        .args(&listen)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -110,21 +137,36 @@ struct Setup {
     media: Vec<Media>,
     media_states: Vec<PathBuf>,
     src: PathBuf,
-    repo2: PathBuf,
+    /// Pool p2's repository.
+    _env2: Env,
+}
+
+/// How one media agent of a test runs.
+#[derive(Default, Clone, Copy)]
+struct MediaSpec<'a> {
+    extra: &'a [&'a str],
+    /// The network namespace it runs in (else the test's).
+    netns: Option<&'a str>,
 }
 
 fn setup(media_extra: &[&[&str]]) -> Setup {
     // Small packs: a backup stores, and journals, many.
-    setup_with(1, media_extra)
+    let specs: Vec<MediaSpec> = media_extra
+        .iter()
+        .map(|e| MediaSpec {
+            extra: e,
+            netns: None,
+        })
+        .collect();
+    setup_with(1, &[], &specs)
 }
 
-fn setup_with(pack_mib: u64, media_extra: &[&[&str]]) -> Setup {
+fn setup_with(pack_mib: u64, director_extra: &[&str], media_specs: &[MediaSpec]) -> Setup {
     let env = Env::with_pack_size(pack_mib);
-    let d = Director::start(&env, &env.path("director"), None, &[]);
+    let d = Director::start(&env, &env.path("director"), None, director_extra);
     let repo = env.repo.display().to_string();
     let env2 = Env::new();
     let repo2 = env2.repo.clone();
-    std::mem::forget(env2); // its directory or bucket lives as long as the test's
     d.ctl(&env, &["pool-add", "--name", "p1", "--repository", &repo])
         .ok();
     d.ctl(
@@ -147,7 +189,7 @@ fn setup_with(pack_mib: u64, media_extra: &[&[&str]]) -> Setup {
     };
     let web = enrol("agent", "web-1");
     let other = enrol("agent", "other-1");
-    let media_states: Vec<PathBuf> = (1..=media_extra.len())
+    let media_states: Vec<PathBuf> = (1..=media_specs.len())
         .map(|i| enrol("media-agent", &format!("ma-{i}")))
         .collect();
     d.ctl(
@@ -188,8 +230,8 @@ fn setup_with(pack_mib: u64, media_extra: &[&[&str]]) -> Setup {
     .ok();
     let media = media_states
         .iter()
-        .zip(media_extra)
-        .map(|(s, extra)| Media::start(&env, &d, s, "p1,p2", extra))
+        .zip(media_specs)
+        .map(|(s, m)| Media::start(&env, &d, s, "p1,p2", m.extra, m.netns))
         .collect();
     Setup {
         env,
@@ -199,7 +241,7 @@ fn setup_with(pack_mib: u64, media_extra: &[&[&str]]) -> Setup {
         media,
         media_states,
         src,
-        repo2,
+        _env2: env2,
     }
 }
 
@@ -351,7 +393,6 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
-    let _ = &s.repo2;
 }
 
 /// Writes `files` files of `mib` MiB of incompressible bytes under `dir`.
@@ -377,6 +418,94 @@ fn random_files(dir: &Path, files: usize, mib: usize, seed: u64) {
     }
 }
 
+/// A network namespace joined to this one by a veth pair (a /30 link):
+/// what runs in it can be cut off from everything by taking the link down.
+struct Netns {
+    name: String,
+    host_if: String,
+    /// The link's address on this side, and inside.
+    host_addr: String,
+    ns_addr: String,
+}
+
+impl Netns {
+    /// Made as root with `ip`; `None` (the test skipped) otherwise, unless
+    /// `BATON_TEST_REQUIRE_NETNS=1`.
+    fn create(tag: u8) -> Option<Netns> {
+        let have_ip = Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !crate::common::is_root() || !have_ip {
+            assert!(
+                std::env::var_os("BATON_TEST_REQUIRE_NETNS").is_none(),
+                "network namespaces need root and iproute2"
+            );
+            eprintln!("skipped: network namespaces need root and iproute2");
+            return None;
+        }
+        let pid = std::process::id();
+        let n = Netns {
+            name: format!("baton-{pid}-{tag}"),
+            host_if: format!("bh{}{tag}", pid % 100_000),
+            host_addr: format!("10.{}.{}.1", 200 + tag, (pid % 250) + 1),
+            ns_addr: format!("10.{}.{}.2", 200 + tag, (pid % 250) + 1),
+        };
+        let ns_if = format!("bn{}{tag}", pid % 100_000);
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &n.name]).output();
+        ip(&["netns", "add", &n.name]);
+        ip(&[
+            "link", "add", &n.host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &n.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", n.host_addr),
+            "dev",
+            &n.host_if,
+        ]);
+        ip(&["link", "set", &n.host_if, "up"]);
+        let inside = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &n.name, "ip"];
+            a.extend_from_slice(args);
+            ip(&a);
+        };
+        inside(&["addr", "add", &format!("{}/30", n.ns_addr), "dev", &ns_if]);
+        inside(&["link", "set", &ns_if, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        Some(n)
+    }
+
+    /// Cuts the namespace off: its link goes down.
+    fn cut(&self) {
+        let out = Command::new("ip")
+            .args(["link", "set", &self.host_if, "down"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     /// Media agent A is slowed to 1 MiB/s: the director finds it
@@ -384,6 +513,9 @@ enum Fault {
     Throttle,
     /// A is killed (SIGKILL).
     Kill,
+    /// A is cut off from the network (its namespace's link goes down): it
+    /// misses its heartbeats, its lease lapses, agents move.
+    Partition,
 }
 
 /// A backup of 1 GiB through media agent A, faulted midway: it completes
@@ -393,7 +525,36 @@ fn failover(fault: Fault) {
         std::env::temp_dir().join(format!("baton-throttle-{}-{:?}", std::process::id(), fault));
     let _ = std::fs::remove_file(&throttle);
     let tf = throttle.to_str().unwrap().to_string();
-    let mut s = setup_with(16, &[&["--throttle-file", &tf], &[]]);
+    let netns = match fault {
+        Fault::Partition => match Netns::create(1) {
+            Some(n) => Some(n),
+            None => return,
+        },
+        _ => None,
+    };
+    // Partitioned: the director listens on this side of the link, A
+    // inside the namespace.
+    let director_listen = netns.as_ref().map(|n| format!("{}:0", n.host_addr));
+    let a_listen = netns.as_ref().map(|n| format!("{}:0", n.ns_addr));
+    let director_extra: Vec<&str> = match &director_listen {
+        Some(l) => vec!["--listen", l],
+        None => Vec::new(),
+    };
+    let mut a_extra = vec!["--throttle-file", tf.as_str()];
+    if let Some(l) = &a_listen {
+        a_extra.extend(["--listen", l]);
+    }
+    let mut s = setup_with(
+        16,
+        &director_extra,
+        &[
+            MediaSpec {
+                extra: &a_extra,
+                netns: netns.as_ref().map(|n| n.name.as_str()),
+            },
+            MediaSpec::default(),
+        ],
+    );
     let env = &s.env;
     let data = s.src.join("data");
     random_files(&data, 8, 128, 0x5eed_0000 + fault as u64);
@@ -432,6 +593,7 @@ fn failover(fault: Fault) {
             a.wait().unwrap();
         }
         Fault::Throttle => std::fs::write(&throttle, format!("{}", 1 << 20)).unwrap(),
+        Fault::Partition => netns.as_ref().unwrap().cut(),
     }
     let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_file(&throttle);
@@ -444,7 +606,8 @@ fn failover(fault: Fault) {
         .unwrap_or_else(|| panic!("no agent_backup message: {stdout}"));
     crate::schemas::validate("agent.schema.json", &report).unwrap();
     eprintln!(
-        "failover after {fault:?}: takeover {} ms, sent again {} bytes in {} requests ({} packs)",
+        "failover after {fault:?}: failure known after {} ms, takeover {} ms, sent again {} bytes in {} requests ({} packs)",
+        report["detect_ms"],
         report["takeover_ms"],
         report["resent_bytes"],
         report["resent_requests"],
@@ -459,7 +622,34 @@ fn failover(fault: Fault) {
     // uploader: one stream), and the small metadata request beside it.
     assert!(report["resent_packs"].as_u64().unwrap() <= 1, "{report}");
     assert!(report["resent_requests"].as_u64().unwrap() <= 2, "{report}");
+    if let Fault::Partition = fault {
+        // Fenced: cut off from the director, A takes no request (tried
+        // from inside its namespace, where it can still be reached).
+        let n = netns.as_ref().unwrap();
+        let m = &s.media[0];
+        let port = m.address.rsplit_once(':').unwrap().1;
+        let out = Command::new("ip")
+            .args(["netns", "exec", &n.name, "curl", "-s", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}", "-X", "PUT", "--data-binary", "x"])
+            .args(["-H", "baton-wire-version: 1", "--resolve"])
+            .arg(format!("{}:{port}:{}", m.name, n.ns_addr))
+            .arg("--cacert")
+            .arg(s.web.join("ca.pem"))
+            .arg("--cert")
+            .arg(s.web.join("cert.pem"))
+            .arg("--key")
+            .arg(s.web.join("key.pem"))
+            .arg(format!("https://{}:{port}/v1/repo/p1/locks/fenced", m.name))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+    }
     if let Fault::Throttle = fault {
+        // Fenced: a ceased media agent takes no request.
+        assert_eq!(
+            s.media[0].curl(&s.web, "PUT", "/v1/repo/p1/locks/fenced"),
+            "503"
+        );
         let listed = s.d.ctl(env, &["media-agents", "--json"]).ok().json();
         let a = listed["media_agents"]
             .as_array()
@@ -503,4 +693,14 @@ fn a_media_agent_killed_mid_backup_is_replaced_without_starting_over() {
 #[test]
 fn an_unbalanced_media_agent_is_told_to_cease_and_its_backup_moves() {
     failover(Fault::Throttle);
+}
+
+#[test]
+fn a_media_agent_cut_off_mid_backup_is_fenced_and_replaced() {
+    if crate::common::local_only(
+        "the partitioned media agent cannot reach the S3 gateway on loopback",
+    ) {
+        return;
+    }
+    failover(Fault::Partition);
 }
