@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A running `baton director`, killed when dropped.
 pub(crate) struct Director {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) url: String,
     pub(crate) state: PathBuf,
     fingerprint: String,
@@ -412,7 +412,7 @@ fn nodes_enrol_once_and_forged_expired_or_revoked_certificates_are_refused() {
 
 /// A PostgreSQL server of its own on loopback (trust authentication, a
 /// random port), stopped when dropped.
-struct Postgres {
+pub(crate) struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
@@ -432,7 +432,7 @@ impl Drop for Postgres {
 }
 
 impl Postgres {
-    fn start() -> Option<Postgres> {
+    pub(crate) fn start() -> Option<Postgres> {
         let bin = crate::instant_pg::pg_bin()?;
         if !is_root() {
             return None;
@@ -478,8 +478,48 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/director", self.port)
     }
 
+    /// Stops the server at once (as a crash would) and starts it again.
+    pub(crate) fn restart(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let data = self.dir.join("data");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&pg_ctl)
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (d, port) = (self.dir.display(), self.port);
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&pg_ctl)
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off"
+            ))
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A new database; its URL.
-    fn create_db(&self, name: &str) -> String {
+    pub(crate) fn create_db(&self, name: &str) -> String {
         let out = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.bin.join("createdb"))

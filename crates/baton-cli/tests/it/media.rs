@@ -704,3 +704,116 @@ fn a_media_agent_cut_off_mid_backup_is_fenced_and_replaced() {
     }
     failover(Fault::Partition);
 }
+
+/// A free port on loopback (a director restarted on it keeps its URL).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The director's view of the (first) run: records, last sequence number,
+/// pack bytes.
+fn run_state(s: &Setup) -> (u64, u64, u64) {
+    let runs = s.d.ctl(&s.env, &["runs", "--json"]).ok().json();
+    let r = &runs["runs"][0];
+    (
+        r["records"].as_u64().unwrap_or(0),
+        r["last_seq"].as_u64().unwrap_or(0),
+        r["pack_bytes"].as_u64().unwrap_or(0),
+    )
+}
+
+fn wait_for_pack_bytes(s: &Setup, at_least: u64) -> (u64, u64, u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let st = run_state(s);
+        if st.2 >= at_least {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {st:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A backup whose director is killed -9 and started again mid-job (and,
+/// on PostgreSQL, whose database server is restarted mid-job): the job
+/// continues, and every record the director acknowledged is still there.
+fn director_restarts(pg: Option<&crate::director::Postgres>) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let db = pg.map(|p| p.create_db(&format!("restarts_{}", std::process::id())));
+    let mut dextra = vec!["--listen", listen.as_str()];
+    if let Some(db) = &db {
+        dextra.extend(["--database", db.as_str()]);
+    }
+    let mut s = setup_with(16, &dextra, &[MediaSpec::default(), MediaSpec::default()]);
+    random_files(&s.src.join("data"), 6, 64, 0xd1ec);
+    let mut c = s.env.std_cmd();
+    c.args([
+        "agent",
+        "backup",
+        "--json",
+        "--director",
+        &s.d.url,
+        "--state",
+    ])
+    .arg(&s.web)
+    .arg("web")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let child = c.spawn().unwrap();
+
+    if let Some(pg) = pg {
+        let before = wait_for_pack_bytes(&s, 64 << 20);
+        pg.restart();
+        let after = wait_for_pack_bytes(&s, before.2 + (32 << 20));
+        assert!(
+            after.0 >= before.0 && after.1 >= before.1,
+            "{before:?} {after:?}"
+        );
+    }
+    let before = wait_for_pack_bytes(&s, 192 << 20);
+    s.d.child.kill().unwrap();
+    s.d.child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let state = s.d.state.clone();
+    s.d = Director::start(&s.env, &state, None, &dextra);
+    // Acknowledged records survived the kill.
+    let restarted = run_state(&s);
+    assert!(
+        restarted.0 >= before.0 && restarted.1 >= before.1,
+        "{before:?} {restarted:?}"
+    );
+
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the backup did not complete");
+    let (records, last_seq, _) = run_state(&s);
+    // Every record of the run, none missing.
+    assert_eq!(records, last_seq + 1);
+    assert!(records > before.0);
+    s.env.run(&["check", "--read-data"]).ok();
+    let target = s.env.path("restored");
+    s.env.restore("latest", &target, &[]).ok();
+    same_tree(&s.src, &target.join(s.src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn the_director_killed_mid_job_loses_no_acknowledged_record() {
+    director_restarts(None);
+}
+
+#[test]
+fn the_same_with_the_director_on_postgresql_and_postgresql_restarted() {
+    let Some(pg) = crate::director::Postgres::start() else {
+        assert!(
+            std::env::var("BATON_TEST_REQUIRE_PG").is_err(),
+            "PostgreSQL is required (BATON_TEST_REQUIRE_PG) but not here"
+        );
+        eprintln!("skipped: no PostgreSQL (or not root)");
+        return;
+    };
+    director_restarts(Some(&pg));
+}
