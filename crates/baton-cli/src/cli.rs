@@ -309,8 +309,11 @@ pub enum CtlCommand {
     JobRemove(CtlRevokeArgs),
     /// List the media agents, their pools and load, from their heartbeats
     MediaAgents(CtlNodesArgs),
-    /// List backup runs as their journal records reached the director
+    /// List runs as agents reported them, and backups as their journal
+    /// records reached the director
     Runs(CtlNodesArgs),
+    /// Run a job now (at its agent's next poll)
+    Run(CtlRevokeArgs),
 }
 
 #[derive(Args, Debug)]

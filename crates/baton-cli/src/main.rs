@@ -54,7 +54,7 @@ fn stopped_by_closed_output(err: &anyhow::Error) -> bool {
     })
 }
 
-fn exit_code(err: &anyhow::Error) -> i32 {
+pub(crate) fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.is::<Usage>() {
             return exit::USAGE;

@@ -305,6 +305,19 @@ impl Client {
     pub fn runs(&self) -> Result<RunList> {
         self.get("/v1/runs")
     }
+
+    /// Asks for a run of `job` now.
+    pub fn request_run(&self, job: &str) -> Result<JobList> {
+        if !baton_wire::valid_node_name(job) {
+            return Err(ClientError::Local(format!("{job:?} is not a job name")));
+        }
+        self.post(&format!("/v1/jobs/{job}/run"), &serde_json::json!({}))
+    }
+
+    /// An agent reports a run.
+    pub fn report_run(&self, r: &baton_wire::RunReport) -> Result<baton_wire::RunReport> {
+        self.post("/v1/agent/runs", r)
+    }
 }
 
 /// Enrols this machine with the director at `base` using a one-time

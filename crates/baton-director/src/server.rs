@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use baton_wire::{
     AgentJob, AgentJobs, ApiError, EnrolRequest, EnrolResponse, ErrorCode, Grant, JobList, JobSpec,
     JournalAck, JournalShip, MediaAgentInfo, MediaAgentList, MediaHeartbeat, MediaState, NodeList,
-    Pool, PoolList, Role, RunList, TokenRequest, TokenResponse, Whoami,
+    Pool, PoolList, Role, RunList, RunReport, RunState, TokenRequest, TokenResponse, Whoami,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -402,6 +402,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/jobs/{name}", axum::routing::delete(remove_job))
         .route("/v1/media-agents", get(media_agents))
         .route("/v1/runs", get(runs))
+        .route("/v1/jobs/{name}/run", post(request_run))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_api_token,
@@ -410,6 +411,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/agent/jobs", get(agent_jobs))
         .route("/v1/agent/media", get(agent_media))
+        .route("/v1/agent/runs", post(report_run))
         .route("/v1/media/heartbeat", post(heartbeat))
         .route("/v1/media/journal", post(ship_journal))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -953,10 +955,22 @@ async fn agent_jobs(
         return Err(Fail(ErrorCode::Forbidden, "only agents have jobs".into()));
     }
     let jobs = inner.store.jobs(Some(&node.info.name)).await?;
+    let last = inner.store.last_starts().await?;
+    let requested = inner.store.run_requests().await?;
+    let now = now();
     Ok(Json(AgentJobs {
         jobs: jobs
             .into_iter()
-            .map(|(job, repository)| AgentJob { job, repository })
+            .map(|(job, repository)| AgentJob {
+                due: due(
+                    &job,
+                    last.get(&job.name).copied(),
+                    requested.contains(&job.name),
+                    now,
+                ),
+                job,
+                repository,
+            })
             .collect(),
     }))
 }
@@ -1096,8 +1110,83 @@ async fn media_agents(State(inner): State<Arc<Inner>>) -> Answer<MediaAgentList>
 
 async fn runs(State(inner): State<Arc<Inner>>) -> Answer<RunList> {
     Ok(Json(RunList {
-        runs: inner.store.runs().await?,
+        runs: inner.store.run_records(1000).await?,
+        journals: inner.store.journal_runs().await?,
     }))
+}
+
+/// `baton ctl run JOB`: the job's agent runs it at its next poll.
+async fn request_run(State(inner): State<Arc<Inner>>, Path(name): Path<String>) -> Answer<JobList> {
+    if !inner.store.request_run(&name, now()).await? {
+        return Err(Fail(ErrorCode::NotFound, format!("no job {name:?}")));
+    }
+    Ok(Json(JobList { jobs: Vec::new() }))
+}
+
+/// An agent reports a run of one of its jobs.
+async fn report_run(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<RunReport>, axum::extract::rejection::JsonRejection>,
+) -> Answer<RunReport> {
+    require_role(&node, Role::Agent)?;
+    let r = body(b)?;
+    if !(16..=64).contains(&r.run.len())
+        || !r.run.bytes().all(|b| b.is_ascii_hexdigit())
+        || r.message.as_ref().is_some_and(|m| m.len() > 4096)
+        || r.media_agents.len() > 64
+    {
+        return Err(invalid("not a run report".into()));
+    }
+    let jobs = inner.store.jobs(Some(&node.info.name)).await?;
+    if !jobs.iter().any(|(j, _)| j.name == r.job) {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("no job {:?} of agent {:?}", r.job, node.info.name),
+        ));
+    }
+    if !inner.store.report_run(&node.info.name, &r, now()).await? {
+        return Err(Fail(
+            ErrorCode::Conflict,
+            format!("run {} belongs to another job or agent", r.run),
+        ));
+    }
+    if r.state == RunState::Failed {
+        inner.notify(
+            "failure",
+            Some(&node.info.name),
+            format!(
+                "run {} of job {:?} failed: {}",
+                r.run,
+                r.job,
+                r.message.as_deref().unwrap_or("(no message)")
+            ),
+        );
+    }
+    Ok(Json(r))
+}
+
+/// Whether a job is due: asked for with `ctl run`, never run, or its
+/// schedule's time has come since its last run started.
+fn due(job: &JobSpec, last: Option<i64>, requested: bool, now: i64) -> bool {
+    if requested {
+        return true;
+    }
+    let Some(last) = last else {
+        return true;
+    };
+    match baton_wire::parse_schedule(&job.schedule) {
+        Ok(baton_wire::Schedule::Every(s)) => now - last >= s as i64,
+        Ok(baton_wire::Schedule::Daily(minute)) => {
+            // The latest HH:MM (UTC) not after now.
+            let mut at = now.div_euclid(86400) * 86400 + i64::from(minute) * 60;
+            if at > now {
+                at -= 86400;
+            }
+            last < at
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether `name` is a journal record's name: `<job hex>/<seq digits>`.

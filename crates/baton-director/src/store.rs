@@ -43,6 +43,11 @@ const SCHEMA: &[&str] = &[
      sealed TEXT NOT NULL, position BIGINT NOT NULL, pack_bytes BIGINT NOT NULL, \
      packs BIGINT NOT NULL, pack_ids TEXT NOT NULL, received BIGINT NOT NULL, \
      PRIMARY KEY (pool, name))",
+    // Runs as agents report them, and runs asked for with `ctl run`.
+    "CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, job TEXT NOT NULL, \
+     agent TEXT NOT NULL, state TEXT NOT NULL, started BIGINT NOT NULL, finished BIGINT, \
+     exit_code BIGINT, message TEXT, media_agents TEXT NOT NULL, ord BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS run_requests (job TEXT PRIMARY KEY, requested BIGINT NOT NULL)",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -400,6 +405,165 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a run's report; `Ok(false)` if the run belongs to another
+    /// agent or job (a report cannot change another's run).
+    pub async fn report_run(
+        &self,
+        agent: &str,
+        r: &baton_wire::RunReport,
+        now: i64,
+    ) -> Result<bool> {
+        let media = r.media_agents.join(",");
+        let mut tx = self.pool.begin().await?;
+        let held =
+            sqlx::query_as::<_, (String, String)>("SELECT agent, job FROM runs WHERE run = $1")
+                .bind(&r.run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match held {
+            None => {
+                sqlx::query(
+                    "INSERT INTO runs (run, job, agent, state, started, finished, exit_code, message, media_agents, ord) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&r.run)
+                .bind(&r.job)
+                .bind(agent)
+                .bind(r.state.as_str())
+                .bind(now)
+                .bind((r.state != baton_wire::RunState::Running).then_some(now))
+                .bind(r.exit_code.map(i64::from))
+                .bind(&r.message)
+                .bind(&media)
+                // Microseconds: the order runs started in, within a second.
+                .bind(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64),
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some((a, j)) if a == agent && j == r.job => {
+                sqlx::query(
+                    "UPDATE runs SET state = $2, finished = $3, exit_code = $4, message = $5, media_agents = $6 \
+                     WHERE run = $1",
+                )
+                .bind(&r.run)
+                .bind(r.state.as_str())
+                .bind((r.state != baton_wire::RunState::Running).then_some(now))
+                .bind(r.exit_code.map(i64::from))
+                .bind(&r.message)
+                .bind(&media)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some(_) => return Ok(false),
+        }
+        if r.state == baton_wire::RunState::Running {
+            // A run asked for has started.
+            sqlx::query("DELETE FROM run_requests WHERE job = $1")
+                .bind(&r.job)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Runs, the latest first (at most `limit`).
+    pub async fn run_records(&self, limit: i64) -> Result<Vec<baton_wire::RunRecord>> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            String,
+        );
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT run, job, agent, state, started, finished, exit_code, message, media_agents \
+             FROM runs ORDER BY ord DESC, run LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(
+                |(run, job, agent, state, started, finished, exit_code, message, media)| {
+                    let state = match state.as_str() {
+                        "running" => baton_wire::RunState::Running,
+                        "completed" => baton_wire::RunState::Completed,
+                        "partial" => baton_wire::RunState::Partial,
+                        "failed" => baton_wire::RunState::Failed,
+                        _ => return Err(StoreError::Corrupt(format!("run state {state:?}"))),
+                    };
+                    Ok(baton_wire::RunRecord {
+                        run,
+                        job,
+                        agent,
+                        state,
+                        started,
+                        finished,
+                        exit_code: exit_code.map(|c| c as i32),
+                        message,
+                        media_agents: media
+                            .split(',')
+                            .filter(|m| !m.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// When each job's last run started.
+    pub async fn last_starts(&self) -> Result<std::collections::HashMap<String, i64>> {
+        Ok(
+            sqlx::query_as::<_, (String, i64)>("SELECT job, MAX(started) FROM runs GROUP BY job")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    /// Asks for a run of `job` now; whether the job exists.
+    pub async fn request_run(&self, job: &str, now: i64) -> Result<bool> {
+        let exists = sqlx::query_as::<_, (String,)>("SELECT name FROM jobs WHERE name = $1")
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if exists {
+            sqlx::query(
+                "INSERT INTO run_requests (job, requested) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(job)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(exists)
+    }
+
+    pub async fn run_requests(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(
+            sqlx::query_as::<_, (String,)>("SELECT job FROM run_requests")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| r.0)
+                .collect(),
+        )
+    }
+}
+
 /// A journal record as the director keeps it.
 pub struct JournalRow<'a> {
     pub pool: &'a str,
@@ -469,7 +633,7 @@ impl Store {
     }
 
     /// Runs as their journal records tell them, the latest first.
-    pub async fn runs(&self) -> Result<Vec<baton_wire::RunInfo>> {
+    pub async fn journal_runs(&self) -> Result<Vec<baton_wire::RunInfo>> {
         type Row = (String, String, String, i64, i64, i64, i64, i64, i64, i64);
         let rows = sqlx::query_as::<_, Row>(
             "SELECT job, pool, MIN(agent), COUNT(*), MAX(seq), MAX(position), \

@@ -202,6 +202,10 @@ pub struct JobList {
 pub struct AgentJob {
     pub job: JobSpec,
     pub repository: String,
+    /// Whether the director says it is due now (its schedule, or `baton
+    /// ctl run`): the agent runs it.
+    #[serde(default)]
+    pub due: bool,
 }
 
 /// `GET /v1/agent/jobs`.
@@ -365,11 +369,71 @@ pub struct RunInfo {
     pub updated: i64,
 }
 
-/// `GET /v1/runs` (API token).
+/// The state of a run an agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    /// Done: every file stored (exit code 0).
+    Completed,
+    /// Done, but some files could not be read (exit code 3).
+    Partial,
+    Failed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Partial => "partial",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// `POST /v1/agent/runs` (agent certificate): a run of one of its jobs
+/// started or ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunReport {
+    /// Made by the agent when the run starts (16 to 64 hex digits).
+    pub run: String,
+    pub job: String,
+    pub state: RunState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// What went wrong, for a failed run.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The media agents that stored it, in order.
+    #[serde(default)]
+    pub media_agents: Vec<String>,
+}
+
+/// A run as the director knows it from its agent's reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    pub run: String,
+    pub job: String,
+    pub agent: String,
+    pub state: RunState,
+    /// Unix seconds.
+    pub started: i64,
+    pub finished: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub media_agents: Vec<String>,
+}
+
+/// `GET /v1/runs` (API token): runs as agents reported them, and the
+/// progress of backups as their journal records reached the director.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunList {
-    pub runs: Vec<RunInfo>,
+    pub runs: Vec<RunRecord>,
+    pub journals: Vec<RunInfo>,
 }
 
 /// When a job runs.

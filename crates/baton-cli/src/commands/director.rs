@@ -257,28 +257,59 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 super::print_json("runs", serde_json::to_value(&list)?);
             } else {
                 outln!(
-                    "{:<16} {:<16} {:<12} {:>8} {:>14} {:>7} {:<16} updated",
+                    "{:<18} {:<16} {:<16} {:<10} {:<21} {:<5} media agents",
                     "run",
+                    "job",
                     "agent",
-                    "pool",
-                    "records",
-                    "position",
-                    "packs",
-                    "media agent"
+                    "state",
+                    "started",
+                    "exit"
                 );
                 for r in &list.runs {
                     outln!(
-                        "{:<16} {:<16} {:<12} {:>8} {:>14} {:>7} {:<16} {}",
-                        &r.job[..16.min(r.job.len())],
+                        "{:<18} {:<16} {:<16} {:<10} {:<21} {:<5} {}",
+                        &r.run[..16.min(r.run.len())],
+                        r.job,
                         r.agent,
-                        r.pool,
-                        r.records,
-                        r.position,
-                        r.packs,
-                        r.media_agent,
-                        date(r.updated)
+                        r.state.as_str(),
+                        date(r.started),
+                        r.exit_code.map_or("-".to_string(), |c| c.to_string()),
+                        r.media_agents.join(" then ")
                     );
                 }
+                if !list.journals.is_empty() {
+                    outln!(
+                        "\nbackups in progress or done, as their journals reached the director:\n{:<18} {:<16} {:<10} {:>8} {:>14} {:>7} {:<16} updated",
+                        "journal",
+                        "agent",
+                        "pool",
+                        "records",
+                        "position",
+                        "packs",
+                        "media agent"
+                    );
+                    for r in &list.journals {
+                        outln!(
+                            "{:<18} {:<16} {:<10} {:>8} {:>14} {:>7} {:<16} {}",
+                            &r.job[..16.min(r.job.len())],
+                            r.agent,
+                            r.pool,
+                            r.records,
+                            r.position,
+                            r.packs,
+                            r.media_agent,
+                            date(r.updated)
+                        );
+                    }
+                }
+            }
+        }
+        CtlCommand::Run(a) => {
+            admin(&a.conn)?.request_run(&a.name)?;
+            if g.json {
+                super::print_json("run_requested", serde_json::json!({ "job": a.name }));
+            } else if !g.quiet {
+                outln!("job {:?} runs at its agent's next poll", a.name);
             }
         }
         CtlCommand::Revoke(a) => {
@@ -363,6 +394,58 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
 /// media agent the director names.
 fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Result<i32> {
     context::set_media_node(&node.director, &node.state);
+    let director = Client::for_node(&node.director, &node.state)?;
+    let run = random_run_id()?;
+    let report = |state, exit_code, message: Option<String>, media: Vec<String>| {
+        let r = baton_wire::RunReport {
+            run: run.clone(),
+            job: job.name.clone(),
+            state,
+            exit_code,
+            message,
+            media_agents: media,
+        };
+        // The run goes on (or its result stands) if the director cannot
+        // be told: it learns of the run from its journal meanwhile.
+        if let Err(e) = director.report_run(&r) {
+            eprintln!("agent: cannot report run {run} of job {:?}: {e}", job.name);
+        }
+    };
+    report(baton_wire::RunState::Running, None, None, Vec::new());
+    let result = run_backup(g, job);
+    let media = context::media().map(|m| m.served_by()).unwrap_or_default();
+    match &result {
+        Ok(code) => report(
+            if *code == crate::exit::OK {
+                baton_wire::RunState::Completed
+            } else if *code == crate::exit::PARTIAL {
+                baton_wire::RunState::Partial
+            } else {
+                baton_wire::RunState::Failed
+            },
+            Some(*code),
+            None,
+            media,
+        ),
+        Err(e) => report(
+            baton_wire::RunState::Failed,
+            Some(crate::exit_code(e)),
+            Some(format!("{e:#}")),
+            media,
+        ),
+    }
+    result
+}
+
+/// A random run id (hex).
+fn random_run_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the system's random source: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// The backup of a job: the CLI's own, into the job's pool.
+fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
     let mut argv: Vec<String> = vec!["baton".into(), "backup".into()];
     for t in &job.tags {
         argv.push("--tag".into());
@@ -416,34 +499,9 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
     Ok(code)
 }
 
-/// When `schedule` next makes a job due after its last start (Unix
-/// seconds; `None`: never run, due now).
-fn due(schedule: baton_wire::Schedule, last: Option<i64>, now: i64) -> bool {
-    let Some(last) = last else {
-        return true;
-    };
-    match schedule {
-        baton_wire::Schedule::Every(s) => now - last >= s as i64,
-        baton_wire::Schedule::Daily(minute) => {
-            // The latest HH:MM (UTC) not after now.
-            let day = now.div_euclid(86400) * 86400;
-            let mut at = day + i64::from(minute) * 60;
-            if at > now {
-                at -= 86400;
-            }
-            last < at
-        }
-    }
-}
-
-/// Runs the agent's jobs on their schedules (each job's last start kept in
-/// the state directory's `schedule.json`), one at a time, until Ctrl-C.
+/// Runs the jobs the director says are due (their schedules, `baton ctl
+/// run`), one at a time, asking every `--poll`, until Ctrl-C.
 fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
-    let file = a.node.state.join("schedule.json");
-    let mut last: std::collections::BTreeMap<String, i64> = std::fs::read(&file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let mut worst = crate::exit::OK;
     loop {
         let jobs =
@@ -455,22 +513,10 @@ fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
                 }
                 Err(e) => return Err(e.into()),
             };
-        for j in &jobs {
+        for j in jobs.iter().filter(|j| j.due) {
             if context::cancel().is_cancelled() {
                 break;
             }
-            let Ok(schedule) = baton_wire::parse_schedule(&j.job.schedule) else {
-                eprintln!("agent: job {:?} has an invalid schedule", j.job.name);
-                continue;
-            };
-            let now = baton_director::server::now();
-            if !due(schedule, last.get(&j.job.name).copied(), now) {
-                continue;
-            }
-            last.insert(j.job.name.clone(), now);
-            // Recorded before the run: a run that fails is retried at its
-            // next time, not in a loop (an interrupted one resumes then).
-            client::write_private(&file, &serde_json::to_vec(&last)?)?;
             match run_job(g, &a.node, &j.job) {
                 Ok(code) => worst = worst.max(code),
                 Err(e) => {

@@ -650,6 +650,8 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/media/journal", "post"),
         ("/v1/media-agents", "get"),
         ("/v1/runs", "get"),
+        ("/v1/jobs/{name}/run", "post"),
+        ("/v1/agent/runs", "post"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m.to_string()))

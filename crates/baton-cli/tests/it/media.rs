@@ -295,7 +295,7 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
 
     // The journal reached the director, summary in the clear, record sealed.
     let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
-    let run = &runs["runs"][0];
+    let run = &runs["journals"][0];
     assert_eq!(run["agent"], "web-1");
     assert_eq!(run["pool"], "p1");
     assert!(run["records"].as_u64().unwrap() >= 2, "{runs}");
@@ -578,7 +578,7 @@ fn failover(fault: Fault) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
-        let r = &runs["runs"][0];
+        let r = &runs["journals"][0];
         if r["pack_bytes"].as_u64().unwrap_or(0) >= 400 << 20 {
             assert_eq!(r["media_agent"], "ma-1", "{runs}");
             break;
@@ -661,7 +661,7 @@ fn failover(fault: Fault) {
         assert_eq!(a["ceased"], true, "{listed}");
     }
     let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
-    assert_eq!(runs["runs"][0]["media_agent"], "ma-2", "{runs}");
+    assert_eq!(runs["journals"][0]["media_agent"], "ma-2", "{runs}");
 
     // The repository is whole, and the snapshot is the source exactly.
     env.run(&["check", "--read-data"]).ok();
@@ -718,7 +718,7 @@ fn free_port() -> u16 {
 /// pack bytes.
 fn run_state(s: &Setup) -> (u64, u64, u64) {
     let runs = s.d.ctl(&s.env, &["runs", "--json"]).ok().json();
-    let r = &runs["runs"][0];
+    let r = &runs["journals"][0];
     (
         r["records"].as_u64().unwrap_or(0),
         r["last_seq"].as_u64().unwrap_or(0),
@@ -816,4 +816,70 @@ fn the_same_with_the_director_on_postgresql_and_postgresql_restarted() {
         return;
     };
     director_restarts(Some(&pg));
+}
+
+fn agent_run_once(s: &Setup) -> std::process::Output {
+    let mut c = s.env.std_cmd();
+    c.args(["agent", "run", "--once", "--director", &s.d.url, "--state"])
+        .arg(&s.web);
+    c.output().unwrap()
+}
+
+fn runs_of(s: &Setup) -> Vec<serde_json::Value> {
+    s.d.ctl(&s.env, &["runs", "--json"]).ok().json()["runs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn the_director_dispatches_due_jobs_and_follows_their_runs() {
+    let s = setup(&[&[]]);
+    std::fs::create_dir_all(&s.src).unwrap();
+    for i in 0..20u64 {
+        baton_testing::write_file(&s.src.join(format!("f{i}")), 10_000 + i * 3_000, i).unwrap();
+    }
+    // A new job is due at once.
+    let jobs = {
+        let mut c = s.env.cmd();
+        c.args(["agent", "jobs", "--json", "--director", &s.d.url, "--state"])
+            .arg(&s.web);
+        run(&mut c).ok().json()
+    };
+    assert_eq!(jobs["jobs"][0]["due"], true, "{jobs}");
+    let out = agent_run_once(&s);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = runs_of(&s);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["job"], "web");
+    assert_eq!(runs[0]["agent"], "web-1");
+    assert_eq!(runs[0]["state"], "completed");
+    assert_eq!(runs[0]["exit_code"], 0);
+    assert!(runs[0]["finished"].is_i64());
+    assert_eq!(runs[0]["media_agents"], serde_json::json!(["ma-1"]));
+    // Every hour: not due again now.
+    assert!(agent_run_once(&s).status.success());
+    assert_eq!(runs_of(&s).len(), 1);
+    // Asked for: due at the next poll, once.
+    s.d.ctl(&s.env, &["run", "web", "--json"]).ok();
+    assert!(agent_run_once(&s).status.success());
+    assert_eq!(runs_of(&s).len(), 2);
+    assert!(agent_run_once(&s).status.success());
+    assert_eq!(runs_of(&s).len(), 2);
+    assert_eq!(snapshot_ids(&s.env, &s.env.repo).len(), 2);
+    // A run that fails is reported so.
+    std::fs::remove_dir_all(&s.src).unwrap();
+    s.d.ctl(&s.env, &["run", "web"]).ok();
+    let out = agent_run_once(&s);
+    assert!(!out.status.success());
+    let runs = runs_of(&s);
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[0]["state"], "failed", "{runs:?}");
+    assert!(runs[0]["message"].is_string(), "{runs:?}");
+    // Unknown jobs cannot be asked for.
+    assert_eq!(s.d.ctl(&s.env, &["run", "nope"]).code, 2);
 }
