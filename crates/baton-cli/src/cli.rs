@@ -314,6 +314,15 @@ pub enum CtlCommand {
     Runs(CtlNodesArgs),
     /// Run a job now (at its agent's next poll)
     Run(CtlRevokeArgs),
+    /// List the API tokens (their ids and names, never the secrets)
+    ApiTokens(CtlNodesArgs),
+    /// Make a new API token (shown once)
+    ApiTokenAdd(CtlRevokeArgs),
+    /// Revoke an API token by its id
+    ApiTokenRevoke(CtlRevokeArgs),
+    /// Replace the API token in --token-file with a new one of the same
+    /// name, then revoke the old one
+    ApiTokenRotate(CtlNodesArgs),
 }
 
 #[derive(Args, Debug)]

@@ -306,6 +306,43 @@ impl Client {
         self.get("/v1/runs")
     }
 
+    pub fn api_tokens(&self) -> Result<baton_wire::ApiTokenList> {
+        self.get("/v1/api-tokens")
+    }
+
+    pub fn add_api_token(&self, name: &str) -> Result<baton_wire::NewApiToken> {
+        self.post(
+            "/v1/api-tokens",
+            &baton_wire::ApiTokenRequest {
+                name: name.to_string(),
+            },
+        )
+    }
+
+    pub fn revoke_api_token(&self, id: &str) -> Result<baton_wire::ApiTokenList> {
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Local(format!(
+                "{id:?}: an API token's id is 16 hex digits (ctl api-tokens lists them)"
+            )));
+        }
+        let mut req = self
+            .agent
+            .delete(format!("{}/v1/api-tokens/{id}", self.base))
+            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
+        if let Auth::Token(t) = &self.auth {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        Self::answer(req.call())
+    }
+
+    /// The id of the API token this client uses.
+    pub fn token_id(&self) -> Option<String> {
+        match &self.auth {
+            Auth::Token(t) => Some(crate::server::secret_hash(t)[..16].to_string()),
+            Auth::None => None,
+        }
+    }
+
     /// Asks for a run of `job` now.
     pub fn request_run(&self, job: &str) -> Result<JobList> {
         if !baton_wire::valid_node_name(job) {

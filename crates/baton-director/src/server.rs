@@ -401,6 +401,11 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/jobs", post(add_job).get(jobs))
         .route("/v1/jobs/{name}", axum::routing::delete(remove_job))
         .route("/v1/media-agents", get(media_agents))
+        .route("/v1/api-tokens", get(api_tokens).post(add_api_token))
+        .route(
+            "/v1/api-tokens/{id}",
+            axum::routing::delete(revoke_api_token),
+        )
         .route("/v1/runs", get(runs))
         .route("/v1/jobs/{name}/run", post(request_run))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -582,11 +587,30 @@ async fn enrol(
     // A request that cannot succeed does not use up the token.
     pki::check_csr(&req.csr_pem).map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
     let now = now();
-    let Some((role, name)) = inner
+    let validity = inner.cfg.cert_validity_s;
+    let enrolled = inner
         .store
-        .use_enrol_token(&secret_hash(secret), now)
-        .await?
-    else {
+        .enrol(&secret_hash(secret), now, |role, name| {
+            let issued = inner
+                .ca
+                .issue_node(&req.csr_pem, role, name, now, validity)
+                .map_err(|e| StoreError::Refused(e.to_string()))?;
+            let info = baton_wire::NodeInfo {
+                name: name.to_string(),
+                role,
+                serial: issued.serial.clone(),
+                enrolled: now,
+                not_after: issued.not_after,
+                revoked: None,
+            };
+            Ok((info, issued.fingerprint.clone(), issued))
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Refused(m) => Fail(ErrorCode::Invalid, m),
+            e => e.into(),
+        })?;
+    let Some((info, issued)) = enrolled else {
         inner
             .counters
             .enrolments_refused
@@ -601,19 +625,7 @@ async fn enrol(
             "unknown, used or expired enrolment token".into(),
         ));
     };
-    let issued = inner
-        .ca
-        .issue_node(&req.csr_pem, role, &name, now, inner.cfg.cert_validity_s)
-        .map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
-    let info = baton_wire::NodeInfo {
-        name: name.clone(),
-        role,
-        serial: issued.serial.clone(),
-        enrolled: now,
-        not_after: issued.not_after,
-        revoked: None,
-    };
-    inner.store.add_node(&info, &issued.fingerprint).await?;
+    let (role, name) = (info.role, info.name);
     inner.counters.enrolments.fetch_add(1, Ordering::Relaxed);
     inner.notify(
         "node_enrolled",
@@ -1326,4 +1338,53 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
         },
     );
     (ceased_until.is_some(), why)
+}
+
+async fn api_tokens(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::ApiTokenList> {
+    Ok(Json(baton_wire::ApiTokenList {
+        tokens: inner
+            .store
+            .api_tokens()
+            .await?
+            .into_iter()
+            .map(|(id, name, created)| baton_wire::ApiTokenInfo { id, name, created })
+            .collect(),
+    }))
+}
+
+/// A new API token (256 random bits; only its hash is kept).
+async fn add_api_token(
+    State(inner): State<Arc<Inner>>,
+    b: Result<Json<baton_wire::ApiTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::NewApiToken> {
+    let req = body(b)?;
+    if !baton_wire::valid_node_name(&req.name) {
+        return Err(invalid(format!("{:?} is not a valid token name", req.name)));
+    }
+    let token = random_hex(32);
+    let hash = secret_hash(&token);
+    inner.store.add_api_token(&hash, &req.name, now()).await?;
+    Ok(Json(baton_wire::NewApiToken {
+        token,
+        id: hash[..16].to_string(),
+        name: req.name,
+    }))
+}
+
+async fn revoke_api_token(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+) -> Answer<baton_wire::ApiTokenList> {
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid("an API token's id is 16 hex digits".into()));
+    }
+    if !inner
+        .store
+        .revoke_api_token(&id.to_ascii_lowercase())
+        .await?
+    {
+        return Err(Fail(ErrorCode::NotFound, format!("no API token {id}")));
+    }
+    inner.notify("api_token_revoked", None, format!("API token {id} revoked"));
+    api_tokens(State(inner)).await
 }

@@ -181,32 +181,44 @@ impl Store {
 
     /// Uses the enrolment token with this hash, once: its role and name if
     /// it exists, is unused and has not expired (it is then used).
-    pub async fn use_enrol_token(&self, hash: &str, now: i64) -> Result<Option<(Role, String)>> {
-        let done = sqlx::query(
+
+    /// Records a node's new certificate; earlier certificates of the same
+    /// name are revoked (one current certificate per node).
+    /// Enrols a node in one transaction: uses the token `hash` (once,
+    /// even with directors racing), issues the certificate with `issue`
+    /// (given the token's role and name), revokes the name's earlier
+    /// certificate and stores the node. A failure anywhere leaves the token
+    /// unused. `Ok(None)`: unknown, used or expired token.
+    pub async fn enrol<T>(
+        &self,
+        hash: &str,
+        now: i64,
+        issue: impl FnOnce(Role, &str) -> Result<(NodeInfo, String, T)>,
+    ) -> Result<Option<(NodeInfo, T)>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, (String, String)>(
+            "SELECT role, name FROM enrol_tokens WHERE hash = $1 AND used IS NULL AND expires > $2",
+        )
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((role, name)) = row else {
+            return Ok(None);
+        };
+        let role =
+            Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?;
+        let used = sqlx::query(
             "UPDATE enrol_tokens SET used = $1 WHERE hash = $2 AND used IS NULL AND expires > $1",
         )
         .bind(now)
         .bind(hash)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() != 1 {
+        if used.rows_affected() != 1 {
             return Ok(None);
         }
-        let row = sqlx::query_as::<_, (String, String)>(
-            "SELECT role, name FROM enrol_tokens WHERE hash = $1",
-        )
-        .bind(hash)
-        .fetch_one(&self.pool)
-        .await?;
-        let role =
-            Role::parse(&row.0).ok_or_else(|| StoreError::Corrupt(format!("role {:?}", row.0)))?;
-        Ok(Some((role, row.1)))
-    }
-
-    /// Records a node's new certificate; earlier certificates of the same
-    /// name are revoked (one current certificate per node).
-    pub async fn add_node(&self, info: &NodeInfo, fingerprint: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let (info, fingerprint, extra) = issue(role, &name)?;
         sqlx::query("UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL")
             .bind(info.enrolled)
             .bind(&info.name)
@@ -219,7 +231,7 @@ impl Store {
         .bind(&info.serial)
         .bind(&info.name)
         .bind(info.role.as_str())
-        .bind(fingerprint)
+        .bind(&fingerprint)
         .bind(info.enrolled)
         .bind(info.not_after)
         .execute(&mut *tx)
@@ -232,7 +244,7 @@ impl Store {
             e => e.into(),
         })?;
         tx.commit().await?;
-        Ok(())
+        Ok(Some((info, extra)))
     }
 
     pub async fn node_by_fingerprint(&self, fingerprint: &str) -> Result<Option<Node>> {
@@ -295,6 +307,34 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// API tokens: id (the first 16 hex digits of the hash), name, created.
+    pub async fn api_tokens(&self) -> Result<Vec<(String, String, i64)>> {
+        Ok(sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT hash, name, created FROM api_tokens ORDER BY created, hash",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(h, n, c)| (h[..16.min(h.len())].to_string(), n, c))
+        .collect())
+    }
+
+    /// Revokes the API token with this id; whether there was one.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool> {
+        let rows = sqlx::query_as::<_, (String,)>("SELECT hash FROM api_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        let Some((hash,)) = rows.into_iter().find(|(h,)| h.starts_with(id)) else {
+            return Ok(false);
+        };
+        Ok(sqlx::query("DELETE FROM api_tokens WHERE hash = $1")
+            .bind(hash)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
     }
 
     pub async fn api_token_count(&self) -> Result<i64> {

@@ -111,6 +111,42 @@ pub struct Whoami {
     pub serial: String,
 }
 
+/// An API token as `GET /v1/api-tokens` lists it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenInfo {
+    /// The first 16 hex digits of its hash: what `DELETE
+    /// /v1/api-tokens/{id}` names.
+    pub id: String,
+    pub name: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// `GET /v1/api-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenList {
+    pub tokens: Vec<ApiTokenInfo>,
+}
+
+/// `POST /v1/api-tokens`: a new API token for a person or a tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenRequest {
+    /// Who or what it is for (1 to 64 of `[A-Za-z0-9._-]`).
+    pub name: String,
+}
+
+/// The answer to [`ApiTokenRequest`]: the token is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiToken {
+    pub token: String,
+    pub id: String,
+    pub name: String,
+}
+
 /// A node in `GET /v1/nodes` (API token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

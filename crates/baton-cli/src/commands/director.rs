@@ -304,6 +304,68 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 }
             }
         }
+        CtlCommand::ApiTokens(a) => {
+            let list = admin(&a.conn)?.api_tokens()?;
+            if g.json {
+                super::print_json("api_tokens", serde_json::to_value(&list)?);
+            } else {
+                outln!("{:<18} {:<24} created", "id", "name");
+                for t in &list.tokens {
+                    outln!("{:<18} {:<24} {}", t.id, t.name, date(t.created));
+                }
+            }
+        }
+        CtlCommand::ApiTokenAdd(a) => {
+            let t = admin(&a.conn)?.add_api_token(&a.name)?;
+            if g.json {
+                super::print_json("api_token", serde_json::to_value(&t)?);
+            } else {
+                // The token alone on stdout, for `$(baton ctl api-token-add ...)`.
+                outln!("{}", t.token);
+                if !g.quiet {
+                    eprintln!("API token {} for {:?} (shown once)", t.id, t.name);
+                }
+            }
+        }
+        CtlCommand::ApiTokenRevoke(a) => {
+            if a.name.len() != 16 || !a.name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(crate::Usage(format!(
+                    "{:?}: an API token's id is 16 hex digits (`baton ctl api-tokens` lists them)",
+                    a.name
+                ))
+                .into());
+            }
+            let list = admin(&a.conn)?.revoke_api_token(&a.name)?;
+            if g.json {
+                super::print_json("api_tokens", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!("revoked API token {}", a.name);
+            }
+        }
+        CtlCommand::ApiTokenRotate(a) => {
+            let c = admin(&a.conn)?;
+            let old = c.token_id().expect("an API token client");
+            let list = c.api_tokens()?;
+            let name = list
+                .tokens
+                .iter()
+                .find(|t| t.id == old)
+                .map_or("admin".to_string(), |t| t.name.clone());
+            let new = c.add_api_token(&name)?;
+            // The new token is on disk before the old one stops working.
+            client::write_private(&a.conn.token_file, new.token.as_bytes())?;
+            let c2 = admin(&a.conn)?;
+            let list = c2.revoke_api_token(&old)?;
+            if g.json {
+                super::print_json("api_tokens", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!(
+                    "API token {old} replaced by {} in {}",
+                    new.id,
+                    a.conn.token_file.display()
+                );
+            }
+        }
         CtlCommand::Run(a) => {
             admin(&a.conn)?.request_run(&a.name)?;
             if g.json {

@@ -403,6 +403,67 @@ fn scenario(db: Option<&str>) {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let r = ds.whoami(&env, &s);
     assert_eq!(r.code, 13, "{}", r.stderr);
+
+    api_tokens(&env, &d);
+}
+
+/// API tokens are listed without their secrets, added, rotated (the token
+/// file gets the new one before the old stops working) and revoked.
+fn api_tokens(env: &Env, d: &Director) {
+    let with = |file: &Path, args: &[&str]| {
+        let mut c = env.cmd();
+        c.arg("ctl")
+            .args(args)
+            .arg("--director")
+            .arg(&d.url)
+            .arg("--ca")
+            .arg(d.state.join("ca.pem"))
+            .arg("--token-file")
+            .arg(file);
+        run(&mut c)
+    };
+    let list = d.ctl(env, &["api-tokens", "--json"]).ok().json();
+    let tokens = list["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "{list}");
+    assert_eq!(tokens[0]["name"], "admin");
+    let admin_token = std::fs::read_to_string(d.state.join("admin.token")).unwrap();
+    assert!(!list.to_string().contains(admin_token.trim()));
+
+    let added = d.ctl(env, &["api-token-add", "ops", "--json"]).ok().json();
+    let ops = env.path("ops.token");
+    std::fs::write(&ops, added["token"].as_str().unwrap()).unwrap();
+    with(&ops, &["nodes"]).ok();
+    let old = added["token"].as_str().unwrap().to_string();
+
+    let rotated = with(&ops, &["api-token-rotate", "--json"]).ok().json();
+    let new = std::fs::read_to_string(&ops).unwrap();
+    assert_ne!(new.trim(), old);
+    let ids: Vec<&str> = rotated["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(!ids.contains(&added["id"].as_str().unwrap()), "{rotated}");
+    assert_eq!(ids.len(), 2, "{rotated}");
+    with(&ops, &["nodes"]).ok();
+    let stale = env.path("stale.token");
+    std::fs::write(&stale, &old).unwrap();
+    assert_eq!(with(&stale, &["nodes"]).code, 13);
+
+    let new_id = rotated["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ops")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.ctl(env, &["api-token-revoke", &new_id]).ok();
+    assert_eq!(with(&ops, &["nodes"]).code, 13);
+    assert_eq!(d.ctl(env, &["api-token-revoke", &new_id]).code, 2);
+    assert_eq!(d.ctl(env, &["api-token-revoke", "nothex"]).code, 2);
 }
 
 #[test]
@@ -652,6 +713,9 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/runs", "get"),
         ("/v1/jobs/{name}/run", "post"),
         ("/v1/agent/runs", "post"),
+        ("/v1/api-tokens", "get"),
+        ("/v1/api-tokens", "post"),
+        ("/v1/api-tokens/{id}", "delete"),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m.to_string()))
@@ -660,7 +724,12 @@ fn the_api_answers_as_its_openapi_document_says() {
 
     for (path, method) in &documented {
         let (code, body) = anonymous(
-            &format!("{}{}", d.url, path.replace("{name}", "x")),
+            &format!(
+                "{}{}",
+                d.url,
+                path.replace("{name}", "x")
+                    .replace("{id}", "0123456789abcdef")
+            ),
             &method.to_uppercase(),
         );
         let responses = &doc["paths"][path][method]["responses"];
