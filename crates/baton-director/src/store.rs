@@ -179,11 +179,6 @@ impl Store {
         Ok(())
     }
 
-    /// Uses the enrolment token with this hash, once: its role and name if
-    /// it exists, is unused and has not expired (it is then used).
-
-    /// Records a node's new certificate; earlier certificates of the same
-    /// name are revoked (one current certificate per node).
     /// Enrols a node in one transaction: uses the token `hash` (once,
     /// even with directors racing), issues the certificate with `issue`
     /// (given the token's role and name), revokes the name's earlier
