@@ -255,6 +255,10 @@ pub struct DirectorArgs {
         env = "BATON_DIRECTOR_REBALANCE_RATIO"
     )]
     pub rebalance_ratio: f64,
+    /// How long the director's own server certificate is valid (renewed
+    /// while it runs, when a third is left)
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = parse_validity, hide = true)]
+    pub server_cert_validity: i64,
 }
 
 /// Parses a duration such as `90d`, `12h`, `30s` into seconds.

@@ -186,7 +186,12 @@ impl Ca {
 
     /// The director's own server certificate (and its new key, PEM) for
     /// these host names and addresses.
-    pub fn issue_server(&self, hosts: &[String], now: i64) -> Result<(String, String)> {
+    pub fn issue_server(
+        &self,
+        hosts: &[String],
+        now: i64,
+        validity_s: i64,
+    ) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = rcgen::DistinguishedName::new();
@@ -207,7 +212,7 @@ impl Ca {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.use_authority_key_identifier_extension = true;
         p.not_before = at(now - 300)?;
-        p.not_after = at(now + 365 * 86400)?;
+        p.not_after = at(now + validity_s)?;
         p.serial_number = Some(random_serial().0);
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))

@@ -42,7 +42,13 @@ pub struct Config {
     /// A media agent whose writes take this many times longer (per MiB)
     /// than its pool's fastest is told to cease; 0: never.
     pub rebalance_ratio: f64,
+    /// How long the director's own server certificate is valid; it is
+    /// renewed while the director runs, when a third of that is left.
+    pub server_cert_validity_s: i64,
 }
+
+/// The default of [`Config::server_cert_validity_s`]: a year.
+pub const SERVER_CERT_VALIDITY_S: i64 = 365 * 86400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectorError {
@@ -99,7 +105,11 @@ struct Inner {
     /// Held while a new TLS configuration is built and swapped in; the
     /// number of revoked certificates it was built with.
     reloading: tokio::sync::Mutex<usize>,
-    server_cert: (String, String),
+    /// The director's server certificate and key (PEM), renewed while it
+    /// runs; when it expires; the names it carries.
+    server_cert: RwLock<(String, String)>,
+    server_cert_expires: std::sync::atomic::AtomicI64,
+    hosts: Vec<String>,
     counters: Counters,
     hooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
     /// Media agents as their heartbeats tell them (not persisted: a
@@ -228,8 +238,10 @@ impl Director {
         }
         hosts.sort();
         hosts.dedup();
-        let server_cert = ca.issue_server(&hosts, now)?;
+        let server_cert = ca.issue_server(&hosts, now, cfg.server_cert_validity_s)?;
         let tls = tls_config(&ca, &store, &server_cert).await?;
+        let server_cert_expires =
+            std::sync::atomic::AtomicI64::new(now + cfg.server_cert_validity_s);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| DirectorError::Io(format!("listening on {}", cfg.listen), e))?;
@@ -242,7 +254,9 @@ impl Director {
                 cfg,
                 tls: Arc::new(RwLock::new(tls)),
                 reloading: tokio::sync::Mutex::new(usize::MAX),
-                server_cert,
+                server_cert: RwLock::new(server_cert),
+                server_cert_expires,
+                hosts,
                 counters: Counters::default(),
                 hooks: std::sync::OnceLock::new(),
                 media: Default::default(),
@@ -278,8 +292,12 @@ impl Director {
         let watch = {
             let inner = self.inner.clone();
             async move {
+                let every = (inner.cfg.server_cert_validity_s / 10).clamp(1, 5) as u64;
                 loop {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+                    if let Err(e) = renew_server_cert(&inner).await {
+                        eprintln!("director: renewing its server certificate failed: {}", e.1);
+                    }
                     let _ = reload_tls(&inner, false).await;
                 }
             }
@@ -657,10 +675,30 @@ async fn reload_tls(inner: &Inner, force: bool) -> Result<(), Fail> {
     if !force && revoked == *built_with {
         return Ok(());
     }
-    let cfg = tls_config(&inner.ca, &inner.store, &inner.server_cert).await?;
+    let cert = inner.server_cert.read().expect("server cert").clone();
+    let cfg = tls_config(&inner.ca, &inner.store, &cert).await?;
     *inner.tls.write().expect("tls config") = cfg;
     *built_with = revoked;
     Ok(())
+}
+
+/// Issues the director a new server certificate when a third of its
+/// validity is left, and serves new connections with it.
+async fn renew_server_cert(inner: &Inner) -> Result<(), Fail> {
+    let now = now();
+    let validity = inner.cfg.server_cert_validity_s;
+    if inner.server_cert_expires.load(Ordering::Relaxed) - now > validity / 3 {
+        return Ok(());
+    }
+    let cert = inner
+        .ca
+        .issue_server(&inner.hosts, now, validity)
+        .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
+    *inner.server_cert.write().expect("server cert") = cert;
+    inner
+        .server_cert_expires
+        .store(now + validity, Ordering::Relaxed);
+    reload_tls(inner, true).await
 }
 
 /// A JSON body, or an error answer in the documented shape.

@@ -43,6 +43,7 @@ pub fn serve(g: &Global, a: &DirectorArgs) -> Result<i32> {
             hostnames: a.hostnames.clone(),
             cert_validity_s: a.cert_validity,
             rebalance_ratio: a.rebalance_ratio,
+            server_cert_validity_s: a.server_cert_validity,
         };
         let d = baton_director::Director::start(cfg).await?;
         let addr = d.local_addr()?;

@@ -1000,3 +1000,42 @@ fn events_that_need_attention_reach_the_webhook_signed() {
     .arg(env.path("d2"));
     assert_eq!(run(&mut c).code, 2);
 }
+
+/// The director's server certificate as a verifying client sees it (the
+/// first PEM block of curl's `%{certs}`); panics if verification fails.
+fn served_cert(d: &Director) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(d.state.join("ca.pem"))
+        .args(["-o", "/dev/null", "-w", "%{certs}"])
+        .arg(format!("{}/v1/ca", d.url))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "the director's certificate was not accepted"
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start;
+    text[start..end].to_string()
+}
+
+/// Its own certificate is renewed while it runs, before it expires: a
+/// director up longer than the validity is still reachable.
+#[test]
+fn the_directors_server_certificate_is_renewed_while_it_runs() {
+    let env = Env::new();
+    let d = Director::start(
+        &env,
+        &env.path("director"),
+        None,
+        &["--server-cert-validity", "6s"],
+    );
+    let first = served_cert(&d);
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let second = served_cert(&d);
+    assert_ne!(first, second);
+}
