@@ -124,6 +124,10 @@ struct Inner {
     ceased: tokio::sync::watch::Sender<bool>,
     /// The throttle file's rate (0: none).
     throttle: AtomicU64,
+    /// The load the last heartbeat reported, and when the grants were last
+    /// asked for out of turn (an agent not in them yet: a job just added).
+    last_load: Mutex<MediaLoad>,
+    refreshed: tokio::sync::Mutex<Instant>,
 }
 
 /// A media agent, enrolled and registered with its director, its port bound.
@@ -222,6 +226,8 @@ impl MediaAgent {
             handshakes_failed: AtomicU64::new(0),
             ceased: tokio::sync::watch::Sender::new(false),
             throttle: AtomicU64::new(0),
+            last_load: Mutex::new(MediaLoad::default()),
+            refreshed: tokio::sync::Mutex::new(Instant::now()),
             cfg,
         });
         let first = inner.clone();
@@ -355,6 +361,7 @@ impl Inner {
         };
         clock.last = (now, ticks);
         clock.last_bytes = bytes;
+        *self.last_load.lock().expect("load") = load.clone();
         let beat = MediaHeartbeat {
             address: self.address.clone(),
             pools: self.cfg.pools.clone(),
@@ -362,6 +369,18 @@ impl Inner {
         };
         // The lease counts from when the request left, not when the answer
         // came: a slow answer never stretches it.
+        let sent = Instant::now();
+        let state = self.director.heartbeat(&beat)?;
+        self.apply(state, sent)
+    }
+
+    /// A heartbeat out of turn (the last load again), for the grants.
+    fn refresh(&self) -> Result<(), MediaError> {
+        let beat = MediaHeartbeat {
+            address: self.address.clone(),
+            pools: self.cfg.pools.clone(),
+            load: self.last_load.lock().expect("load").clone(),
+        };
         let sent = Instant::now();
         let state = self.director.heartbeat(&beat)?;
         self.apply(state, sent)
@@ -494,7 +513,27 @@ async fn authorize(
         .and_then(|p| p.split('/').next())
         .unwrap_or("")
         .to_string();
-    match allow(&inner, &peer, &pool) {
+    let mut allowed = allow(&inner, &peer, &pool);
+    if matches!(&allowed, Err(f) if f.0 == StatusCode::FORBIDDEN) {
+        // Perhaps a job or an enrolment newer than the last heartbeat: ask
+        // the director now (at most four times a second, whoever asks;
+        // requests waiting meanwhile share the answer).
+        let arrived = Instant::now();
+        let mut last = inner.refreshed.lock().await;
+        // Unless a refresh that started after this request arrived has
+        // answered already.
+        if *last < arrived {
+            let next = *last + Duration::from_millis(250);
+            tokio::time::sleep_until(next.into()).await;
+            let started = Instant::now();
+            let i = inner.clone();
+            let _ = tokio::task::spawn_blocking(move || i.refresh()).await;
+            *last = started;
+        }
+        drop(last);
+        allowed = allow(&inner, &peer, &pool);
+    }
+    match allowed {
         Ok((agent, s)) => {
             req.extensions_mut().insert(Allowed(agent, s));
             next.run(req).await

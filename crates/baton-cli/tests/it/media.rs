@@ -883,3 +883,114 @@ fn the_director_dispatches_due_jobs_and_follows_their_runs() {
     // Unknown jobs cannot be asked for.
     assert_eq!(s.d.ctl(&s.env, &["run", "nope"]).code, 2);
 }
+
+/// Peak resident memory of a process, KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 20 agents back up at once through two media agents: every backup
+/// completes, the director spreads them over both, and each daemon's memory
+/// stays bounded (`bench/fleet.sh` measures the same at scale).
+#[test]
+fn twenty_agents_at_once_are_spread_over_the_pool() {
+    let s = setup(&[&[], &[]]);
+    let n = 20;
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let name = format!("fleet-{i:02}");
+        let state = s.env.path(&name);
+        let t = s.d.token(&s.env, "agent", &name, "1h");
+        s.d.enrol(&s.env, &t, &state).ok();
+        let src = s.env.path(&format!("src-{i:02}"));
+        random_files(&src, 2, 4, 0xf1ee7 + i as u64);
+        s.d.ctl(
+            &s.env,
+            &[
+                "job-add",
+                "--name",
+                &name,
+                "--agent",
+                &name,
+                "--pool",
+                "p1",
+                "--schedule",
+                "every 1h",
+                "--path",
+                src.to_str().unwrap(),
+            ],
+        )
+        .ok();
+        agents.push((name, state));
+    }
+    let children: Vec<_> = agents
+        .iter()
+        .map(|(name, state)| {
+            let mut c = s.env.std_cmd();
+            c.args([
+                "agent",
+                "backup",
+                "--json",
+                "--director",
+                &s.d.url,
+                "--state",
+            ])
+            .arg(state)
+            .arg(name)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let mut first: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message_type"] == "agent_backup")
+            .unwrap();
+        *first
+            .entry(report["media_agents"][0].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(snapshot_ids(&s.env, &s.env.repo).len(), n);
+    // Spread: each media agent took a fair share of the agents and bytes.
+    let listed = s.d.ctl(&s.env, &["media-agents", "--json"]).ok().json();
+    let bytes: Vec<u64> = listed["media_agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["load"]["bytes_total"].as_u64().unwrap())
+        .collect();
+    let total: u64 = bytes.iter().sum();
+    eprintln!("agents first served by: {first:?}; bytes per media agent: {bytes:?}");
+    for (m, k) in &first {
+        assert!(
+            (5..=15).contains(k),
+            "{m} took {k} of {n} agents: {first:?}"
+        );
+    }
+    for b in &bytes {
+        assert!(*b * 4 >= total && *b * 4 <= total * 3, "{bytes:?}");
+    }
+    // Bounded memory: a media agent holds at most --max-writes objects.
+    for m in &s.media {
+        let kib = peak_kib(m.child.id());
+        eprintln!("{}: peak {} MiB", m.name, kib / 1024);
+        assert!(kib < 256 << 10, "{}: {kib} KiB", m.name);
+    }
+    let kib = peak_kib(s.d.child.id());
+    eprintln!("director: peak {} MiB", kib / 1024);
+    assert!(kib < 256 << 10, "director: {kib} KiB");
+}
