@@ -196,6 +196,10 @@ pub struct MediaAgentArgs {
         env = "BATON_MEDIA_MAX_WRITES"
     )]
     pub max_writes: usize,
+    /// Enrol first with this one-time token if the state holds no
+    /// certificate yet (`baton ctl token --role media-agent`)
+    #[arg(long, env = "BATON_ENROL_TOKEN", hide_env_values = true)]
+    pub enrol_token: Option<String>,
     /// Receive at most as many bytes per second as this file says, read
     /// again every second (a test's way to unbalance a pool mid-backup)
     #[arg(long, value_name = "FILE", hide = true)]
@@ -443,8 +447,12 @@ pub struct AgentRunArgs {
     #[arg(long)]
     pub once: bool,
     /// How often to ask the director for the jobs
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_s)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_s, env = "BATON_AGENT_POLL")]
     pub poll: i64,
+    /// Enrol first with this one-time token if the state holds no
+    /// certificate yet (`baton ctl token --role agent`)
+    #[arg(long, env = "BATON_ENROL_TOKEN", hide_env_values = true)]
+    pub enrol_token: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -565,6 +565,7 @@ fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
 /// Runs the jobs the director says are due (their schedules, `baton ctl
 /// run`), one at a time, asking every `--poll`, until Ctrl-C.
 fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
+    enrol_once(g, &a.node.director, &a.node.state, a.enrol_token.as_deref())?;
     let mut worst = crate::exit::OK;
     loop {
         let jobs =
@@ -603,8 +604,36 @@ fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
     Ok(worst)
 }
 
+/// Enrols the node into `state` with `token` unless it holds a
+/// certificate already (a daemon's first start).
+fn enrol_once(
+    g: &Global,
+    director: &str,
+    state: &std::path::Path,
+    token: Option<&str>,
+) -> Result<()> {
+    if state.join("cert.pem").exists() {
+        return Ok(());
+    }
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let r = client::enrol(director, token, state)?;
+    if !g.quiet && !g.json {
+        eprintln!(
+            "enrolled as {} {:?}; certificate {} valid until {}",
+            r.role.as_str(),
+            r.name,
+            r.serial,
+            date(r.not_after)
+        );
+    }
+    Ok(())
+}
+
 /// Runs a media agent until SIGINT or SIGTERM.
 pub fn media_agent(g: &Global, a: &MediaAgentArgs) -> Result<i32> {
+    enrol_once(g, &a.director, &a.state, a.enrol_token.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -873,28 +873,67 @@ fn the_api_answers_as_its_openapi_document_says() {
 #[test]
 fn the_example_settings_are_the_directors() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let env_file = std::fs::read_to_string(root.join("contrib/director.env")).unwrap();
-    let unit =
-        std::fs::read_to_string(root.join("contrib/systemd/baton-director.service")).unwrap();
-    let help = Env::new().run(&["director", "--help"]).ok().stdout;
-    // Help text wraps anywhere.
-    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut n = 0;
-    for line in env_file.lines().map(|l| l.trim_start_matches('#')) {
-        if let Some((name, _)) = line.split_once('=')
-            && name.starts_with("BATON_")
-        {
-            assert!(
-                help.contains(&format!("env: {name}=")),
-                "{name} is not a setting of baton director:\n{help}"
-            );
-            n += 1;
+    for (daemon, env_name, unit_name, args) in [
+        (
+            "director",
+            "director.env",
+            "baton-director.service",
+            &["director"][..],
+        ),
+        (
+            "media-agent",
+            "media-agent.env",
+            "baton-media-agent.service",
+            &["media-agent"][..],
+        ),
+        (
+            "agent run",
+            "agent.env",
+            "baton-agent.service",
+            &["agent", "run"][..],
+        ),
+    ] {
+        let env_file = std::fs::read_to_string(root.join("contrib").join(env_name)).unwrap();
+        let unit = std::fs::read_to_string(root.join("contrib/systemd").join(unit_name)).unwrap();
+        let mut help_args = args.to_vec();
+        help_args.push("--help");
+        let help = Env::new().run(&help_args).ok().stdout;
+        // Help text wraps anywhere.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut n = 0;
+        for line in env_file.lines().map(|l| l.trim_start_matches('#')) {
+            if let Some((name, _)) = line.split_once('=')
+                && name.starts_with("BATON_")
+            {
+                assert!(
+                    help.contains(&format!("env: {name}"))
+                        || (name == "BATON_PASSWORD_FILE" && help.contains("BATON_PASSWORD_FILE")),
+                    "{name} is not a setting of baton {daemon}:\n{help}"
+                );
+                n += 1;
+            }
         }
+        assert!(n >= 3, "{env_name}");
+        assert!(
+            unit.contains(&format!("EnvironmentFile=/etc/baton/{env_name}")),
+            "{unit_name}"
+        );
+        assert!(
+            unit.contains(&format!("ExecStart=/usr/local/bin/baton {daemon}")),
+            "{unit_name}"
+        );
+        // The state directory is set by the unit.
+        let state_var = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("Environment=BATON_"))
+            .and_then(|l| l.split('=').next())
+            .map(|v| format!("BATON_{v}"))
+            .unwrap_or_default();
+        assert!(
+            help.contains(&format!("env: {state_var}=")),
+            "{unit_name}: {state_var}"
+        );
     }
-    assert!(n >= 4);
-    assert!(unit.contains("EnvironmentFile=/etc/baton/director.env"));
-    assert!(unit.contains("ExecStart=/usr/local/bin/baton director"));
-    assert!(help.contains("env: BATON_DIRECTOR_STATE="));
 }
 
 /// A webhook receiver on loopback: every request's headers and body.

@@ -994,3 +994,115 @@ fn twenty_agents_at_once_are_spread_over_the_pool() {
     eprintln!("director: peak {} MiB", kib / 1024);
     assert!(kib < 256 << 10, "director: {kib} KiB");
 }
+
+/// Kills a process group when dropped.
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The README's quick start, run as written (on a free port, in a scratch
+/// home): a director, two media agents and an agent come up, and the
+/// agent's job is stored in the pool's repository.
+#[test]
+fn the_readme_quick_start_brings_up_a_pool_in_three_commands() {
+    use std::os::unix::process::CommandExt;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme.find("<!-- quickstart:start -->").unwrap();
+    let end = readme.find("<!-- quickstart:end -->").unwrap();
+    let block: String = readme[start..end]
+        .lines()
+        .filter(|l| !l.starts_with("```") && !l.starts_with("<!--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let commands = block.lines().filter(|l| l.starts_with("baton ")).count();
+    assert_eq!(commands, 3, "the quick start is three commands:\n{block}");
+    let port = free_port();
+    let script = format!(
+        "set -euo pipefail\n{}\n",
+        block.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"))
+    );
+    let home = tempfile::tempdir().unwrap();
+    let docs = home.path().join("Documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..10u64 {
+        baton_testing::write_file(&docs.join(format!("d{i}.txt")), 5_000 * (i + 1), i).unwrap();
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_baton")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Into a file: the daemons it leaves running keep their output open.
+    let log = home.path().join("quickstart.log");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", &path)
+        .env("HOME", home.path())
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _group = Group(child.id() as i32);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the quick start failed:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let lab = home.path().join("baton-lab");
+    let baton = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", home.path())
+            .env("BATON_DIRECTOR", format!("https://127.0.0.1:{port}"))
+            .env("BATON_DIRECTOR_CA", lab.join("director/ca.pem"))
+            .env(
+                "BATON_DIRECTOR_TOKEN_FILE",
+                lab.join("director/admin.token"),
+            )
+            .env("BATON_PASSWORD", "lab-password")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+    };
+    let runs = baton(&["ctl", "runs", "--json"]);
+    assert_eq!(runs["runs"][0]["state"], "completed", "{runs}");
+    let media = baton(&["ctl", "media-agents", "--json"]);
+    assert_eq!(
+        media["media_agents"].as_array().unwrap().len(),
+        2,
+        "{media}"
+    );
+    let target = home.path().join("restored");
+    let repo = lab.join("repo");
+    baton(&[
+        "-r",
+        repo.to_str().unwrap(),
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    same_tree(&docs, &target.join(docs.strip_prefix("/").unwrap()));
+}
