@@ -309,6 +309,8 @@ pub enum CtlCommand {
     PoolAdd(CtlPoolAddArgs),
     /// List the pools
     Pools(CtlNodesArgs),
+    /// Set which media agents serve a pool
+    PoolMedia(CtlPoolMediaArgs),
     /// Define a job: what an agent backs up, when, into which pool, what is kept
     JobAdd(CtlJobAddArgs),
     /// List the job definitions
@@ -344,6 +346,22 @@ pub struct CtlPoolAddArgs {
     /// s3: URL)
     #[arg(long, value_name = "REPO")]
     pub repository: String,
+    /// A media agent that serves it (repeatable): a media agent serves only
+    /// the pools that name it
+    #[arg(long = "media-agent", value_name = "NAME")]
+    pub media_agents: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlPoolMediaArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// The pool's name
+    #[arg(long)]
+    pub name: String,
+    /// A media agent that serves it (repeatable; replaces the list)
+    #[arg(long = "media-agent", value_name = "NAME")]
+    pub media_agents: Vec<String>,
 }
 
 #[derive(Args, Debug)]

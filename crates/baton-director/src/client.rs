@@ -290,12 +290,43 @@ impl Client {
         self.post("/v1/media/journal", ship)
     }
 
+    /// A media agent asks whether an agent's object claim holds.
+    pub fn claim(&self, c: &baton_wire::ObjectClaim) -> Result<baton_wire::ObjectClaim> {
+        self.post("/v1/media/objects", c)
+    }
+
+    /// Sets the media agents that serve `pool`.
+    pub fn set_pool_media(&self, pool: &str, media: &[String]) -> Result<PoolList> {
+        if !baton_wire::valid_node_name(pool) {
+            return Err(ClientError::Local(format!("{pool:?} is not a pool name")));
+        }
+        let mut req = self
+            .agent
+            .put(format!("{}/v1/pools/{pool}/media-agents", self.base))
+            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+            .header("content-type", "application/json");
+        if let Auth::Token(t) = &self.auth {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = serde_json::to_vec(media).map_err(|e| local("request", e))?;
+        Self::answer(req.send(&body[..]))
+    }
+
     /// The live media agents of `pool`, the least loaded first (an agent).
     pub fn agent_media(&self, pool: &str) -> Result<MediaAgentList> {
         if !baton_wire::valid_node_name(pool) {
             return Err(ClientError::Local(format!("{pool:?} is not a pool name")));
         }
         self.get(&format!("/v1/agent/media?pool={pool}"))
+    }
+
+    /// [`Client::agent_media`] to check that one is still live (not
+    /// counted as choosing it).
+    pub fn probe_media(&self, pool: &str) -> Result<MediaAgentList> {
+        if !baton_wire::valid_node_name(pool) {
+            return Err(ClientError::Local(format!("{pool:?} is not a pool name")));
+        }
+        self.get(&format!("/v1/agent/media?pool={pool}&probe=1"))
     }
 
     pub fn media_agents(&self) -> Result<MediaAgentList> {

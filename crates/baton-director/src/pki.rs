@@ -155,10 +155,12 @@ impl Ca {
             .map_err(|_| PkiError::Invalid("node name".into()))?;
         p.subject_alt_names = vec![SanType::URI(uri)];
         if role == Role::MediaAgent {
-            // A media agent also serves agents: its name is its host name.
-            if let Ok(dns) = name.try_into() {
-                p.subject_alt_names.push(SanType::DnsName(dns));
-            }
+            // A media agent also serves agents, under a host name in a
+            // namespace of its own (never a name of the director).
+            let dns = baton_wire::media_host(name)
+                .try_into()
+                .map_err(|_| PkiError::Invalid(format!("media agent name {name:?}")))?;
+            p.subject_alt_names.push(SanType::DnsName(dns));
         }
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];

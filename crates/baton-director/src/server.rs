@@ -416,6 +416,10 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/nodes/{name}/revoke", post(revoke))
         .route("/metrics", get(metrics))
         .route("/v1/pools", post(add_pool).get(pools))
+        .route(
+            "/v1/pools/{name}/media-agents",
+            axum::routing::put(set_pool_media),
+        )
         .route("/v1/jobs", post(add_job).get(jobs))
         .route("/v1/jobs/{name}", axum::routing::delete(remove_job))
         .route("/v1/media-agents", get(media_agents))
@@ -436,7 +440,14 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/agent/media", get(agent_media))
         .route("/v1/agent/runs", post(report_run))
         .route("/v1/media/heartbeat", post(heartbeat))
-        .route("/v1/media/journal", post(ship_journal))
+        .route(
+            "/v1/media/journal",
+            // Hex doubles a record; the JSON around it is small.
+            post(ship_journal).layer(axum::extract::DefaultBodyLimit::max(
+                2 * baton_wire::MAX_JOURNAL_RECORD + (1 << 20),
+            )),
+        )
+        .route("/v1/media/objects", post(claim_object))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_node,
@@ -733,6 +744,22 @@ async fn create_token(
             ),
         ));
     }
+    if req.role == baton_wire::Role::MediaAgent
+        && (req
+            .name
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b == b'_'))
+    {
+        // Host names compare without case, and take no `_`: two media
+        // agents must never share one.
+        return Err(Fail(
+            ErrorCode::Invalid,
+            format!(
+                "{:?}: a media agent's name is lower case letters, digits, `.` and `-`",
+                req.name
+            ),
+        ));
+    }
     if req.role == baton_wire::Role::MediaAgent && names_the_director(&inner, &req.name) {
         // A media agent's certificate names it as a server: it must not
         // name the director (or an address), or that machine could pose
@@ -923,8 +950,41 @@ async fn add_pool(
             "a pool needs its repository (a path or an s3: URL)".into(),
         ));
     }
+    check_media_names(&pool.media_agents)?;
     inner.store.add_pool(&pool, now()).await?;
     Ok(Json(PoolList { pools: vec![pool] }))
+}
+
+fn check_media_names(names: &[String]) -> Result<(), Fail> {
+    if names.len() > 256 {
+        return Err(invalid("at most 256 media agents per pool".into()));
+    }
+    if let Some(bad) = names.iter().find(|n| !baton_wire::valid_node_name(n)) {
+        return Err(invalid(format!("{bad:?} is not a valid media agent name")));
+    }
+    Ok(())
+}
+
+/// `PUT /v1/pools/{name}/media-agents`: which media agents serve a pool.
+async fn set_pool_media(
+    State(inner): State<Arc<Inner>>,
+    Path(name): Path<String>,
+    b: Result<Json<Vec<String>>, axum::extract::rejection::JsonRejection>,
+) -> Answer<PoolList> {
+    let media = body(b)?;
+    check_media_names(&media)?;
+    if !inner.store.set_pool_media(&name, &media).await? {
+        return Err(Fail(ErrorCode::NotFound, format!("no pool {name:?}")));
+    }
+    Ok(Json(PoolList {
+        pools: inner
+            .store
+            .pools()
+            .await?
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect(),
+    }))
 }
 
 async fn pools(State(inner): State<Arc<Inner>>) -> Answer<PoolList> {
@@ -1063,11 +1123,15 @@ async fn heartbeat(
     if beat.address.len() > 256 || beat.pools.len() > 256 {
         return Err(invalid("heartbeat too large".into()));
     }
+    // It serves the pools it says it serves that name it: a media agent
+    // cannot make itself one of a pool's.
     let known = inner.store.pools().await?;
     let pools: Vec<Pool> = known
         .into_iter()
-        .filter(|p| beat.pools.contains(&p.name))
+        .filter(|p| beat.pools.contains(&p.name) && p.media_agents.contains(&node.info.name))
         .collect();
+    let mut beat = beat;
+    beat.pools.retain(|p| pools.iter().any(|q| &q.name == p));
     let grants: Vec<Grant> = inner
         .store
         .grants(now())
@@ -1114,6 +1178,10 @@ async fn agent_in_pool(inner: &Inner, agent: &str, pool: &str) -> Result<bool, F
 #[derive(serde::Deserialize)]
 struct PoolQuery {
     pool: String,
+    /// A check that a media agent is still live, not a choice of one:
+    /// does not count toward spreading agents.
+    #[serde(default)]
+    probe: Option<u8>,
 }
 
 /// The live media agents of a pool the calling agent's jobs name, the
@@ -1142,6 +1210,7 @@ async fn agent_media(
             .then(a.1.name.cmp(&b.1.name))
     });
     if let Some((_, first)) = list.first()
+        && q.probe.is_none()
         && let Some(e) = media.get_mut(&first.name)
     {
         e.handed += 1;
@@ -1259,10 +1328,19 @@ async fn ship_journal(
     require_role(&node, Role::MediaAgent)?;
     let ship = body(b)?;
     if !journal_name_ok(&ship.name)
-        || ship.sealed_hex.len() > 32 << 20
+        || ship.sealed_hex.len() > 2 * baton_wire::MAX_JOURNAL_RECORD
         || hex::decode(&ship.sealed_hex).is_err()
     {
         return Err(invalid("not a journal record".into()));
+    }
+    if !serves(&inner, &node.info.name, &ship.pool).await? {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!(
+                "media agent {:?} does not serve pool {:?}",
+                node.info.name, ship.pool
+            ),
+        ));
     }
     // The media agent checked the agent; so does the director.
     if !agent_in_pool(&inner, &ship.agent, &ship.pool).await? {
@@ -1280,6 +1358,17 @@ async fn ship_journal(
         ));
     }
     let summary = ship.summary.clone().unwrap_or_default();
+    if summary.pack_bytes > 1 << 50
+        || summary.position > 1 << 62
+        || summary.seq > 1 << 40
+        || summary.packs.len() > 100_000
+        || summary
+            .packs
+            .iter()
+            .any(|p| p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(invalid("not a journal summary".into()));
+    }
     let stored = inner
         .store
         .add_journal(
@@ -1331,6 +1420,11 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
                     (e.beat.load.write_ms_per_mib > 0.0).then_some(e.beat.load.write_ms_per_mib)
                 })
                 .fold(f64::INFINITY, f64::min);
+            // The pool's best is forgotten slowly (doubling in about 20 s of
+            // heartbeats): a burst of cached writes long ago is no baseline.
+            if let Some(b) = best.get_mut(pool) {
+                *b *= 1.02;
+            }
             let base = best.get(pool).copied().unwrap_or(f64::INFINITY).min(peers);
             let has_peer = media.iter().any(|(n, e)| {
                 n.as_str() != name
@@ -1425,4 +1519,61 @@ async fn revoke_api_token(
     }
     inner.notify("api_token_revoked", None, format!("API token {id} revoked"));
     api_tokens(State(inner)).await
+}
+
+/// Whether media agent `name` serves `pool` (the pool names it).
+async fn serves(inner: &Inner, name: &str, pool: &str) -> Result<bool, Fail> {
+    Ok(inner
+        .store
+        .pools()
+        .await?
+        .iter()
+        .any(|p| p.name == pool && p.media_agents.iter().any(|m| m == name)))
+}
+
+/// A media agent asks whether an agent may create a lock, or delete a lock
+/// or a journal record: only its own.
+async fn claim_object(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<baton_wire::ObjectClaim>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::ObjectClaim> {
+    require_role(&node, Role::MediaAgent)?;
+    let c = body(b)?;
+    if !serves(&inner, &node.info.name, &c.pool).await? {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!(
+                "media agent {:?} does not serve pool {:?}",
+                node.info.name, c.pool
+            ),
+        ));
+    }
+    let name_ok = match c.kind.as_str() {
+        "locks" => c.name.len() == 64 && c.name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "journal" => journal_name_ok(&c.name),
+        _ => false,
+    };
+    if !name_ok || !matches!(c.op.as_str(), "create" | "delete") {
+        return Err(invalid("not an object claim".into()));
+    }
+    let held = inner.store.claim(&c).await.map_err(|e| match e {
+        StoreError::Refused(m) => invalid(m),
+        e => e.into(),
+    })?;
+    if !held {
+        inner.notify(
+            "refused",
+            Some(&node.info.name),
+            format!(
+                "agent {:?} tried to {} {}/{} of pool {:?}, which is another's",
+                c.agent, c.op, c.kind, c.name, c.pool
+            ),
+        );
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("{}/{} is another agent's", c.kind, c.name),
+        ));
+    }
+    Ok(Json(c))
 }

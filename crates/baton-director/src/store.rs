@@ -48,6 +48,12 @@ const SCHEMA: &[&str] = &[
      agent TEXT NOT NULL, state TEXT NOT NULL, started BIGINT NOT NULL, finished BIGINT, \
      exit_code BIGINT, message TEXT, media_agents TEXT NOT NULL, ord BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS run_requests (job TEXT PRIMARY KEY, requested BIGINT NOT NULL)",
+    // Which media agents may serve which pool.
+    "CREATE TABLE IF NOT EXISTS pool_media (pool TEXT NOT NULL, media_agent TEXT NOT NULL, \
+     PRIMARY KEY (pool, media_agent))",
+    // Locks agents made through media agents, and whose they are.
+    "CREATE TABLE IF NOT EXISTS owned (pool TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, \
+     agent TEXT NOT NULL, PRIMARY KEY (pool, kind, name))",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -367,17 +373,118 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("pool {:?} exists", pool.name)));
         }
+        self.set_pool_media(&pool.name, &pool.media_agents).await?;
         Ok(())
     }
 
+    /// Sets the media agents that may serve `pool`; whether it exists.
+    pub async fn set_pool_media(&self, pool: &str, media: &[String]) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query_as::<_, (String,)>("SELECT name FROM pools WHERE name = $1")
+            .bind(pool)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if !exists {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM pool_media WHERE pool = $1")
+            .bind(pool)
+            .execute(&mut *tx)
+            .await?;
+        for m in media {
+            sqlx::query(
+                "INSERT INTO pool_media (pool, media_agent) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(pool)
+            .bind(m)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Claims a lock for an agent (`create`), or checks that it is the
+    /// agent's and forgets it (`delete`); a journal record is the agent's
+    /// whose job wrote it. Whether the claim holds.
+    pub async fn claim(&self, c: &baton_wire::ObjectClaim) -> Result<bool> {
+        match (c.kind.as_str(), c.op.as_str()) {
+            ("locks", "create") => {
+                sqlx::query(
+                    "INSERT INTO owned (pool, kind, name, agent) VALUES ($1, 'locks', $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&c.pool)
+                .bind(&c.name)
+                .bind(&c.agent)
+                .execute(&self.pool)
+                .await?;
+                Ok(self.owner(&c.pool, &c.name).await?.as_deref() == Some(c.agent.as_str()))
+            }
+            ("locks", "delete") => {
+                if self.owner(&c.pool, &c.name).await?.as_deref() != Some(c.agent.as_str()) {
+                    return Ok(false);
+                }
+                sqlx::query("DELETE FROM owned WHERE pool = $1 AND kind = 'locks' AND name = $2")
+                    .bind(&c.pool)
+                    .bind(&c.name)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(true)
+            }
+            ("journal", "delete") => {
+                let job = c.name.split('/').next().unwrap_or("");
+                Ok(self.job_agent(&c.pool, job).await?.as_deref() == Some(c.agent.as_str()))
+            }
+            _ => Err(StoreError::Refused("not a claim".into())),
+        }
+    }
+
+    async fn owner(&self, pool: &str, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT agent FROM owned WHERE pool = $1 AND kind = 'locks' AND name = $2",
+        )
+        .bind(pool)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.0))
+    }
+
+    /// The agent whose records a journal (job id) holds.
+    pub async fn job_agent(&self, pool: &str, job: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT agent FROM journal WHERE pool = $1 AND job = $2 LIMIT 1",
+        )
+        .bind(pool)
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.0))
+    }
+
     pub async fn pools(&self) -> Result<Vec<Pool>> {
+        let members = sqlx::query_as::<_, (String, String)>(
+            "SELECT pool, media_agent FROM pool_media ORDER BY pool, media_agent",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(sqlx::query_as::<_, (String, String)>(
             "SELECT name, repository FROM pools ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|(name, repository)| Pool { name, repository })
+        .map(|(name, repository)| Pool {
+            media_agents: members
+                .iter()
+                .filter(|(p, _)| *p == name)
+                .map(|(_, m)| m.clone())
+                .collect(),
+            name,
+            repository,
+        })
         .collect())
     }
 
@@ -618,6 +725,15 @@ impl Store {
             .name
             .split_once('/')
             .ok_or_else(|| StoreError::Refused("journal record name".into()))?;
+        // A job's records come from the agent that started it.
+        if let Some(a) = self.job_agent(r.pool, job).await?
+            && a != r.agent
+        {
+            return Err(StoreError::Conflict(format!(
+                "journal {job} of pool {} is another agent's",
+                r.pool
+            )));
+        }
         let done = sqlx::query(
             "INSERT INTO journal (pool, name, job, seq, agent, media_agent, sealed, position, \
              pack_bytes, packs, pack_ids, received) \

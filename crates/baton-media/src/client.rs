@@ -188,6 +188,9 @@ impl MediaStorage {
         let port = addrs.first().map(|a| a.port()).ok_or("no address")?;
         let config = ureq::Agent::config_builder()
             .tls_config(self.tls.clone())
+            // Straight to the media agent: a proxy's host would not resolve
+            // (only the media agent's name does), and is not wanted.
+            .proxy(None)
             .https_only(true)
             .max_redirects(0)
             .http_status_as_error(false)
@@ -200,13 +203,17 @@ impl MediaStorage {
             config,
             ureq::unversioned::transport::DefaultConnector::new(),
             Fixed {
-                host: name.to_string(),
+                host: baton_wire::media_host(name),
                 addrs,
             },
         );
         Ok(Conn {
             name: name.to_string(),
-            base: format!("https://{name}:{port}/v1/repo/{}", self.pool),
+            base: format!(
+                "https://{}:{port}/v1/repo/{}",
+                baton_wire::media_host(name),
+                self.pool
+            ),
             agent,
         })
     }
@@ -253,7 +260,7 @@ impl MediaStorage {
     /// pool (alive, not ceased). An unreachable director counts as yes:
     /// only the director's word moves a request that is still running.
     fn still_handed_out(&self, name: &str) -> bool {
-        match self.director.agent_media(&self.pool) {
+        match self.director.probe_media(&self.pool) {
             Ok(list) => list.media_agents.iter().any(|m| m.name == name),
             Err(_) => true,
         }

@@ -78,3 +78,5 @@ pub struct Listed {
 /// The largest object a media agent takes in one request (the largest
 /// pack a repository may be configured with, and its header).
 pub const MAX_OBJECT: usize = (1 << 30) + (1 << 20);
+
+pub use baton_wire::MAX_JOURNAL_RECORD;

@@ -118,12 +118,20 @@ struct Inner {
     lease_until: Mutex<Option<Instant>>,
     load: Load,
     writes: tokio::sync::Semaphore,
+    /// Memory for request and answer bodies, in MiB: every object held in
+    /// memory (received or read for an answer) takes its size from it first.
+    budget: tokio::sync::Semaphore,
     handshakes_failed: AtomicU64,
     /// Told by the director to cease: every request is answered 503 (the
     /// agents move to another media agent of the pool).
     ceased: tokio::sync::watch::Sender<bool>,
     /// The throttle file's rate (0: none).
     throttle: AtomicU64,
+    /// When the request of the heartbeat answer applied last left.
+    applied: Mutex<Option<Instant>>,
+    /// Journals (pool, job) the director confirmed are an agent's, so that
+    /// deleting a job's records asks once.
+    journal_owners: Mutex<HashMap<(String, String), String>>,
     /// The load the last heartbeat reported, and when the grants were last
     /// asked for out of turn (an agent not in them yet: a job just added).
     last_load: Mutex<MediaLoad>,
@@ -139,6 +147,32 @@ pub struct MediaAgent {
 fn read(dir: &std::path::Path, f: &str) -> Result<String, MediaError> {
     let p = dir.join(f);
     std::fs::read_to_string(&p).map_err(|e| MediaError::Io(p.display().to_string(), e))
+}
+
+/// Memory a media agent lets request and answer bodies take at once (MiB).
+const BUDGET_MIB: u32 = 1024;
+
+/// The largest object of each kind an agent may send: what the repository's
+/// readers accept (key, config and lock files are read with a 64 KiB bound;
+/// a journal record is forwarded to the director).
+fn max_put(kind: ObjectKind) -> usize {
+    match kind {
+        ObjectKind::Config | ObjectKind::Key | ObjectKind::Lock => 64 << 10,
+        ObjectKind::Journal => proto::MAX_JOURNAL_RECORD,
+        _ => proto::MAX_OBJECT,
+    }
+}
+
+/// Takes room for `bytes` of body from the budget (waiting for it).
+async fn reserve(inner: &Inner, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, Fail> {
+    let mib = (bytes.div_ceil(1 << 20) + 1).min(u64::from(BUDGET_MIB)) as u32;
+    inner.budget.acquire_many(mib).await.map_err(|_| {
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "shutting down".into(),
+        )
+    })
 }
 
 /// How often a media agent beats (a sixth of its lease).
@@ -223,10 +257,13 @@ impl MediaAgent {
             lease_until: Mutex::new(None),
             load: Load::default(),
             writes: tokio::sync::Semaphore::new(cfg.max_writes.max(1)),
+            budget: tokio::sync::Semaphore::new(BUDGET_MIB as usize),
             handshakes_failed: AtomicU64::new(0),
             ceased: tokio::sync::watch::Sender::new(false),
             throttle: AtomicU64::new(0),
             last_load: Mutex::new(MediaLoad::default()),
+            journal_owners: Mutex::new(HashMap::new()),
+            applied: Mutex::new(None),
             refreshed: tokio::sync::Mutex::new(Instant::now()),
             cfg,
         });
@@ -387,6 +424,13 @@ impl Inner {
     }
 
     fn apply(&self, state: MediaState, sent: Instant) -> Result<(), MediaError> {
+        // Answers apply in the order their requests left: a slow older one
+        // never undoes a newer cease or lease.
+        let mut applied = self.applied.lock().expect("applied");
+        if applied.is_some_and(|t| t > sent) {
+            return Ok(());
+        }
+        *applied = Some(sent);
         let mut stores = HashMap::new();
         {
             let held = self.grants.read().expect("grants");
@@ -474,7 +518,11 @@ impl IntoResponse for Fail {
     }
 }
 
-fn storage_fail(inner: &Inner, e: StorageError) -> Fail {
+/// A storage error as an answer. Only failures of the storage itself count
+/// as the media agent's errors (which the director acts on): those a
+/// request can cause (a range past an object's end, a damaged object read)
+/// do not, unless the request was a write.
+fn storage_fail(inner: &Inner, e: StorageError, write: bool) -> Fail {
     let status =
         StatusCode::from_u16(proto::status_of(e.kind)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let code = match status.as_u16() {
@@ -484,7 +532,13 @@ fn storage_fail(inner: &Inner, e: StorageError) -> Fail {
         503 => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     };
-    if status.is_server_error() {
+    use baton_storage::ErrorKind as K;
+    let storage_side = match e.kind {
+        K::Transient | K::NoSpace | K::PermissionDenied => true,
+        K::Permanent => write,
+        K::NotFound | K::AlreadyExists | K::Cancelled => false,
+    };
+    if storage_side {
         inner.load.errors.fetch_add(1, Ordering::Relaxed);
         eprintln!("media agent {}: {e}", inner.name);
     }
@@ -677,13 +731,23 @@ fn object(kind: &str, name: &str) -> Result<(ObjectKind, String), Fail> {
     Ok((k, name.to_string()))
 }
 
-/// Runs a storage call on a blocking thread.
+/// Runs a storage call that reads on a blocking thread.
 async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, Fail> {
+    run_blocking(inner, false, f).await
+}
+
+/// Runs a storage call on a blocking thread; `write`: it changes the
+/// repository.
+async fn run_blocking<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    write: bool,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| storage_fail(inner, e)),
+        Ok(r) => r.map_err(|e| storage_fail(inner, e, write)),
         Err(_) => Err(Fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
@@ -706,7 +770,7 @@ async fn repo_create(
     Extension(Allowed(_, s)): Extension<Allowed>,
     Path(_pool): Path<String>,
 ) -> Result<StatusCode, Fail> {
-    blocking(&inner, move || s.create()).await?;
+    run_blocking(&inner, true, move || s.create()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -729,6 +793,18 @@ async fn list(
             format!("no object kind {kind:?}"),
         )
     })?;
+    if q.prefix.as_ref().is_some_and(|p| {
+        p.len() > 200
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
+    }) {
+        return Err(Fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            "invalid prefix".into(),
+        ));
+    }
     let listed = blocking(&inner, move || match q.prefix {
         Some(p) => s.list_prefix(k, &p),
         None => s.list(k),
@@ -765,28 +841,34 @@ async fn get_object(
         let size = blocking(&inner, move || s.size(k, &name)).await?;
         return Ok(axum::Json(Size { size }).into_response());
     }
+    let bad = |m: &str| Fail(StatusCode::BAD_REQUEST, ErrorCode::Invalid, m.to_string());
     let data = match (q.offset, q.len) {
         (Some(off), Some(len)) => {
-            if len > proto::MAX_OBJECT as u64 {
-                return Err(Fail(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::Invalid,
-                    "range too long".into(),
-                ));
+            if len > proto::MAX_OBJECT as u64 || off.checked_add(len).is_none() {
+                return Err(bad("range too long"));
             }
+            let _room = reserve(&inner, len).await?;
             blocking(&inner, move || s.get_range(k, &name, off, len)).await?
         }
         (None, None) => {
-            let max = q.max.unwrap_or(proto::MAX_OBJECT as u64);
+            let max = q
+                .max
+                .unwrap_or(proto::MAX_OBJECT as u64)
+                .min(proto::MAX_OBJECT as u64);
+            // Room for what it is, not for what it may be.
+            let (s2, n2) = (s.clone(), name.clone());
+            let size = blocking(&inner, move || s2.size(k, &n2)).await?;
+            if size > max {
+                return Err(Fail(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::Invalid,
+                    format!("{kind}/{name} is {size} bytes, more than the {max} asked for"),
+                ));
+            }
+            let _room = reserve(&inner, size).await?;
             blocking(&inner, move || s.get_limited(k, &name, max)).await?
         }
-        _ => {
-            return Err(Fail(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::Invalid,
-                "a range needs both offset and len".into(),
-            ));
-        }
+        _ => return Err(bad("a range needs both offset and len")),
     };
     Ok(([("content-type", "application/octet-stream")], data).into_response())
 }
@@ -796,10 +878,27 @@ async fn put_object(
     Extension(Allowed(agent, s)): Extension<Allowed>,
     Path((pool, kind, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    data: Bytes,
+    body: axum::body::Body,
 ) -> Result<StatusCode, Fail> {
     let _f = InFlight::new(&inner.load);
     let (k, name) = object(&kind, &name)?;
+    let cap = max_put(k);
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        Fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Invalid,
+            format!("{kind} objects are at most {cap} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    // Room first, then the body: a slow or huge sender holds no memory it
+    // was not given.
     let _slot = inner.writes.acquire().await.map_err(|_| {
         Fail(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -807,6 +906,28 @@ async fn put_object(
             "shutting down".into(),
         )
     })?;
+    let _room = reserve(&inner, declared.unwrap_or(cap as u64)).await?;
+    let data: Bytes = axum::body::to_bytes(body, cap)
+        .await
+        .map_err(|_| too_large())?;
+    // Objects named by the hash of their bytes must be those bytes: a name
+    // can never be taken by other contents (nor, on a backend that
+    // re-uploads a torn object, replace them).
+    if matches!(
+        k,
+        ObjectKind::Pack | ObjectKind::Index | ObjectKind::Snapshot | ObjectKind::Lock
+    ) && baton_format::storage_id(&data).to_hex() != name
+    {
+        return Err(Fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            format!("{kind}/{name}: the name is not the hash of the bytes sent"),
+        ));
+    }
+    if k == ObjectKind::Lock {
+        // The lock is this agent's: only it may delete it.
+        claim(&inner, &pool, &agent, k, &name, "create").await?;
+    }
     let started = Instant::now();
     let _writing = (k == ObjectKind::Pack).then(|| Writing::new(&inner.load, data.len() as u64));
     let rate = inner.throttle.load(Ordering::Relaxed);
@@ -883,7 +1004,7 @@ async fn put_object(
     // cease (the agent sends it to another media agent).
     fenced(&inner)?;
     let len = data.len() as u64;
-    let r = blocking(&inner, move || match s.put(k, &name, &data) {
+    let r = run_blocking(&inner, true, move || match s.put(k, &name, &data) {
         Err(e) if e.is_already_exists() => {
             // A retry of a write whose answer was lost is a success; a
             // different object under the name is not.
@@ -902,6 +1023,73 @@ async fn put_object(
     }
     r?;
     Ok(StatusCode::CREATED)
+}
+
+/// Asks the director whether `agent` may `op` (create, delete) the lock or
+/// journal record `kind/name` of `pool`: only its own.
+async fn claim(
+    inner: &Arc<Inner>,
+    pool: &str,
+    agent: &str,
+    kind: ObjectKind,
+    name: &str,
+    op: &str,
+) -> Result<(), Fail> {
+    let job_key = (kind == ObjectKind::Journal).then(|| {
+        (
+            pool.to_string(),
+            name.split('/').next().unwrap_or("").to_string(),
+        )
+    });
+    if let Some(k) = &job_key
+        && inner
+            .journal_owners
+            .lock()
+            .expect("owners")
+            .get(k)
+            .is_some_and(|a| a == agent)
+    {
+        return Ok(());
+    }
+    let c = baton_wire::ObjectClaim {
+        pool: pool.to_string(),
+        agent: agent.to_string(),
+        kind: proto::kind_name(kind).to_string(),
+        name: name.to_string(),
+        op: op.to_string(),
+    };
+    let i = inner.clone();
+    let r = tokio::task::spawn_blocking(move || i.director.claim(&c))
+        .await
+        .map_err(|_| {
+            Fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "asking the director failed".into(),
+            )
+        })?;
+    match r {
+        Ok(_) => {
+            if let Some(k) = job_key {
+                let mut owners = inner.journal_owners.lock().expect("owners");
+                if owners.len() > 10_000 {
+                    owners.clear();
+                }
+                owners.insert(k, agent.to_string());
+            }
+            Ok(())
+        }
+        Err(e) if e.code() == Some(ErrorCode::Forbidden) => Err(Fail(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("{}/{name} is not this agent's", proto::kind_name(kind)),
+        )),
+        Err(e) => Err(Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("the director did not answer: {e}"),
+        )),
+    }
 }
 
 async fn delete_object(
@@ -923,6 +1111,9 @@ async fn delete_object(
             ),
         ));
     }
-    blocking(&inner, move || s.remove(k, &name)).await?;
+    fenced(&inner)?;
+    // Only the agent's own lock or journal.
+    claim(&inner, &pool, &agent, k, &name, "delete").await?;
+    run_blocking(&inner, true, move || s.remove(k, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

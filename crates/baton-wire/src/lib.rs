@@ -14,6 +14,14 @@ use serde::{Deserialize, Serialize};
 /// The wire version this build speaks.
 pub const VERSION: u32 = 1;
 
+/// The host name a media agent's certificate carries, and agents connect
+/// to it by (mapped to the address the director gives): in a namespace of
+/// its own, so that it can never be a name of the director or of any other
+/// server.
+pub fn media_host(name: &str) -> String {
+    format!("{}.media.baton.invalid", name.to_ascii_lowercase())
+}
+
 /// The HTTP header carrying the sender's wire version.
 pub const VERSION_HEADER: &str = "baton-wire-version";
 
@@ -176,6 +184,10 @@ pub struct NodeList {
 pub struct Pool {
     pub name: String,
     pub repository: String,
+    /// The media agents that may serve it (by node name): a media agent
+    /// serves only the pools that name it.
+    #[serde(default)]
+    pub media_agents: Vec<String>,
 }
 
 /// `GET /v1/pools`.
@@ -354,6 +366,25 @@ pub struct JournalSummary {
     pub packs: Vec<String>,
     /// Their stored bytes.
     pub pack_bytes: u64,
+}
+
+/// The largest journal record a media agent takes and forwards.
+pub const MAX_JOURNAL_RECORD: usize = 32 << 20;
+
+/// `POST /v1/media/objects` (media-agent certificate): before an agent
+/// creates a lock, or deletes a lock or a journal record, through a media
+/// agent, the director says whether it may: locks and journals belong to
+/// the agent that made them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectClaim {
+    pub pool: String,
+    pub agent: String,
+    /// `locks` or `journal`.
+    pub kind: String,
+    pub name: String,
+    /// `create` or `delete`.
+    pub op: String,
 }
 
 /// The header carrying a [`JournalSummary`] (JSON) with a journal record.

@@ -148,6 +148,7 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
             let pool = baton_wire::Pool {
                 name: a.name.clone(),
                 repository: a.repository.clone(),
+                media_agents: a.media_agents.clone(),
             };
             let list = admin(&a.conn)?.add_pool(&pool)?;
             if g.json {
@@ -166,8 +167,25 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 super::print_json("pools", serde_json::to_value(&list)?);
             } else {
                 for p in &list.pools {
-                    outln!("{:<24} {}", p.name, context::escape(&p.repository));
+                    outln!(
+                        "{:<24} {}  (media agents: {})",
+                        p.name,
+                        context::escape(&p.repository),
+                        p.media_agents.join(", ")
+                    );
                 }
+            }
+        }
+        CtlCommand::PoolMedia(a) => {
+            let list = admin(&a.conn)?.set_pool_media(&a.name, &a.media_agents)?;
+            if g.json {
+                super::print_json("pools", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!(
+                    "pool {:?} is served by: {}",
+                    a.name,
+                    a.media_agents.join(", ")
+                );
             }
         }
         CtlCommand::JobAdd(a) => {

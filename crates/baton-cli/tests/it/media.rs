@@ -92,19 +92,33 @@ impl Media {
     /// A request to it with `curl`, as the node whose state is `state`:
     /// the HTTP status.
     fn curl(&self, state: &Path, method: &str, path: &str) -> String {
+        self.curl_with(state, method, path, None)
+    }
+
+    /// [`Media::curl`] with a request body.
+    fn curl_with(&self, state: &Path, method: &str, path: &str, body: Option<&Path>) -> String {
         let port = self.address.rsplit_once(':').unwrap().1;
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
             .args(["-H", "baton-wire-version: 1"])
             .arg("--resolve")
-            .arg(format!("{}:{port}:127.0.0.1", self.name))
+            .arg(format!(
+                "{}:{port}:127.0.0.1",
+                baton_wire::media_host(&self.name)
+            ))
             .arg("--cacert")
             .arg(state.join("ca.pem"))
             .arg("--cert")
             .arg(state.join("cert.pem"))
             .arg("--key")
             .arg(state.join("key.pem"))
-            .arg(format!("https://{}:{port}{path}", self.name))
+            .args(body.map_or(Vec::new(), |b| {
+                vec!["--data-binary".to_string(), format!("@{}", b.display())]
+            }))
+            .arg(format!(
+                "https://{}:{port}{path}",
+                baton_wire::media_host(&self.name)
+            ))
             .output()
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -167,19 +181,16 @@ fn setup_with(pack_mib: u64, director_extra: &[&str], media_specs: &[MediaSpec])
     let repo = env.repo.display().to_string();
     let env2 = Env::new();
     let repo2 = env2.repo.clone();
-    d.ctl(&env, &["pool-add", "--name", "p1", "--repository", &repo])
-        .ok();
-    d.ctl(
-        &env,
-        &[
-            "pool-add",
-            "--name",
-            "p2",
-            "--repository",
-            repo2.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    let members: Vec<String> = (1..=media_specs.len()).map(|i| format!("ma-{i}")).collect();
+    let mut add = |name: &str, repo: &str| {
+        let mut args = vec!["pool-add", "--name", name, "--repository", repo];
+        for m in &members {
+            args.extend(["--media-agent", m.as_str()]);
+        }
+        d.ctl(&env, &args).ok();
+    };
+    add("p1", &repo);
+    add("p2", repo2.to_str().unwrap());
     let src = env.path("src");
     let enrol = |role: &str, name: &str| {
         let state = env.path(name);
@@ -361,6 +372,78 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
     // other-1 reaches p2 (its job's), not p1.
     assert_eq!(m.curl(&s.other, "GET", "/v1/repo/p2"), "200");
     assert_eq!(m.curl(&s.other, "GET", "/v1/repo/p1"), "403");
+
+    // Content-addressed names are the hash of their bytes: no agent can
+    // take (or, on a backend that re-uploads, replace) a pack's name.
+    let junk = env.path("junk");
+    std::fs::write(&junk, b"not the pack").unwrap();
+    let put = |who: &Path, path: &str, body: &Path| m.curl_with(who, "PUT", path, Some(body));
+    assert_eq!(
+        put(&s.web, &format!("/v1/repo/p1/data/{pack_name}"), &junk),
+        "400"
+    );
+    assert_eq!(
+        crate::common::obj_read(&pack).len() as u64,
+        std::fs::metadata(&pack).unwrap().len()
+    );
+    // Locks and journals are their agent's own: another agent of the same
+    // pool can neither delete them nor write into another's journal.
+    let web2 = s.env.path("web-2");
+    let t = s.d.token(env, "agent", "web-2", "1h");
+    s.d.enrol(env, &t, &web2).ok();
+    s.d.ctl(
+        env,
+        &[
+            "job-add",
+            "--name",
+            "web2",
+            "--agent",
+            "web-2",
+            "--pool",
+            "p1",
+            "--schedule",
+            "every 1h",
+            "--path",
+            "/nonexistent",
+        ],
+    )
+    .ok();
+    let lock = env.path("lock");
+    std::fs::write(&lock, b"a lock's sealed bytes").unwrap();
+    let lock_name = baton_format::storage_id(b"a lock's sealed bytes").to_hex();
+    assert_eq!(
+        put(&s.web, &format!("/v1/repo/p1/locks/{lock_name}"), &lock),
+        "201"
+    );
+    assert_eq!(
+        m.curl(&web2, "DELETE", &format!("/v1/repo/p1/locks/{lock_name}")),
+        "403"
+    );
+    assert_eq!(
+        m.curl(&s.web, "DELETE", &format!("/v1/repo/p1/locks/{lock_name}")),
+        "204"
+    );
+    let job = run["job"].as_str().unwrap();
+    assert_eq!(
+        put(
+            &web2,
+            &format!("/v1/repo/p1/journal/{job}/000000009999"),
+            &junk
+        ),
+        "409"
+    );
+    assert_eq!(
+        m.curl(
+            &web2,
+            "DELETE",
+            &format!("/v1/repo/p1/journal/{job}/000000000000")
+        ),
+        "403"
+    );
+    // Oversized small objects are refused before they are read whole.
+    let big = env.path("big");
+    std::fs::write(&big, vec![0u8; 100 << 10]).unwrap();
+    assert_eq!(put(&s.web, "/v1/repo/p1/keys/abcd", &big), "413");
 
     // Revoked: refused at the handshake once the media agent's next
     // heartbeat brings the new revocation list (within a second).
@@ -632,14 +715,21 @@ fn failover(fault: Fault) {
             .args(["netns", "exec", &n.name, "curl", "-s", "-o", "/dev/null"])
             .args(["-w", "%{http_code}", "-X", "PUT", "--data-binary", "x"])
             .args(["-H", "baton-wire-version: 1", "--resolve"])
-            .arg(format!("{}:{port}:{}", m.name, n.ns_addr))
+            .arg(format!(
+                "{}:{port}:{}",
+                baton_wire::media_host(&m.name),
+                n.ns_addr
+            ))
             .arg("--cacert")
             .arg(s.web.join("ca.pem"))
             .arg("--cert")
             .arg(s.web.join("cert.pem"))
             .arg("--key")
             .arg(s.web.join("key.pem"))
-            .arg(format!("https://{}:{port}/v1/repo/p1/locks/fenced", m.name))
+            .arg(format!(
+                "https://{}:{port}/v1/repo/p1/locks/fenced",
+                baton_wire::media_host(&m.name)
+            ))
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
