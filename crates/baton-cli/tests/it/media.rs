@@ -182,7 +182,7 @@ fn setup_with(pack_mib: u64, director_extra: &[&str], media_specs: &[MediaSpec])
     let env2 = Env::new();
     let repo2 = env2.repo.clone();
     let members: Vec<String> = (1..=media_specs.len()).map(|i| format!("ma-{i}")).collect();
-    let mut add = |name: &str, repo: &str| {
+    let add = |name: &str, repo: &str| {
         let mut args = vec!["pool-add", "--name", name, "--repository", repo];
         for m in &members {
             args.extend(["--media-agent", m.as_str()]);
