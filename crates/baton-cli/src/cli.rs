@@ -324,6 +324,9 @@ pub enum CtlCommand {
     Runs(CtlNodesArgs),
     /// Run a job now (at its agent's next poll)
     Run(CtlRevokeArgs),
+    /// List the snapshots agents' runs wrote (what is in them: `baton -r
+    /// REPO snapshots` with the key)
+    Snapshots(CtlNodesArgs),
     /// List the API tokens (their ids and names, never the secrets)
     ApiTokens(CtlNodesArgs),
     /// Make a new API token (shown once)

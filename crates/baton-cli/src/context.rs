@@ -82,6 +82,17 @@ fn media_node() -> Result<(String, PathBuf)> {
     }
 }
 
+/// The snapshot the last backup of this process wrote (an agent reports it).
+static LAST_SNAPSHOT: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+pub fn set_last_snapshot(id: String) {
+    *LAST_SNAPSHOT.lock().expect("last snapshot") = Some(id);
+}
+
+pub fn take_last_snapshot() -> Option<String> {
+    LAST_SNAPSHOT.lock().expect("last snapshot").take()
+}
+
 /// The `media:` storage this process opened, if any.
 pub fn media() -> Option<Arc<baton_media::client::MediaStorage>> {
     MEDIA.lock().expect("media storage").clone()

@@ -132,13 +132,18 @@ struct MediaEntry {
     ceased_until: Option<std::time::Instant>,
     /// Storage errors it reported at the previous heartbeat.
     errors: u64,
+    /// Heartbeats in a row that found it much slower than its pool.
+    slow_beats: u32,
 }
 
 /// How long a media agent told to cease stays out of its pools.
 const CEASE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
-/// Slower than this (ms per MiB) is never "unbalanced": noise on an idle
-/// pool.
-const REBALANCE_FLOOR_MS_PER_MIB: f64 = 20.0;
+/// Slower than this (ms per MiB: 20 MiB/s) is never "unbalanced": a busy
+/// disk's fsync, noise on an idle pool.
+const REBALANCE_FLOOR_MS_PER_MIB: f64 = 50.0;
+/// Heartbeats in a row a media agent must be unbalanced before it is told
+/// to cease (one slow write is no trend).
+const SLOW_BEATS: u32 = 3;
 
 /// How long a media agent may take data after the director last answered
 /// its heartbeat (it beats every [`LEASE_MS`] / 6).
@@ -1254,6 +1259,9 @@ async fn report_run(
         || !r.run.bytes().all(|b| b.is_ascii_hexdigit())
         || r.message.as_ref().is_some_and(|m| m.len() > 4096)
         || r.media_agents.len() > 64
+        || r.snapshot
+            .as_ref()
+            .is_some_and(|id| id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return Err(invalid("not a run report".into()));
     }
@@ -1326,6 +1334,7 @@ async fn ship_journal(
     b: Result<Json<JournalShip>, axum::extract::rejection::JsonRejection>,
 ) -> Answer<JournalAck> {
     require_role(&node, Role::MediaAgent)?;
+    media_current(&inner, &node.info.name)?;
     let ship = body(b)?;
     if !journal_name_ok(&ship.name)
         || ship.sealed_hex.len() > 2 * baton_wire::MAX_JOURNAL_RECORD
@@ -1396,13 +1405,16 @@ async fn ship_journal(
 fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option<String>) {
     let now = std::time::Instant::now();
     let mut media = inner.media.lock().expect("media agents");
-    let (mut ceased_until, prev_errors) = media
+    let (mut ceased_until, prev_errors, mut slow_beats) = media
         .get(name)
-        .map_or((None, beat.load.errors), |e| (e.ceased_until, e.errors));
+        .map_or((None, beat.load.errors, 0), |e| {
+            (e.ceased_until, e.errors, e.slow_beats)
+        });
     if ceased_until.is_some_and(|t| t <= now) {
         ceased_until = None;
     }
     let mut why = None;
+    let mut slow_pools = false;
     let lat = beat.load.write_ms_per_mib;
     {
         let mut best = inner.best_write.lock().expect("best writes");
@@ -1432,16 +1444,19 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
                     && e.seen.elapsed().as_millis() < u128::from(LEASE_MS)
                     && e.ceased_until.is_none_or(|t| t <= now)
             });
-            if ceased_until.is_none()
+            let slow = ceased_until.is_none()
                 && has_peer
                 && ratio > 0.0
                 && lat > REBALANCE_FLOOR_MS_PER_MIB
                 && base.is_finite()
-                && lat > ratio * base.max(1.0)
-            {
-                why = Some(format!(
-                    "its writes take {lat:.0} ms per MiB, over {ratio}x the {base:.0} ms of pool {pool:?}; its agents move to its peers"
-                ));
+                && lat > ratio * base.max(1.0);
+            if slow {
+                slow_pools = true;
+                if slow_beats + 1 >= SLOW_BEATS {
+                    why = Some(format!(
+                        "its writes take {lat:.0} ms per MiB, over {ratio}x the {base:.0} ms of pool {pool:?}, for {SLOW_BEATS} heartbeats; its agents move to its peers"
+                    ));
+                }
             }
             if lat > 0.0 && ceased_until.is_none() {
                 let b = best.entry(pool.clone()).or_insert(lat);
@@ -1455,8 +1470,10 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
             beat.load.errors - prev_errors
         ));
     }
+    slow_beats = if slow_pools { slow_beats + 1 } else { 0 };
     if why.is_some() {
         ceased_until = Some(now + CEASE_FOR);
+        slow_beats = 0;
     }
     let errors = beat.load.errors;
     media.insert(
@@ -1467,6 +1484,7 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
             handed: 0,
             ceased_until,
             errors,
+            slow_beats,
         },
     );
     (ceased_until.is_some(), why)
@@ -1521,6 +1539,22 @@ async fn revoke_api_token(
     api_tokens(State(inner)).await
 }
 
+/// Refuses (503) a media agent whose lease has lapsed or that was told to
+/// cease: the index server takes no record from it, whatever it still
+/// believes (the fence at the director's side).
+fn media_current(inner: &Inner, name: &str) -> Result<(), Fail> {
+    let media = inner.media.lock().expect("media agents");
+    match media.get(name).map(|e| media_info(name, e)) {
+        Some(i) if i.alive && !i.ceased => Ok(()),
+        _ => Err(Fail(
+            ErrorCode::Unavailable,
+            format!(
+                "media agent {name:?} has no current lease (missed heartbeats, or told to cease): use another"
+            ),
+        )),
+    }
+}
+
 /// Whether media agent `name` serves `pool` (the pool names it).
 async fn serves(inner: &Inner, name: &str, pool: &str) -> Result<bool, Fail> {
     Ok(inner
@@ -1539,6 +1573,7 @@ async fn claim_object(
     b: Result<Json<baton_wire::ObjectClaim>, axum::extract::rejection::JsonRejection>,
 ) -> Answer<baton_wire::ObjectClaim> {
     require_role(&node, Role::MediaAgent)?;
+    media_current(&inner, &node.info.name)?;
     let c = body(b)?;
     if !serves(&inner, &node.info.name, &c.pool).await? {
         return Err(Fail(

@@ -46,7 +46,8 @@ const SCHEMA: &[&str] = &[
     // Runs as agents report them, and runs asked for with `ctl run`.
     "CREATE TABLE IF NOT EXISTS runs (run TEXT PRIMARY KEY, job TEXT NOT NULL, \
      agent TEXT NOT NULL, state TEXT NOT NULL, started BIGINT NOT NULL, finished BIGINT, \
-     exit_code BIGINT, message TEXT, media_agents TEXT NOT NULL, ord BIGINT NOT NULL)",
+     exit_code BIGINT, message TEXT, media_agents TEXT NOT NULL, ord BIGINT NOT NULL, \
+     snapshot TEXT)",
     "CREATE TABLE IF NOT EXISTS run_requests (job TEXT PRIMARY KEY, requested BIGINT NOT NULL)",
     // Which media agents may serve which pool.
     "CREATE TABLE IF NOT EXISTS pool_media (pool TEXT NOT NULL, media_agent TEXT NOT NULL, \
@@ -566,8 +567,8 @@ impl Store {
         match held {
             None => {
                 sqlx::query(
-                    "INSERT INTO runs (run, job, agent, state, started, finished, exit_code, message, media_agents, ord) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO runs (run, job, agent, state, started, finished, exit_code, message, media_agents, ord, snapshot) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&r.run)
                 .bind(&r.job)
@@ -584,13 +585,14 @@ impl Store {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_micros() as i64),
                 )
+                .bind(&r.snapshot)
                 .execute(&mut *tx)
                 .await?;
             }
             Some((a, j)) if a == agent && j == r.job => {
                 sqlx::query(
-                    "UPDATE runs SET state = $2, finished = $3, exit_code = $4, message = $5, media_agents = $6 \
-                     WHERE run = $1",
+                    "UPDATE runs SET state = $2, finished = $3, exit_code = $4, message = $5, media_agents = $6, \
+                     snapshot = $7 WHERE run = $1",
                 )
                 .bind(&r.run)
                 .bind(r.state.as_str())
@@ -598,6 +600,7 @@ impl Store {
                 .bind(r.exit_code.map(i64::from))
                 .bind(&r.message)
                 .bind(&media)
+                .bind(&r.snapshot)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -626,17 +629,29 @@ impl Store {
             Option<i64>,
             Option<String>,
             String,
+            Option<String>,
         );
         let rows = sqlx::query_as::<_, Row>(
-            "SELECT run, job, agent, state, started, finished, exit_code, message, media_agents \
-             FROM runs ORDER BY ord DESC, run LIMIT $1",
+            "SELECT run, job, agent, state, started, finished, exit_code, message, media_agents, \
+             snapshot FROM runs ORDER BY ord DESC, run LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
             .map(
-                |(run, job, agent, state, started, finished, exit_code, message, media)| {
+                |(
+                    run,
+                    job,
+                    agent,
+                    state,
+                    started,
+                    finished,
+                    exit_code,
+                    message,
+                    media,
+                    snapshot,
+                )| {
                     let state = match state.as_str() {
                         "running" => baton_wire::RunState::Running,
                         "completed" => baton_wire::RunState::Completed,
@@ -658,6 +673,7 @@ impl Store {
                             .filter(|m| !m.is_empty())
                             .map(str::to_string)
                             .collect(),
+                        snapshot,
                     })
                 },
             )

@@ -476,6 +476,9 @@ pub struct RunReport {
     /// The media agents that stored it, in order.
     #[serde(default)]
     pub media_agents: Vec<String>,
+    /// The snapshot it wrote (hex id), once done.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 /// A run as the director knows it from its agent's reports.
@@ -492,6 +495,7 @@ pub struct RunRecord {
     pub exit_code: Option<i32>,
     pub message: Option<String>,
     pub media_agents: Vec<String>,
+    pub snapshot: Option<String>,
 }
 
 /// `GET /v1/runs` (API token): runs as agents reported them, and the

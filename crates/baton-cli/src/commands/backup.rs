@@ -67,6 +67,9 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
         eprintln!("warning: {}", context::escape(w));
     }
     let s = result.summary();
+    if let Some(id) = result.snapshot_id {
+        context::set_last_snapshot(id.to_hex());
+    }
     if g.json {
         super::print_json(
             "summary",

@@ -385,6 +385,48 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 );
             }
         }
+        CtlCommand::Snapshots(a) => {
+            // The snapshots runs reported (the director has no key: what is
+            // in them is read with `baton -r REPO snapshots`).
+            let list = admin(&a.conn)?.runs()?;
+            let snaps: Vec<serde_json::Value> = list
+                .runs
+                .iter()
+                .filter_map(|r| {
+                    r.snapshot.as_ref().map(|id| {
+                        serde_json::json!({
+                            "id": id,
+                            "job": r.job,
+                            "agent": r.agent,
+                            "run": r.run,
+                            "time": r.finished.unwrap_or(r.started),
+                            "state": r.state,
+                        })
+                    })
+                })
+                .collect();
+            if g.json {
+                super::print_json("snapshots", serde_json::json!({ "snapshots": snaps }));
+            } else {
+                outln!(
+                    "{:<10} {:<16} {:<16} {:<21} state",
+                    "id",
+                    "job",
+                    "agent",
+                    "time"
+                );
+                for s in &snaps {
+                    outln!(
+                        "{:<10} {:<16} {:<16} {:<21} {}",
+                        &s["id"].as_str().unwrap_or("")[..8],
+                        s["job"].as_str().unwrap_or(""),
+                        s["agent"].as_str().unwrap_or(""),
+                        date(s["time"].as_i64().unwrap_or(0)),
+                        s["state"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
         CtlCommand::Run(a) => {
             admin(&a.conn)?.request_run(&a.name)?;
             if g.json {
@@ -485,6 +527,7 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
             exit_code,
             message,
             media_agents: media,
+            snapshot: context::take_last_snapshot(),
         };
         // The run goes on (or its result stands) if the director cannot
         // be told: it learns of the run from its journal meanwhile.

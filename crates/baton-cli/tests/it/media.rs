@@ -951,6 +951,11 @@ fn the_director_dispatches_due_jobs_and_follows_their_runs() {
     assert_eq!(runs[0]["exit_code"], 0);
     assert!(runs[0]["finished"].is_i64());
     assert_eq!(runs[0]["media_agents"], serde_json::json!(["ma-1"]));
+    let ids = snapshot_ids(&s.env, &s.env.repo);
+    assert_eq!(runs[0]["snapshot"], ids[0].as_str());
+    let snaps = s.d.ctl(&s.env, &["snapshots", "--json"]).ok().json();
+    assert_eq!(snaps["snapshots"][0]["id"], ids[0].as_str(), "{snaps}");
+    assert_eq!(snaps["snapshots"][0]["job"], "web");
     // Every hour: not due again now.
     assert!(agent_run_once(&s).status.success());
     assert_eq!(runs_of(&s).len(), 1);
