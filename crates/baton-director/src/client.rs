@@ -191,27 +191,55 @@ impl Client {
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let mut req = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
+        Self::answer(self.request("GET", path).call())
+    }
+
+    /// A request of `method` to `path`, with the version header and the
+    /// API token if any.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "DELETE" => self.agent.delete(url),
+            _ => self.agent.get(url),
+        }
+        .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
         if let Auth::Token(t) = &self.auth {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        Self::answer(req.call())
+        req
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let mut req = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
-            .header("content-type", "application/json");
+    fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Self::answer(self.request("DELETE", path).call())
+    }
+
+    /// A JSON body sent with `method` (POST or PUT).
+    fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "PUT" => self.agent.put(url),
+            _ => self.agent.post(url),
+        }
+        .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+        .header("content-type", "application/json");
         if let Auth::Token(t) = &self.auth {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let body = serde_json::to_vec(body).map_err(|e| local("request", e))?;
         Self::answer(req.send(&body[..]))
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send("POST", path, body)
     }
 
     pub fn create_token(
@@ -265,14 +293,7 @@ impl Client {
         if !baton_wire::valid_node_name(name) {
             return Err(ClientError::Local(format!("{name:?} is not a job name")));
         }
-        let mut req = self
-            .agent
-            .delete(format!("{}/v1/jobs/{name}", self.base))
-            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
-        if let Auth::Token(t) = &self.auth {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        Self::answer(req.call())
+        self.delete(&format!("/v1/jobs/{name}"))
     }
 
     /// The calling agent's jobs (node certificate).
@@ -300,16 +321,7 @@ impl Client {
         if !baton_wire::valid_node_name(pool) {
             return Err(ClientError::Local(format!("{pool:?} is not a pool name")));
         }
-        let mut req = self
-            .agent
-            .put(format!("{}/v1/pools/{pool}/media-agents", self.base))
-            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
-            .header("content-type", "application/json");
-        if let Auth::Token(t) = &self.auth {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = serde_json::to_vec(media).map_err(|e| local("request", e))?;
-        Self::answer(req.send(&body[..]))
+        self.send("PUT", &format!("/v1/pools/{pool}/media-agents"), &media)
     }
 
     /// The live media agents of `pool`, the least loaded first (an agent).
@@ -356,14 +368,7 @@ impl Client {
                 "{id:?}: an API token's id is 16 hex digits (ctl api-tokens lists them)"
             )));
         }
-        let mut req = self
-            .agent
-            .delete(format!("{}/v1/api-tokens/{id}", self.base))
-            .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
-        if let Auth::Token(t) = &self.auth {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        Self::answer(req.call())
+        self.delete(&format!("/v1/api-tokens/{id}"))
     }
 
     /// The id of the API token this client uses.

@@ -517,11 +517,7 @@ async fn require_node(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<Peer>()
-        .cloned()
-        .unwrap_or(Peer(None));
+    let peer = Peer::of(&req);
     match node_of(&inner, &peer).await {
         Ok(node) => {
             req.extensions_mut().insert(node);
@@ -1405,9 +1401,8 @@ async fn ship_journal(
 fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option<String>) {
     let now = std::time::Instant::now();
     let mut media = inner.media.lock().expect("media agents");
-    let (mut ceased_until, prev_errors, mut slow_beats) = media
-        .get(name)
-        .map_or((None, beat.load.errors, 0), |e| {
+    let (mut ceased_until, prev_errors, mut slow_beats) =
+        media.get(name).map_or((None, beat.load.errors, 0), |e| {
             (e.ceased_until, e.errors, e.slow_beats)
         });
     if ceased_until.is_some_and(|t| t <= now) {

@@ -13,6 +13,17 @@ use tower::ServiceExt;
 #[derive(Clone, Debug)]
 pub struct Peer(pub Option<String>);
 
+impl Peer {
+    /// The peer of a request (none if the request did not come through
+    /// [`serve`]).
+    pub fn of<B>(req: &axum::http::Request<B>) -> Peer {
+        req.extensions()
+            .get::<Peer>()
+            .cloned()
+            .unwrap_or(Peer(None))
+    }
+}
+
 /// Connections served at once (more wait to be accepted).
 pub const MAX_CONNECTIONS: usize = 2048;
 /// The longest a connection lives: a node reconnects (and its certificate

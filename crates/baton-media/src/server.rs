@@ -555,11 +555,7 @@ async fn authorize(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<Peer>()
-        .cloned()
-        .unwrap_or(Peer(None));
+    let peer = Peer::of(&req);
     let pool = req
         .uri()
         .path()

@@ -135,12 +135,17 @@ fn as_agent(env: &Env, d: &Director, state: &Path, args: &[&str]) -> Run {
     run(&mut c)
 }
 
-fn agent_backup(env: &Env, d: &Director, state: &Path, job: &str) -> std::process::Output {
+/// `baton agent backup --json JOB` as the agent enrolled into `state`.
+fn backup_cmd(env: &Env, d: &Director, state: &Path, job: &str) -> Command {
     let mut c = env.std_cmd();
     c.args(["agent", "backup", "--json", "--director", &d.url, "--state"])
         .arg(state)
         .arg(job);
-    c.output().unwrap()
+    c
+}
+
+fn agent_backup(env: &Env, d: &Director, state: &Path, job: &str) -> std::process::Output {
+    backup_cmd(env, d, state, job).output().unwrap()
 }
 
 struct Setup {
@@ -642,20 +647,11 @@ fn failover(fault: Fault) {
     let data = s.src.join("data");
     random_files(&data, 8, 128, 0x5eed_0000 + fault as u64);
 
-    let mut c = env.std_cmd();
-    c.args([
-        "agent",
-        "backup",
-        "--json",
-        "--director",
-        &s.d.url,
-        "--state",
-    ])
-    .arg(&s.web)
-    .arg("web")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    let child = c.spawn().unwrap();
+    let child = backup_cmd(env, &s.d, &s.web, "web")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
 
     // Midway: 400 MiB made durable through A, as the director saw it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
@@ -841,20 +837,11 @@ fn director_restarts(pg: Option<&crate::director::Postgres>) {
     }
     let mut s = setup_with(16, &dextra, &[MediaSpec::default(), MediaSpec::default()]);
     random_files(&s.src.join("data"), 6, 64, 0xd1ec);
-    let mut c = s.env.std_cmd();
-    c.args([
-        "agent",
-        "backup",
-        "--json",
-        "--director",
-        &s.d.url,
-        "--state",
-    ])
-    .arg(&s.web)
-    .arg("web")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    let child = c.spawn().unwrap();
+    let child = backup_cmd(&s.env, &s.d, &s.web, "web")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
 
     if let Some(pg) = pg {
         let before = wait_for_pack_bytes(&s, 64 << 20);
@@ -1026,20 +1013,11 @@ fn twenty_agents_at_once_are_spread_over_the_pool() {
     let children: Vec<_> = agents
         .iter()
         .map(|(name, state)| {
-            let mut c = s.env.std_cmd();
-            c.args([
-                "agent",
-                "backup",
-                "--json",
-                "--director",
-                &s.d.url,
-                "--state",
-            ])
-            .arg(state)
-            .arg(name)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-            c.spawn().unwrap()
+            backup_cmd(&s.env, &s.d, state, name)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     let mut first: std::collections::BTreeMap<String, usize> = Default::default();
