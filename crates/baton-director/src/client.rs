@@ -224,6 +224,17 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T> {
+        self.send_within(method, path, body, None)
+    }
+
+    /// [`Client::send`], given up after `within` (instead of 30 s).
+    fn send_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+        within: Option<std::time::Duration>,
+    ) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let mut req = match method {
             "PUT" => self.agent.put(url),
@@ -233,6 +244,9 @@ impl Client {
         .header("content-type", "application/json");
         if let Auth::Token(t) = &self.auth {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(d) = within {
+            req = req.config().timeout_global(Some(d)).build();
         }
         let body = serde_json::to_vec(body).map_err(|e| local("request", e))?;
         Self::answer(req.send(&body[..]))
@@ -301,9 +315,16 @@ impl Client {
         self.get("/v1/agent/jobs")
     }
 
-    /// A media agent's heartbeat.
+    /// A media agent's heartbeat, given up after 2 s: one stuck on a
+    /// broken network must not hold back the next (its lease would lapse
+    /// while the network is back).
     pub fn heartbeat(&self, beat: &MediaHeartbeat) -> Result<MediaState> {
-        self.post("/v1/media/heartbeat", beat)
+        self.send_within(
+            "POST",
+            "/v1/media/heartbeat",
+            beat,
+            Some(std::time::Duration::from_secs(2)),
+        )
     }
 
     /// A media agent forwards a journal record; `Ok` once it is durable.

@@ -134,6 +134,8 @@ struct MediaEntry {
     errors: u64,
     /// Heartbeats in a row that found it much slower than its pool.
     slow_beats: u32,
+    /// Its lease epoch: the time (ms) its current unbroken lease began.
+    epoch: u64,
 }
 
 /// How long a media agent told to cease stays out of its pools.
@@ -1108,6 +1110,7 @@ fn media_info(name: &str, e: &MediaEntry) -> MediaAgentInfo {
         ceased: e
             .ceased_until
             .is_some_and(|t| t > std::time::Instant::now()),
+        epoch: e.epoch,
     }
 }
 
@@ -1148,7 +1151,7 @@ async fn heartbeat(
         .ca
         .crl(&revoked, revoked.len() as u64 + 1, now())
         .map_err(|e| Fail(ErrorCode::Internal, e.to_string()))?;
-    let (cease, why) = record_beat(&inner, &node.info.name, beat);
+    let (cease, why, epoch) = record_beat(&inner, &node.info.name, beat);
     if let Some(why) = why {
         inner.failovers.fetch_add(1, Ordering::Relaxed);
         eprintln!(
@@ -1163,6 +1166,7 @@ async fn heartbeat(
         grants,
         crl_hex: hex::encode(crl),
         cease,
+        epoch,
     }))
 }
 
@@ -1330,8 +1334,8 @@ async fn ship_journal(
     b: Result<Json<JournalShip>, axum::extract::rejection::JsonRejection>,
 ) -> Answer<JournalAck> {
     require_role(&node, Role::MediaAgent)?;
-    media_current(&inner, &node.info.name)?;
     let ship = body(b)?;
+    media_current(&inner, &node.info.name, ship.epoch)?;
     if !journal_name_ok(&ship.name)
         || ship.sealed_hex.len() > 2 * baton_wire::MAX_JOURNAL_RECORD
         || hex::decode(&ship.sealed_hex).is_err()
@@ -1398,15 +1402,28 @@ async fn ship_journal(
 /// that is new. It must when it reports new storage errors, or when its
 /// writes are `rebalance_ratio` times slower than the fastest of its pool
 /// (its live peers' now, or the best the pool has shown).
-fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option<String>) {
+fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option<String>, u64) {
     let now = std::time::Instant::now();
     let mut media = inner.media.lock().expect("media agents");
     let (mut ceased_until, prev_errors, mut slow_beats) =
         media.get(name).map_or((None, beat.load.errors, 0), |e| {
             (e.ceased_until, e.errors, e.slow_beats)
         });
+    // A new epoch unless this heartbeat continues an unbroken lease that
+    // is not ceased; milliseconds since 1970, so that it grows across
+    // restarts of the director.
+    let new_epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+    };
+    let mut epoch = match media.get(name) {
+        Some(e) if e.seen.elapsed().as_millis() < u128::from(LEASE_MS) => e.epoch,
+        _ => new_epoch(),
+    };
     if ceased_until.is_some_and(|t| t <= now) {
         ceased_until = None;
+        epoch = new_epoch();
     }
     let mut why = None;
     let mut slow_pools = false;
@@ -1469,6 +1486,7 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
     if why.is_some() {
         ceased_until = Some(now + CEASE_FOR);
         slow_beats = 0;
+        epoch = new_epoch();
     }
     let errors = beat.load.errors;
     media.insert(
@@ -1480,9 +1498,10 @@ fn record_beat(inner: &Inner, name: &str, beat: MediaHeartbeat) -> (bool, Option
             ceased_until,
             errors,
             slow_beats,
+            epoch,
         },
     );
-    (ceased_until.is_some(), why)
+    (ceased_until.is_some(), why, epoch)
 }
 
 async fn api_tokens(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::ApiTokenList> {
@@ -1537,14 +1556,14 @@ async fn revoke_api_token(
 /// Refuses (503) a media agent whose lease has lapsed or that was told to
 /// cease: the index server takes no record from it, whatever it still
 /// believes (the fence at the director's side).
-fn media_current(inner: &Inner, name: &str) -> Result<(), Fail> {
+fn media_current(inner: &Inner, name: &str, epoch: u64) -> Result<(), Fail> {
     let media = inner.media.lock().expect("media agents");
     match media.get(name).map(|e| media_info(name, e)) {
-        Some(i) if i.alive && !i.ceased => Ok(()),
+        Some(i) if i.alive && !i.ceased && i.epoch == epoch => Ok(()),
         _ => Err(Fail(
             ErrorCode::Unavailable,
             format!(
-                "media agent {name:?} has no current lease (missed heartbeats, or told to cease): use another"
+                "media agent {name:?} has no current lease of epoch {epoch} (missed heartbeats, or told to cease): use another"
             ),
         )),
     }
@@ -1568,8 +1587,8 @@ async fn claim_object(
     b: Result<Json<baton_wire::ObjectClaim>, axum::extract::rejection::JsonRejection>,
 ) -> Answer<baton_wire::ObjectClaim> {
     require_role(&node, Role::MediaAgent)?;
-    media_current(&inner, &node.info.name)?;
     let c = body(b)?;
+    media_current(&inner, &node.info.name, c.epoch)?;
     if !serves(&inner, &node.info.name, &c.pool).await? {
         return Err(Fail(
             ErrorCode::Forbidden,

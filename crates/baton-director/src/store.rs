@@ -801,41 +801,56 @@ impl Store {
 
     /// Runs as their journal records tell them, the latest first.
     pub async fn journal_runs(&self) -> Result<Vec<baton_wire::RunInfo>> {
-        type Row = (String, String, String, i64, i64, i64, i64, i64, i64, i64);
+        type Row = (String, String, String, String, i64, i64, i64, String, i64);
         let rows = sqlx::query_as::<_, Row>(
-            "SELECT job, pool, MIN(agent), COUNT(*), MAX(seq), MAX(position), \
-             CAST(SUM(pack_bytes) AS BIGINT), CAST(SUM(packs) AS BIGINT), MIN(received), MAX(received) \
-             FROM journal GROUP BY pool, job ORDER BY MAX(received) DESC, job",
+            "SELECT pool, job, agent, media_agent, seq, position, pack_bytes, pack_ids, received \
+             FROM journal ORDER BY pool, job, seq",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut runs = Vec::with_capacity(rows.len());
-        for (job, pool, agent, records, last_seq, position, pack_bytes, packs, started, updated) in
-            rows
-        {
-            let media_agent = sqlx::query_as::<_, (String,)>(
-                "SELECT media_agent FROM journal WHERE pool = $1 AND job = $2 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(&pool)
-            .bind(&job)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.0)
-            .unwrap_or_default();
+        // Grouped by job, each folded by the function agents use too.
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let (pool, job) = (&rows[i].0, &rows[i].1);
+            let end = rows[i..]
+                .iter()
+                .position(|r| &r.0 != pool || &r.1 != job)
+                .map_or(rows.len(), |n| i + n);
+            let group = &rows[i..end];
+            let summaries: Vec<baton_wire::JournalSummary> = group
+                .iter()
+                .map(|r| baton_wire::JournalSummary {
+                    seq: r.4 as u64,
+                    position: r.5 as u64,
+                    pack_bytes: r.6 as u64,
+                    packs: r
+                        .7
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                })
+                .collect();
+            let p = baton_wire::fold_summaries(&summaries);
+            let last = group.last().expect("a group has rows");
             runs.push(baton_wire::RunInfo {
-                job,
-                agent,
-                pool,
-                records: records as u64,
-                last_seq: last_seq as u64,
-                position: position as u64,
-                pack_bytes: pack_bytes as u64,
-                packs: packs as u64,
-                media_agent,
-                started,
-                updated,
+                job: job.clone(),
+                agent: group[0].2.clone(),
+                pool: pool.clone(),
+                records: p.records,
+                last_seq: p.last_seq,
+                position: p.position,
+                pack_bytes: p.pack_bytes,
+                packs: p.packs,
+                gapless: p.gapless,
+                media_agent: last.3.clone(),
+                started: group.iter().map(|r| r.8).min().unwrap_or(0),
+                updated: group.iter().map(|r| r.8).max().unwrap_or(0),
             });
+            i = end;
         }
+        runs.sort_by(|a, b| b.updated.cmp(&a.updated).then(a.job.cmp(&b.job)));
         Ok(runs)
     }
 

@@ -30,6 +30,8 @@ struct Conn {
     name: String,
     base: String,
     agent: ureq::Agent,
+    /// The lease epoch it was handed in: sent with every request.
+    epoch: u64,
 }
 
 /// Resolves exactly one host name (a media agent's node name) to the
@@ -180,7 +182,7 @@ impl MediaStorage {
         self.served_by.lock().expect("served").clone()
     }
 
-    fn connect(&self, name: &str, address: &str) -> Result<Conn, String> {
+    fn connect(&self, name: &str, address: &str, epoch: u64) -> Result<Conn, String> {
         let addrs: Vec<SocketAddr> = address
             .to_socket_addrs()
             .map_err(|e| format!("{address}: {e}"))?
@@ -208,6 +210,7 @@ impl MediaStorage {
             },
         );
         Ok(Conn {
+            epoch,
             name: name.to_string(),
             base: format!(
                 "https://{}:{port}/v1/repo/{}",
@@ -242,7 +245,7 @@ impl MediaStorage {
                 )
             })?;
         let c = Arc::new(
-            self.connect(&pick.name, &pick.address)
+            self.connect(&pick.name, &pick.address, pick.epoch)
                 .map_err(|m| (true, m))?,
         );
         let mut served = self.served_by.lock().expect("served");
@@ -426,6 +429,7 @@ impl MediaStorage {
             c.agent
                 .get(format!("{}{path}", c.base))
                 .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                .header(baton_wire::EPOCH_HEADER, c.epoch.to_string())
                 .call()
         })
     }
@@ -461,7 +465,8 @@ impl MediaStorage {
                 let mut req = c
                     .agent
                     .put(Self::url(c, kind, &name))
-                    .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string());
+                    .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                    .header(baton_wire::EPOCH_HEADER, c.epoch.to_string());
                 if let Some(s) = &summary {
                     req = req.header(baton_wire::SUMMARY_HEADER, s);
                 }
@@ -505,6 +510,7 @@ impl Storage for MediaStorage {
                 c.agent
                     .post(&c.base)
                     .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                    .header(baton_wire::EPOCH_HEADER, c.epoch.to_string())
                     .send_empty()
             }),
         )?;
@@ -595,6 +601,7 @@ impl Storage for MediaStorage {
                 c.agent
                     .delete(Self::url(c, kind, &url_name))
                     .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                    .header(baton_wire::EPOCH_HEADER, c.epoch.to_string())
                     .call()
             }),
         )?;

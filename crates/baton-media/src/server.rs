@@ -129,6 +129,8 @@ struct Inner {
     throttle: AtomicU64,
     /// When the request of the heartbeat answer applied last left.
     applied: Mutex<Option<Instant>>,
+    /// The lease epoch of the last answer.
+    epoch: AtomicU64,
     /// Journals (pool, job) the director confirmed are an agent's, so that
     /// deleting a job's records asks once.
     journal_owners: Mutex<HashMap<(String, String), String>>,
@@ -264,6 +266,7 @@ impl MediaAgent {
             last_load: Mutex::new(MediaLoad::default()),
             journal_owners: Mutex::new(HashMap::new()),
             applied: Mutex::new(None),
+            epoch: AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(Instant::now()),
             cfg,
         });
@@ -496,6 +499,7 @@ impl Inner {
             *c = state.cease;
             changed
         });
+        self.epoch.store(state.epoch, Ordering::Relaxed);
         *self.lease_until.lock().expect("lease") =
             Some(sent + Duration::from_millis(state.lease_ms));
         Ok(())
@@ -563,6 +567,25 @@ async fn authorize(
         .and_then(|p| p.split('/').next())
         .unwrap_or("")
         .to_string();
+    // The agent was handed this media agent in an epoch: after a lapse or
+    // a cease, it must ask the director again.
+    if let Some(e) = req
+        .headers()
+        .get(baton_wire::EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && e != inner.epoch.load(Ordering::Relaxed)
+    {
+        return Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!(
+                "media agent {}: lease epoch {e} is over; ask the director again",
+                inner.name
+            ),
+        )
+        .into_response();
+    }
     let mut allowed = allow(&inner, &peer, &pool);
     if matches!(&allowed, Err(f) if f.0 == StatusCode::FORBIDDEN) {
         // Perhaps a job or an enrolment newer than the last heartbeat: ask
@@ -970,6 +993,7 @@ async fn put_object(
             name: name.clone(),
             sealed_hex: hex::encode(&data),
             summary,
+            epoch: inner.epoch.load(Ordering::Relaxed),
         };
         let i = inner.clone();
         let shipped = tokio::task::spawn_blocking(move || i.director.ship_journal(&ship))
@@ -1053,6 +1077,7 @@ async fn claim(
         kind: proto::kind_name(kind).to_string(),
         name: name.to_string(),
         op: op.to_string(),
+        epoch: inner.epoch.load(Ordering::Relaxed),
     };
     let i = inner.clone();
     let r = tokio::task::spawn_blocking(move || i.director.claim(&c))

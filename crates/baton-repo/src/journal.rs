@@ -31,6 +31,16 @@ pub struct RecordSummary {
 }
 
 impl RecordSummary {
+    /// As it travels to the director.
+    pub fn wire(&self) -> baton_wire::JournalSummary {
+        baton_wire::JournalSummary {
+            seq: self.seq,
+            position: self.position,
+            packs: self.packs.iter().map(|p| p.to_hex()).collect(),
+            pack_bytes: self.pack_bytes,
+        }
+    }
+
     pub fn of(rec: &JournalRecord) -> RecordSummary {
         RecordSummary {
             job: rec.job,
@@ -235,6 +245,9 @@ pub struct JobState {
     /// Block backups: the fixed index segments completed, by place (a
     /// later run's record replaces an earlier one's for the same place).
     pub segments: BTreeMap<u64, Id>,
+    /// Its progress from its records' summaries: the same fold the
+    /// director makes of what reaches it (`baton_wire::fold_summaries`).
+    pub progress: baton_wire::JournalProgress,
 }
 
 impl JobState {
@@ -304,7 +317,9 @@ pub fn load_job(repo: &Repository, job: &Id) -> Result<JobState> {
 /// index server handing a job to another media agent).
 pub fn fold(job: &Id, records: impl IntoIterator<Item = JournalRecord>) -> Result<JobState> {
     let mut state: Option<JobState> = None;
+    let mut summaries = Vec::new();
     for rec in records {
+        summaries.push(RecordSummary::of(&rec).wire());
         if rec.job != *job {
             return Err(RepoError::Damaged(format!(
                 "record {} of job {} in the journal of job {}",
@@ -325,6 +340,7 @@ pub fn fold(job: &Id, records: impl IntoIterator<Item = JournalRecord>) -> Resul
                 catalog: BTreeMap::new(),
                 completed_sources: Vec::new(),
                 segments: BTreeMap::new(),
+                progress: Default::default(),
             }),
             (None, None) => {
                 return Err(RepoError::Damaged(format!(
@@ -360,7 +376,10 @@ pub fn fold(job: &Id, records: impl IntoIterator<Item = JournalRecord>) -> Resul
         st.segments
             .extend(rec.segments.into_iter().map(|s| (s.index, s.id)));
     }
-    state.ok_or_else(|| RepoError::NotFound(format!("no journal for job {job}")))
+    let mut state =
+        state.ok_or_else(|| RepoError::NotFound(format!("no journal for job {job}")))?;
+    state.progress = baton_wire::fold_summaries(&summaries);
+    Ok(state)
 }
 
 /// All unfinished jobs.

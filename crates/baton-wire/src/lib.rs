@@ -325,7 +325,17 @@ pub struct MediaState {
     /// much slower than its peers.
     #[serde(default)]
     pub cease: bool,
+    /// The lease's epoch: a new one begins whenever the media agent comes
+    /// back after its lease lapsed or a cease ended. It goes with every
+    /// record and claim the media agent sends, and agents send the epoch
+    /// they were handed with each request: anything from an older epoch is
+    /// refused (the fence).
+    #[serde(default)]
+    pub epoch: u64,
 }
+
+/// The header an agent sends the media agent's lease epoch in.
+pub const EPOCH_HEADER: &str = "baton-lease-epoch";
 
 /// A media agent as the director knows it from its heartbeats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +352,9 @@ pub struct MediaAgentInfo {
     /// Whether the director told it to cease (it is not handed to agents).
     #[serde(default)]
     pub ceased: bool,
+    /// Its current lease epoch ([`MediaState::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// `GET /v1/media-agents` (API token), and `GET /v1/agent/media?pool=P`
@@ -368,6 +381,44 @@ pub struct JournalSummary {
     pub pack_bytes: u64,
 }
 
+/// A backup job's progress as its records' summaries tell it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalProgress {
+    pub records: u64,
+    pub last_seq: u64,
+    /// The furthest durable position.
+    pub position: u64,
+    /// Packs made durable, and their stored bytes.
+    pub packs: u64,
+    pub pack_bytes: u64,
+    /// Whether every record from 0 to `last_seq` is there, once: nothing
+    /// acknowledged is missing.
+    pub gapless: bool,
+}
+
+/// Folds a job's record summaries (in any order) into its progress: the
+/// one function the director (which sees summaries only, never the sealed
+/// records) and agents (which fold their records' summaries beside the
+/// records themselves) both use, so they agree on where a job stands.
+pub fn fold_summaries<'a>(
+    summaries: impl IntoIterator<Item = &'a JournalSummary>,
+) -> JournalProgress {
+    let mut p = JournalProgress::default();
+    let mut seqs: Vec<u64> = Vec::new();
+    for s in summaries {
+        p.records += 1;
+        p.last_seq = p.last_seq.max(s.seq);
+        p.position = p.position.max(s.position);
+        p.packs += s.packs.len() as u64;
+        p.pack_bytes = p.pack_bytes.saturating_add(s.pack_bytes);
+        seqs.push(s.seq);
+    }
+    seqs.sort_unstable();
+    p.gapless = seqs.iter().enumerate().all(|(i, s)| *s == i as u64);
+    p
+}
+
 /// The largest journal record a media agent takes and forwards.
 pub const MAX_JOURNAL_RECORD: usize = 32 << 20;
 
@@ -385,6 +436,9 @@ pub struct ObjectClaim {
     pub name: String,
     /// `create` or `delete`.
     pub op: String,
+    /// The media agent's lease epoch ([`MediaState::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The header carrying a [`JournalSummary`] (JSON) with a journal record.
@@ -405,6 +459,9 @@ pub struct JournalShip {
     pub sealed_hex: String,
     #[serde(default)]
     pub summary: Option<JournalSummary>,
+    /// The media agent's lease epoch ([`MediaState::epoch`]).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The answer to [`JournalShip`].
@@ -429,6 +486,8 @@ pub struct RunInfo {
     pub position: u64,
     pub pack_bytes: u64,
     pub packs: u64,
+    /// Whether every record up to `last_seq` is held (none lost).
+    pub gapless: bool,
     /// The media agent that forwarded the last record.
     pub media_agent: String,
     /// Unix seconds.
@@ -627,6 +686,35 @@ mod tests {
             r#"{"code":"unavailable","message":"later"}"#
         );
         assert!(e.code.retry_later() && !ErrorCode::Forbidden.retry_later());
+    }
+
+    #[test]
+    fn summaries_fold_the_same_in_any_order() {
+        let s = |seq, position, packs: usize| JournalSummary {
+            seq,
+            position,
+            packs: vec!["ab".repeat(32); packs],
+            pack_bytes: 10 * packs as u64,
+        };
+        let all = [s(0, 0, 0), s(1, 100, 2), s(2, 250, 1)];
+        let p = fold_summaries(&all);
+        assert_eq!(
+            p,
+            JournalProgress {
+                records: 3,
+                last_seq: 2,
+                position: 250,
+                packs: 3,
+                pack_bytes: 30,
+                gapless: true
+            }
+        );
+        let rev: Vec<_> = all.iter().rev().cloned().collect();
+        assert_eq!(fold_summaries(&rev), p);
+        // A record missing, or one twice: not gapless.
+        assert!(!fold_summaries(&[s(0, 0, 0), s(2, 9, 0)]).gapless);
+        assert!(!fold_summaries(&[s(0, 0, 0), s(0, 0, 0)]).gapless);
+        assert!(fold_summaries(&[]).gapless);
     }
 
     #[test]

@@ -92,18 +92,26 @@ impl Media {
     /// A request to it with `curl`, as the node whose state is `state`:
     /// the HTTP status.
     fn curl(&self, state: &Path, method: &str, path: &str) -> String {
-        self.curl_with(state, method, path, None)
+        self.curl_with(state, method, path, None, &[])
     }
 
-    /// [`Media::curl`] with a request body.
-    fn curl_with(&self, state: &Path, method: &str, path: &str, body: Option<&Path>) -> String {
-        let port = self.address.rsplit_once(':').unwrap().1;
+    /// [`Media::curl`] with a request body and more headers.
+    fn curl_with(
+        &self,
+        state: &Path,
+        method: &str,
+        path: &str,
+        body: Option<&Path>,
+        headers: &[&str],
+    ) -> String {
+        let (ip, port) = self.address.rsplit_once(':').unwrap();
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
             .args(["-H", "baton-wire-version: 1"])
+            .args(headers.iter().flat_map(|h| ["-H", h]))
             .arg("--resolve")
             .arg(format!(
-                "{}:{port}:127.0.0.1",
+                "{}:{port}:{ip}",
                 baton_wire::media_host(&self.name)
             ))
             .arg("--cacert")
@@ -382,14 +390,15 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
     // take (or, on a backend that re-uploads, replace) a pack's name.
     let junk = env.path("junk");
     std::fs::write(&junk, b"not the pack").unwrap();
-    let put = |who: &Path, path: &str, body: &Path| m.curl_with(who, "PUT", path, Some(body));
+    let put = |who: &Path, path: &str, body: &Path| m.curl_with(who, "PUT", path, Some(body), &[]);
     assert_eq!(
         put(&s.web, &format!("/v1/repo/p1/data/{pack_name}"), &junk),
         "400"
     );
+    // The pack is still its own bytes.
     assert_eq!(
-        crate::common::obj_read(&pack).len() as u64,
-        std::fs::metadata(&pack).unwrap().len()
+        baton_format::storage_id(&crate::common::obj_read(&pack)).to_hex(),
+        pack_name
     );
     // Locks and journals are their agent's own: another agent of the same
     // pool can neither delete them nor write into another's journal.
@@ -573,13 +582,17 @@ impl Netns {
         Some(n)
     }
 
-    /// Cuts the namespace off: its link goes down.
-    fn cut(&self) {
+    /// Cuts the namespace off: its link goes down (`up`: back).
+    fn set_link(&self, up: bool) {
         let out = Command::new("ip")
-            .args(["link", "set", &self.host_if, "down"])
+            .args(["link", "set", &self.host_if, if up { "up" } else { "down" }])
             .output()
             .unwrap();
         assert!(out.status.success());
+    }
+
+    fn cut(&self) {
+        self.set_link(false);
     }
 }
 
@@ -665,6 +678,7 @@ fn failover(fault: Fault) {
         assert!(std::time::Instant::now() < deadline, "no progress: {runs}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let mut old_epoch = 0;
     match fault {
         Fault::Kill => {
             let a = &mut s.media[0].child;
@@ -672,7 +686,18 @@ fn failover(fault: Fault) {
             a.wait().unwrap();
         }
         Fault::Throttle => std::fs::write(&throttle, format!("{}", 1 << 20)).unwrap(),
-        Fault::Partition => netns.as_ref().unwrap().cut(),
+        Fault::Partition => {
+            let listed = s.d.ctl(env, &["media-agents", "--json"]).ok().json();
+            old_epoch = listed["media_agents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == "ma-1")
+                .unwrap()["epoch"]
+                .as_u64()
+                .unwrap();
+            netns.as_ref().unwrap().cut()
+        }
     }
     let out = child.wait_with_output().unwrap();
     let _ = std::fs::remove_file(&throttle);
@@ -729,6 +754,47 @@ fn failover(fault: Fault) {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+        // Back on the network, it serves again, in a new lease epoch: a
+        // request handed out in the old one is refused.
+        n.set_link(true);
+        let epoch_of = |listed: &serde_json::Value| {
+            listed["media_agents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == "ma-1")
+                .map(|x| (x["alive"] == true, x["epoch"].as_u64().unwrap()))
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let new_epoch = loop {
+            let (alive, e) = epoch_of(&s.d.ctl(env, &["media-agents", "--json"]).ok().json());
+            if alive && e != old_epoch {
+                break e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ma-1 did not come back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(new_epoch > old_epoch);
+        let old = format!("baton-lease-epoch: {old_epoch}");
+        let new = format!("baton-lease-epoch: {new_epoch}");
+        let m = &s.media[0];
+        assert_eq!(
+            m.curl_with(&s.web, "GET", "/v1/repo/p1", None, &[&old]),
+            "503"
+        );
+        // (Its own lease is renewed by its next heartbeat, within a second.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while m.curl_with(&s.web, "GET", "/v1/repo/p1", None, &[&new]) != "200" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ma-1 does not serve its new epoch"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
     if let Fault::Throttle = fault {
         // Fenced: a ceased media agent takes no request.
@@ -870,6 +936,8 @@ fn director_restarts(pg: Option<&crate::director::Postgres>) {
     let (records, last_seq, _) = run_state(&s);
     // Every record of the run, none missing.
     assert_eq!(records, last_seq + 1);
+    let runs = s.d.ctl(&s.env, &["runs", "--json"]).ok().json();
+    assert_eq!(runs["journals"][0]["gapless"], true, "{runs}");
     assert!(records > before.0);
     s.env.run(&["check", "--read-data"]).ok();
     let target = s.env.path("restored");
