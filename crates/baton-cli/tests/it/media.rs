@@ -1247,3 +1247,41 @@ fn the_readme_quick_start_brings_up_a_pool_in_three_commands() {
     ]);
     same_tree(&docs, &target.join(docs.strip_prefix("/").unwrap()));
 }
+
+/// An agent's certificate that has expired is refused by media agents (at
+/// the handshake; the grants leave it out too).
+#[test]
+fn an_expired_agent_certificate_is_refused_by_media_agents() {
+    let s = setup(&[&[]]);
+    // A second director on the same state (the same CA and database)
+    // issues certificates that last three seconds.
+    let short = Director::start(&s.env, &s.d.state, None, &["--cert-validity", "3s"]);
+    let brief = s.env.path("brief-1");
+    let t = s.d.token(&s.env, "agent", "brief-1", "1h");
+    short.enrol(&s.env, &t, &brief).ok();
+    s.d.ctl(
+        &s.env,
+        &[
+            "job-add",
+            "--name",
+            "brief",
+            "--agent",
+            "brief-1",
+            "--pool",
+            "p1",
+            "--schedule",
+            "every 1h",
+            "--path",
+            "/nonexistent",
+        ],
+    )
+    .ok();
+    let m = &s.media[0];
+    assert_eq!(m.curl(&brief, "GET", "/v1/repo/p1"), "200");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let code = m.curl(&brief, "GET", "/v1/repo/p1");
+    assert!(
+        code == "000" || code == "403",
+        "an expired certificate was served: {code}"
+    );
+}
