@@ -337,6 +337,20 @@ impl Client {
         self.post("/v1/media/objects", c)
     }
 
+    /// A media agent asks for a running job's shipped journal: an agent
+    /// moved the job to it.
+    pub fn handover(&self, h: &baton_wire::HandoverRequest) -> Result<baton_wire::HandoverJournal> {
+        self.post("/v1/media/handover", h)
+    }
+
+    /// A media agent reports what it found applying a handed-over journal.
+    pub fn handover_checked(
+        &self,
+        c: &baton_wire::HandoverChecked,
+    ) -> Result<baton_wire::HandoverInfo> {
+        self.post("/v1/media/handover/checked", c)
+    }
+
     /// Sets the media agents that serve `pool`.
     pub fn set_pool_media(&self, pool: &str, media: &[String]) -> Result<PoolList> {
         if !baton_wire::valid_node_name(pool) {

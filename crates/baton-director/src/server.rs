@@ -120,6 +120,7 @@ struct Inner {
     /// peers are idle.
     best_write: std::sync::Mutex<std::collections::HashMap<String, f64>>,
     failovers: AtomicU64,
+    handovers: AtomicU64,
 }
 
 struct MediaEntry {
@@ -269,6 +270,7 @@ impl Director {
                 media: Default::default(),
                 best_write: Default::default(),
                 failovers: AtomicU64::new(0),
+                handovers: AtomicU64::new(0),
             }),
             listener,
             new_admin_token,
@@ -455,6 +457,8 @@ fn router(inner: Arc<Inner>) -> Router {
             )),
         )
         .route("/v1/media/objects", post(claim_object))
+        .route("/v1/media/handover", post(handover))
+        .route("/v1/media/handover/checked", post(handover_checked))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             require_node,
@@ -876,6 +880,11 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
             "Media agents told to cease (failing, or slower than their pool's others).",
             &inner.failovers,
         ),
+        (
+            "baton_director_handovers_total",
+            "Running jobs handed from one media agent to another.",
+            &inner.handovers,
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -1236,6 +1245,7 @@ async fn runs(State(inner): State<Arc<Inner>>) -> Answer<RunList> {
     Ok(Json(RunList {
         runs: inner.store.run_records(1000).await?,
         journals: inner.store.journal_runs().await?,
+        handovers: inner.store.handovers(None, 1000).await?,
     }))
 }
 
@@ -1625,4 +1635,131 @@ async fn claim_object(
         ));
     }
     Ok(Json(c))
+}
+
+/// An agent moved its running job to this media agent: the director hands
+/// over the job's shipped journal (the summaries of its records, in
+/// order), and records the handover. Only a media agent with a current
+/// lease that serves the pool, and only for the agent whose job it is.
+async fn handover(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<baton_wire::HandoverRequest>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::HandoverJournal> {
+    require_role(&node, Role::MediaAgent)?;
+    let h = body(b)?;
+    media_current(&inner, &node.info.name, h.epoch)?;
+    if !journal_name_ok(&format!("{}/0", h.job)) {
+        return Err(invalid("not a job id".into()));
+    }
+    if !serves(&inner, &node.info.name, &h.pool).await? {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!(
+                "media agent {:?} does not serve pool {:?}",
+                node.info.name, h.pool
+            ),
+        ));
+    }
+    if let Some(owner) = inner.store.job_agent(&h.pool, &h.job).await?
+        && owner != h.agent
+    {
+        inner.notify(
+            "refused",
+            Some(&node.info.name),
+            format!(
+                "agent {:?} asked to take over job {} of pool {:?}, which is {owner:?}'s",
+                h.agent, h.job, h.pool
+            ),
+        );
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("job {} is another agent's", h.job),
+        ));
+    }
+    let (summaries, from) = inner.store.journal_summaries(&h.pool, &h.job).await?;
+    let p = baton_wire::fold_summaries(&summaries);
+    let info = baton_wire::HandoverInfo {
+        id: random_hex(16),
+        pool: h.pool.clone(),
+        job: h.job.clone(),
+        agent: h.agent.clone(),
+        from: from.clone(),
+        to: node.info.name.clone(),
+        at: now(),
+        records: p.records,
+        last_seq: p.last_seq,
+        position: p.position,
+        packs_checked: None,
+        missing: None,
+    };
+    inner.store.add_handover(&info).await?;
+    inner.handovers.fetch_add(1, Ordering::Relaxed);
+    inner.notify(
+        "failover",
+        Some(&node.info.name),
+        format!(
+            "job {} of agent {:?} (pool {:?}) handed from media agent {} to {} at record {} (position {})",
+            h.job,
+            h.agent,
+            h.pool,
+            from.as_deref().unwrap_or("(none)"),
+            node.info.name,
+            p.last_seq,
+            p.position
+        ),
+    );
+    Ok(Json(baton_wire::HandoverJournal {
+        id: info.id,
+        from,
+        summaries,
+    }))
+}
+
+/// What the new media agent found applying a handed-over journal to its
+/// index; acknowledged packs missing from the pool are a failure a person
+/// must see.
+async fn handover_checked(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<baton_wire::HandoverChecked>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::HandoverInfo> {
+    require_role(&node, Role::MediaAgent)?;
+    let c = body(b)?;
+    media_current(&inner, &node.info.name, c.epoch)?;
+    if c.missing.len() > 100_000 || c.id.len() > 64 {
+        return Err(invalid("not a handover check".into()));
+    }
+    let Some(h) = inner
+        .store
+        .handover_checked(
+            &c.id,
+            &node.info.name,
+            c.packs_checked,
+            c.missing.len() as u64,
+        )
+        .await?
+    else {
+        return Err(Fail(
+            ErrorCode::NotFound,
+            format!("no handover {} to media agent {}", c.id, node.info.name),
+        ));
+    };
+    if !c.missing.is_empty() {
+        inner.notify(
+            "failure",
+            Some(&node.info.name),
+            format!(
+                "job {} of agent {:?} (pool {:?}): {} of {} acknowledged packs are not in the pool's storage (first: {}); media agent {} acknowledged writes it did not keep",
+                h.job,
+                h.agent,
+                h.pool,
+                c.missing.len(),
+                c.packs_checked,
+                c.missing[0],
+                h.from.as_deref().unwrap_or("(none)"),
+            ),
+        );
+    }
+    Ok(Json(h))
 }

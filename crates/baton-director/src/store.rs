@@ -55,6 +55,11 @@ const SCHEMA: &[&str] = &[
     // Locks agents made through media agents, and whose they are.
     "CREATE TABLE IF NOT EXISTS owned (pool TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, \
      agent TEXT NOT NULL, PRIMARY KEY (pool, kind, name))",
+    // Running jobs handed from one media agent to another.
+    "CREATE TABLE IF NOT EXISTS handovers (id TEXT PRIMARY KEY, pool TEXT NOT NULL, \
+     job TEXT NOT NULL, agent TEXT NOT NULL, from_media TEXT, to_media TEXT NOT NULL, \
+     at BIGINT NOT NULL, records BIGINT NOT NULL, last_seq BIGINT NOT NULL, \
+     position BIGINT NOT NULL, packs_checked BIGINT, missing BIGINT)",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -722,6 +727,25 @@ impl Store {
     }
 }
 
+/// A record's summary from its row.
+fn summary_of(
+    seq: i64,
+    position: i64,
+    pack_bytes: i64,
+    pack_ids: &str,
+) -> baton_wire::JournalSummary {
+    baton_wire::JournalSummary {
+        seq: seq as u64,
+        position: position as u64,
+        pack_bytes: pack_bytes as u64,
+        packs: pack_ids
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
 /// A journal record as the director keeps it.
 pub struct JournalRow<'a> {
     pub pool: &'a str,
@@ -799,6 +823,137 @@ impl Store {
         .await?)
     }
 
+    /// The summaries of one job's records, in order, and the media agent
+    /// that took the last.
+    pub async fn journal_summaries(
+        &self,
+        pool: &str,
+        job: &str,
+    ) -> Result<(Vec<baton_wire::JournalSummary>, Option<String>)> {
+        let rows = sqlx::query_as::<_, (i64, i64, i64, String, String)>(
+            "SELECT seq, position, pack_bytes, pack_ids, media_agent FROM journal \
+             WHERE pool = $1 AND job = $2 ORDER BY seq",
+        )
+        .bind(pool)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        let last = rows.last().map(|r| r.4.clone());
+        Ok((
+            rows.into_iter()
+                .map(|r| summary_of(r.0, r.1, r.2, &r.3))
+                .collect(),
+            last,
+        ))
+    }
+
+    /// Records a handover (its check comes later).
+    pub async fn add_handover(&self, h: &baton_wire::HandoverInfo) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO handovers (id, pool, job, agent, from_media, to_media, at, records, \
+             last_seq, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&h.id)
+        .bind(&h.pool)
+        .bind(&h.job)
+        .bind(&h.agent)
+        .bind(&h.from)
+        .bind(&h.to)
+        .bind(h.at)
+        .bind(h.records as i64)
+        .bind(h.last_seq as i64)
+        .bind(h.position as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records what media agent `to` found checking handover `id`; the
+    /// handover, or `None` if it is not one of `to`'s.
+    pub async fn handover_checked(
+        &self,
+        id: &str,
+        to: &str,
+        checked: u64,
+        missing: u64,
+    ) -> Result<Option<baton_wire::HandoverInfo>> {
+        let done = sqlx::query(
+            "UPDATE handovers SET packs_checked = $1, missing = $2 WHERE id = $3 AND to_media = $4",
+        )
+        .bind(checked as i64)
+        .bind(missing as i64)
+        .bind(id)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        Ok(self.handovers(Some(id), 1).await?.pop())
+    }
+
+    /// Handovers, the latest first (or the one named `id`).
+    pub async fn handovers(
+        &self,
+        id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<baton_wire::HandoverInfo>> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        );
+        macro_rules! columns {
+            ($rest:literal) => {
+                concat!(
+                    "SELECT id, pool, job, agent, from_media, to_media, at, records, last_seq, \
+                     position, packs_checked, missing FROM handovers ",
+                    $rest
+                )
+            };
+        }
+        let rows = match id {
+            Some(id) => {
+                sqlx::query_as::<_, Row>(columns!("WHERE id = $1"))
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query_as::<_, Row>(columns!("ORDER BY at DESC, id LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| baton_wire::HandoverInfo {
+                id: r.0,
+                pool: r.1,
+                job: r.2,
+                agent: r.3,
+                from: r.4,
+                to: r.5,
+                at: r.6,
+                records: r.7 as u64,
+                last_seq: r.8 as u64,
+                position: r.9 as u64,
+                packs_checked: r.10.map(|n| n as u64),
+                missing: r.11.map(|n| n as u64),
+            })
+            .collect())
+    }
+
     /// Runs as their journal records tell them, the latest first.
     pub async fn journal_runs(&self) -> Result<Vec<baton_wire::RunInfo>> {
         type Row = (String, String, String, String, i64, i64, i64, String, i64);
@@ -820,17 +975,7 @@ impl Store {
             let group = &rows[i..end];
             let summaries: Vec<baton_wire::JournalSummary> = group
                 .iter()
-                .map(|r| baton_wire::JournalSummary {
-                    seq: r.4 as u64,
-                    position: r.5 as u64,
-                    pack_bytes: r.6 as u64,
-                    packs: r
-                        .7
-                        .split(',')
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_string)
-                        .collect(),
-                })
+                .map(|r| summary_of(r.4, r.5, r.6, &r.7))
                 .collect();
             let p = baton_wire::fold_summaries(&summaries);
             let last = group.last().expect("a group has rows");

@@ -84,6 +84,21 @@ pub struct MediaStorage {
     /// The longest a failed request ran before its failure was known
     /// (milliseconds): how long detection took.
     detect_ms: AtomicU64,
+    /// The backup job whose journal records go through this storage, the
+    /// media agent that holds it now, and the last record acknowledged.
+    job: Mutex<JobHolder>,
+    /// Held while a job is handed to another media agent (one handover
+    /// for all the requests that move at once).
+    handing: Mutex<()>,
+    takeovers: Mutex<Vec<baton_wire::Takeover>>,
+}
+
+/// Where a running job's journal goes.
+#[derive(Default)]
+struct JobHolder {
+    job: Option<String>,
+    media_agent: Option<String>,
+    acked_seq: Option<u64>,
 }
 
 fn err(kind: ErrorKind, what: impl Into<String>, msg: impl Into<String>) -> StorageError {
@@ -102,6 +117,7 @@ fn what(kind: ObjectKind, name: &str) -> String {
 enum Outcome {
     Answer(Answer),
     Switch(String),
+    Fatal(StorageError),
 }
 
 impl MediaStorage {
@@ -147,6 +163,9 @@ impl MediaStorage {
             resent_packs: AtomicU64::new(0),
             takeover_ms: AtomicU64::new(0),
             detect_ms: AtomicU64::new(0),
+            job: Mutex::new(JobHolder::default()),
+            handing: Mutex::new(()),
+            takeovers: Mutex::new(Vec::new()),
         })
     }
 
@@ -175,6 +194,85 @@ impl MediaStorage {
     /// milliseconds.
     pub fn detect_ms(&self) -> u64 {
         self.detect_ms.load(Ordering::Relaxed)
+    }
+
+    /// The handovers of the running job to another media agent, as the
+    /// new media agent answered them.
+    pub fn takeovers(&self) -> Vec<baton_wire::Takeover> {
+        self.takeovers.lock().expect("takeovers").clone()
+    }
+
+    /// Hands the running job (if there is one, and media agent `c` does
+    /// not hold it yet) to `c`: it takes the job's journal from the
+    /// director and checks it against the pool's storage. The job goes on
+    /// there only if every record this agent saw acknowledged is in that
+    /// journal, and every pack they name is stored.
+    fn hand_over(&self, c: &Arc<Conn>) -> Result<(), Outcome> {
+        let held = |j: &JobHolder| {
+            j.job.is_none() || j.media_agent.is_none() || j.media_agent.as_deref() == Some(&c.name)
+        };
+        if held(&self.job.lock().expect("job")) {
+            return Ok(());
+        }
+        let _one = self.handing.lock().expect("handing");
+        let (job, acked) = {
+            let j = self.job.lock().expect("job");
+            if held(&j) {
+                return Ok(());
+            }
+            (j.job.clone().expect("a job"), j.acked_seq)
+        };
+        let path = format!("/jobs/{job}/takeover");
+        let req: Request = Arc::new(move |c: &Conn| {
+            c.agent
+                .post(format!("{}{path}", c.base))
+                .header(baton_wire::VERSION_HEADER, baton_wire::VERSION.to_string())
+                .header(baton_wire::EPOCH_HEADER, c.epoch.to_string())
+                .send_empty()
+        });
+        let what = format!("handing job {job} to media agent {}", c.name);
+        let a = match self.attempt(c, &req, 1 << 20, &what) {
+            Outcome::Answer(a) => a,
+            o => return Err(o),
+        };
+        let t: baton_wire::Takeover = Self::json(&what, a).map_err(Outcome::Fatal)?;
+        let fatal = |m: String| Outcome::Fatal(err(ErrorKind::Permanent, &what, m));
+        if !t.missing.is_empty() {
+            return Err(fatal(format!(
+                "{} of the {} packs this job's acknowledged records name are not in the pool's storage (first: {}): media agent {} acknowledged writes it did not keep. Run the job again: it resumes and sends what is missing",
+                t.missing.len(),
+                t.packs_checked,
+                t.missing[0],
+                t.from.as_deref().unwrap_or("(none)")
+            )));
+        }
+        if let Some(a) = acked
+            && (!t.progress.gapless || t.progress.records == 0 || t.progress.last_seq < a)
+        {
+            return Err(fatal(format!(
+                "the director holds this job's journal up to record {} ({}), but record {a} was acknowledged",
+                t.progress.last_seq,
+                if t.progress.gapless {
+                    "no gap"
+                } else {
+                    "with gaps"
+                }
+            )));
+        }
+        self.job.lock().expect("job").media_agent = Some(c.name.clone());
+        self.takeovers.lock().expect("takeovers").push(t);
+        Ok(())
+    }
+
+    /// A journal record of `job` is about to be sent.
+    fn journal_of(&self, job: &str) {
+        let mut j = self.job.lock().expect("job");
+        if j.job.as_deref() != Some(job) {
+            *j = JobHolder {
+                job: Some(job.to_string()),
+                ..JobHolder::default()
+            };
+        }
     }
 
     /// The media agents that served, in order.
@@ -289,30 +387,9 @@ impl MediaStorage {
         loop {
             let attempt = Instant::now();
             let outcome = match self.conn(avoid.as_deref()) {
-                Ok(c) => match self.run(&c, &f, limit) {
-                    Some(Ok(a)) if a.status == 503 => {
-                        Outcome::Switch(format!("media agent {} is unavailable", c.name))
-                    }
-                    Some(Ok(a)) => Outcome::Answer(a),
-                    Some(Err(e)) => {
-                        let m = e.to_string();
-                        if m.to_ascii_lowercase().contains("alert") {
-                            // The media agent refused our certificate.
-                            return Err(err(
-                                ErrorKind::PermissionDenied,
-                                what,
-                                format!(
-                                    "media agent {} refused this agent's certificate: {m}",
-                                    c.name
-                                ),
-                            ));
-                        }
-                        Outcome::Switch(format!("media agent {}: {m}", c.name))
-                    }
-                    None => Outcome::Switch(format!(
-                        "media agent {} was lost (the director no longer hands it out)",
-                        c.name
-                    )),
+                Ok(c) => match self.hand_over(&c) {
+                    Err(o) => o,
+                    Ok(()) => self.attempt(&c, &f, limit, what),
                 },
                 Err((true, m)) => Outcome::Switch(m),
                 Err((false, m)) => {
@@ -320,6 +397,7 @@ impl MediaStorage {
                 }
             };
             match outcome {
+                Outcome::Fatal(e) => return Err(e),
                 Outcome::Answer(a) => {
                     if let Some(t) = failed_at {
                         self.resent.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +424,35 @@ impl MediaStorage {
                     wait = (wait * 2).min(Duration::from_millis(500));
                 }
             }
+        }
+    }
+
+    /// One exchange with media agent `c`, and what its result means.
+    fn attempt(&self, c: &Arc<Conn>, f: &Request, limit: u64, what: &str) -> Outcome {
+        match self.run(c, f, limit) {
+            Some(Ok(a)) if a.status == 503 => {
+                Outcome::Switch(format!("media agent {} is unavailable", c.name))
+            }
+            Some(Ok(a)) => Outcome::Answer(a),
+            Some(Err(e)) => {
+                let m = e.to_string();
+                if m.to_ascii_lowercase().contains("alert") {
+                    // The media agent refused our certificate.
+                    return Outcome::Fatal(err(
+                        ErrorKind::PermissionDenied,
+                        what,
+                        format!(
+                            "media agent {} refused this agent's certificate: {m}",
+                            c.name
+                        ),
+                    ));
+                }
+                Outcome::Switch(format!("media agent {}: {m}", c.name))
+            }
+            None => Outcome::Switch(format!(
+                "media agent {} was lost (the director no longer hands it out)",
+                c.name
+            )),
         }
     }
 
@@ -633,8 +740,25 @@ impl baton_repo::journal::JournalSink for MediaSink {
             packs: summary.packs.iter().map(|p| p.to_hex()).collect(),
             pack_bytes: summary.pack_bytes,
         };
+        if let Some((job, _)) = name.split_once('/') {
+            self.0.journal_of(job);
+        }
         self.0
             .put_with(ObjectKind::Journal, name, sealed, Some(&s))?;
+        // Acknowledged: the director holds it, through the media agent
+        // that serves now (a handover to another waits for it).
+        let now = self
+            .0
+            .current
+            .lock()
+            .expect("conn")
+            .as_ref()
+            .map(|c| c.name.clone());
+        let mut j = self.0.job.lock().expect("job");
+        if j.media_agent.is_none() {
+            j.media_agent = now;
+        }
+        j.acked_seq = Some(j.acked_seq.map_or(summary.seq, |a| a.max(summary.seq)));
         Ok(())
     }
 }

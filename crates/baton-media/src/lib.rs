@@ -11,9 +11,13 @@
 //!
 //! Journal records an agent sends are forwarded to the director, which
 //! stores them durably before the media agent answers: every acknowledged
-//! record is on the index server.
+//! record is on the index server. When an agent moves a running job to
+//! another media agent, that media agent takes the job's journal from the
+//! director and checks it against its in-memory index of the pool
+//! ([`index`]) before the job goes on.
 
 pub mod client;
+pub mod index;
 pub mod proto;
 pub mod server;
 

@@ -3,6 +3,7 @@
 //! protocol ([`crate::proto`]) over mutual TLS for the agents the
 //! director's grants name.
 
+use crate::index::PackIndex;
 use crate::proto::{self, Exists, Listed, Size};
 use axum::Router;
 use axum::body::Bytes;
@@ -59,13 +60,22 @@ pub enum MediaError {
     Refused(String),
 }
 
+/// A pool's repository as a media agent serves it.
+#[derive(Clone)]
+struct Store {
+    repository: String,
+    storage: Arc<dyn Storage>,
+    index: Arc<PackIndex>,
+}
+
 /// What the last heartbeat's answer allows.
 #[derive(Default)]
 struct Grants {
     /// Agent certificate fingerprint -> (agent, its pools).
     by_fingerprint: HashMap<String, (String, Vec<String>)>,
-    /// Pool -> its repository, with the storage opened for it.
-    stores: HashMap<String, (String, Arc<dyn Storage>)>,
+    /// Pool -> its repository, with the storage opened for it and the
+    /// media agent's index of its packs.
+    stores: HashMap<String, Store>,
     crl_hex: String,
 }
 
@@ -138,6 +148,8 @@ struct Inner {
     /// asked for out of turn (an agent not in them yet: a job just added).
     last_load: Mutex<MediaLoad>,
     refreshed: tokio::sync::Mutex<Instant>,
+    /// Pools' indexes loaded (listed) since the start.
+    index_loads: AtomicU64,
 }
 
 /// A media agent, enrolled and registered with its director, its port bound.
@@ -268,6 +280,7 @@ impl MediaAgent {
             applied: Mutex::new(None),
             epoch: AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(Instant::now()),
+            index_loads: AtomicU64::new(0),
             cfg,
         });
         let first = inner.clone();
@@ -398,6 +411,15 @@ impl Inner {
             cpu_percent: (ticks.saturating_sub(clock.last.1) as f64) / secs,
             errors: self.load.errors.load(Ordering::Relaxed),
             bytes_total: bytes,
+            index_packs: self
+                .grants
+                .read()
+                .expect("grants")
+                .stores
+                .values()
+                .map(|st| st.index.len() as u64)
+                .sum(),
+            index_loads: self.index_loads.load(Ordering::Relaxed),
         };
         clock.last = (now, ticks);
         clock.last_bytes = bytes;
@@ -412,6 +434,29 @@ impl Inner {
         let sent = Instant::now();
         let state = self.director.heartbeat(&beat)?;
         self.apply(state, sent)
+    }
+
+    /// Loads a pool's index in the background (listing its packs): ready
+    /// for a handover before one comes; until then a handover looks its
+    /// packs up one by one.
+    fn load_index(&self, pool: &str, st: &Store) {
+        let (s, idx, name, pool) = (
+            st.storage.clone(),
+            st.index.clone(),
+            self.name.clone(),
+            pool.to_string(),
+        );
+        self.index_loads.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("baton-media-index".into())
+            .spawn(move || {
+                if let Err(e) = idx.load(s.as_ref()) {
+                    eprintln!("media agent {name}: listing the packs of pool {pool}: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("media agent {}: {e}", self.name);
+        }
     }
 
     /// A heartbeat out of turn (the last load again), for the grants.
@@ -439,8 +484,8 @@ impl Inner {
             let held = self.grants.read().expect("grants");
             for p in &state.pools {
                 match held.stores.get(&p.name) {
-                    Some((repo, s)) if *repo == p.repository => {
-                        stores.insert(p.name.clone(), (repo.clone(), s.clone()));
+                    Some(st) if st.repository == p.repository => {
+                        stores.insert(p.name.clone(), st.clone());
                     }
                     _ => {}
                 }
@@ -450,7 +495,13 @@ impl Inner {
             if !stores.contains_key(&p.name) {
                 match (self.cfg.open)(&p.repository) {
                     Ok(s) => {
-                        stores.insert(p.name.clone(), (p.repository.clone(), s));
+                        let st = Store {
+                            repository: p.repository.clone(),
+                            storage: s,
+                            index: Arc::new(PackIndex::default()),
+                        };
+                        self.load_index(&p.name, &st);
+                        stores.insert(p.name.clone(), st);
                     }
                     Err(e) => eprintln!(
                         "media agent {}: cannot open the repository of pool {}: {e}",
@@ -552,7 +603,7 @@ fn storage_fail(inner: &Inner, e: StorageError, write: bool) -> Fail {
 /// Who a request comes from and the storage it may use, found before any
 /// of its body is read.
 #[derive(Clone)]
-struct Allowed(String, Arc<dyn Storage>);
+struct Allowed(String, Arc<dyn Storage>, Arc<PackIndex>);
 
 async fn authorize(
     State(inner): State<Arc<Inner>>,
@@ -608,7 +659,8 @@ async fn authorize(
     }
     match allowed {
         Ok((agent, s)) => {
-            req.extensions_mut().insert(Allowed(agent, s));
+            req.extensions_mut()
+                .insert(Allowed(agent, s.storage, s.index));
             next.run(req).await
         }
         Err(f) => f.into_response(),
@@ -619,6 +671,10 @@ fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/v1/repo/{pool}", get(repo_exists).post(repo_create))
         .route("/v1/repo/{pool}/{kind}", get(list))
+        .route(
+            "/v1/repo/{pool}/jobs/{job}/takeover",
+            axum::routing::post(takeover),
+        )
         .route(
             "/v1/repo/{pool}/{kind}/{*name}",
             get(get_object).put(put_object).delete(delete_object),
@@ -708,7 +764,7 @@ fn fenced(inner: &Inner) -> Result<(), Fail> {
 
 /// The agent behind a request and the storage of the pool it asks for,
 /// if the director's grants allow it and the lease is current.
-fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Storage>), Fail> {
+fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Store), Fail> {
     fenced(inner)?;
     let Some(fp) = peer.0.as_deref() else {
         return Err(Fail(
@@ -733,7 +789,7 @@ fn allow(inner: &Inner, peer: &Peer, pool: &str) -> Result<(String, Arc<dyn Stor
             format!("no job of agent {agent:?} names pool {pool:?}"),
         ));
     }
-    let Some((_, s)) = g.stores.get(pool) else {
+    let Some(s) = g.stores.get(pool) else {
         return Err(Fail(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -777,7 +833,7 @@ async fn run_blocking<T: Send + 'static>(
 
 async fn repo_exists(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(_, s)): Extension<Allowed>,
+    Extension(Allowed(_, s, _)): Extension<Allowed>,
     Path(_pool): Path<String>,
 ) -> Result<axum::Json<Exists>, Fail> {
     let exists = blocking(&inner, move || s.exists()).await?;
@@ -786,7 +842,7 @@ async fn repo_exists(
 
 async fn repo_create(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(_, s)): Extension<Allowed>,
+    Extension(Allowed(_, s, _)): Extension<Allowed>,
     Path(_pool): Path<String>,
 ) -> Result<StatusCode, Fail> {
     run_blocking(&inner, true, move || s.create()).await?;
@@ -800,7 +856,7 @@ struct ListQuery {
 
 async fn list(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(_, s)): Extension<Allowed>,
+    Extension(Allowed(_, s, _)): Extension<Allowed>,
     Path((_pool, kind)): Path<(String, String)>,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Vec<Listed>>, Fail> {
@@ -850,7 +906,7 @@ struct GetQuery {
 
 async fn get_object(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(_, s)): Extension<Allowed>,
+    Extension(Allowed(_, s, _)): Extension<Allowed>,
     Path((_pool, kind, name)): Path<(String, String, String)>,
     Query(q): Query<GetQuery>,
 ) -> Result<Response, Fail> {
@@ -894,7 +950,7 @@ async fn get_object(
 
 async fn put_object(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(agent, s)): Extension<Allowed>,
+    Extension(Allowed(agent, s, index)): Extension<Allowed>,
     Path((pool, kind, name)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: axum::body::Body,
@@ -995,35 +1051,19 @@ async fn put_object(
             summary,
             epoch: inner.epoch.load(Ordering::Relaxed),
         };
-        let i = inner.clone();
-        let shipped = tokio::task::spawn_blocking(move || i.director.ship_journal(&ship))
-            .await
-            .map_err(|_| {
-                Fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    "shipping failed".into(),
-                )
-            })?;
-        if let Err(e) = shipped {
-            let (status, code) = match e.code() {
-                Some(ErrorCode::Forbidden) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-                Some(ErrorCode::Conflict) => (StatusCode::CONFLICT, ErrorCode::Conflict),
-                Some(ErrorCode::Invalid) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
-                _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            };
-            return Err(Fail(
-                status,
-                code,
-                format!("the director did not take the journal record: {e}"),
-            ));
-        }
+        ask_director(
+            &inner,
+            "the director did not take the journal record",
+            move |d| d.ship_journal(&ship),
+        )
+        .await?;
     }
     // Fenced again right before the write: a request that arrived while
     // the lease held is not stored once it has lapsed or the director said
     // cease (the agent sends it to another media agent).
     fenced(&inner)?;
     let len = data.len() as u64;
+    let stored = name.clone();
     let r = run_blocking(&inner, true, move || match s.put(k, &name, &data) {
         Err(e) if e.is_already_exists() => {
             // A retry of a write whose answer was lost is a success; a
@@ -1035,6 +1075,7 @@ async fn put_object(
     })
     .await;
     if r.is_ok() && k == ObjectKind::Pack {
+        index.insert(&stored);
         inner.load.written.fetch_add(len, Ordering::Relaxed);
         inner
             .load
@@ -1043,6 +1084,106 @@ async fn put_object(
     }
     r?;
     Ok(StatusCode::CREATED)
+}
+
+/// Asks the director (on a blocking thread). Its refusals pass on to the
+/// agent as they are; anything else (it is unreachable, it fenced this
+/// media agent) is 503: the agent tries another media agent.
+async fn ask_director<T: Send + 'static>(
+    inner: &Arc<Inner>,
+    what: &'static str,
+    f: impl FnOnce(&Client) -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, Fail> {
+    let i = inner.clone();
+    let r = tokio::task::spawn_blocking(move || f(&i.director))
+        .await
+        .map_err(|_| {
+            Fail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                format!("{what}: the call failed"),
+            )
+        })?;
+    r.map_err(|e| {
+        let (status, code) = match e.code() {
+            Some(ErrorCode::Forbidden) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            Some(ErrorCode::Conflict) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            Some(ErrorCode::Invalid) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        };
+        Fail(status, code, format!("{what}: {e}"))
+    })
+}
+
+/// An agent moved its running job here (its media agent failed, was
+/// partitioned or told to cease): takes the job's shipped journal from
+/// the director, applies it to this media agent's index of the pool
+/// (every pack an acknowledged record names must be in the pool's
+/// storage), reports what it found, and answers with the durable position
+/// the job continues from.
+async fn takeover(
+    State(inner): State<Arc<Inner>>,
+    Extension(Allowed(agent, s, index)): Extension<Allowed>,
+    Path((pool, job)): Path<(String, String)>,
+) -> Result<axum::Json<baton_wire::Takeover>, Fail> {
+    let _f = InFlight::new(&inner.load);
+    let started = Instant::now();
+    if !(1..=64).contains(&job.len()) || !job.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::Invalid,
+            "not a job id".into(),
+        ));
+    }
+    fenced(&inner)?;
+    let epoch = inner.epoch.load(Ordering::Relaxed);
+    let req = baton_wire::HandoverRequest {
+        pool,
+        agent,
+        job: job.clone(),
+        epoch,
+    };
+    let handed = ask_director(&inner, "the director did not hand the job over", move |d| {
+        d.handover(&req)
+    })
+    .await?;
+    let packs: Vec<String> = handed
+        .summaries
+        .iter()
+        .flat_map(|r| r.packs.iter().cloned())
+        .collect();
+    let idx = index.clone();
+    let applied = run_blocking(&inner, false, move || idx.apply(s.as_ref(), &packs)).await?;
+    let checked = baton_wire::HandoverChecked {
+        id: handed.id.clone(),
+        epoch,
+        packs_checked: applied.checked,
+        missing: applied.missing.clone(),
+    };
+    ask_director(
+        &inner,
+        "the director did not take the handover's check",
+        move |d| d.handover_checked(&checked),
+    )
+    .await?;
+    if !applied.missing.is_empty() {
+        eprintln!(
+            "media agent {}: job {job} handed over from {}: {} acknowledged packs are not in storage",
+            inner.name,
+            handed.from.as_deref().unwrap_or("(none)"),
+            applied.missing.len()
+        );
+    }
+    Ok(axum::Json(baton_wire::Takeover {
+        job,
+        from: handed.from,
+        to: inner.name.clone(),
+        progress: baton_wire::fold_summaries(&handed.summaries),
+        packs_checked: applied.checked,
+        missing: applied.missing,
+        index_packs: index.len() as u64,
+        ms: started.elapsed().as_millis() as u64,
+    }))
 }
 
 /// Asks the director whether `agent` may `op` (create, delete) the lock or
@@ -1115,7 +1256,7 @@ async fn claim(
 
 async fn delete_object(
     State(inner): State<Arc<Inner>>,
-    Extension(Allowed(agent, s)): Extension<Allowed>,
+    Extension(Allowed(agent, s, _)): Extension<Allowed>,
     Path((pool, kind, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, Fail> {
     let (k, name) = object(&kind, &name)?;

@@ -282,6 +282,13 @@ pub struct MediaLoad {
     /// peers.
     #[serde(default)]
     pub write_ms_per_mib: f64,
+    /// Packs in its in-memory index of its pools (shared by every job it
+    /// serves), and how many times a pool's index was loaded by listing
+    /// the pool's packs (once per pool while it runs).
+    #[serde(default)]
+    pub index_packs: u64,
+    #[serde(default)]
+    pub index_loads: u64,
 }
 
 /// `POST /v1/media/heartbeat` (media-agent certificate): the media agent
@@ -473,6 +480,89 @@ pub struct JournalAck {
     pub stored: bool,
 }
 
+/// `POST /v1/media/handover` (media-agent certificate): an agent moved
+/// its running job to this media agent; the director hands over the
+/// job's shipped journal (its records' summaries) and records the
+/// handover.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverRequest {
+    pub pool: String,
+    /// The agent whose job it is (as its certificate says).
+    pub agent: String,
+    /// The job's journal id (hex).
+    pub job: String,
+    /// The media agent's lease epoch ([`MediaState::epoch`]).
+    pub epoch: u64,
+}
+
+/// The answer to [`HandoverRequest`]: the job's journal as the director
+/// holds it, and the media agent that took its last record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverJournal {
+    /// Names the handover in [`HandoverChecked`].
+    pub id: String,
+    pub from: Option<String>,
+    pub summaries: Vec<JournalSummary>,
+}
+
+/// `POST /v1/media/handover/checked` (media-agent certificate): what the
+/// new media agent found when it applied the handed-over journal to its
+/// index: how many acknowledged packs it checked, and those the pool's
+/// storage does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverChecked {
+    pub id: String,
+    pub epoch: u64,
+    pub packs_checked: u64,
+    pub missing: Vec<String>,
+}
+
+/// `POST /v1/repo/{pool}/jobs/{job}/takeover` (media agent, agent
+/// certificate): the new media agent's answer to an agent that moved its
+/// running job to it: the durable position the director holds for the
+/// job, checked against the pool's storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Takeover {
+    pub job: String,
+    /// The media agent that took the job's last record (none: no record yet).
+    pub from: Option<String>,
+    pub to: String,
+    pub progress: JournalProgress,
+    /// Acknowledged packs checked in the media agent's index (or, where
+    /// it did not know them yet, in storage), and those missing.
+    pub packs_checked: u64,
+    pub missing: Vec<String>,
+    /// Packs in the media agent's index of the pool.
+    pub index_packs: u64,
+    /// How long the handover took at the media agent (milliseconds).
+    pub ms: u64,
+}
+
+/// A handover as the director recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverInfo {
+    pub id: String,
+    pub pool: String,
+    pub job: String,
+    pub agent: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// Seconds since 1970.
+    pub at: i64,
+    /// The job's journal as it was handed over.
+    pub records: u64,
+    pub last_seq: u64,
+    pub position: u64,
+    /// Set once the new media agent has checked the journal's packs.
+    pub packs_checked: Option<u64>,
+    pub missing: Option<u64>,
+}
+
 /// A backup run as the director follows it from its journal records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -564,6 +654,10 @@ pub struct RunRecord {
 pub struct RunList {
     pub runs: Vec<RunRecord>,
     pub journals: Vec<RunInfo>,
+    /// Running jobs handed from one media agent to another, the latest
+    /// first.
+    #[serde(default)]
+    pub handovers: Vec<HandoverInfo>,
 }
 
 /// When a job runs.

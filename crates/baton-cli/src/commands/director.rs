@@ -246,25 +246,31 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 super::print_json("media_agents", serde_json::to_value(&list)?);
             } else {
                 outln!(
-                    "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6} {:>7} pools",
+                    "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6} {:>7} {:>8} pools",
                     "name",
                     "address",
                     "status",
                     "queue",
                     "bytes/s",
                     "cpu%",
-                    "errors"
+                    "errors",
+                    "indexed"
                 );
                 for m in &list.media_agents {
                     outln!(
-                        "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6.1} {:>7} {}",
+                        "{:<20} {:<22} {:<8} {:>6} {:>12} {:>6.1} {:>7} {:>8} {}",
                         m.name,
                         context::escape(&m.address),
-                        if m.alive { "live" } else { "lost" },
+                        match (m.alive, m.ceased) {
+                            (false, _) => "lost",
+                            (true, true) => "ceased",
+                            (true, false) => "live",
+                        },
                         m.load.queue_depth,
                         m.load.bytes_per_s,
                         m.load.cpu_percent,
                         m.load.errors,
+                        m.load.index_packs,
                         m.pools.join(",")
                     );
                 }
@@ -318,6 +324,34 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                             r.packs,
                             r.media_agent,
                             date(r.updated)
+                        );
+                    }
+                }
+                if !list.handovers.is_empty() {
+                    outln!(
+                        "\njobs handed to another media agent:\n{:<18} {:<16} {:<16} {:<16} {:>8} {:>14} {:>7} {:>7} at",
+                        "journal",
+                        "agent",
+                        "from",
+                        "to",
+                        "record",
+                        "position",
+                        "checked",
+                        "missing"
+                    );
+                    let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+                    for h in &list.handovers {
+                        outln!(
+                            "{:<18} {:<16} {:<16} {:<16} {:>8} {:>14} {:>7} {:>7} {}",
+                            &h.job[..16.min(h.job.len())],
+                            h.agent,
+                            h.from.as_deref().unwrap_or("-"),
+                            h.to,
+                            h.last_seq,
+                            h.position,
+                            n(h.packs_checked),
+                            n(h.missing),
+                            date(h.at)
                         );
                     }
                 }
@@ -601,6 +635,7 @@ fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
                     "resent_packs": resent_packs,
                     "takeover_ms": m.takeover_ms(),
                     "detect_ms": m.detect_ms(),
+                    "takeovers": m.takeovers(),
                 }),
             );
         } else if !g.quiet {
@@ -618,6 +653,18 @@ fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
                 ));
             }
             eprintln!("{line}");
+            for t in m.takeovers() {
+                eprintln!(
+                    "  job handed from {} to {} at record {} (position {}): {} acknowledged packs checked, {} in its index, {} ms",
+                    t.from.as_deref().unwrap_or("(none)"),
+                    t.to,
+                    t.progress.last_seq,
+                    t.progress.position,
+                    t.packs_checked,
+                    t.index_packs,
+                    t.ms
+                );
+            }
         }
     }
     Ok(code)

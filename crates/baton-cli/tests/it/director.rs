@@ -717,6 +717,8 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/api-tokens", "post"),
         ("/v1/api-tokens/{id}", "delete"),
         ("/v1/media/objects", "post"),
+        ("/v1/media/handover", "post"),
+        ("/v1/media/handover/checked", "post"),
         ("/v1/pools/{name}/media-agents", "put"),
     ]
     .into_iter()

@@ -454,6 +454,29 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
         ),
         "403"
     );
+    // Nor take over another agent's running job at a media agent (the
+    // director hands a job's journal only for its own agent).
+    let takeover = format!("/v1/repo/p1/jobs/{job}/takeover");
+    assert_eq!(m.curl(&web2, "POST", &takeover), "403");
+    assert_eq!(m.curl(&s.other, "POST", &takeover), "403");
+    assert_eq!(
+        m.curl(&s.web, "POST", "/v1/repo/p1/jobs/not-hex/takeover"),
+        "400"
+    );
+    // Its own agent may (the job is done: nothing is missing).
+    assert_eq!(m.curl(&s.web, "POST", &takeover), "200");
+    let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
+    let h = &runs["handovers"][0];
+    assert_eq!(
+        (&h["job"], &h["to"], &h["missing"]),
+        (
+            &run["job"],
+            &serde_json::json!(m.name),
+            &serde_json::json!(0)
+        ),
+        "{runs}"
+    );
+    assert!(h["packs_checked"].as_u64().unwrap() >= 1, "{runs}");
     // Oversized small objects are refused before they are read whole.
     let big = env.path("big");
     std::fs::write(&big, vec![0u8; 100 << 10]).unwrap();
@@ -722,6 +745,30 @@ fn failover(fault: Fault) {
         serde_json::json!(["ma-1", "ma-2"]),
         "{report}"
     );
+    // The job was handed over: B took its journal from the director,
+    // checked every acknowledged pack in the pool, and the agent went on
+    // from the durable position the director held.
+    let t = &report["takeovers"];
+    assert_eq!(t.as_array().map(Vec::len), Some(1), "{report}");
+    let t = &t[0];
+    assert_eq!(
+        (&t["from"], &t["to"]),
+        (&serde_json::json!("ma-1"), &serde_json::json!("ma-2")),
+        "{report}"
+    );
+    assert_eq!(t["missing"], serde_json::json!([]), "{report}");
+    assert_eq!(t["progress"]["gapless"], true, "{report}");
+    assert!(
+        t["progress"]["pack_bytes"].as_u64().unwrap() >= 400 << 20,
+        "{report}"
+    );
+    // Every pack the records named: 400 MiB of 16 MiB packs at least.
+    assert!(t["packs_checked"].as_u64().unwrap() >= 24, "{report}");
+    assert_eq!(t["packs_checked"], t["progress"]["packs"], "{report}");
+    eprintln!(
+        "handover after {fault:?}: {} records, {} packs checked, {} in the index, {} ms at the media agent",
+        t["progress"]["records"], t["packs_checked"], t["index_packs"], t["ms"]
+    );
     // Not from the start: at most the pack in flight was sent again (one
     // uploader: one stream), and the small metadata request beside it.
     assert!(report["resent_packs"].as_u64().unwrap() <= 1, "{report}");
@@ -814,6 +861,28 @@ fn failover(fault: Fault) {
     }
     let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
     assert_eq!(runs["journals"][0]["media_agent"], "ma-2", "{runs}");
+    // The director recorded the handover as the agent saw it.
+    let h = &runs["handovers"][0];
+    assert_eq!(
+        runs["handovers"].as_array().map(Vec::len),
+        Some(1),
+        "{runs}"
+    );
+    assert_eq!(
+        (&h["from"], &h["to"], &h["job"]),
+        (&t["from"], &t["to"], &t["job"]),
+        "{runs}"
+    );
+    assert_eq!(
+        (&h["last_seq"], &h["position"]),
+        (&t["progress"]["last_seq"], &t["progress"]["position"]),
+        "{runs}"
+    );
+    assert_eq!(
+        (&h["packs_checked"], &h["missing"]),
+        (&t["packs_checked"], &serde_json::json!(0)),
+        "{runs}"
+    );
 
     // The repository is whole, and the snapshot is the source exactly.
     env.run(&["check", "--read-data"]).ok();
@@ -1125,6 +1194,17 @@ fn twenty_agents_at_once_are_spread_over_the_pool() {
     for b in &bytes {
         assert!(*b * 4 >= total && *b * 4 <= total * 3, "{bytes:?}");
     }
+    // One in-memory index per pool served all a media agent's jobs: each
+    // pool was listed once, and the index holds the packs written since.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let listed = s.d.ctl(&s.env, &["media-agents", "--json"]).ok().json();
+    let mut indexed = 0;
+    for m in listed["media_agents"].as_array().unwrap() {
+        let pools = m["pools"].as_array().unwrap().len();
+        assert_eq!(m["load"]["index_loads"], pools, "{listed}");
+        indexed += m["load"]["index_packs"].as_u64().unwrap();
+    }
+    assert!(indexed >= n as u64, "{listed}");
     // Bounded memory: a media agent holds at most --max-writes objects.
     for m in &s.media {
         let kib = peak_kib(m.child.id());
