@@ -156,6 +156,7 @@ impl Client {
 
     /// A client for a node enrolled into `state_dir` ([`enrol`]).
     pub fn for_node(base: &str, state_dir: &Path) -> Result<Client> {
+        finish_renewal(state_dir)?;
         let read = |f: &str| {
             std::fs::read_to_string(state_dir.join(f))
                 .map_err(|e| local(&format!("{}", state_dir.join(f).display()), e))
@@ -490,6 +491,53 @@ pub fn enrol(base: &str, token: &str, state_dir: &Path) -> Result<EnrolResponse>
     write_private(&state_dir.join("cert.pem"), answer.cert_pem.as_bytes())?;
     write_private(&state_dir.join("ca.pem"), ca_pem.as_bytes())?;
     Ok(answer)
+}
+
+/// Finishes a renewal a crash interrupted: its new key and certificate
+/// are written whole (`*.pem.new`) before either replaces the old, the key
+/// first; a certificate left waiting goes in with its key, a lone key is
+/// dropped (the next check renews again).
+pub fn finish_renewal(state_dir: &Path) -> Result<()> {
+    let (key_new, cert_new) = (
+        state_dir.join("key.pem.new"),
+        state_dir.join("cert.pem.new"),
+    );
+    let mv = |from: &Path, to: &str| {
+        std::fs::rename(from, state_dir.join(to)).map_err(|e| local(&from.display().to_string(), e))
+    };
+    if cert_new.exists() {
+        if key_new.exists() {
+            mv(&key_new, "key.pem")?;
+        }
+        mv(&cert_new, "cert.pem")?;
+    } else if key_new.exists() {
+        std::fs::remove_file(&key_new).map_err(|e| local(&key_new.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Renews this node's certificate (the one this client was made with)
+    /// when it is due (a third of its validity left, or a newer one was
+    /// issued whose key this node does not have): a new key, and the new
+    /// certificate, replace the old in `state_dir`. The old certificate
+    /// stays valid until it expires, so work under way with it goes on;
+    /// clients made from `state_dir` from now on use the new one.
+    pub fn renew_if_due(&self, state_dir: &Path, now: i64) -> Result<Option<EnrolResponse>> {
+        finish_renewal(state_dir)?;
+        let me = self.whoami()?;
+        if !me.renewal_due(now) {
+            return Ok(None);
+        }
+        let (key_pem, csr_pem) =
+            crate::pki::node_key_and_csr("baton-node").map_err(|e| local("making a key", e))?;
+        let answer: EnrolResponse =
+            self.post("/v1/renew", &baton_wire::RenewRequest { csr_pem })?;
+        write_private(&state_dir.join("key.pem.new"), key_pem.as_bytes())?;
+        write_private(&state_dir.join("cert.pem.new"), answer.cert_pem.as_bytes())?;
+        finish_renewal(state_dir)?;
+        Ok(Some(answer))
+    }
 }
 
 /// The first `-----BEGIN CERTIFICATE-----` block of `pem`, with its end

@@ -158,6 +158,7 @@ struct Counters {
     handshakes_failed: AtomicU64,
     enrolments: AtomicU64,
     enrolments_refused: AtomicU64,
+    renewals: AtomicU64,
     requests_refused: AtomicU64,
 }
 
@@ -340,7 +341,7 @@ async fn tls_config(
     store: &Store,
     server_cert: &(String, String),
 ) -> Result<Arc<rustls::ServerConfig>, DirectorError> {
-    let revoked = store.revoked().await?;
+    let revoked = store.revoked(now()).await?;
     let number = revoked.len() as u64 + 1;
     let crl = ca.crl(&revoked, number, now())?;
     let chain = vec![
@@ -445,6 +446,7 @@ fn router(inner: Arc<Inner>) -> Router {
         ));
     let nodes = Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/renew", post(renew))
         .route("/v1/agent/jobs", get(agent_jobs))
         .route("/v1/agent/media", get(agent_media))
         .route("/v1/agent/runs", post(report_run))
@@ -584,7 +586,8 @@ async fn node_of(inner: &Inner, peer: &Peer) -> Result<crate::store::Node, Fail>
         .node_by_fingerprint(fp)
         .await?
         .ok_or_else(|| Fail(ErrorCode::Unauthenticated, "unknown certificate".into()))?;
-    if node.info.revoked.is_some() {
+    // A renewed certificate is revoked from its expiry on.
+    if node.info.revoked.is_some_and(|t| t <= now()) {
         return Err(Fail(
             ErrorCode::Forbidden,
             "this certificate is revoked".into(),
@@ -689,7 +692,7 @@ async fn enrol(
 /// unless `force`, only if the number of revoked certificates changed.
 async fn reload_tls(inner: &Inner, force: bool) -> Result<(), Fail> {
     let mut built_with = inner.reloading.lock().await;
-    let revoked = inner.store.revoked().await?.len();
+    let revoked = inner.store.revoked(now()).await?.len();
     if !force && revoked == *built_with {
         return Ok(());
     }
@@ -734,6 +737,64 @@ async fn whoami(Extension(node): Extension<crate::store::Node>) -> Answer<Whoami
         name: node.info.name,
         role: node.info.role,
         serial: node.info.serial,
+        issued: node.info.enrolled,
+        not_after: node.info.not_after,
+        renewed: node.info.revoked.is_some(),
+    }))
+}
+
+/// A node renews its certificate (with it): a new one for the same name
+/// and role, from a new key. The old one stays valid until it expires, so
+/// work under way with it goes on; only the current certificate renews.
+async fn renew(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    req: Result<Json<baton_wire::RenewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Answer<EnrolResponse> {
+    let req = body(req)?;
+    pki::check_csr(&req.csr_pem).map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
+    let now = now();
+    let issued = inner
+        .ca
+        .issue_node(
+            &req.csr_pem,
+            node.info.role,
+            &node.info.name,
+            now,
+            inner.cfg.cert_validity_s,
+        )
+        .map_err(|e| Fail(ErrorCode::Invalid, e.to_string()))?;
+    let info = baton_wire::NodeInfo {
+        name: node.info.name.clone(),
+        role: node.info.role,
+        serial: issued.serial.clone(),
+        enrolled: now,
+        not_after: issued.not_after,
+        revoked: None,
+    };
+    if !inner
+        .store
+        .renew(
+            &node.info.serial,
+            node.info.not_after,
+            &info,
+            &issued.fingerprint,
+        )
+        .await?
+    {
+        return Err(Fail(
+            ErrorCode::Conflict,
+            "this certificate was renewed already: use the newer one".into(),
+        ));
+    }
+    inner.counters.renewals.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(EnrolResponse {
+        name: info.name,
+        role: info.role,
+        cert_pem: issued.cert_pem,
+        ca_pem: inner.ca.cert_pem.clone(),
+        serial: issued.serial,
+        not_after: issued.not_after,
     }))
 }
 
@@ -833,8 +894,9 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
     let mut by: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for n in &nodes {
         let state = match n.info.revoked {
-            Some(_) => "revoked",
-            None if n.info.not_after < now => "expired",
+            Some(t) if t <= now => "revoked",
+            _ if n.info.not_after < now => "expired",
+            Some(_) => "renewed",
             None => "valid",
         };
         *by.entry((n.info.role.as_str(), state)).or_default() += 1;
@@ -845,7 +907,7 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
     );
     out.push_str("# TYPE baton_director_certificates gauge\n");
     for role in ["agent", "media-agent"] {
-        for state in ["valid", "expired", "revoked"] {
+        for state in ["valid", "renewed", "expired", "revoked"] {
             let n = by.get(&(role, state)).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
@@ -864,6 +926,11 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
             "baton_director_enrolments_refused_total",
             "Enrolments refused (unknown, used or expired token).",
             &c.enrolments_refused,
+        ),
+        (
+            "baton_director_renewals_total",
+            "Node certificates renewed by their nodes.",
+            &c.renewals,
         ),
         (
             "baton_director_requests_refused_total",
@@ -1155,7 +1222,7 @@ async fn heartbeat(
             (!g.pools.is_empty()).then_some(g)
         })
         .collect();
-    let revoked = inner.store.revoked().await?;
+    let revoked = inner.store.revoked(now()).await?;
     let crl = inner
         .ca
         .crl(&revoked, revoked.len() as u64 + 1, now())
@@ -1661,9 +1728,19 @@ async fn handover(
             ),
         ));
     }
-    if let Some(owner) = inner.store.job_agent(&h.pool, &h.job).await?
-        && owner != h.agent
-    {
+    if !agent_in_pool(&inner, &h.agent, &h.pool).await? {
+        return Err(Fail(
+            ErrorCode::Forbidden,
+            format!("agent {:?} has no job in pool {:?}", h.agent, h.pool),
+        ));
+    }
+    let Some(owner) = inner.store.job_agent(&h.pool, &h.job).await? else {
+        return Err(Fail(
+            ErrorCode::NotFound,
+            format!("no journal of job {} in pool {:?}", h.job, h.pool),
+        ));
+    };
+    if owner != h.agent {
         inner.notify(
             "refused",
             Some(&node.info.name),
@@ -1679,6 +1756,18 @@ async fn handover(
     }
     let (summaries, from) = inner.store.journal_summaries(&h.pool, &h.job).await?;
     let p = baton_wire::fold_summaries(&summaries);
+    // The same handover asked again (a retry, or the agent's requests
+    // moving at once): the one recorded, not another.
+    if let Some((id, to, last_seq)) = inner.store.last_handover(&h.pool, &h.job).await?
+        && to == node.info.name
+        && last_seq as u64 == p.last_seq
+    {
+        return Ok(Json(baton_wire::HandoverJournal {
+            id,
+            from,
+            summaries,
+        }));
+    }
     let info = baton_wire::HandoverInfo {
         id: random_hex(16),
         pool: h.pool.clone(),
@@ -1727,17 +1816,18 @@ async fn handover_checked(
     require_role(&node, Role::MediaAgent)?;
     let c = body(b)?;
     media_current(&inner, &node.info.name, c.epoch)?;
-    if c.missing.len() > 100_000 || c.id.len() > 64 {
+    if c.missing.len() > 100
+        || c.missing_count < c.missing.len() as u64
+        || c.id.len() > 64
+        || c.missing
+            .iter()
+            .any(|p| p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return Err(invalid("not a handover check".into()));
     }
     let Some(h) = inner
         .store
-        .handover_checked(
-            &c.id,
-            &node.info.name,
-            c.packs_checked,
-            c.missing.len() as u64,
-        )
+        .handover_checked(&c.id, &node.info.name, c.packs_checked, c.missing_count)
         .await?
     else {
         return Err(Fail(
@@ -1754,7 +1844,7 @@ async fn handover_checked(
                 h.job,
                 h.agent,
                 h.pool,
-                c.missing.len(),
+                c.missing_count,
                 c.packs_checked,
                 c.missing[0],
                 h.from.as_deref().unwrap_or("(none)"),

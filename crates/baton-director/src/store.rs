@@ -60,6 +60,8 @@ const SCHEMA: &[&str] = &[
      job TEXT NOT NULL, agent TEXT NOT NULL, from_media TEXT, to_media TEXT NOT NULL, \
      at BIGINT NOT NULL, records BIGINT NOT NULL, last_seq BIGINT NOT NULL, \
      position BIGINT NOT NULL, packs_checked BIGINT, missing BIGINT)",
+    // A job's records, found without reading the whole table.
+    "CREATE INDEX IF NOT EXISTS journal_job ON journal (pool, job, seq)",
     // One current certificate per node, even with two enrolments racing.
     "CREATE UNIQUE INDEX IF NOT EXISTS nodes_current ON nodes (name) WHERE revoked IS NULL",
 ];
@@ -226,11 +228,14 @@ impl Store {
             return Ok(None);
         }
         let (info, fingerprint, extra) = issue(role, &name)?;
-        sqlx::query("UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL")
-            .bind(info.enrolled)
-            .bind(&info.name)
-            .execute(&mut *tx)
-            .await?;
+        // Renewed certificates of the name (valid until they expire) too.
+        sqlx::query(
+            "UPDATE nodes SET revoked = $1 WHERE name = $2 AND (revoked IS NULL OR revoked > $1)",
+        )
+        .bind(info.enrolled)
+        .bind(&info.name)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO nodes (serial, name, role, fingerprint, enrolled, not_after) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -282,12 +287,15 @@ impl Store {
     /// unused enrolment tokens for that name; how many certificates were.
     pub async fn revoke(&self, name: &str, now: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query("UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL")
-            .bind(now)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // Renewed certificates, still valid until they expire, too.
+        let n = sqlx::query(
+            "UPDATE nodes SET revoked = $1 WHERE name = $2 AND (revoked IS NULL OR revoked > $1)",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         sqlx::query("UPDATE enrol_tokens SET used = $1 WHERE name = $2 AND used IS NULL")
             .bind(now)
             .bind(name)
@@ -297,13 +305,66 @@ impl Store {
         Ok(n)
     }
 
-    /// (serial, revocation time) of every revoked certificate.
-    pub async fn revoked(&self) -> Result<Vec<(String, i64)>> {
+    /// (serial, revocation time) of every certificate revoked by `now` (a
+    /// renewed one is revoked from its expiry on).
+    pub async fn revoked(&self, now: i64) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as::<_, (String, i64)>(
-            "SELECT serial, revoked FROM nodes WHERE revoked IS NOT NULL ORDER BY serial",
+            "SELECT serial, revoked FROM nodes WHERE revoked IS NOT NULL AND revoked <= $1 \
+             ORDER BY serial",
         )
+        .bind(now)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Replaces node certificate `old` (its serial) with `new`, issued to
+    /// the same node: the old one stays valid until it expires (work under
+    /// way with it goes on), and is then revoked; `false` if `old` is
+    /// revoked. Renewing from a certificate renewed before (its node lost
+    /// the newer key in a crash) revokes the newer one now.
+    pub async fn renew(
+        &self,
+        old: &str,
+        old_not_after: i64,
+        new: &NodeInfo,
+        fingerprint: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // A newer certificate renewed from `old` whose key its node lost
+        // (it renews from `old` again) is revoked now.
+        sqlx::query(
+            "UPDATE nodes SET revoked = $1 WHERE name = $2 AND revoked IS NULL AND serial <> $3",
+        )
+        .bind(new.enrolled)
+        .bind(&new.name)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE nodes SET revoked = $1 WHERE serial = $2 AND (revoked IS NULL OR revoked > $3)",
+        )
+        .bind(old_not_after)
+        .bind(old)
+        .bind(new.enrolled)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO nodes (serial, name, role, fingerprint, enrolled, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&new.serial)
+        .bind(&new.name)
+        .bind(new.role.as_str())
+        .bind(fingerprint)
+        .bind(new.enrolled)
+        .bind(new.not_after)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn add_api_token(&self, hash: &str, name: &str, now: i64) -> Result<()> {
@@ -847,6 +908,22 @@ impl Store {
         ))
     }
 
+    /// The latest handover of a job.
+    pub async fn last_handover(
+        &self,
+        pool: &str,
+        job: &str,
+    ) -> Result<Option<(String, String, i64)>> {
+        Ok(sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT id, to_media, last_seq FROM handovers WHERE pool = $1 AND job = $2 \
+             ORDER BY at DESC, id LIMIT 1",
+        )
+        .bind(pool)
+        .bind(job)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// Records a handover (its check comes later).
     pub async fn add_handover(&self, h: &baton_wire::HandoverInfo) -> Result<()> {
         sqlx::query(
@@ -1005,7 +1082,8 @@ impl Store {
         let rows = sqlx::query_as::<_, (String, String, String)>(
             "SELECT DISTINCT nodes.name, nodes.fingerprint, jobs.pool FROM nodes \
              JOIN jobs ON jobs.agent = nodes.name \
-             WHERE nodes.role = 'agent' AND nodes.revoked IS NULL AND nodes.not_after > $1 \
+             WHERE nodes.role = 'agent' AND (nodes.revoked IS NULL OR nodes.revoked > $1) \
+             AND nodes.not_after > $1 \
              ORDER BY nodes.name, jobs.pool",
         )
         .bind(now)

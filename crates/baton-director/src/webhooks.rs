@@ -33,7 +33,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 /// Where events go.
 #[derive(Clone)]
 pub struct Webhooks {
-    tx: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+    tx: Option<tokio::sync::mpsc::Sender<Event>>,
 }
 
 impl Webhooks {
@@ -42,7 +42,9 @@ impl Webhooks {
         if urls.is_empty() {
             return Webhooks { tx: None };
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        // Bounded: events beyond it (a flood, an endpoint down) are
+        // dropped and said, not held without limit.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
         tokio::spawn(async move {
             let agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -88,12 +90,18 @@ impl Webhooks {
     /// Queues an event (dropped if no webhook is configured).
     pub fn send(&self, event: &'static str, node: Option<&str>, message: String) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Event {
+            let queued = tx.try_send(Event {
                 event,
                 time: crate::server::now(),
                 node: node.map(str::to_string),
                 message,
             });
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(ev)) = queued {
+                eprintln!(
+                    "director: webhook queue full; event {} not sent: {}",
+                    ev.event, ev.message
+                );
+            }
         }
     }
 }

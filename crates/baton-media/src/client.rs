@@ -231,18 +231,18 @@ impl MediaStorage {
                 .send_empty()
         });
         let what = format!("handing job {job} to media agent {}", c.name);
-        let a = match self.attempt(c, &req, 1 << 20, &what) {
+        let a = match self.attempt(c, &req, 64 << 20, &what) {
             Outcome::Answer(a) => a,
             o => return Err(o),
         };
         let t: baton_wire::Takeover = Self::json(&what, a).map_err(Outcome::Fatal)?;
         let fatal = |m: String| Outcome::Fatal(err(ErrorKind::Permanent, &what, m));
-        if !t.missing.is_empty() {
+        if t.missing_count > 0 || !t.missing.is_empty() {
             return Err(fatal(format!(
                 "{} of the {} packs this job's acknowledged records name are not in the pool's storage (first: {}): media agent {} acknowledged writes it did not keep. Run the job again: it resumes and sends what is missing",
-                t.missing.len(),
+                t.missing_count.max(t.missing.len() as u64),
                 t.packs_checked,
-                t.missing[0],
+                t.missing.first().map_or("?", String::as_str),
                 t.from.as_deref().unwrap_or("(none)")
             )));
         }
@@ -433,7 +433,10 @@ impl MediaStorage {
             Some(Ok(a)) if a.status == 503 => {
                 Outcome::Switch(format!("media agent {} is unavailable", c.name))
             }
-            Some(Ok(a)) => Outcome::Answer(a),
+            Some(Ok(mut a)) => {
+                a.by = c.name.clone();
+                Outcome::Answer(a)
+            }
             Some(Err(e)) => {
                 let m = e.to_string();
                 if m.to_ascii_lowercase().contains("alert") {
@@ -472,7 +475,11 @@ impl MediaStorage {
                         64 << 10
                     };
                     let body = r.body_mut().with_config().limit(cap).read_to_vec()?;
-                    Ok(Answer { status, body })
+                    Ok(Answer {
+                        status,
+                        body,
+                        by: String::new(),
+                    })
                 });
                 let _ = tx.send(r);
             });
@@ -557,7 +564,7 @@ impl MediaStorage {
         name: &str,
         data: &[u8],
         summary: Option<&baton_wire::JournalSummary>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<String, StorageError> {
         baton_storage::check_name(kind, name)?;
         let w = what(kind, name);
         let summary = summary.map(|s| serde_json::to_string(s).expect("summary"));
@@ -583,7 +590,8 @@ impl MediaStorage {
         if kind == ObjectKind::Pack && self.resent.load(Ordering::Relaxed) > before {
             self.resent_packs.fetch_add(1, Ordering::Relaxed);
         }
-        Self::check(&w, a).map(|_| ())
+        let by = a.by.clone();
+        Self::check(&w, a).map(|_| by)
     }
 }
 
@@ -596,6 +604,8 @@ type Request =
 struct Answer {
     status: u16,
     body: Vec<u8>,
+    /// The media agent that answered.
+    by: String,
 }
 
 impl Storage for MediaStorage {
@@ -625,7 +635,7 @@ impl Storage for MediaStorage {
     }
 
     fn put(&self, kind: ObjectKind, name: &str, data: &[u8]) -> Result<(), StorageError> {
-        self.put_with(kind, name, data, None)
+        self.put_with(kind, name, data, None).map(|_| ())
     }
 
     fn get(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>, StorageError> {
@@ -712,6 +722,14 @@ impl Storage for MediaStorage {
                     .call()
             }),
         )?;
+        if kind == ObjectKind::Journal {
+            // The job's journal is going: it is done (or given up), and
+            // has nothing more to hand over.
+            let mut j = self.job.lock().expect("job");
+            if name.split_once('/').map(|(job, _)| job) == j.job.as_deref() {
+                *j = JobHolder::default();
+            }
+        }
         if a.status == 404 {
             return Ok(());
         }
@@ -743,20 +761,14 @@ impl baton_repo::journal::JournalSink for MediaSink {
         if let Some((job, _)) = name.split_once('/') {
             self.0.journal_of(job);
         }
-        self.0
+        let by = self
+            .0
             .put_with(ObjectKind::Journal, name, sealed, Some(&s))?;
         // Acknowledged: the director holds it, through the media agent
-        // that serves now (a handover to another waits for it).
-        let now = self
-            .0
-            .current
-            .lock()
-            .expect("conn")
-            .as_ref()
-            .map(|c| c.name.clone());
+        // that answered (a handover to another waits for it).
         let mut j = self.0.job.lock().expect("job");
         if j.media_agent.is_none() {
-            j.media_agent = now;
+            j.media_agent = Some(by);
         }
         j.acked_seq = Some(j.acked_seq.map_or(summary.seq, |a| a.max(summary.seq)));
         Ok(())

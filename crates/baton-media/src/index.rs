@@ -98,6 +98,10 @@ impl PackIndex {
         }
         let mut missing = Vec::new();
         for p in &todo {
+            if id_of(p).is_none() {
+                missing.push((*p).clone());
+                continue;
+            }
             match storage.size(ObjectKind::Pack, p) {
                 Ok(_) => self.insert(p),
                 Err(e) if e.kind == baton_storage::ErrorKind::NotFound => {

@@ -118,12 +118,16 @@ struct Inner {
     name: String,
     cfg: Config,
     address: String,
-    director: Client,
+    /// Its client of the director, and the certificate chain and key it
+    /// serves with: replaced together when its certificate is renewed.
+    director: RwLock<Arc<Client>>,
+    identity: RwLock<(Vec<Vec<u8>>, String)>,
     grants: RwLock<Grants>,
     tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
-    chain: Vec<Vec<u8>>,
-    key_pem: String,
     ca_der: Vec<u8>,
+    /// When (Unix seconds) to check next whether its certificate is due
+    /// for renewal.
+    renew_at: std::sync::atomic::AtomicI64,
     /// Until when the director's last answer lets it take requests.
     lease_until: Mutex<Option<Instant>>,
     load: Load,
@@ -189,6 +193,18 @@ async fn reserve(inner: &Inner, bytes: u64) -> Result<tokio::sync::SemaphorePerm
     })
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// When a certificate valid from `issued` to `not_after` is due for
+/// renewal: when a third of its validity is left.
+fn renew_at(issued: i64, not_after: i64) -> i64 {
+    not_after - (not_after - issued).max(0) / 3
+}
+
 /// How often a media agent beats (a sixth of its lease).
 fn beat_interval(lease_ms: u64) -> Duration {
     Duration::from_millis((lease_ms / 6).max(100))
@@ -198,6 +214,7 @@ impl MediaAgent {
     /// Checks its certificate with the director, binds `listen` and makes
     /// its first heartbeat (so it serves with a current revocation list).
     pub async fn start(cfg: Config) -> Result<MediaAgent, MediaError> {
+        baton_director::client::finish_renewal(&cfg.state_dir)?;
         let ca_pem = read(&cfg.state_dir, "ca.pem")?;
         let cert_pem = read(&cfg.state_dir, "cert.pem")?;
         let key_pem = read(&cfg.state_dir, "key.pem")?;
@@ -262,12 +279,12 @@ impl MediaAgent {
         let inner = Arc::new(Inner {
             name: me.name,
             address,
-            director,
+            director: RwLock::new(Arc::new(director)),
+            identity: RwLock::new((chain, key_pem)),
             grants: RwLock::new(Grants::default()),
             tls: Arc::new(RwLock::new(placeholder)),
-            chain,
-            key_pem,
             ca_der,
+            renew_at: std::sync::atomic::AtomicI64::new(renew_at(me.issued, me.not_after)),
             lease_until: Mutex::new(None),
             load: Load::default(),
             writes: tokio::sync::Semaphore::new(cfg.max_writes.max(1)),
@@ -432,8 +449,72 @@ impl Inner {
         // The lease counts from when the request left, not when the answer
         // came: a slow answer never stretches it.
         let sent = Instant::now();
-        let state = self.director.heartbeat(&beat)?;
-        self.apply(state, sent)
+        let state = self.director().heartbeat(&beat)?;
+        self.apply(state, sent)?;
+        self.renew_if_due();
+        Ok(())
+    }
+
+    fn director(&self) -> Arc<Client> {
+        self.director.read().expect("director").clone()
+    }
+
+    /// Renews its certificate when a third of its validity is left: the
+    /// new one serves new connections and signs its calls to the director
+    /// from then on (the old one stays valid until it expires). A failure
+    /// is said and tried again 10 s later.
+    fn renew_if_due(&self) {
+        let now = unix_now();
+        if now < self.renew_at.load(Ordering::Relaxed) {
+            return;
+        }
+        let renewed = self
+            .director()
+            .renew_if_due(&self.cfg.state_dir, now)
+            .map_err(MediaError::from)
+            .and_then(|r| match r {
+                Some(r) => self.take_certificate().map(|()| Some(r)),
+                None => Ok(None),
+            });
+        match renewed {
+            Ok(Some(r)) => {
+                eprintln!(
+                    "media agent {}: certificate renewed (serial {}, valid until {})",
+                    self.name, r.serial, r.not_after
+                );
+                self.renew_at
+                    .store(renew_at(now, r.not_after), Ordering::Relaxed);
+            }
+            Ok(None) => self.renew_at.store(now + 60, Ordering::Relaxed),
+            Err(e) => {
+                eprintln!("media agent {}: renewing its certificate: {e}", self.name);
+                self.renew_at.store(now + 10, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the certificate and key in its state directory into use.
+    fn take_certificate(&self) -> Result<(), MediaError> {
+        let dir = &self.cfg.state_dir;
+        let (ca_pem, cert_pem, key_pem) = (
+            read(dir, "ca.pem")?,
+            read(dir, "cert.pem")?,
+            read(dir, "key.pem")?,
+        );
+        let client = Client::with_cert(&self.cfg.director, &ca_pem, &cert_pem, &key_pem)?;
+        let chain = vec![
+            baton_director::tls::cert_der(&cert_pem).map_err(MediaError::Tls)?,
+            self.ca_der.clone(),
+        ];
+        let crl = hex::decode(&self.grants.read().expect("grants").crl_hex)
+            .map_err(|_| MediaError::Tls("unreadable CRL".into()))?;
+        let cfg =
+            baton_director::tls::server_config(&self.ca_der, crl, false, chain.clone(), &key_pem)
+                .map_err(MediaError::Tls)?;
+        *self.tls.write().expect("tls") = cfg;
+        *self.identity.write().expect("identity") = (chain, key_pem);
+        *self.director.write().expect("director") = Arc::new(client);
+        Ok(())
     }
 
     /// Loads a pool's index in the background (listing its packs): ready
@@ -467,7 +548,7 @@ impl Inner {
             load: self.last_load.lock().expect("load").clone(),
         };
         let sent = Instant::now();
-        let state = self.director.heartbeat(&beat)?;
+        let state = self.director().heartbeat(&beat)?;
         self.apply(state, sent)
     }
 
@@ -514,14 +595,9 @@ impl Inner {
         if crl_changed {
             let crl = hex::decode(&state.crl_hex)
                 .map_err(|_| MediaError::Tls("the director sent an unreadable CRL".into()))?;
-            let cfg = baton_director::tls::server_config(
-                &self.ca_der,
-                crl,
-                false,
-                self.chain.clone(),
-                &self.key_pem,
-            )
-            .map_err(MediaError::Tls)?;
+            let (chain, key_pem) = self.identity.read().expect("identity").clone();
+            let cfg = baton_director::tls::server_config(&self.ca_der, crl, false, chain, &key_pem)
+                .map_err(MediaError::Tls)?;
             *self.tls.write().expect("tls") = cfg;
         }
         let by_fingerprint = state
@@ -1028,21 +1104,41 @@ async fn put_object(
         .fetch_add(data.len() as u64, Ordering::Relaxed);
     if k == ObjectKind::Journal {
         // On the index server before anything is acknowledged.
-        let summary = match headers.get(baton_wire::SUMMARY_HEADER) {
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|v| serde_json::from_str(v).ok())
-                    .ok_or_else(|| {
-                        Fail(
-                            StatusCode::BAD_REQUEST,
-                            ErrorCode::Invalid,
-                            "unreadable journal summary".into(),
-                        )
-                    })?,
-            ),
-            None => None,
-        };
+        let summary: Option<baton_wire::JournalSummary> =
+            match headers.get(baton_wire::SUMMARY_HEADER) {
+                Some(v) => Some(
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| serde_json::from_str(v).ok())
+                        .ok_or_else(|| {
+                            Fail(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::Invalid,
+                                "unreadable journal summary".into(),
+                            )
+                        })?,
+                ),
+                None => None,
+            };
+        // Every pack the record names is in the pool before the director
+        // holds it as durable: packs this media agent stored are in its
+        // index; those another stored (before a handover) are looked up.
+        if let Some(sum) = &summary {
+            let (packs, idx, s2): (Vec<String>, _, _) =
+                (sum.packs.clone(), index.clone(), s.clone());
+            let applied =
+                run_blocking(&inner, false, move || idx.apply(s2.as_ref(), &packs)).await?;
+            if let Some(first) = applied.missing.first() {
+                return Err(Fail(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    ErrorCode::Invalid,
+                    format!(
+                        "journal record {name} names {} pack(s) the pool does not hold (first: {first}): acknowledged but not stored. Run the job again: it resumes and sends what is missing",
+                        applied.missing.len()
+                    ),
+                ));
+            }
+        }
         let ship = JournalShip {
             pool: pool.clone(),
             agent,
@@ -1095,7 +1191,7 @@ async fn ask_director<T: Send + 'static>(
     f: impl FnOnce(&Client) -> Result<T, ClientError> + Send + 'static,
 ) -> Result<T, Fail> {
     let i = inner.clone();
-    let r = tokio::task::spawn_blocking(move || f(&i.director))
+    let r = tokio::task::spawn_blocking(move || f(&i.director()))
         .await
         .map_err(|_| {
             Fail(
@@ -1158,7 +1254,8 @@ async fn takeover(
         id: handed.id.clone(),
         epoch,
         packs_checked: applied.checked,
-        missing: applied.missing.clone(),
+        missing_count: applied.missing.len() as u64,
+        missing: applied.missing.iter().take(100).cloned().collect(),
     };
     ask_director(
         &inner,
@@ -1180,7 +1277,8 @@ async fn takeover(
         to: inner.name.clone(),
         progress: baton_wire::fold_summaries(&handed.summaries),
         packs_checked: applied.checked,
-        missing: applied.missing,
+        missing_count: applied.missing.len() as u64,
+        missing: applied.missing.into_iter().take(100).collect(),
         index_packs: index.len() as u64,
         ms: started.elapsed().as_millis() as u64,
     }))
@@ -1221,7 +1319,7 @@ async fn claim(
         epoch: inner.epoch.load(Ordering::Relaxed),
     };
     let i = inner.clone();
-    let r = tokio::task::spawn_blocking(move || i.director.claim(&c))
+    let r = tokio::task::spawn_blocking(move || i.director().claim(&c))
         .await
         .map_err(|_| {
             Fail(

@@ -117,6 +117,36 @@ pub struct Whoami {
     pub name: String,
     pub role: Role,
     pub serial: String,
+    /// When the certificate was issued and until when it is valid (Unix
+    /// seconds): nodes renew it when a third of that is left.
+    #[serde(default)]
+    pub issued: i64,
+    #[serde(default)]
+    pub not_after: i64,
+    /// Whether it was renewed already: a newer one is current (and this
+    /// one valid until it expires).
+    #[serde(default)]
+    pub renewed: bool,
+}
+
+impl Whoami {
+    /// Whether the certificate is due for renewal at `now`: a third of its
+    /// validity or less is left, or it is not the node's current one (a
+    /// renewal whose new key was lost).
+    pub fn renewal_due(&self, now: i64) -> bool {
+        self.renewed
+            || (self.not_after > self.issued
+                && now >= self.not_after - (self.not_after - self.issued) / 3)
+    }
+}
+
+/// `POST /v1/renew` (node certificate): a certificate signing request for
+/// a new key, to replace the caller's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PKCS#10, PEM.
+    pub csr_pem: String,
 }
 
 /// An API token as `GET /v1/api-tokens` lists it (never the secret).
@@ -517,6 +547,8 @@ pub struct HandoverChecked {
     pub id: String,
     pub epoch: u64,
     pub packs_checked: u64,
+    /// How many are missing, and the first (at most 100) of them.
+    pub missing_count: u64,
     pub missing: Vec<String>,
 }
 
@@ -535,6 +567,8 @@ pub struct Takeover {
     /// Acknowledged packs checked in the media agent's index (or, where
     /// it did not know them yet, in storage), and those missing.
     pub packs_checked: u64,
+    /// How many are missing, and the first (at most 100) of them.
+    pub missing_count: u64,
     pub missing: Vec<String>,
     /// Packs in the media agent's index of the pool.
     pub index_packs: u64,

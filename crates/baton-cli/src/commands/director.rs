@@ -344,9 +344,9 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                         outln!(
                             "{:<18} {:<16} {:<16} {:<16} {:>8} {:>14} {:>7} {:>7} {}",
                             &h.job[..16.min(h.job.len())],
-                            h.agent,
-                            h.from.as_deref().unwrap_or("-"),
-                            h.to,
+                            context::escape(&h.agent),
+                            context::escape(h.from.as_deref().unwrap_or("-")),
+                            context::escape(&h.to),
                             h.last_seq,
                             h.position,
                             n(h.packs_checked),
@@ -524,7 +524,7 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
             }
         }
         AgentCommand::Backup(a) => {
-            let jobs = Client::for_node(&a.node.director, &a.node.state)?.agent_jobs()?;
+            let jobs = renewed_client(&a.node)?.agent_jobs()?;
             let Some(job) = jobs.jobs.into_iter().find(|j| j.job.name == a.job) else {
                 return Err(crate::Usage(format!(
                     "no job {:?} for this agent (`baton agent jobs` lists them)",
@@ -545,6 +545,32 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
         }
     }
     Ok(crate::exit::OK)
+}
+
+/// The node's client of the director, its certificate renewed first if a
+/// third of its validity is left (a failed renewal is said and tried
+/// again next time: the certificate still holds).
+fn renewed_client(node: &AgentWhoamiArgs) -> std::result::Result<Client, client::ClientError> {
+    let c = Client::for_node(&node.director, &node.state)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match c.renew_if_due(&node.state, now) {
+        Ok(None) => Ok(c),
+        Ok(Some(r)) => {
+            eprintln!(
+                "agent: certificate renewed (serial {}, valid until {})",
+                r.serial,
+                date(r.not_after)
+            );
+            Client::for_node(&node.director, &node.state)
+        }
+        Err(e) if e.retry_later() => Err(e),
+        Err(e) => {
+            eprintln!("agent: renewing the certificate failed ({e}); trying again next time");
+            Ok(c)
+        }
+    }
 }
 
 /// Runs one job now: the CLI's own backup, into the job's pool through a
@@ -676,15 +702,14 @@ fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
     enrol_once(g, &a.node.director, &a.node.state, a.enrol_token.as_deref())?;
     let mut worst = crate::exit::OK;
     loop {
-        let jobs =
-            match Client::for_node(&a.node.director, &a.node.state).and_then(|c| c.agent_jobs()) {
-                Ok(j) => j.jobs,
-                Err(e) if e.retry_later() && !a.once => {
-                    eprintln!("agent: cannot reach the director ({e}); trying again");
-                    Vec::new()
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let jobs = match renewed_client(&a.node).and_then(|c| c.agent_jobs()) {
+            Ok(j) => j.jobs,
+            Err(e) if e.retry_later() && !a.once => {
+                eprintln!("agent: cannot reach the director ({e}); trying again");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
         for j in jobs.iter().filter(|j| j.due) {
             if context::cancel().is_cancelled() {
                 break;

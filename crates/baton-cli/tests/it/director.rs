@@ -644,7 +644,7 @@ fn the_same_on_postgresql() {
 
 /// `curl` against the director with these extra arguments (CA pinned):
 /// status code and body.
-fn curl(d: &Director, path: &str, args: &[&str]) -> (String, String) {
+pub(crate) fn curl(d: &Director, path: &str, args: &[&str]) -> (String, String) {
     let out = Command::new("curl")
         .args(["-s", "--cacert"])
         .arg(d.state.join("ca.pem"))
@@ -696,6 +696,7 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/ca", "get"),
         ("/v1/enrol", "post"),
         ("/v1/whoami", "get"),
+        ("/v1/renew", "post"),
         ("/v1/tokens", "post"),
         ("/v1/nodes", "get"),
         ("/v1/nodes/{name}/revoke", "post"),

@@ -1365,3 +1365,79 @@ fn an_expired_agent_certificate_is_refused_by_media_agents() {
         "an expired certificate was served: {code}"
     );
 }
+
+/// Nodes renew their certificates when a third of the validity is left:
+/// the media agent while it serves, the agent before it runs a job. The
+/// old certificate holds until it expires (work under way goes on), the
+/// new one after it: backups through the pool work on both sides of the
+/// old one's expiry.
+#[test]
+fn node_certificates_are_renewed_before_they_expire() {
+    let s = setup_with(1, &["--cert-validity", "24s"], &[MediaSpec::default()]);
+    let env = &s.env;
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&s.src).unwrap();
+    std::fs::write(s.src.join("f"), b"renewed").unwrap();
+    let fingerprint = |state: &Path| {
+        let pem = std::fs::read_to_string(state.join("cert.pem")).unwrap();
+        baton_format::storage_id(pem.as_bytes()).to_hex()
+    };
+    let (web_before, ma_before) = (fingerprint(&s.web), fingerprint(&s.media_states[0]));
+    // Due after 16 s.
+    std::thread::sleep(std::time::Duration::from_secs(17).saturating_sub(started.elapsed()));
+    let out = agent_backup(env, &s.d, &s.web, "web");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("certificate renewed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(fingerprint(&s.web), web_before);
+    // The media agent renewed while serving (it checks every heartbeat).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fingerprint(&s.media_states[0]) == ma_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the media agent did not renew"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let nodes = s.d.ctl(env, &["nodes", "--json"]).ok().json();
+    for name in ["web-1", "ma-1"] {
+        let certs: Vec<&serde_json::Value> = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["name"] == name)
+            .collect();
+        assert_eq!(certs.len(), 2, "{nodes}");
+        // The old one is revoked from its expiry on; the new one is current.
+        let old = certs.iter().find(|n| !n["revoked"].is_null()).unwrap();
+        assert_eq!(old["revoked"], old["not_after"], "{nodes}");
+        assert!(certs.iter().any(|n| n["revoked"].is_null()), "{nodes}");
+    }
+    // Past the old certificates' expiry, the pool still serves the agent.
+    std::thread::sleep(std::time::Duration::from_secs(26).saturating_sub(started.elapsed()));
+    std::fs::write(s.src.join("g"), b"after the old expiry").unwrap();
+    let out = agent_backup(env, &s.d, &s.web, "web");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot_ids(env, &env.repo).len(), 2);
+    let token = std::fs::read_to_string(s.d.state.join("admin.token")).unwrap();
+    let (_, metrics) = crate::director::curl(
+        &s.d,
+        "/metrics",
+        &["-H", &format!("authorization: Bearer {token}")],
+    );
+    assert!(
+        metrics.contains("baton_director_renewals_total 2"),
+        "{metrics}"
+    );
+}
