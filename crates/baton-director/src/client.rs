@@ -172,12 +172,20 @@ impl Client {
     fn answer<T: DeserializeOwned>(
         r: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T> {
+        Self::answer_within(r, 16 << 20)
+    }
+
+    /// An answer of at most `limit` bytes.
+    fn answer_within<T: DeserializeOwned>(
+        r: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
+    ) -> Result<T> {
         let mut r = r.map_err(transport)?;
         let ok = r.status().is_success();
         let body = r
             .body_mut()
             .with_config()
-            .limit(16 << 20)
+            .limit(limit)
             .read_to_string()
             .map_err(transport)?;
         if ok {
@@ -225,7 +233,7 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T> {
-        self.send_within(method, path, body, None)
+        self.send_within(method, path, body, None, 16 << 20)
     }
 
     /// [`Client::send`], given up after `within` (instead of 30 s).
@@ -235,6 +243,7 @@ impl Client {
         path: &str,
         body: &B,
         within: Option<std::time::Duration>,
+        limit: u64,
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let mut req = match method {
@@ -250,7 +259,7 @@ impl Client {
             req = req.config().timeout_global(Some(d)).build();
         }
         let body = serde_json::to_vec(body).map_err(|e| local("request", e))?;
-        Self::answer(req.send(&body[..]))
+        Self::answer_within(req.send(&body[..]), limit)
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
@@ -325,6 +334,7 @@ impl Client {
             "/v1/media/heartbeat",
             beat,
             Some(std::time::Duration::from_secs(2)),
+            16 << 20,
         )
     }
 
@@ -341,7 +351,8 @@ impl Client {
     /// A media agent asks for a running job's shipped journal: an agent
     /// moved the job to it.
     pub fn handover(&self, h: &baton_wire::HandoverRequest) -> Result<baton_wire::HandoverJournal> {
-        self.post("/v1/media/handover", h)
+        // Every pack of the job, 67 bytes each: 256 MiB holds millions.
+        self.send_within("POST", "/v1/media/handover", h, None, 256 << 20)
     }
 
     /// A media agent reports what it found applying a handed-over journal.

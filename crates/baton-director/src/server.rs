@@ -1758,6 +1758,9 @@ async fn handover(
     let p = baton_wire::fold_summaries(&summaries);
     // The same handover asked again (a retry, or the agent's requests
     // moving at once): the one recorded, not another.
+    let mut packs: Vec<String> = summaries.into_iter().flat_map(|r| r.packs).collect();
+    packs.sort_unstable();
+    packs.dedup();
     if let Some((id, to, last_seq)) = inner.store.last_handover(&h.pool, &h.job).await?
         && to == node.info.name
         && last_seq as u64 == p.last_seq
@@ -1765,7 +1768,8 @@ async fn handover(
         return Ok(Json(baton_wire::HandoverJournal {
             id,
             from,
-            summaries,
+            progress: p,
+            packs,
         }));
     }
     let info = baton_wire::HandoverInfo {
@@ -1801,7 +1805,8 @@ async fn handover(
     Ok(Json(baton_wire::HandoverJournal {
         id: info.id,
         from,
-        summaries,
+        progress: p,
+        packs,
     }))
 }
 

@@ -12,17 +12,25 @@
 
 use baton_storage::{ObjectKind, Storage, StorageError};
 use std::collections::HashSet;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// Above this many packs unknown to the index, a handover lists the
 /// pool's packs again (one listing is cheaper than that many lookups).
 const RELIST_ABOVE: usize = 32;
 
+/// Lookups in storage at once, for packs the index does not know.
+const LOOKUPS_AT_ONCE: usize = 8;
+
 #[derive(Default)]
 pub struct PackIndex {
     packs: RwLock<HashSet<[u8; 32]>>,
     loaded: AtomicBool,
+    /// One listing at a time (a second waits for it and finds its
+    /// result); how many were made, and when the last was tried.
+    listing: Mutex<Option<Instant>>,
+    listings: AtomicU64,
 }
 
 /// What applying a handed-over journal found.
@@ -67,8 +75,49 @@ impl PackIndex {
         }
     }
 
+    /// How many times the pool's packs were listed.
+    pub fn listings(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
+    }
+
+    /// Whether a listing should be tried (in the background): none has
+    /// completed, and none was tried in the last `every`.
+    pub fn wants_listing(&self, every: Duration) -> bool {
+        !self.loaded()
+            && self
+                .listing
+                .try_lock()
+                .is_ok_and(|t| t.is_none_or(|t| t.elapsed() >= every))
+    }
+
+    /// Notes that a listing is about to be tried (in the background), so
+    /// that [`PackIndex::wants_listing`] does not ask for another.
+    pub fn note_try(&self) {
+        *self.listing.lock().expect("listing") = Some(Instant::now());
+    }
+
     /// Lists the pool's packs into the index.
     pub fn load(&self, storage: &dyn Storage) -> Result<usize, StorageError> {
+        self.list_since(storage, None)
+    }
+
+    /// Lists the pool's packs, unless a listing that started after
+    /// `since` has completed meanwhile (one listing serves everyone who
+    /// waited for it).
+    fn list_since(
+        &self,
+        storage: &dyn Storage,
+        since: Option<Instant>,
+    ) -> Result<usize, StorageError> {
+        let mut last = self.listing.lock().expect("listing");
+        if let (Some(since), Some(t)) = (since, *last)
+            && t >= since
+            && self.loaded()
+        {
+            return Ok(self.len());
+        }
+        *last = Some(Instant::now());
+        self.listings.fetch_add(1, Ordering::Relaxed);
         let listed = storage.list(ObjectKind::Pack)?;
         let ids: Vec<[u8; 32]> = listed.iter().filter_map(|o| id_of(&o.name)).collect();
         let mut packs = self.packs.write().expect("index");
@@ -91,23 +140,48 @@ impl PackIndex {
         let unknown = |idx: &PackIndex| -> Vec<&String> {
             named.iter().copied().filter(|p| !idx.contains(p)).collect()
         };
+        let asked = Instant::now();
         let mut todo = unknown(self);
         if !todo.is_empty() && (!self.loaded() || todo.len() > RELIST_ABOVE) {
-            self.load(storage)?;
+            self.list_since(storage, Some(asked))?;
             todo = unknown(self);
         }
+        // What is still unknown (written since the listing, or not there)
+        // is looked up, several at once.
+        let found: Vec<Result<bool, StorageError>> = std::thread::scope(|sc| {
+            let chunk = todo.len().div_ceil(LOOKUPS_AT_ONCE).max(1);
+            let workers: Vec<_> = todo
+                .chunks(chunk)
+                .map(|part| {
+                    sc.spawn(move || {
+                        part.iter()
+                            .map(|p| {
+                                if id_of(p).is_none() {
+                                    return Ok(false);
+                                }
+                                match storage.size(ObjectKind::Pack, p) {
+                                    Ok(_) => Ok(true),
+                                    Err(e) if e.kind == baton_storage::ErrorKind::NotFound => {
+                                        Ok(false)
+                                    }
+                                    Err(e) => Err(e),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a lookup thread"))
+                .collect()
+        });
         let mut missing = Vec::new();
-        for p in &todo {
-            if id_of(p).is_none() {
+        for (p, f) in todo.iter().zip(found) {
+            if f? {
+                self.insert(p);
+            } else {
                 missing.push((*p).clone());
-                continue;
-            }
-            match storage.size(ObjectKind::Pack, p) {
-                Ok(_) => self.insert(p),
-                Err(e) if e.kind == baton_storage::ErrorKind::NotFound => {
-                    missing.push((*p).clone());
-                }
-                Err(e) => return Err(e),
             }
         }
         Ok(Applied {
@@ -136,8 +210,10 @@ mod tests {
         s.create().unwrap();
         let old = pack(&s, b"a previous backup's pack");
         let idx = PackIndex::default();
+        assert!(idx.wants_listing(Duration::from_secs(60)));
         assert_eq!(idx.load(&s).unwrap(), 1);
         assert!(idx.loaded() && idx.contains(&old));
+        assert!(!idx.wants_listing(Duration::ZERO));
         // Written by another media agent after the listing.
         let peer = pack(&s, b"the peer's pack");
         let never = baton_format::storage_id(b"acknowledged, never stored").to_hex();
@@ -166,6 +242,10 @@ mod tests {
         let a = idx.apply(&s, &ids).unwrap();
         assert_eq!((a.checked, a.looked_up, a.missing.len()), (40, 0, 0));
         assert!(idx.loaded());
-        assert_eq!(idx.len(), 40);
+        assert_eq!((idx.len(), idx.listings()), (40, 1));
+        // Past the listing: a few new ones are looked up, not listed.
+        let more: Vec<String> = (40..45u32).map(|i| pack(&s, &i.to_le_bytes())).collect();
+        let a = idx.apply(&s, &more).unwrap();
+        assert_eq!((a.looked_up, a.missing.len(), idx.listings()), (5, 0, 1));
     }
 }

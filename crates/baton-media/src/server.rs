@@ -152,8 +152,6 @@ struct Inner {
     /// asked for out of turn (an agent not in them yet: a job just added).
     last_load: Mutex<MediaLoad>,
     refreshed: tokio::sync::Mutex<Instant>,
-    /// Pools' indexes loaded (listed) since the start.
-    index_loads: AtomicU64,
 }
 
 /// A media agent, enrolled and registered with its director, its port bound.
@@ -297,7 +295,6 @@ impl MediaAgent {
             applied: Mutex::new(None),
             epoch: AtomicU64::new(0),
             refreshed: tokio::sync::Mutex::new(Instant::now()),
-            index_loads: AtomicU64::new(0),
             cfg,
         });
         let first = inner.clone();
@@ -436,7 +433,14 @@ impl Inner {
                 .values()
                 .map(|st| st.index.len() as u64)
                 .sum(),
-            index_loads: self.index_loads.load(Ordering::Relaxed),
+            index_loads: self
+                .grants
+                .read()
+                .expect("grants")
+                .stores
+                .values()
+                .map(|st| st.index.listings())
+                .sum(),
         };
         clock.last = (now, ticks);
         clock.last_bytes = bytes;
@@ -452,6 +456,19 @@ impl Inner {
         let state = self.director().heartbeat(&beat)?;
         self.apply(state, sent)?;
         self.renew_if_due();
+        // A pool whose listing failed is listed again, at most once a minute.
+        let retry: Vec<(String, Store)> = self
+            .grants
+            .read()
+            .expect("grants")
+            .stores
+            .iter()
+            .filter(|(_, st)| st.index.wants_listing(Duration::from_secs(60)))
+            .map(|(p, st)| (p.clone(), st.clone()))
+            .collect();
+        for (pool, st) in retry {
+            self.load_index(&pool, &st);
+        }
         Ok(())
     }
 
@@ -527,7 +544,7 @@ impl Inner {
             self.name.clone(),
             pool.to_string(),
         );
-        self.index_loads.fetch_add(1, Ordering::Relaxed);
+        st.index.note_try();
         let spawned = std::thread::Builder::new()
             .name("baton-media-index".into())
             .spawn(move || {
@@ -1243,11 +1260,7 @@ async fn takeover(
         d.handover(&req)
     })
     .await?;
-    let packs: Vec<String> = handed
-        .summaries
-        .iter()
-        .flat_map(|r| r.packs.iter().cloned())
-        .collect();
+    let packs = handed.packs.clone();
     let idx = index.clone();
     let applied = run_blocking(&inner, false, move || idx.apply(s.as_ref(), &packs)).await?;
     let checked = baton_wire::HandoverChecked {
@@ -1275,7 +1288,7 @@ async fn takeover(
         job,
         from: handed.from,
         to: inner.name.clone(),
-        progress: baton_wire::fold_summaries(&handed.summaries),
+        progress: handed.progress,
         packs_checked: applied.checked,
         missing_count: applied.missing.len() as u64,
         missing: applied.missing.into_iter().take(100).collect(),

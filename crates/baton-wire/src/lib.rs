@@ -313,8 +313,9 @@ pub struct MediaLoad {
     #[serde(default)]
     pub write_ms_per_mib: f64,
     /// Packs in its in-memory index of its pools (shared by every job it
-    /// serves), and how many times a pool's index was loaded by listing
-    /// the pool's packs (once per pool while it runs).
+    /// serves), and how many times its pools' packs were listed into it
+    /// (once per pool at its start; again when a listing failed, or a
+    /// handover found many packs it did not know).
     #[serde(default)]
     pub index_packs: u64,
     #[serde(default)]
@@ -534,7 +535,10 @@ pub struct HandoverJournal {
     /// Names the handover in [`HandoverChecked`].
     pub id: String,
     pub from: Option<String>,
-    pub summaries: Vec<JournalSummary>,
+    /// The fold of its records' summaries ([`fold_summaries`]).
+    pub progress: JournalProgress,
+    /// Every pack its records name, once each.
+    pub packs: Vec<String>,
 }
 
 /// `POST /v1/media/handover/checked` (media-agent certificate): what the

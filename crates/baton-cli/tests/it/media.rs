@@ -463,6 +463,23 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
         m.curl(&s.web, "POST", "/v1/repo/p1/jobs/not-hex/takeover"),
         "400"
     );
+    // A journal record naming a pack the pool does not hold is not
+    // forwarded: the director never holds it as durable.
+    let lost = "ab".repeat(32);
+    let summary = format!(
+        "baton-journal-summary: {{\"seq\":0,\"position\":1,\"packs\":[\"{lost}\"],\"pack_bytes\":1}}"
+    );
+    let fresh_job = "cd".repeat(16);
+    assert_eq!(
+        m.curl_with(
+            &s.web,
+            "PUT",
+            &format!("/v1/repo/p1/journal/{fresh_job}/000000000000"),
+            Some(&junk),
+            &[&summary]
+        ),
+        "422"
+    );
     // Its own agent may (the job is done: nothing is missing).
     assert_eq!(m.curl(&s.web, "POST", &takeover), "200");
     let runs = s.d.ctl(env, &["runs", "--json"]).ok().json();
