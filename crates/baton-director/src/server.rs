@@ -1248,12 +1248,7 @@ async fn heartbeat(
 
 /// Whether `agent` has a job in `pool`.
 async fn agent_in_pool(inner: &Inner, agent: &str, pool: &str) -> Result<bool, Fail> {
-    Ok(inner
-        .store
-        .jobs(Some(agent))
-        .await?
-        .iter()
-        .any(|(j, _)| j.pool == pool))
+    Ok(inner.store.agent_in_pool(agent, pool).await?)
 }
 
 #[derive(serde::Deserialize)]
@@ -1648,12 +1643,7 @@ fn media_current(inner: &Inner, name: &str, epoch: u64) -> Result<(), Fail> {
 
 /// Whether media agent `name` serves `pool` (the pool names it).
 async fn serves(inner: &Inner, name: &str, pool: &str) -> Result<bool, Fail> {
-    Ok(inner
-        .store
-        .pools()
-        .await?
-        .iter()
-        .any(|p| p.name == pool && p.media_agents.iter().any(|m| m == name)))
+    Ok(inner.store.serves(name, pool).await?)
 }
 
 /// A media agent asks whether an agent may create a lock, or delete a lock

@@ -60,6 +60,7 @@ const SCHEMA: &[&str] = &[
      job TEXT NOT NULL, agent TEXT NOT NULL, from_media TEXT, to_media TEXT NOT NULL, \
      at BIGINT NOT NULL, records BIGINT NOT NULL, last_seq BIGINT NOT NULL, \
      position BIGINT NOT NULL, packs_checked BIGINT, missing BIGINT)",
+    "CREATE INDEX IF NOT EXISTS jobs_agent ON jobs (agent, pool)",
     // A job's records, found without reading the whole table.
     "CREATE INDEX IF NOT EXISTS journal_job ON journal (pool, job, seq)",
     // One current certificate per node, even with two enrolments racing.
@@ -529,6 +530,31 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .map(|r| r.0))
+    }
+
+    /// Whether media agent `media` serves `pool` (one indexed lookup:
+    /// asked for every journal record).
+    pub async fn serves(&self, media: &str, pool: &str) -> Result<bool> {
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT pool FROM pool_media WHERE pool = $1 AND media_agent = $2",
+        )
+        .bind(pool)
+        .bind(media)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
+    /// Whether `agent` has a job in `pool`.
+    pub async fn agent_in_pool(&self, agent: &str, pool: &str) -> Result<bool> {
+        Ok(sqlx::query_as::<_, (String,)>(
+            "SELECT name FROM jobs WHERE agent = $1 AND pool = $2 LIMIT 1",
+        )
+        .bind(agent)
+        .bind(pool)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
     }
 
     pub async fn pools(&self) -> Result<Vec<Pool>> {

@@ -498,7 +498,10 @@ impl Postgres {
         if !is_root() {
             return None;
         }
-        let dir = PathBuf::from(format!("/tmp/baton-pg-{}", std::process::id()));
+        // One directory per server: tests start theirs at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/baton-pg-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = {
