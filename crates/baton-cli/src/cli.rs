@@ -327,6 +327,13 @@ pub enum CtlCommand {
     /// List the snapshots agents' runs wrote (what is in them: `baton -r
     /// REPO snapshots` with the key)
     Snapshots(CtlNodesArgs),
+    /// Define a replicated data set and where it is backed up from
+    DatasetAdd(CtlDatasetAddArgs),
+    /// List the replicated data sets
+    Datasets(CtlNodesArgs),
+    /// List where each run of a replicated data set was backed up from,
+    /// and why (the latest first)
+    Decisions(CtlNodesArgs),
     /// List the API tokens (their ids and names, never the secrets)
     ApiTokens(CtlNodesArgs),
     /// Make a new API token (shown once)
@@ -380,9 +387,22 @@ pub struct CtlJobAddArgs {
     /// The pool that stores it
     #[arg(long)]
     pub pool: String,
-    /// A path to back up, absolute (repeatable)
-    #[arg(long = "path", value_name = "PATH", required = true)]
+    /// A path to back up, absolute (repeatable; always backed up by this
+    /// job's own agent)
+    #[arg(
+        long = "path",
+        value_name = "PATH",
+        required_unless_present = "dataset"
+    )]
     pub paths: Vec<String>,
+    /// A replicated data set (`ctl dataset-add`) this node holds a copy
+    /// of: backed up by this job when the director chooses this node
+    #[arg(long, value_name = "NAME", requires = "dataset_connect")]
+    pub dataset: Option<String>,
+    /// How the agent reaches its copy of the data set (PostgreSQL: a URL,
+    /// `postgres://USER@HOST:PORT/DB`)
+    #[arg(long, value_name = "URL", requires = "dataset")]
+    pub dataset_connect: Option<String>,
     /// When: `every N{m,h,d}` or `daily HH:MM` (UTC)
     #[arg(long)]
     pub schedule: String,
@@ -407,6 +427,33 @@ pub struct CtlJobAddArgs {
     /// Keep the last snapshot of each of the last N years
     #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlDatasetAddArgs {
+    #[command(flatten)]
+    pub conn: DirectorConn,
+    /// The data set's name (the jobs of the nodes holding a copy name it)
+    #[arg(long)]
+    pub name: String,
+    /// What it is: `postgres` (a server with streaming replicas)
+    #[arg(long, default_value = "postgres", value_parser = ["postgres"])]
+    pub kind: String,
+    /// Where each run is backed up from: primary-only, secondary-only,
+    /// prefer-secondary, primary-if-secondary-unavailable
+    #[arg(long, default_value = "prefer-secondary", value_parser = [
+        "primary-only", "secondary-only", "prefer-secondary", "primary-if-secondary-unavailable"
+    ])]
+    pub policy: String,
+    /// Above this CPU use (percent of the machine) the primary is not used
+    #[arg(long, value_name = "PERCENT")]
+    pub primary_cpu_max: Option<f64>,
+    /// Above this replay lag (bytes: 16MiB) a secondary is not used
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_lag: Option<u64>,
+    /// Above this replay lag (a duration: 30s) a secondary is not used
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
+    pub max_lag_time: Option<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -450,6 +497,10 @@ pub enum AgentCommand {
     Backup(AgentBackupArgs),
     /// Run this machine's jobs on their schedules until stopped
     Run(AgentRunArgs),
+    /// Report this machine's load and the state of its copies of
+    /// replicated data sets to the director (as `agent run` does before
+    /// each poll), and print them
+    Status(AgentWhoamiArgs),
 }
 
 #[derive(Args, Debug)]

@@ -325,6 +325,30 @@ impl Client {
         self.get("/v1/agent/jobs")
     }
 
+    /// An agent reports its load and data sets; its jobs come back, with
+    /// the director's decision for each due job's data set.
+    pub fn agent_status(&self, st: &baton_wire::NodeStatus) -> Result<AgentJobs> {
+        self.post("/v1/agent/status", st)
+    }
+
+    /// [`Client::agent_status`] without asking for decisions (a report
+    /// only).
+    pub fn report_status(&self, st: &baton_wire::NodeStatus) -> Result<AgentJobs> {
+        self.post("/v1/agent/status?decide=0", st)
+    }
+
+    pub fn add_dataset(&self, d: &baton_wire::Dataset) -> Result<baton_wire::DatasetList> {
+        self.post("/v1/datasets", d)
+    }
+
+    pub fn datasets(&self) -> Result<baton_wire::DatasetList> {
+        self.get("/v1/datasets")
+    }
+
+    pub fn decisions(&self) -> Result<baton_wire::DecisionList> {
+        self.get("/v1/decisions")
+    }
+
     /// A media agent's heartbeat, given up after 2 s: one stuck on a
     /// broken network must not hold back the next (its lease would lapse
     /// while the network is back).

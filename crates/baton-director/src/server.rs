@@ -121,6 +121,12 @@ struct Inner {
     best_write: std::sync::Mutex<std::collections::HashMap<String, f64>>,
     failovers: AtomicU64,
     handovers: AtomicU64,
+    /// One decision at a time (two nodes' jobs asking at once get the
+    /// same), and how many of each outcome per data set.
+    deciding: tokio::sync::Mutex<()>,
+    decided: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Data sets whose decision waits for a node's report, since when.
+    waiting: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 struct MediaEntry {
@@ -272,6 +278,9 @@ impl Director {
                 best_write: Default::default(),
                 failovers: AtomicU64::new(0),
                 handovers: AtomicU64::new(0),
+                deciding: tokio::sync::Mutex::new(()),
+                decided: std::sync::Mutex::new(Default::default()),
+                waiting: std::sync::Mutex::new(Default::default()),
             }),
             listener,
             new_admin_token,
@@ -439,6 +448,8 @@ fn router(inner: Arc<Inner>) -> Router {
             axum::routing::delete(revoke_api_token),
         )
         .route("/v1/runs", get(runs))
+        .route("/v1/datasets", post(add_dataset).get(datasets))
+        .route("/v1/decisions", get(decisions))
         .route("/v1/jobs/{name}/run", post(request_run))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
@@ -450,6 +461,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/agent/jobs", get(agent_jobs))
         .route("/v1/agent/media", get(agent_media))
         .route("/v1/agent/runs", post(report_run))
+        .route("/v1/agent/status", post(agent_status))
         .route("/v1/media/heartbeat", post(heartbeat))
         .route(
             "/v1/media/journal",
@@ -959,6 +971,16 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
             v.load(Ordering::Relaxed)
         );
     }
+    // Where replicated data sets were backed up from (since the start).
+    out.push_str(
+        "# HELP baton_director_source_decisions_total Runs of replicated data sets, by data set and outcome (secondary, primary, fallback, only-copy, refused).\n# TYPE baton_director_source_decisions_total counter\n",
+    );
+    for ((dataset, outcome), n) in inner.decided.lock().expect("decisions").iter() {
+        let _ = writeln!(
+            out,
+            "baton_director_source_decisions_total{{dataset=\"{dataset}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
     // Media agents: liveness and load from their heartbeats.
     let media: Vec<MediaAgentInfo> = {
         let m = inner.media.lock().expect("media agents");
@@ -1083,8 +1105,22 @@ fn check_job(job: &JobSpec) -> Result<(), String> {
             return Err(format!("{name:?} is not a valid {what} name"));
         }
     }
-    if job.paths.is_empty() || job.paths.len() > 1024 {
-        return Err("a job backs up 1 to 1024 paths".into());
+    if (job.paths.is_empty() && job.dataset.is_none()) || job.paths.len() > 1024 {
+        return Err("a job backs up 1 to 1024 paths, or a data set".into());
+    }
+    match (&job.dataset, &job.dataset_connect) {
+        (Some(d), Some(c)) => {
+            if !baton_wire::valid_node_name(d) {
+                return Err(format!("{d:?} is not a valid data set name"));
+            }
+            if c.len() > 4096 || c.contains('\0') {
+                return Err("not a data set connection".into());
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err("a job's data set needs --dataset-connect, and the other way round".into());
+        }
     }
     for p in &job.paths {
         if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
@@ -1106,6 +1142,14 @@ async fn add_job(
 ) -> Answer<JobList> {
     let job = body(req)?;
     check_job(&job).map_err(invalid)?;
+    if let Some(d) = &job.dataset
+        && !inner.store.datasets().await?.iter().any(|x| &x.name == d)
+    {
+        return Err(Fail(
+            ErrorCode::NotFound,
+            format!("no data set {d:?} (baton ctl dataset-add)"),
+        ));
+    }
     if !inner.store.add_job(&job, now()).await? {
         return Err(Fail(
             ErrorCode::NotFound,
@@ -1143,24 +1187,236 @@ async fn agent_jobs(
     if node.info.role != baton_wire::Role::Agent {
         return Err(Fail(ErrorCode::Forbidden, "only agents have jobs".into()));
     }
-    let jobs = inner.store.jobs(Some(&node.info.name)).await?;
+    // Decisions wait for the agent's status (`POST /v1/agent/status`).
+    Ok(Json(jobs_for(&inner, &node.info.name, false).await?))
+}
+
+/// An agent reports its load and its copies of data sets, before it asks
+/// for its jobs: the answer is its jobs, with the director's decision for
+/// each due job's data set.
+async fn agent_status(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    axum::extract::Query(q): axum::extract::Query<DecideQuery>,
+    b: Result<Json<baton_wire::NodeStatus>, axum::extract::rejection::JsonRejection>,
+) -> Answer<AgentJobs> {
+    require_role(&node, Role::Agent)?;
+    let st = body(b)?;
+    let ours: std::collections::HashSet<String> = inner
+        .store
+        .jobs(Some(&node.info.name))
+        .await?
+        .into_iter()
+        .filter_map(|(j, _)| j.dataset)
+        .collect();
+    if st.datasets.len() > 1024
+        || !st.cpu_percent.is_finite()
+        || st.datasets.iter().any(|d| !ours.contains(&d.dataset))
+    {
+        return Err(invalid(
+            "a status names a data set none of this agent's jobs names".into(),
+        ));
+    }
+    inner.store.set_status(&node.info.name, &st, now()).await?;
+    Ok(Json(
+        jobs_for(&inner, &node.info.name, q.decide != Some(0)).await?,
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct DecideQuery {
+    /// `0`: a report only, no decisions.
+    decide: Option<u8>,
+}
+
+/// An agent's jobs: whether each is due, and (if `decide`) for a due job
+/// naming a data set, whether it backs the data set up in this run.
+async fn jobs_for(inner: &Inner, agent: &str, decide: bool) -> Result<AgentJobs, Fail> {
+    let jobs = inner.store.jobs(Some(agent)).await?;
     let last = inner.store.last_starts().await?;
     let requested = inner.store.run_requests().await?;
     let now = now();
-    Ok(Json(AgentJobs {
-        jobs: jobs
-            .into_iter()
-            .map(|(job, repository)| AgentJob {
-                due: due(
-                    &job,
-                    last.get(&job.name).copied(),
-                    requested.contains(&job.name),
-                    now,
-                ),
-                job,
-                repository,
-            })
-            .collect(),
+    let mut out = Vec::new();
+    for (job, repository) in jobs {
+        let last_start = last.get(&job.name).copied();
+        let due = due(&job, last_start, requested.contains(&job.name), now);
+        let dataset = match (&job.dataset, due && decide) {
+            (Some(d), true) => {
+                decision_for(inner, d, &job, last_start, now)
+                    .await?
+                    .map(|decision| baton_wire::DatasetRun {
+                        chosen: decision.chosen.as_deref() == Some(agent),
+                        decision: decision.id,
+                        outcome: decision.outcome,
+                        reason: decision.reason,
+                    })
+            }
+            _ => None,
+        };
+        out.push(AgentJob {
+            due,
+            job,
+            repository,
+            dataset,
+        });
+    }
+    Ok(AgentJobs { jobs: out })
+}
+
+/// The decision for this run of data set `name`: the one made for the
+/// run already (by the other nodes' jobs of the same schedule: made
+/// within half the schedule's period, and after this job's last start),
+/// or a new one from what the nodes last reported. `None` (ask again)
+/// while a node of the data set has not reported recently, for up to
+/// twice the asking node's interval (at least 2 s): the first node to
+/// ask after a restart does not decide alone.
+async fn decision_for(
+    inner: &Inner,
+    name: &str,
+    job: &JobSpec,
+    last_start: Option<i64>,
+    now: i64,
+) -> Result<Option<baton_wire::Decision>, Fail> {
+    let _one = inner.deciding.lock().await;
+    let period = match baton_wire::parse_schedule(&job.schedule) {
+        Ok(baton_wire::Schedule::Every(s)) => s as i64,
+        _ => 86400,
+    };
+    if let Some(d) = inner.store.decisions(Some(name), 1).await?.pop()
+        && now - d.at < period / 2
+        && last_start.is_none_or(|s| s < d.at)
+    {
+        return Ok(Some(d));
+    }
+    let Some(ds) = inner
+        .store
+        .datasets()
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+    else {
+        return Ok(Some(baton_wire::Decision {
+            id: random_hex(8),
+            dataset: name.to_string(),
+            policy: baton_wire::SourcePolicy::PreferSecondary,
+            at: now,
+            chosen: None,
+            outcome: "refused".into(),
+            reason: format!("no data set {name:?} is defined (baton ctl dataset-add)"),
+            inputs: Vec::new(),
+        }));
+    };
+    let members: std::collections::BTreeSet<String> = inner
+        .store
+        .jobs(None)
+        .await?
+        .into_iter()
+        .filter(|(j, _)| j.dataset.as_deref() == Some(name))
+        .map(|(j, _)| j.agent)
+        .collect();
+    let reported = inner.store.statuses(name).await?;
+    let inputs: Vec<baton_wire::DecisionInput> = members
+        .into_iter()
+        .map(|agent| {
+            let r = reported.iter().find(|r| r.0 == agent);
+            baton_wire::DecisionInput {
+                reporting: r.is_some_and(|r| now - r.1 <= (3 * r.3).max(10)),
+                age_s: r.map(|r| now - r.1),
+                cpu_percent: r.map(|r| r.2),
+                status: r.map(|r| r.4.clone()),
+                agent,
+            }
+        })
+        .collect();
+    if inputs.iter().any(|i| !i.reporting) {
+        let asking_every = reported
+            .iter()
+            .find(|r| r.0 == job.agent)
+            .map_or(30, |r| r.3);
+        let mut waiting = inner.waiting.lock().expect("waiting");
+        let since = *waiting.entry(name.to_string()).or_insert(now);
+        if now - since < (2 * asking_every).max(2) {
+            return Ok(None);
+        }
+    }
+    inner.waiting.lock().expect("waiting").remove(name);
+    let c = baton_replication::policy::decide(&ds, &inputs);
+    let d = baton_wire::Decision {
+        id: random_hex(8),
+        dataset: name.to_string(),
+        policy: ds.policy,
+        at: now,
+        chosen: c.chosen,
+        outcome: c.outcome.to_string(),
+        reason: c.reason,
+        inputs,
+    };
+    inner.store.add_decision(&d).await?;
+    *inner
+        .decided
+        .lock()
+        .expect("decisions")
+        .entry((d.dataset.clone(), d.outcome.clone()))
+        .or_default() += 1;
+    match d.outcome.as_str() {
+        "refused" => inner.notify(
+            "dataset_refused",
+            None,
+            format!("data set {name}: this run is refused: {}", d.reason),
+        ),
+        "fallback" => inner.notify(
+            "dataset_fallback",
+            d.chosen.as_deref(),
+            format!("data set {name}: {}", d.reason),
+        ),
+        _ => {}
+    }
+    Ok(Some(d))
+}
+
+async fn add_dataset(
+    State(inner): State<Arc<Inner>>,
+    req: Result<Json<baton_wire::Dataset>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::DatasetList> {
+    let d = body(req)?;
+    if !baton_wire::valid_node_name(&d.name) {
+        return Err(invalid(format!(
+            "{:?} is not a valid data set name",
+            d.name
+        )));
+    }
+    if d.kind != "postgres" {
+        return Err(invalid(format!(
+            "{:?}: the data sets Baton knows are `postgres`",
+            d.kind
+        )));
+    }
+    if d.primary_cpu_max
+        .is_some_and(|c| !(0.0..=100.0).contains(&c))
+        || d.max_lag_s.is_some_and(|s| !s.is_finite() || s < 0.0)
+    {
+        return Err(invalid(
+            "a CPU bound is 0 to 100 %, a lag bound positive".into(),
+        ));
+    }
+    if !inner.store.add_dataset(&d, now()).await? {
+        return Err(Fail(
+            ErrorCode::Conflict,
+            format!("data set {:?} exists", d.name),
+        ));
+    }
+    Ok(Json(baton_wire::DatasetList { datasets: vec![d] }))
+}
+
+async fn datasets(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::DatasetList> {
+    Ok(Json(baton_wire::DatasetList {
+        datasets: inner.store.datasets().await?,
+    }))
+}
+
+async fn decisions(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::DecisionList> {
+    Ok(Json(baton_wire::DecisionList {
+        decisions: inner.store.decisions(None, 1000).await?,
     }))
 }
 

@@ -61,6 +61,16 @@ const SCHEMA: &[&str] = &[
      at BIGINT NOT NULL, records BIGINT NOT NULL, last_seq BIGINT NOT NULL, \
      position BIGINT NOT NULL, packs_checked BIGINT, missing BIGINT)",
     "CREATE INDEX IF NOT EXISTS jobs_agent ON jobs (agent, pool)",
+    // Replicated data sets, what nodes last said of their copies, and
+    // where each run of a data set was backed up from, and why.
+    "CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, spec TEXT NOT NULL, \
+     created BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dataset_status (agent TEXT NOT NULL, dataset TEXT NOT NULL, \
+     at BIGINT NOT NULL, cpu DOUBLE PRECISION NOT NULL, every_s BIGINT NOT NULL, \
+     status TEXT NOT NULL, PRIMARY KEY (agent, dataset))",
+    "CREATE TABLE IF NOT EXISTS decisions (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, \
+     at BIGINT NOT NULL, spec TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS decisions_dataset ON decisions (dataset, at)",
     // A job's records, found without reading the whole table.
     "CREATE INDEX IF NOT EXISTS journal_job ON journal (pool, job, seq)",
     // One current certificate per node, even with two enrolments racing.
@@ -811,6 +821,127 @@ impl Store {
                 .map(|r| r.0)
                 .collect(),
         )
+    }
+}
+
+impl Store {
+    /// Adds a data set; `false` if one of that name exists.
+    pub async fn add_dataset(&self, d: &baton_wire::Dataset, now: i64) -> Result<bool> {
+        let spec = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(sqlx::query(
+            "INSERT INTO datasets (name, spec, created) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&d.name)
+        .bind(spec)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    pub async fn datasets(&self) -> Result<Vec<baton_wire::Dataset>> {
+        sqlx::query_as::<_, (String,)>("SELECT spec FROM datasets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(s,)| {
+                serde_json::from_str(&s).map_err(|_| StoreError::Corrupt("data set".into()))
+            })
+            .collect()
+    }
+
+    /// Keeps what `agent` reported of its copy of each data set.
+    pub async fn set_status(
+        &self,
+        agent: &str,
+        st: &baton_wire::NodeStatus,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for d in &st.datasets {
+            let spec = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO dataset_status (agent, dataset, at, cpu, every_s, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (agent, dataset) DO UPDATE SET \
+                 at = excluded.at, cpu = excluded.cpu, every_s = excluded.every_s, \
+                 status = excluded.status",
+            )
+            .bind(agent)
+            .bind(&d.dataset)
+            .bind(now)
+            .bind(st.cpu_percent)
+            .bind(st.every_s as i64)
+            .bind(spec)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What each agent last reported of data set `dataset`: (agent, when,
+    /// CPU, its interval, the status).
+    pub async fn statuses(
+        &self,
+        dataset: &str,
+    ) -> Result<Vec<(String, i64, f64, i64, baton_wire::DatasetStatus)>> {
+        sqlx::query_as::<_, (String, i64, f64, i64, String)>(
+            "SELECT agent, at, cpu, every_s, status FROM dataset_status WHERE dataset = $1",
+        )
+        .bind(dataset)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(a, at, cpu, every, s)| {
+            serde_json::from_str(&s)
+                .map(|st| (a, at, cpu, every, st))
+                .map_err(|_| StoreError::Corrupt("status".into()))
+        })
+        .collect()
+    }
+
+    pub async fn add_decision(&self, d: &baton_wire::Decision) -> Result<()> {
+        let spec = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("INSERT INTO decisions (id, dataset, at, spec) VALUES ($1, $2, $3, $4)")
+            .bind(&d.id)
+            .bind(&d.dataset)
+            .bind(d.at)
+            .bind(spec)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Decisions, the latest first: all, or of one data set.
+    pub async fn decisions(
+        &self,
+        dataset: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<baton_wire::Decision>> {
+        let rows =
+            match dataset {
+                Some(d) => sqlx::query_as::<_, (String,)>(
+                    "SELECT spec FROM decisions WHERE dataset = $1 ORDER BY at DESC, id LIMIT $2",
+                )
+                .bind(d)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query_as::<_, (String,)>(
+                        "SELECT spec FROM decisions ORDER BY at DESC, id LIMIT $1",
+                    )
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.into_iter()
+            .map(|(s,)| {
+                serde_json::from_str(&s).map_err(|_| StoreError::Corrupt("decision".into()))
+            })
+            .collect()
     }
 }
 

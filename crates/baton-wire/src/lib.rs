@@ -264,6 +264,180 @@ pub struct JobSpec {
     pub retention: Retention,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// A replicated data set ([`Dataset`]) this node holds a copy of: the
+    /// job backs it up when the director chooses this node for the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// How this node's agent reaches its copy (for PostgreSQL a URL such
+    /// as `postgres://postgres@localhost/postgres?host=/run/postgresql`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_connect: Option<String>,
+}
+
+/// Where a replicated data set is backed up from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourcePolicy {
+    /// Only the primary; refused if it cannot be used.
+    PrimaryOnly,
+    /// Only a secondary that replicates healthily within the lag bound;
+    /// refused otherwise.
+    SecondaryOnly,
+    /// A healthy secondary; else the primary (a fallback, notified).
+    PreferSecondary,
+    /// A healthy secondary; the primary only if no secondary node is
+    /// available (down, not reporting, its server not answering). A
+    /// secondary that is up but not replicating healthily is refused: the
+    /// replication needs a person, not a silent move of the load.
+    PrimaryIfSecondaryUnavailable,
+}
+
+impl SourcePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourcePolicy::PrimaryOnly => "primary-only",
+            SourcePolicy::SecondaryOnly => "secondary-only",
+            SourcePolicy::PreferSecondary => "prefer-secondary",
+            SourcePolicy::PrimaryIfSecondaryUnavailable => "primary-if-secondary-unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SourcePolicy> {
+        [
+            SourcePolicy::PrimaryOnly,
+            SourcePolicy::SecondaryOnly,
+            SourcePolicy::PreferSecondary,
+            SourcePolicy::PrimaryIfSecondaryUnavailable,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// A data set replicated between nodes (`POST /v1/datasets`): each node
+/// holding a copy has a job naming it; the director chooses, per run, the
+/// one node that backs it up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    pub name: String,
+    /// `postgres`.
+    pub kind: String,
+    pub policy: SourcePolicy,
+    /// Above this CPU use (percent of the machine) the primary is not used.
+    #[serde(default)]
+    pub primary_cpu_max: Option<f64>,
+    /// Above this replay lag a secondary is not used.
+    #[serde(default)]
+    pub max_lag_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_lag_s: Option<f64>,
+}
+
+/// `GET /v1/datasets`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetList {
+    pub datasets: Vec<Dataset>,
+}
+
+/// A node's role for a data set, as its copy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetRole {
+    Primary,
+    Secondary,
+    /// Its copy could not be asked.
+    Unknown,
+}
+
+/// What an agent found about its copy of a data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetStatus {
+    pub dataset: String,
+    pub kind: String,
+    /// Whether its server answered.
+    pub available: bool,
+    pub role: DatasetRole,
+    /// For a primary: whether a secondary streams from it; for a
+    /// secondary: whether it streams from its primary.
+    pub replicated: bool,
+    /// For a secondary: WAL received and not yet replayed behind what
+    /// the primary last reported (bytes), and how old the last replayed
+    /// transaction is while replay is behind (seconds). For a primary:
+    /// its streaming secondaries' largest replay lag.
+    pub lag_bytes: Option<u64>,
+    pub lag_s: Option<f64>,
+    /// The last WAL position replayed (a secondary) or written (a primary).
+    pub position: Option<String>,
+    /// Why it is not available, if it is not.
+    pub error: Option<String>,
+}
+
+/// `POST /v1/agent/status` (agent certificate): the node's load and its
+/// copies of data sets, sent before each poll for jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatus {
+    /// CPU use of the machine over the last interval (percent of all
+    /// cores).
+    pub cpu_percent: f64,
+    /// How often it reports (seconds): a report older than three of
+    /// these means the node is unavailable.
+    pub every_s: u64,
+    pub datasets: Vec<DatasetStatus>,
+}
+
+/// One node's inputs to a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionInput {
+    pub agent: String,
+    /// Whether its last report is recent enough (within three of its
+    /// intervals, at least 10 s).
+    pub reporting: bool,
+    /// Seconds since its last report (none: never).
+    pub age_s: Option<i64>,
+    pub cpu_percent: Option<f64>,
+    pub status: Option<DatasetStatus>,
+}
+
+/// Where a run of a replicated data set is backed up from, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    pub id: String,
+    pub dataset: String,
+    pub policy: SourcePolicy,
+    /// Seconds since 1970.
+    pub at: i64,
+    /// The agent chosen (none: refused).
+    pub chosen: Option<String>,
+    /// `secondary`, `primary`, `fallback` (the primary, because no
+    /// secondary could be used), `only-copy` (the data set has one node)
+    /// or `refused`.
+    pub outcome: String,
+    pub reason: String,
+    pub inputs: Vec<DecisionInput>,
+}
+
+/// `GET /v1/decisions` (API token): the latest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionList {
+    pub decisions: Vec<Decision>,
+}
+
+/// A job's part in a run of its data set, as the director decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRun {
+    pub decision: String,
+    /// Whether this job backs the data set up in this run.
+    pub chosen: bool,
+    pub outcome: String,
+    pub reason: String,
 }
 
 /// `GET /v1/jobs`.
@@ -284,6 +458,10 @@ pub struct AgentJob {
     /// ctl run`): the agent runs it.
     #[serde(default)]
     pub due: bool,
+    /// For a due job naming a data set: whether it backs the data set up
+    /// in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetRun>,
 }
 
 /// `GET /v1/agent/jobs`.

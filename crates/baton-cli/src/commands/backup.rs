@@ -6,6 +6,16 @@ use anyhow::{Context, Result};
 use std::io::Read;
 
 pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
+    run_with_input(g, a, None)
+}
+
+/// [`run`], with `--stdin` reading `input` (when given) instead of the
+/// process's standard input.
+pub fn run_with_input(
+    g: &Global,
+    a: &BackupArgs,
+    input: Option<&mut (dyn Read + Send)>,
+) -> Result<i32> {
     let (location, is_default) = context::repo_location(g);
     let storage = context::storage(g)?;
     let mut repo = if (is_default || a.init) && !storage.exists()? {
@@ -59,7 +69,11 @@ pub fn run(g: &Global, a: &BackupArgs) -> Result<i32> {
     };
     let progress = CliProgress::new(g.verbose, g.quiet, g.json).streaming(g.json);
     let mut stdin = std::io::stdin();
-    let input: Option<&mut (dyn Read + Send)> = if a.stdin { Some(&mut stdin) } else { None };
+    let input: Option<&mut (dyn Read + Send)> = match (a.stdin, input) {
+        (true, Some(i)) => Some(i),
+        (true, None) => Some(&mut stdin),
+        (false, _) => None,
+    };
     let result = crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel());
     progress.finish();
     let result = result?;

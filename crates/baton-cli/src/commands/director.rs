@@ -204,6 +204,8 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                     keep_yearly: a.keep_yearly,
                 },
                 tags: a.tags.clone(),
+                dataset: a.dataset.clone(),
+                dataset_connect: a.dataset_connect.clone(),
             };
             if let Err(e) = baton_wire::parse_schedule(&job.schedule) {
                 return Err(crate::Usage(e).into());
@@ -354,6 +356,68 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                             date(h.at)
                         );
                     }
+                }
+            }
+        }
+        CtlCommand::DatasetAdd(a) => {
+            let d = baton_wire::Dataset {
+                name: a.name.clone(),
+                kind: a.kind.clone(),
+                policy: baton_wire::SourcePolicy::parse(&a.policy)
+                    .ok_or_else(|| crate::Usage(format!("no policy {:?}", a.policy)))?,
+                primary_cpu_max: a.primary_cpu_max,
+                max_lag_bytes: a.max_lag,
+                max_lag_s: a.max_lag_time.map(|s| s as f64),
+            };
+            let list = admin(&a.conn)?.add_dataset(&d)?;
+            if g.json {
+                super::print_json("datasets", serde_json::to_value(&list)?);
+            } else if !g.quiet {
+                outln!("added data set {:?} ({})", a.name, a.policy);
+            }
+        }
+        CtlCommand::Datasets(a) => {
+            let list = admin(&a.conn)?.datasets()?;
+            if g.json {
+                super::print_json("datasets", serde_json::to_value(&list)?);
+            } else {
+                outln!(
+                    "{:<20} {:<10} {:<34} {:>8} {:>12} {:>8}",
+                    "name",
+                    "kind",
+                    "policy",
+                    "cpu max",
+                    "lag max",
+                    "lag s"
+                );
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                for d in &list.datasets {
+                    outln!(
+                        "{:<20} {:<10} {:<34} {:>8} {:>12} {:>8}",
+                        context::escape(&d.name),
+                        d.kind,
+                        d.policy.as_str(),
+                        opt(d.primary_cpu_max.map(|c| format!("{c:.0}%"))),
+                        opt(d.max_lag_bytes.map(|b| b.to_string())),
+                        opt(d.max_lag_s.map(|s| format!("{s:.0}")))
+                    );
+                }
+            }
+        }
+        CtlCommand::Decisions(a) => {
+            let list = admin(&a.conn)?.decisions()?;
+            if g.json {
+                super::print_json("decisions", serde_json::to_value(&list)?);
+            } else {
+                for d in &list.decisions {
+                    outln!(
+                        "{} {:<16} {:<10} {:<16} {}",
+                        date(d.at),
+                        context::escape(&d.dataset),
+                        d.outcome,
+                        context::escape(d.chosen.as_deref().unwrap_or("-")),
+                        context::escape(&d.reason)
+                    );
                 }
             }
         }
@@ -524,7 +588,26 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
             }
         }
         AgentCommand::Backup(a) => {
-            let jobs = renewed_client(&a.node)?.agent_jobs()?;
+            let c = renewed_client(&a.node)?;
+            let mut jobs = c.agent_jobs()?;
+            // A job naming a data set waits (a minute at most) for the
+            // director's decision on it.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while jobs
+                .jobs
+                .iter()
+                .any(|j| j.job.name == a.job && j.job.dataset.is_some())
+            {
+                jobs = c.agent_status(&super::dataset::node_status(&jobs.jobs, 1))?;
+                let decided = jobs
+                    .jobs
+                    .iter()
+                    .any(|j| j.job.name == a.job && (j.dataset.is_some() || !j.due));
+                if decided || std::time::Instant::now() >= until {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
             let Some(job) = jobs.jobs.into_iter().find(|j| j.job.name == a.job) else {
                 return Err(crate::Usage(format!(
                     "no job {:?} for this agent (`baton agent jobs` lists them)",
@@ -532,9 +615,35 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
                 ))
                 .into());
             };
-            return run_job(g, &a.node, &job.job);
+            return run_job(g, &a.node, &job);
         }
         AgentCommand::Run(a) => return run_schedule(g, &a),
+        AgentCommand::Status(a) => {
+            let c = renewed_client(&a)?;
+            let jobs = c.agent_jobs()?;
+            let st = super::dataset::node_status(&jobs.jobs, 30);
+            c.report_status(&st)?;
+            if g.json {
+                super::print_json("agent_status", serde_json::to_value(&st)?);
+            } else {
+                outln!("cpu {:.0}%", st.cpu_percent);
+                for d in &st.datasets {
+                    outln!(
+                        "{}: {} {:?}{}, lag {} bytes / {:.1} s{}",
+                        context::escape(&d.dataset),
+                        if d.available { "up" } else { "down" },
+                        d.role,
+                        if d.replicated { ", replicating" } else { "" },
+                        d.lag_bytes.unwrap_or(0),
+                        d.lag_s.unwrap_or(0.0),
+                        d.error
+                            .as_deref()
+                            .map(|e| format!(" ({})", context::escape(e)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
         AgentCommand::Whoami(a) => {
             let w = Client::for_node(&a.director, &a.state)?.whoami()?;
             if g.json {
@@ -575,10 +684,12 @@ fn renewed_client(node: &AgentWhoamiArgs) -> std::result::Result<Client, client:
 
 /// Runs one job now: the CLI's own backup, into the job's pool through a
 /// media agent the director names.
-fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Result<i32> {
+fn run_job(g: &Global, node: &AgentWhoamiArgs, aj: &baton_wire::AgentJob) -> Result<i32> {
+    let job = &aj.job;
     context::set_media_node(&node.director, &node.state);
     let director = Client::for_node(&node.director, &node.state)?;
     let run = random_run_id()?;
+    let snapshot = std::cell::RefCell::new(None::<String>);
     let report = |state, exit_code, message: Option<String>, media: Vec<String>| {
         let r = baton_wire::RunReport {
             run: run.clone(),
@@ -587,7 +698,7 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
             exit_code,
             message,
             media_agents: media,
-            snapshot: context::take_last_snapshot(),
+            snapshot: snapshot.borrow().clone(),
         };
         // The run goes on (or its result stands) if the director cannot
         // be told: it learns of the run from its journal meanwhile.
@@ -596,7 +707,55 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
         }
     };
     report(baton_wire::RunState::Running, None, None, Vec::new());
-    let result = run_backup(g, job);
+    let mut note: Option<String> = None;
+    let result = (|| -> Result<i32> {
+        let mut worst = crate::exit::OK;
+        if !job.paths.is_empty() {
+            worst = run_backup(g, job)?;
+            *snapshot.borrow_mut() = context::take_last_snapshot();
+        }
+        let (Some(name), Some(url)) = (&job.dataset, &job.dataset_connect) else {
+            return Ok(worst);
+        };
+        let Some(d) = &aj.dataset else {
+            note = Some(format!("data set {name}: no decision for this run"));
+            return Ok(worst);
+        };
+        let mut report_json = serde_json::json!({
+            "job": job.name,
+            "dataset": name,
+            "decision": d.decision,
+            "outcome": d.outcome,
+            "chosen": d.chosen,
+            "reason": d.reason,
+        });
+        if d.chosen {
+            let code = super::dataset::backup_postgres(g, job, name, url, &d.decision)?;
+            worst = worst.max(code);
+            let snap = context::take_last_snapshot();
+            report_json["exit_code"] = code.into();
+            report_json["snapshot"] = snap.clone().into();
+            note = Some(format!(
+                "data set {name}: backed up here ({}, decision {}): {}",
+                d.outcome, d.decision, d.reason
+            ));
+            if snap.is_some() {
+                *snapshot.borrow_mut() = snap;
+            }
+        } else {
+            note = Some(format!(
+                "data set {name}: not here in this run ({}, decision {}): {}",
+                d.outcome, d.decision, d.reason
+            ));
+        }
+        report_json["read_bytes"] = read_bytes().into();
+        if g.json {
+            super::print_json("agent_dataset", report_json);
+        } else if !g.quiet {
+            eprintln!("agent: {}", note.as_deref().unwrap_or(""));
+        }
+        Ok(worst)
+    })();
     let media = context::media().map(|m| m.served_by()).unwrap_or_default();
     match &result {
         Ok(code) => report(
@@ -608,7 +767,7 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
                 baton_wire::RunState::Failed
             },
             Some(*code),
-            None,
+            note.clone(),
             media,
         ),
         Err(e) => report(
@@ -619,6 +778,20 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, job: &baton_wire::JobSpec) -> Res
         ),
     }
     result
+}
+
+/// Bytes this process has read so far (`rchar` of /proc/self/io: from
+/// files and sockets, cached or not): how the tests see which node read
+/// a data set.
+fn read_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A random run id (hex).
@@ -702,7 +875,16 @@ fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
     enrol_once(g, &a.node.director, &a.node.state, a.enrol_token.as_deref())?;
     let mut worst = crate::exit::OK;
     loop {
-        let jobs = match renewed_client(&a.node).and_then(|c| c.agent_jobs()) {
+        let jobs = match renewed_client(&a.node).and_then(|c| {
+            // Its data sets' state first: the answer decides, for each due
+            // job's data set, whether this node backs it up.
+            let jobs = c.agent_jobs()?;
+            if jobs.jobs.iter().any(|j| j.job.dataset.is_some()) {
+                c.agent_status(&super::dataset::node_status(&jobs.jobs, a.poll as u64))
+            } else {
+                Ok(jobs)
+            }
+        }) {
             Ok(j) => j.jobs,
             Err(e) if e.retry_later() && !a.once => {
                 eprintln!("agent: cannot reach the director ({e}); trying again");
@@ -714,7 +896,14 @@ fn run_schedule(g: &Global, a: &crate::cli::AgentRunArgs) -> Result<i32> {
             if context::cancel().is_cancelled() {
                 break;
             }
-            match run_job(g, &a.node, &j.job) {
+            if j.job.dataset.is_some() && j.dataset.is_none() {
+                eprintln!(
+                    "agent: job {:?} waits for the director's decision on its data set (a node has not reported yet)",
+                    j.job.name
+                );
+                continue;
+            }
+            match run_job(g, &a.node, j) {
                 Ok(code) => worst = worst.max(code),
                 Err(e) => {
                     eprintln!("agent: job {:?} failed: {e:#}", j.job.name);

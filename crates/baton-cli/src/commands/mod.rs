@@ -5,6 +5,7 @@ mod backup;
 mod block;
 mod browse;
 mod check;
+mod dataset;
 mod director;
 mod find;
 mod forget;

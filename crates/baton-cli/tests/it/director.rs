@@ -700,6 +700,10 @@ fn the_api_answers_as_its_openapi_document_says() {
         ("/v1/enrol", "post"),
         ("/v1/whoami", "get"),
         ("/v1/renew", "post"),
+        ("/v1/datasets", "get"),
+        ("/v1/datasets", "post"),
+        ("/v1/decisions", "get"),
+        ("/v1/agent/status", "post"),
         ("/v1/tokens", "post"),
         ("/v1/nodes", "get"),
         ("/v1/nodes/{name}/revoke", "post"),
@@ -945,7 +949,7 @@ fn the_example_settings_are_the_directors() {
 }
 
 /// A webhook receiver on loopback: every request's headers and body.
-fn receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+pub(crate) fn receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());

@@ -20,6 +20,7 @@ mod parity;
 mod prune;
 mod readme;
 mod repair;
+mod replication;
 mod resume;
 mod roundtrip;
 mod s3;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A running `baton media-agent`, killed when dropped.
-struct Media {
+pub(crate) struct Media {
     child: Child,
     name: String,
     address: String,
@@ -31,7 +31,7 @@ impl Drop for Media {
 impl Media {
     /// Starts one serving `pools`, inside network namespace `netns` if
     /// given.
-    fn start(
+    pub(crate) fn start(
         env: &Env,
         d: &Director,
         state: &Path,
