@@ -442,7 +442,18 @@ fn a_healthy_standby_is_backed_up_and_the_copy_restores_to_a_running_server() {
     // Stored once; each node's own directory by its own job.
     assert_eq!(tagged(&s.env, "dataset:pg").len(), 1);
     let all = s.env.run(&["snapshots", "--json"]).ok().json();
-    assert_eq!(all["snapshots"].as_array().unwrap().len(), 3, "{all}");
+    let all = all["snapshots"].as_array().unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    let ds = &tagged(&s.env, "dataset:pg")[0];
+    assert_eq!(ds["hostname"], "pg", "{ds}");
+    for node in ["db-1", "db-2"] {
+        let local = s.env.path(&format!("{node}-local"));
+        let own: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|x| x["paths"] == serde_json::json!([local.to_str().unwrap()]))
+            .collect();
+        assert_eq!(own.len(), 1, "{node}'s own directory: {all:?}");
+    }
 
     // A row written after the backup is not in it; every row before is.
     pg.q(pg.primary, "INSERT INTO t VALUES (999999, 'after');");
