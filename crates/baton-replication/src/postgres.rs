@@ -264,6 +264,37 @@ impl<R: Read> Read for Exactly<R> {
     }
 }
 
+/// A tar header with a file's mode, owner and time.
+fn header_of(md: &std::fs::Metadata) -> tar::Header {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(md.mode() & 0o7777);
+    h.set_uid(u64::from(md.uid()));
+    h.set_gid(u64::from(md.gid()));
+    h.set_mtime(md.mtime().max(0) as u64);
+    h
+}
+
+/// Appends the regular file `f` (as `md` describes it when it was
+/// opened) under `name`: exactly `md.len()` bytes.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &Path,
+    f: std::fs::File,
+    md: &std::fs::Metadata,
+    what: &Path,
+) -> Result<(), PgError> {
+    let mut h = header_of(md);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(md.len());
+    let body = Exactly {
+        inner: f,
+        left: md.len(),
+        eof: false,
+    };
+    tar.append_data(&mut h, name, body).map_err(io_err(what))
+}
+
 fn io_err(what: &Path) -> impl Fn(std::io::Error) -> PgError + '_ {
     move |e| PgError::Io(what.display().to_string(), e)
 }
@@ -311,14 +342,7 @@ pub fn write_data_dir<W: Write>(
             };
             // pg_wal may be a link to another disk: it is a directory here.
             let is_dir = md.is_dir() || (skip == Skip::Contents && p.is_dir());
-            let mut h = tar::Header::new_gnu();
-            {
-                use std::os::unix::fs::MetadataExt;
-                h.set_mode(md.mode() & 0o7777);
-                h.set_uid(u64::from(md.uid()));
-                h.set_gid(u64::from(md.gid()));
-                h.set_mtime(md.mtime().max(0) as u64);
-            }
+            let mut h = header_of(&md);
             if is_dir {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_size(0);
@@ -339,14 +363,7 @@ pub fn write_data_dir<W: Write>(
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(io_err(&p)(e)),
                 };
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(md.len());
-                let body = Exactly {
-                    inner: f,
-                    left: md.len(),
-                    eof: false,
-                };
-                tar.append_data(&mut h, &r, body).map_err(io_err(&p))?;
+                append_file(tar, &r, f, &md, &p)?;
                 counts.files += 1;
                 counts.bytes += md.len();
             } else if md.file_type().is_symlink() {
@@ -432,23 +449,7 @@ pub fn append_wal<W: Write>(
         let p = wal.join(&n);
         let md = std::fs::metadata(&p).map_err(io_err(&p))?;
         let f = std::fs::File::open(&p).map_err(io_err(&p))?;
-        let mut h = tar::Header::new_gnu();
-        {
-            use std::os::unix::fs::MetadataExt;
-            h.set_mode(md.mode() & 0o7777);
-            h.set_uid(u64::from(md.uid()));
-            h.set_gid(u64::from(md.gid()));
-            h.set_mtime(md.mtime().max(0) as u64);
-        }
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(md.len());
-        let body = Exactly {
-            inner: f,
-            left: md.len(),
-            eof: false,
-        };
-        tar.append_data(&mut h, format!("pg_wal/{n}"), body)
-            .map_err(io_err(&p))?;
+        append_file(tar, &Path::new("pg_wal").join(&n), f, &md, &p)?;
         counts.wal_segments += u64::from(segment_of(&n, segment_size).is_some());
         counts.bytes += md.len();
     }

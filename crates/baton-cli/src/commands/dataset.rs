@@ -287,13 +287,7 @@ pub fn backup_postgres(
         argv.push("--tag".into());
         argv.push(t.clone());
     }
-    let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
-        .map_err(|e| crate::Usage(format!("job {:?}: {e}", job.name)))?;
-    let crate::cli::Command::Backup(args) = parsed.command else {
-        unreachable!("parsed as a backup");
-    };
-    let mut g2 = g.clone();
-    g2.repo = Some(std::path::PathBuf::from(format!("media:{}", job.pool)));
+    let (g2, args) = super::director::backup_of(g, job, &argv)?;
     let code = super::backup::run_with_input(&g2, &args, Some(&mut reader));
     drop(reader);
     let written = writer

@@ -801,6 +801,23 @@ fn random_run_id() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// A job's backup command line (`argv`) as the CLI's own backup
+/// arguments, with the settings that send it to the job's pool.
+pub(super) fn backup_of(
+    g: &Global,
+    job: &baton_wire::JobSpec,
+    argv: &[String],
+) -> Result<(Global, crate::cli::BackupArgs)> {
+    let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(argv)
+        .map_err(|e| crate::Usage(format!("job {:?}: {e}", job.name)))?;
+    let crate::cli::Command::Backup(args) = parsed.command else {
+        unreachable!("parsed as a backup");
+    };
+    let mut g2 = g.clone();
+    g2.repo = Some(std::path::PathBuf::from(format!("media:{}", job.pool)));
+    Ok((g2, args))
+}
+
 /// The backup of a job: the CLI's own, into the job's pool.
 fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
     let mut argv: Vec<String> = vec!["baton".into(), "backup".into()];
@@ -810,13 +827,7 @@ fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
     }
     argv.push("--".into());
     argv.extend(job.paths.iter().cloned());
-    let parsed = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
-        .map_err(|e| crate::Usage(format!("job {:?}: {e}", job.name)))?;
-    let crate::cli::Command::Backup(args) = parsed.command else {
-        unreachable!("parsed as a backup");
-    };
-    let mut g2 = g.clone();
-    g2.repo = Some(std::path::PathBuf::from(format!("media:{}", job.pool)));
+    let (g2, args) = backup_of(g, job, &argv)?;
     let code = super::backup::run(&g2, &args)?;
     if let Some(m) = context::media() {
         let (resent, resent_bytes, resent_packs) = m.resent();
