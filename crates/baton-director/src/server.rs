@@ -1116,6 +1116,18 @@ fn check_job(job: &JobSpec) -> Result<(), String> {
             if c.len() > 4096 || c.contains('\0') {
                 return Err("not a data set connection".into());
             }
+            // The director stores it and shows it: no password in it.
+            let userinfo = c
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split('/').next())
+                .and_then(|auth| auth.rsplit_once('@'))
+                .map(|(u, _)| u);
+            if userinfo.is_some_and(|u| u.contains(':')) || c.contains("password=") {
+                return Err(
+                    "keep the password out of --dataset-connect (the director stores it): give the agent PGPASSWORD or a ~/.pgpass"
+                        .into(),
+                );
+            }
         }
         (None, None) => {}
         _ => {
@@ -1201,7 +1213,7 @@ async fn agent_status(
     b: Result<Json<baton_wire::NodeStatus>, axum::extract::rejection::JsonRejection>,
 ) -> Answer<AgentJobs> {
     require_role(&node, Role::Agent)?;
-    let st = body(b)?;
+    let mut st = body(b)?;
     let ours: std::collections::HashSet<String> = inner
         .store
         .jobs(Some(&node.info.name))
@@ -1209,13 +1221,31 @@ async fn agent_status(
         .into_iter()
         .filter_map(|(j, _)| j.dataset)
         .collect();
-    if st.datasets.len() > 1024
-        || !st.cpu_percent.is_finite()
-        || st.datasets.iter().any(|d| !ours.contains(&d.dataset))
-    {
-        return Err(invalid(
-            "a status names a data set none of this agent's jobs names".into(),
-        ));
+    if st.datasets.len() > 1024 || !st.cpu_percent.is_finite() {
+        return Err(invalid("not a node status".into()));
+    }
+    // Reports on data sets none of its jobs names are dropped (a job
+    // removed while the agent probed); bounded strings, a sane interval.
+    st.datasets.retain(|d| ours.contains(&d.dataset));
+    st.every_s = st.every_s.clamp(1, 3600);
+    st.cpu_percent = st.cpu_percent.clamp(0.0, 100.0);
+    let cap = |v: &mut Option<String>| {
+        if let Some(s) = v
+            && s.len() > 512
+        {
+            let mut end = 512;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
+    };
+    for d in &mut st.datasets {
+        cap(&mut d.error);
+        cap(&mut d.position);
+        if d.lag_s.is_some_and(|l| !l.is_finite()) {
+            d.lag_s = None;
+        }
     }
     inner.store.set_status(&node.info.name, &st, now()).await?;
     Ok(Json(
@@ -1239,18 +1269,23 @@ async fn jobs_for(inner: &Inner, agent: &str, decide: bool) -> Result<AgentJobs,
     let mut out = Vec::new();
     for (job, repository) in jobs {
         let last_start = last.get(&job.name).copied();
-        let due = due(&job, last_start, requested.contains(&job.name), now);
+        let due = due(&job, last_start, requested.contains_key(&job.name), now);
         let dataset = match (&job.dataset, due && decide) {
-            (Some(d), true) => {
-                decision_for(inner, d, &job, last_start, now)
-                    .await?
-                    .map(|decision| baton_wire::DatasetRun {
-                        chosen: decision.chosen.as_deref() == Some(agent),
-                        decision: decision.id,
-                        outcome: decision.outcome,
-                        reason: decision.reason,
-                    })
-            }
+            (Some(d), true) => decision_for(
+                inner,
+                d,
+                &job,
+                last_start,
+                requested.get(&job.name).copied(),
+                now,
+            )
+            .await?
+            .map(|decision| baton_wire::DatasetRun {
+                chosen: decision.chosen.as_deref() == Some(agent),
+                decision: decision.id,
+                outcome: decision.outcome,
+                reason: decision.reason,
+            }),
             _ => None,
         };
         out.push(AgentJob {
@@ -1275,6 +1310,7 @@ async fn decision_for(
     name: &str,
     job: &JobSpec,
     last_start: Option<i64>,
+    requested_at: Option<i64>,
     now: i64,
 ) -> Result<Option<baton_wire::Decision>, Fail> {
     let _one = inner.deciding.lock().await;
@@ -1282,12 +1318,18 @@ async fn decision_for(
         Ok(baton_wire::Schedule::Every(s)) => s as i64,
         _ => 86400,
     };
-    if let Some(d) = inner.store.decisions(Some(name), 1).await?.pop()
-        && now - d.at < period / 2
-        && last_start.is_none_or(|s| s < d.at)
-    {
-        return Ok(Some(d));
-    }
+    // This run's decision if one was made for it: recent, after this
+    // job's last start, and not older than a run asked for since.
+    let reusable = inner
+        .store
+        .decisions(Some(name), 1)
+        .await?
+        .pop()
+        .filter(|d| {
+            now - d.at < period / 2
+                && last_start.is_none_or(|s| s < d.at)
+                && requested_at.is_none_or(|r| r <= d.at)
+        });
     let Some(ds) = inner
         .store
         .datasets()
@@ -1328,19 +1370,31 @@ async fn decision_for(
             }
         })
         .collect();
+    let c = baton_replication::policy::decide(&ds, &inputs);
+    if let Some(d) = reusable {
+        // Unless the node it chose asks now with a report that no longer
+        // supports it (behind, promoted, its server down): then decide
+        // again.
+        if d.chosen.as_deref() != Some(job.agent.as_str()) || c.chosen == d.chosen {
+            return Ok(Some(d));
+        }
+    }
     if inputs.iter().any(|i| !i.reporting) {
         let asking_every = reported
             .iter()
             .find(|r| r.0 == job.agent)
             .map_or(30, |r| r.3);
         let mut waiting = inner.waiting.lock().expect("waiting");
-        let since = *waiting.entry(name.to_string()).or_insert(now);
-        if now - since < (2 * asking_every).max(2) {
+        let since = waiting.entry(name.to_string()).or_insert(now);
+        // An old wait (the node that asked stopped asking) starts over.
+        if now - *since > 600 {
+            *since = now;
+        }
+        if now - *since < (2 * asking_every).max(2) {
             return Ok(None);
         }
     }
     inner.waiting.lock().expect("waiting").remove(name);
-    let c = baton_replication::policy::decide(&ds, &inputs);
     let d = baton_wire::Decision {
         id: random_hex(8),
         dataset: name.to_string(),
@@ -1352,6 +1406,17 @@ async fn decision_for(
         inputs,
     };
     inner.store.add_decision(&d).await?;
+    // The chosen node runs it at its next poll, whatever its own
+    // schedule says (a run asked for: this decision is its).
+    if let Some(chosen) = &d.chosen
+        && chosen != &job.agent
+    {
+        for (j, _) in inner.store.jobs(Some(chosen)).await? {
+            if j.dataset.as_deref() == Some(name) {
+                inner.store.request_run(&j.name, now).await?;
+            }
+        }
+    }
     *inner
         .decided
         .lock()

@@ -812,13 +812,13 @@ impl Store {
         Ok(exists)
     }
 
-    pub async fn run_requests(&self) -> Result<std::collections::HashSet<String>> {
+    /// Runs asked for, and when.
+    pub async fn run_requests(&self) -> Result<std::collections::HashMap<String, i64>> {
         Ok(
-            sqlx::query_as::<_, (String,)>("SELECT job FROM run_requests")
+            sqlx::query_as::<_, (String, i64)>("SELECT job, requested FROM run_requests")
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
-                .map(|r| r.0)
                 .collect(),
         )
     }

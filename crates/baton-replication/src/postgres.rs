@@ -114,6 +114,8 @@ pub struct BackupSession {
     pub in_recovery: bool,
     pub start_lsn: u64,
     pub segment_size: u64,
+    /// Whether a temporary replication slot holds the WAL from the start.
+    pub slot_held: bool,
 }
 
 /// What `pg_backup_stop` returned.
@@ -150,6 +152,31 @@ impl BackupSession {
         let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&mut conn)
             .await?;
+        // A long copy must not be cut off by the server's timeouts.
+        for set in [
+            "SET statement_timeout = 0",
+            "SET idle_in_transaction_session_timeout = 0",
+            "SET idle_session_timeout = 0",
+        ] {
+            sqlx::query(set).execute(&mut conn).await?;
+        }
+        // A temporary slot holds the WAL from here on while the data
+        // directory is copied (restartpoints would recycle it); it goes
+        // with the session. Without the privilege or a free slot, the WAL
+        // older than the copy's end is copied first instead, and what
+        // `wal_keep_size` keeps must cover the rest.
+        let slot = format!(
+            "baton_backup_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        let slot_held = sqlx::query("SELECT pg_create_physical_replication_slot($1, true, true)")
+            .bind(&slot)
+            .execute(&mut conn)
+            .await
+            .is_ok();
         let start: String = sqlx::query_scalar("SELECT pg_backup_start($1, true)::text")
             .bind(label)
             .fetch_one(&mut conn)
@@ -162,7 +189,19 @@ impl BackupSession {
             in_recovery,
             start_lsn,
             segment_size: segment_size.max(1 << 20) as u64,
+            slot_held,
         })
+    }
+
+    /// The server's WAL position now: replayed (a standby) or written.
+    pub async fn position(&mut self) -> Result<u64, PgError> {
+        let q = if self.in_recovery {
+            "SELECT pg_last_wal_replay_lsn()::text"
+        } else {
+            "SELECT pg_current_wal_lsn()::text"
+        };
+        let lsn: String = sqlx::query_scalar(q).fetch_one(&mut self.conn).await?;
+        parse_lsn(&lsn).ok_or_else(|| PgError::Refused(format!("a WAL position {lsn:?}")))
     }
 
     /// Ends the backup (without waiting for WAL archiving: the WAL the
@@ -217,7 +256,7 @@ fn skipped(rel: &Path) -> Skip {
     ]
     .contains(&s.as_ref())
         || name.starts_with("pgsql_tmp")
-        || name == "pg_internal.init"
+        || name.starts_with("pg_internal.init")
     {
         return Skip::Whole;
     }
@@ -342,6 +381,13 @@ pub fn write_data_dir<W: Write>(
             };
             // pg_wal may be a link to another disk: it is a directory here.
             let is_dir = md.is_dir() || (skip == Skip::Contents && p.is_dir());
+            // A linked directory (pg_wal on another disk) as the directory
+            // it is, not the link's own mode and owner.
+            let md = if is_dir && !md.is_dir() {
+                std::fs::metadata(&p).map_err(io_err(&p))?
+            } else {
+                md
+            };
             let mut h = header_of(&md);
             if is_dir {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -414,20 +460,26 @@ fn segment_of(name: &str, segment_size: u64) -> Option<(u32, u64)> {
     Some((tli, log * per_log + seg))
 }
 
-/// Appends the WAL segments from the one holding `start` to the one
-/// holding `stop`, and the timeline history files, from `data_dir/pg_wal`.
-/// A segment in that range that is gone is an error: the copy would not
-/// reach consistency (keep more WAL: `wal_keep_size`).
+/// The segment holding the last byte before `lsn` (a backup that stops
+/// on a segment boundary needs nothing of the next one).
+pub fn segment_before(lsn: u64, segment_size: u64) -> u64 {
+    lsn.saturating_sub(1) / segment_size
+}
+
+/// Appends WAL segments `first..=last` from `data_dir/pg_wal` (every
+/// timeline's copy of each), and with `history` the timeline history
+/// files. Each must be there and be that segment (its first page says so:
+/// a recycled file reused under another name is not); else the copy
+/// would not reach consistency, and the backup fails saying so.
 pub fn append_wal<W: Write>(
     tar: &mut tar::Builder<W>,
     data_dir: &Path,
-    start: u64,
-    stop: u64,
+    (first, last): (u64, u64),
     segment_size: u64,
+    history: bool,
     counts: &mut TarCounts,
 ) -> Result<(), PgError> {
     let wal = data_dir.join("pg_wal");
-    let (first, last) = (start / segment_size, stop / segment_size);
     let mut names: Vec<String> = std::fs::read_dir(&wal)
         .map_err(io_err(&wal))?
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
@@ -435,27 +487,37 @@ pub fn append_wal<W: Write>(
     names.sort();
     let mut seen = std::collections::BTreeSet::new();
     for n in names {
-        let take = match segment_of(&n, segment_size) {
-            Some((_, seg)) if (first..=last).contains(&seg) => {
-                seen.insert(seg);
-                true
-            }
-            Some(_) => false,
-            None => n.ends_with(".history"),
+        let seg = match segment_of(&n, segment_size) {
+            Some((_, seg)) if (first..=last).contains(&seg) => Some(seg),
+            Some(_) => continue,
+            None if history && n.ends_with(".history") => None,
+            None => continue,
         };
-        if !take {
-            continue;
-        }
         let p = wal.join(&n);
-        let md = std::fs::metadata(&p).map_err(io_err(&p))?;
         let f = std::fs::File::open(&p).map_err(io_err(&p))?;
+        let md = f.metadata().map_err(io_err(&p))?;
+        if let Some(seg) = seg {
+            // The long page header: magic, info, timeline, then the page's
+            // own WAL address.
+            use std::os::unix::fs::FileExt;
+            let mut head = [0u8; 16];
+            f.read_exact_at(&mut head, 0).map_err(io_err(&p))?;
+            let addr = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+            if addr != seg * segment_size {
+                return Err(PgError::Refused(format!(
+                    "{} does not hold WAL segment {seg} (it was recycled before it was copied): keep more WAL (wal_keep_size), or let the backup use a replication slot",
+                    p.display()
+                )));
+            }
+            seen.insert(seg);
+            counts.wal_segments += 1;
+        }
         append_file(tar, &Path::new("pg_wal").join(&n), f, &md, &p)?;
-        counts.wal_segments += u64::from(segment_of(&n, segment_size).is_some());
         counts.bytes += md.len();
     }
     if let Some(missing) = (first..=last).find(|s| !seen.contains(s)) {
         return Err(PgError::Refused(format!(
-            "WAL segment {missing} (of {first} to {last}) the backup needs is no longer in {}: keep more WAL (wal_keep_size) or back up more often",
+            "WAL segment {missing} (of {first} to {last}) the backup needs is no longer in {}: keep more WAL (wal_keep_size), or let the backup use a replication slot (max_replication_slots, the REPLICATION privilege)",
             wal.display()
         )));
     }
@@ -478,6 +540,9 @@ mod tests {
             Some((2, 256 + 2))
         );
         assert_eq!(segment_of("00000002.history", seg), None);
+        // A backup stopping on a boundary needs nothing of the next one.
+        assert_eq!(segment_before(3 * seg, seg), 2);
+        assert_eq!(segment_before(3 * seg + 40, seg), 3);
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub fn backup_postgres(
             session.start_lsn & 0xffff_ffff
         );
     }
+    let slot_held = session.slot_held;
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let writer = std::thread::Builder::new()
         .name("baton-dataset-tar".into())
@@ -208,6 +209,24 @@ pub fn backup_postgres(
                     buf: Vec::new(),
                 });
                 let dir = session.data_dir.clone();
+                let seg = session.segment_size;
+                // The complete WAL segments from the start up to now go
+                // first (before a restartpoint can recycle them); the rest
+                // after the stop.
+                let first = session.start_lsn / seg;
+                let now = rt.block_on(session.position())? / seg;
+                let mut next = first;
+                if now > first {
+                    postgres::append_wal(
+                        &mut tar,
+                        &dir,
+                        (first, now - 1),
+                        seg,
+                        false,
+                        &mut counts,
+                    )?;
+                    next = now;
+                }
                 postgres::write_data_dir(&mut tar, &dir, &mut counts)?;
                 let owner = {
                     use std::os::unix::fs::MetadataExt;
@@ -238,12 +257,13 @@ pub fn backup_postgres(
                     )?;
                 }
                 postgres::append_bytes(&mut tar, "global/pg_control", 0o600, owner, &control)?;
+                let last = postgres::segment_before(stopped.stop_lsn, seg).max(first);
                 postgres::append_wal(
                     &mut tar,
                     &dir,
-                    session.start_lsn,
-                    stopped.stop_lsn,
-                    session.segment_size,
+                    (next.min(last), last),
+                    seg,
+                    true,
                     &mut counts,
                 )?;
                 let mut w = tar
@@ -292,13 +312,22 @@ pub fn backup_postgres(
     drop(reader);
     let written = writer
         .join()
-        .map_err(|_| anyhow::anyhow!("the data set's stream failed"))?;
-    let counts = written.with_context(|| format!("backing up data set {name}"))?;
+        .map_err(|_| anyhow::anyhow!("the data set's stream failed"));
+    // The backup's own error first: the stream's is then only that the
+    // backup stopped reading.
     let code = code?;
+    let counts = written?.with_context(|| format!("backing up data set {name}"))?;
     if !g.quiet {
         eprintln!(
-            "agent: data set {name}: {} files, {} WAL segments, {} bytes",
-            counts.files, counts.wal_segments, counts.bytes
+            "agent: data set {name}: {} files, {} WAL segments, {} bytes{}",
+            counts.files,
+            counts.wal_segments,
+            counts.bytes,
+            if slot_held {
+                ""
+            } else {
+                " (no replication slot could hold the WAL: it relied on wal_keep_size)"
+            }
         );
     }
     Ok(code)

@@ -598,7 +598,7 @@ pub fn agent(g: &Global, c: AgentCommand) -> Result<i32> {
                 .iter()
                 .any(|j| j.job.name == a.job && j.job.dataset.is_some())
             {
-                jobs = c.agent_status(&super::dataset::node_status(&jobs.jobs, 1))?;
+                jobs = c.agent_status(&super::dataset::node_status(&jobs.jobs, 30))?;
                 let decided = jobs
                     .jobs
                     .iter()
@@ -718,7 +718,12 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, aj: &baton_wire::AgentJob) -> Res
             return Ok(worst);
         };
         let Some(d) = &aj.dataset else {
-            note = Some(format!("data set {name}: no decision for this run"));
+            let n = format!(
+                "data set {name}: no decision for this run (the job is not due: `baton ctl run {}` makes it due), not backed up",
+                job.name
+            );
+            eprintln!("agent: warning: {}", context::escape(&n));
+            note = Some(n);
             return Ok(worst);
         };
         let mut report_json = serde_json::json!({
@@ -752,7 +757,7 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, aj: &baton_wire::AgentJob) -> Res
         if g.json {
             super::print_json("agent_dataset", report_json);
         } else if !g.quiet {
-            eprintln!("agent: {}", note.as_deref().unwrap_or(""));
+            eprintln!("agent: {}", context::escape(note.as_deref().unwrap_or("")));
         }
         Ok(worst)
     })();
@@ -767,7 +772,14 @@ fn run_job(g: &Global, node: &AgentWhoamiArgs, aj: &baton_wire::AgentJob) -> Res
                 baton_wire::RunState::Failed
             },
             Some(*code),
-            note.clone(),
+            // Within what the director takes for a run's message.
+            note.as_ref().map(|n| {
+                let mut end = n.len().min(2000);
+                while !n.is_char_boundary(end) {
+                    end -= 1;
+                }
+                n[..end].to_string()
+            }),
             media,
         ),
         Err(e) => report(

@@ -402,6 +402,28 @@ fn a_healthy_standby_is_backed_up_and_the_copy_restores_to_a_running_server() {
         &["--max-lag", "64MiB", "--max-lag-time", "60s"],
     );
 
+    // A password never goes into the director's job definitions.
+    let refused = s.d.ctl(
+        &s.env,
+        &[
+            "job-add",
+            "--name",
+            "leaky",
+            "--agent",
+            "db-1",
+            "--pool",
+            "p1",
+            "--schedule",
+            "every 1h",
+            "--dataset",
+            "pg",
+            "--dataset-connect",
+            "postgres://postgres:secret@127.0.0.1:5432/postgres",
+        ],
+    );
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("password"), "{}", refused.stderr);
+
     let primary_before = pg.primary_read();
     // The first node to ask waits for the other's report (no decision
     // from one side), and runs nothing of its job yet.
