@@ -346,7 +346,7 @@ pub struct TarCounts {
     pub wal_segments: u64,
 }
 
-/// Writes the data directory `dir` into `tar` (all but what [`skipped`]
+/// Writes the data directory `dir` into `tar` (all but what `skipped`
 /// leaves out and the control file), walking it in name order.
 pub fn write_data_dir<W: Write>(
     tar: &mut tar::Builder<W>,
