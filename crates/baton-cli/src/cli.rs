@@ -119,6 +119,8 @@ pub enum Command {
     List(ListArgs),
     /// Write copies of snapshots without the paths given by --exclude
     Rewrite(RewriteArgs),
+    /// Change the tags of snapshots (add, remove or set them)
+    Tag(TagArgs),
     /// Browse snapshots as a read-only file system (FUSE) until Ctrl-C or `fusermount3 -u`
     Mount(MountArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -922,6 +924,24 @@ pub struct RewriteArgs {
     /// Show what would be removed, write nothing
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change (default: every snapshot matching the filters)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// Add this tag (repeatable; comma-separated lists too)
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub add: Vec<String>,
+    /// Remove this tag (repeatable; comma-separated lists too)
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub remove: Vec<String>,
+    /// Make the tags exactly these (repeatable; `--set ""` removes all),
+    /// before --add and --remove
+    #[arg(long, value_name = "TAG", value_delimiter = ',', num_args = 1)]
+    pub set: Option<Vec<String>>,
 }
 
 #[derive(Args, Debug)]

@@ -10,6 +10,7 @@ mod prune;
 mod repair;
 mod rewrite;
 mod stats;
+mod tag;
 
 pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
@@ -27,3 +28,4 @@ pub use repair::{
 };
 pub use rewrite::{RewriteOptions, RewriteReport, Rewritten, rewrite};
 pub use stats::{Stats, stats};
+pub use tag::{Retagged, TagChange, TagReport, tag};

@@ -277,6 +277,38 @@ pub fn rewrite(g: &Global, a: &RewriteArgs) -> Result<i32> {
     Ok(crate::exit::OK)
 }
 
+/// `baton tag`: changes the tags of the selected snapshots.
+pub fn tag(g: &Global, a: &crate::cli::TagArgs) -> Result<i32> {
+    let mut repo = context::open(g)?;
+    let snaps: Vec<(Id, Snapshot)> = {
+        let _lock = repo.lock(false)?;
+        super::select::many(&repo, &a.snapshots, &a.filter)?
+    };
+    let change = crate::baton::TagChange {
+        set: a
+            .set
+            .as_ref()
+            .map(|s| s.iter().filter(|t| !t.is_empty()).cloned().collect()),
+        add: a.add.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        remove: a.remove.clone(),
+    };
+    let r = crate::baton::tag(&mut repo, &snaps, &change, context::cancel())?;
+    if g.json {
+        super::print_json("tag", serde_json::to_value(&r)?);
+        return Ok(crate::exit::OK);
+    }
+    for c in &r.changed {
+        outln!(
+            "snapshot {} is now {} [{}]",
+            c.original.short(),
+            c.new.short(),
+            context::escape(&c.tags.join(","))
+        );
+    }
+    outln!("{} changed, {} unchanged", r.changed.len(), r.unchanged);
+    Ok(crate::exit::OK)
+}
+
 /// `baton mount DIR`: snapshots as a read-only file system until Ctrl-C
 /// (a normal end: exit 0) or `fusermount3 -u DIR`.
 pub fn mount(g: &Global, a: &MountArgs) -> Result<i32> {

@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Stats(a) => find::stats(g, &a),
         Command::List(a) => find::list(g, &a),
         Command::Rewrite(a) => find::rewrite(g, &a),
+        Command::Tag(a) => find::tag(g, &a),
         Command::Mount(a) => find::mount(g, &a),
         Command::Completion(a) => {
             use clap::CommandFactory;

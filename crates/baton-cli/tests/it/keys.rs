@@ -99,6 +99,7 @@ fn append_only_key() {
         &["unlock"],
         &["repair", "index"],
         &["key", "passwd"],
+        &["tag", "latest", "--add", "x"],
     ] {
         let r = ao(args);
         assert_eq!(r.code, 1, "{args:?} must be refused: {}", r.stderr);

@@ -680,6 +680,68 @@ fn rewrite_removes_exactly_the_named_paths() {
     );
 }
 
+/// `tag` changes a snapshot's tags after the fact: a new snapshot of the
+/// same tree replaces the old one; selecting by the new tags finds it; an
+/// append-only key cannot; a change to what the tags already are writes
+/// nothing.
+#[test]
+fn tag_changes_a_snapshots_tags_after_the_fact() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"tagged");
+    let first = env.backup(&[&src], &["--tag", "web,daily"]);
+    let id = first["snapshot_id"].as_str().unwrap().to_string();
+    let before = env.run(&["snapshots", "--json"]).ok().json();
+    let tree = before["snapshots"][0]["tree"].clone();
+    let r = env
+        .run(&["tag", "--json", &id, "--add", "drill", "--remove", "daily"])
+        .ok()
+        .json();
+    assert_eq!(r["changed"].as_array().unwrap().len(), 1, "{r}");
+    let new = r["changed"][0]["new"].as_str().unwrap().to_string();
+    assert_eq!(r["changed"][0]["tags"], serde_json::json!(["drill", "web"]));
+    let snaps = env
+        .run(&["snapshots", "--json", "--tag", "drill"])
+        .ok()
+        .json();
+    let found = snaps["snapshots"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{snaps}");
+    assert_eq!(found[0]["id"], serde_json::json!(new));
+    // The same tree; the old snapshot is gone, and named as the original.
+    let old = serde_json::json!(id);
+    assert_eq!(found[0]["tree"], tree);
+    let all = env.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(all["snapshots"].as_array().unwrap().len(), 1, "{all}");
+    let snap: serde_json::Value =
+        serde_json::from_str(&env.run(&["cat", "snapshot", &new]).ok().stdout).unwrap();
+    assert_eq!(snap["original"], old);
+    // Nothing to change: nothing written.
+    let same = env
+        .run(&["tag", "--json", "--tag", "drill", "--add", "web"])
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            same["changed"].as_array().unwrap().len(),
+            &same["unchanged"]
+        ),
+        (0, &serde_json::json!(1))
+    );
+    // --set replaces them all; the restore is the source still.
+    env.run(&["tag", &new, "--set", "kept"]).ok();
+    let t = env.path("t");
+    env.restore("latest", &t, &[]).ok();
+    let abs = std::fs::canonicalize(&src).unwrap();
+    assert_eq!(
+        std::fs::read(t.join(abs.strip_prefix("/").unwrap()).join("f")).unwrap(),
+        b"tagged"
+    );
+    let snaps = env.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(snaps["snapshots"][0]["tags"], serde_json::json!(["kept"]));
+    // Without a change asked for: a usage error.
+    assert_ne!(env.run(&["tag", "latest"]).code, 0);
+}
+
 /// `--delete` removes what the snapshot does not have (files, whole
 /// directories, symlinks as links, never what they point to), and keeps
 /// what the restore does not select.

@@ -32,6 +32,7 @@ const COMMANDS: &[&str] = &[
     "stats",
     "list",
     "rewrite",
+    "tag",
     "mount",
     "completion",
     "man",
