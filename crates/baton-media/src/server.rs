@@ -414,6 +414,15 @@ impl Inner {
                 .unwrap_or(0);
             self.throttle.store(rate, Ordering::Relaxed);
         }
+        let (index_packs, index_loads) = self
+            .grants
+            .read()
+            .expect("grants")
+            .stores
+            .values()
+            .fold((0, 0), |(p, l), st| {
+                (p + st.index.len() as u64, l + st.index.listings())
+            });
         let load = MediaLoad {
             write_ms_per_mib: if written >= 64 << 10 {
                 write_us as f64 / 1000.0 / (written as f64 / (1 << 20) as f64)
@@ -425,22 +434,8 @@ impl Inner {
             cpu_percent: (ticks.saturating_sub(clock.last.1) as f64) / secs,
             errors: self.load.errors.load(Ordering::Relaxed),
             bytes_total: bytes,
-            index_packs: self
-                .grants
-                .read()
-                .expect("grants")
-                .stores
-                .values()
-                .map(|st| st.index.len() as u64)
-                .sum(),
-            index_loads: self
-                .grants
-                .read()
-                .expect("grants")
-                .stores
-                .values()
-                .map(|st| st.index.listings())
-                .sum(),
+            index_packs,
+            index_loads,
         };
         clock.last = (now, ticks);
         clock.last_bytes = bytes;
