@@ -86,6 +86,15 @@ impl Director {
         r.json()["token"].as_str().unwrap().to_string()
     }
 
+    /// Enrols node `name` as `role` into `env`'s directory of that name
+    /// (with a token of an hour); the state directory.
+    pub(crate) fn enrolled(&self, env: &Env, role: &str, name: &str) -> PathBuf {
+        let state = env.path(name);
+        let t = self.token(env, role, name, "1h");
+        self.enrol(env, &t, &state).ok();
+        state
+    }
+
     pub(crate) fn enrol(&self, env: &Env, token: &str, state: &Path) -> Run {
         let mut c = env.cmd();
         c.args([

@@ -205,53 +205,20 @@ fn setup_with(pack_mib: u64, director_extra: &[&str], media_specs: &[MediaSpec])
     add("p1", &repo);
     add("p2", repo2.to_str().unwrap());
     let src = env.path("src");
-    let enrol = |role: &str, name: &str| {
-        let state = env.path(name);
-        let t = d.token(&env, role, name, "1h");
-        d.enrol(&env, &t, &state).ok();
-        state
-    };
-    let web = enrol("agent", "web-1");
-    let other = enrol("agent", "other-1");
+    let web = d.enrolled(&env, "agent", "web-1");
+    let other = d.enrolled(&env, "agent", "other-1");
     let media_states: Vec<PathBuf> = (1..=media_specs.len())
-        .map(|i| enrol("media-agent", &format!("ma-{i}")))
+        .map(|i| d.enrolled(&env, "media-agent", &format!("ma-{i}")))
         .collect();
-    d.ctl(
+    let src_path = src.to_str().unwrap();
+    add_job(
         &env,
-        &[
-            "job-add",
-            "--name",
-            "web",
-            "--agent",
-            "web-1",
-            "--pool",
-            "p1",
-            "--schedule",
-            "every 1h",
-            "--tag",
-            "web",
-            "--path",
-            src.to_str().unwrap(),
-        ],
-    )
-    .ok();
-    d.ctl(
-        &env,
-        &[
-            "job-add",
-            "--name",
-            "other",
-            "--agent",
-            "other-1",
-            "--pool",
-            "p2",
-            "--schedule",
-            "every 1h",
-            "--path",
-            src.to_str().unwrap(),
-        ],
-    )
-    .ok();
+        &d,
+        ("web", "web-1", "p1"),
+        src_path,
+        &["--tag", "web"],
+    );
+    add_job(&env, &d, ("other", "other-1", "p2"), src_path, &[]);
     let media = media_states
         .iter()
         .zip(media_specs)
@@ -267,6 +234,32 @@ fn setup_with(pack_mib: u64, director_extra: &[&str], media_specs: &[MediaSpec])
         src,
         _env2: env2,
     }
+}
+
+/// `ctl job-add` of job `name` for `agent` in `pool`, backing up `path`
+/// every hour (and `extra` flags).
+fn add_job(
+    env: &Env,
+    d: &Director,
+    (name, agent, pool): (&str, &str, &str),
+    path: &str,
+    extra: &[&str],
+) {
+    let mut args = vec![
+        "job-add",
+        "--name",
+        name,
+        "--agent",
+        agent,
+        "--pool",
+        pool,
+        "--schedule",
+        "every 1h",
+        "--path",
+        path,
+    ];
+    args.extend(extra);
+    d.ctl(env, &args).ok();
 }
 
 fn same_tree(src: &Path, dst: &Path) {
@@ -402,26 +395,8 @@ fn an_agent_backs_up_through_a_media_agent_and_can_only_append_to_its_own_pool()
     );
     // Locks and journals are their agent's own: another agent of the same
     // pool can neither delete them nor write into another's journal.
-    let web2 = s.env.path("web-2");
-    let t = s.d.token(env, "agent", "web-2", "1h");
-    s.d.enrol(env, &t, &web2).ok();
-    s.d.ctl(
-        env,
-        &[
-            "job-add",
-            "--name",
-            "web2",
-            "--agent",
-            "web-2",
-            "--pool",
-            "p1",
-            "--schedule",
-            "every 1h",
-            "--path",
-            "/nonexistent",
-        ],
-    )
-    .ok();
+    let web2 = s.d.enrolled(env, "agent", "web-2");
+    add_job(env, &s.d, ("web2", "web-2", "p1"), "/nonexistent", &[]);
     let lock = env.path("lock");
     std::fs::write(&lock, b"a lock's sealed bytes").unwrap();
     let lock_name = baton_format::storage_id(b"a lock's sealed bytes").to_hex();
@@ -1151,28 +1126,16 @@ fn twenty_agents_at_once_are_spread_over_the_pool() {
     let mut agents = Vec::new();
     for i in 0..n {
         let name = format!("fleet-{i:02}");
-        let state = s.env.path(&name);
-        let t = s.d.token(&s.env, "agent", &name, "1h");
-        s.d.enrol(&s.env, &t, &state).ok();
+        let state = s.d.enrolled(&s.env, "agent", &name);
         let src = s.env.path(&format!("src-{i:02}"));
         random_files(&src, 2, 4, 0xf1ee7 + i as u64);
-        s.d.ctl(
+        add_job(
             &s.env,
-            &[
-                "job-add",
-                "--name",
-                &name,
-                "--agent",
-                &name,
-                "--pool",
-                "p1",
-                "--schedule",
-                "every 1h",
-                "--path",
-                src.to_str().unwrap(),
-            ],
-        )
-        .ok();
+            &s.d,
+            (&name, &name, "p1"),
+            src.to_str().unwrap(),
+            &[],
+        );
         agents.push((name, state));
     }
     let children: Vec<_> = agents
@@ -1367,23 +1330,13 @@ fn an_expired_agent_certificate_is_refused_by_media_agents() {
     let brief = s.env.path("brief-1");
     let t = s.d.token(&s.env, "agent", "brief-1", "1h");
     short.enrol(&s.env, &t, &brief).ok();
-    s.d.ctl(
+    add_job(
         &s.env,
-        &[
-            "job-add",
-            "--name",
-            "brief",
-            "--agent",
-            "brief-1",
-            "--pool",
-            "p1",
-            "--schedule",
-            "every 1h",
-            "--path",
-            "/nonexistent",
-        ],
-    )
-    .ok();
+        &s.d,
+        ("brief", "brief-1", "p1"),
+        "/nonexistent",
+        &[],
+    );
     let m = &s.media[0];
     assert_eq!(m.curl(&brief, "GET", "/v1/repo/p1"), "200");
     std::thread::sleep(std::time::Duration::from_secs(4));

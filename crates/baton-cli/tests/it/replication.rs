@@ -261,15 +261,9 @@ fn site_with(
         ],
     )
     .ok();
-    let enrol = |role: &str, name: &str| {
-        let state = env.path(name);
-        let t = d.token(&env, role, name, "1h");
-        d.enrol(&env, &t, &state).ok();
-        state
-    };
-    let db1 = enrol("agent", "db-1");
-    let db2 = enrol("agent", "db-2");
-    let ma = enrol("media-agent", "ma-1");
+    let db1 = d.enrolled(&env, "agent", "db-1");
+    let db2 = d.enrolled(&env, "agent", "db-2");
+    let ma = d.enrolled(&env, "media-agent", "ma-1");
     for (name, policy, extra) in datasets {
         let job = |i: usize, agent: &str| {
             if datasets.len() == 1 {
@@ -334,26 +328,24 @@ fn add_dataset(
 
 /// `baton agent run --once --json` as `state`'s agent: its messages.
 fn run_once(s: &Site, state: &Path) -> Vec<serde_json::Value> {
+    agent(s, state, &["run", "--once", "--poll", "1s"])
+}
+
+/// `baton agent SUBCOMMAND --json` as `state`'s agent, which must
+/// succeed: its messages, each as its schema says.
+fn agent(s: &Site, state: &Path, sub: &[&str]) -> Vec<serde_json::Value> {
     let out = s
         .env
         .std_cmd()
-        .args([
-            "agent",
-            "run",
-            "--once",
-            "--poll",
-            "1s",
-            "--json",
-            "--director",
-            &s.d.url,
-            "--state",
-        ])
+        .arg("agent")
+        .args(sub)
+        .args(["--json", "--director", &s.d.url, "--state"])
         .arg(state)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "agent run: {}",
+        "agent {sub:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout)
@@ -563,27 +555,9 @@ fn each_policy_does_what_it_says_in_each_condition() {
     );
     let env = &s.env;
     let status = |state: &Path| {
-        let out = env
-            .std_cmd()
-            .args([
-                "agent",
-                "status",
-                "--json",
-                "--director",
-                &s.d.url,
-                "--state",
-            ])
-            .arg(state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        crate::schemas::validate("agent.schema.json", &v).unwrap();
-        v
+        let v = agent(&s, state, &["status"]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        crate::schemas::validate("agent.schema.json", &v[0]).unwrap();
     };
     // One run of each named data set: both nodes report, both jobs are
     // asked for, both agents run; the decision of each, and which node's
