@@ -228,17 +228,22 @@ fn cancelled_backup_leaves_a_valid_repository() {
 #[test]
 fn slow_and_flaky_storage() {
     use baton_storage::{RetryPolicy, RetryStorage, SlowStorage};
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
-    /// Fails every other call with a transient error.
+    /// Fails every other call of each thread with a transient error. The
+    /// count is per thread: with one shared count, the parallel readers of
+    /// `check` could take every successful turn of one retrying thread, and
+    /// three failures in a row are not what this test is about.
     struct Flaky {
         inner: SlowStorage<LocalStorage>,
-        calls: AtomicU64,
+        calls: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, u64>>,
     }
     impl Flaky {
         fn fault(&self) -> Result<(), baton_storage::StorageError> {
-            if self.calls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(std::thread::current().id()).or_default();
+            *n += 1;
+            if (*n - 1).is_multiple_of(2) {
                 Err(baton_storage::StorageError::new(
                     ErrorKind::Transient,
                     "x",
@@ -323,7 +328,7 @@ fn slow_and_flaky_storage() {
             LocalStorage::new(dir.path().join("repo")),
             Duration::from_millis(5),
         ),
-        calls: AtomicU64::new(0),
+        calls: Default::default(),
     };
     let policy = RetryPolicy {
         attempts: 3,
@@ -353,7 +358,7 @@ fn slow_and_flaky_storage() {
     // Without the retry wrapper the same faults fail the operation, clearly.
     let bare = Flaky {
         inner: SlowStorage::new(LocalStorage::new(dir.path().join("repo")), Duration::ZERO),
-        calls: AtomicU64::new(0),
+        calls: Default::default(),
     };
     let err = Repository::open(Arc::new(bare), b"pw").unwrap_err();
     assert!(err.to_string().contains("connection reset"), "{err}");
