@@ -88,6 +88,68 @@ pub struct Global {
     /// of failing at once (exit 11)
     #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Global options")]
     pub retry_lock: Option<std::time::Duration>,
+
+    /// Write to the repository at most this many KiB/s (for `copy`, to
+    /// either repository)
+    #[arg(
+        long,
+        env = "BATON_LIMIT_UPLOAD",
+        global = true,
+        value_name = "KIB_PER_S",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Global options"
+    )]
+    pub limit_upload: Option<u64>,
+
+    /// Read from the repository at most this many KiB/s (for `copy`, from
+    /// either repository)
+    #[arg(
+        long,
+        env = "BATON_LIMIT_DOWNLOAD",
+        global = true,
+        value_name = "KIB_PER_S",
+        value_parser = clap::value_parser!(u64).range(1..),
+        help_heading = "Global options"
+    )]
+    pub limit_download: Option<u64>,
+}
+
+/// The other repository of `copy` and `init --copy-chunker-params`, with
+/// its own password.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FromRepo {
+    /// The other repository (a directory or s3:URL)
+    #[arg(
+        id = "from_repo",
+        long = "from-repo",
+        env = "BATON_FROM_REPOSITORY",
+        value_name = "REPO"
+    )]
+    pub repo: Option<PathBuf>,
+    /// Read the other repository's password from this file [env:
+    /// BATON_FROM_PASSWORD_FILE; BATON_FROM_PASSWORD holds it]
+    #[arg(
+        id = "from_password_file",
+        long = "from-password-file",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command for the other repository's password [env:
+    /// BATON_FROM_PASSWORD_COMMAND]
+    #[arg(
+        id = "from_password_command",
+        long = "from-password-command",
+        value_name = "COMMAND"
+    )]
+    pub password_command: Option<String>,
+    /// Try the other repository's key whose id starts with this first
+    #[arg(
+        id = "from_key_hint",
+        long = "from-key-hint",
+        env = "BATON_FROM_KEY_HINT",
+        value_name = "ID"
+    )]
+    pub key_hint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +183,9 @@ pub enum Command {
     Rewrite(RewriteArgs),
     /// Change the tags of snapshots (add, remove or set them)
     Tag(TagArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one:
+    /// only the blobs it lacks; resumable; the two may have different keys
+    Copy(CopyArgs),
     /// Browse snapshots as a read-only file system (FUSE) until Ctrl-C or `fusermount3 -u`
     Mount(MountArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -694,10 +759,38 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 16)]
     pub pack_size: u64,
     /// Chunker minimum/average/maximum sizes in bytes, as MIN,AVG,MAX
-    #[arg(long, hide = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        hide = true,
+        value_delimiter = ',',
+        conflicts_with = "copy_chunker_params"
+    )]
     pub chunker: Option<Vec<u32>>,
+    /// Cut files as --from-repo does and name blobs as it does (its chunker
+    /// parameters and blob-id key; not its encryption key or password), so
+    /// that `baton copy` between the two never reads or stores a blob twice
+    /// and deduplication carries over
+    #[arg(long, requires = "from_repo")]
+    pub copy_chunker_params: bool,
+    #[command(flatten)]
+    pub from: FromRepo,
     #[command(flatten)]
     pub kdf: KdfArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots of --from-repo to copy (default: every snapshot matching
+    /// the filters)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    #[command(flatten)]
+    pub from: FromRepo,
+    /// Say what would be copied and how much the repository lacks; store
+    /// nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

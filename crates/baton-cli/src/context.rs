@@ -26,6 +26,25 @@ pub fn repo_location(g: &Global) -> (PathBuf, bool) {
 /// anything else a local directory.
 pub fn storage(g: &Global) -> Result<Arc<dyn Storage>> {
     let (location, _) = repo_location(g);
+    storage_at(g, &location)
+}
+
+/// The storage at `location` (see [`storage`]), under the bandwidth limits
+/// of `--limit-upload` and `--limit-download`.
+pub fn storage_at(g: &Global, location: &std::path::Path) -> Result<Arc<dyn Storage>> {
+    let s = storage_unlimited(location)?;
+    if g.limit_upload.is_none() && g.limit_download.is_none() {
+        return Ok(s);
+    }
+    let kib = |v: Option<u64>| v.map(|k| k.saturating_mul(1024));
+    Ok(Arc::new(
+        baton_storage::ThrottledStorage::new(s, kib(g.limit_upload), kib(g.limit_download))
+            .with_stop(cancel().flag()),
+    ))
+}
+
+fn storage_unlimited(location: &std::path::Path) -> Result<Arc<dyn Storage>> {
+    let location = location.to_path_buf();
     if let Some(pool) = location.to_str().and_then(|l| l.strip_prefix("media:")) {
         let (director, state) = media_node()?;
         let m = Arc::new(baton_media::client::MediaStorage::new(
@@ -135,30 +154,54 @@ fn env_nonempty(name: &str) -> Option<String> {
 /// usage error (which one was meant is a guess); an empty variable counts as
 /// unset. None: ask on the terminal.
 fn password_source(g: &Global) -> Result<Option<PasswordSource>> {
-    let flags: Vec<(&str, PasswordSource)> = [
-        g.password_file
-            .clone()
-            .map(|f| ("--password-file", PasswordSource::File(f))),
-        g.password_command
-            .clone()
-            .map(|c| ("--password-command", PasswordSource::Command(c))),
+    password_source_of(
+        g.password_file.as_ref(),
+        g.password_command.as_deref(),
+        "--",
+        "BATON_",
+    )
+}
+
+/// [`password_source`] of a repository whose flags start with `flag`
+/// (`--`, `--from-`) and whose variables with `env` (`BATON_`,
+/// `BATON_FROM_`).
+fn password_source_of(
+    file: Option<&PathBuf>,
+    command: Option<&str>,
+    flag: &str,
+    env: &str,
+) -> Result<Option<PasswordSource>> {
+    let flags: Vec<(String, PasswordSource)> = [
+        file.map(|f| {
+            (
+                format!("{flag}password-file"),
+                PasswordSource::File(f.clone()),
+            )
+        }),
+        command.map(|c| {
+            (
+                format!("{flag}password-command"),
+                PasswordSource::Command(c.to_string()),
+            )
+        }),
     ]
     .into_iter()
     .flatten()
     .collect();
-    let env: Vec<(&str, PasswordSource)> = [
-        env_nonempty("BATON_PASSWORD").map(|p| ("BATON_PASSWORD", PasswordSource::Value(p))),
-        env_nonempty("BATON_PASSWORD_FILE")
-            .map(|f| ("BATON_PASSWORD_FILE", PasswordSource::File(f.into()))),
-        env_nonempty("BATON_PASSWORD_COMMAND")
-            .map(|c| ("BATON_PASSWORD_COMMAND", PasswordSource::Command(c))),
+    let var = |n: &str| format!("{env}{n}");
+    let env: Vec<(String, PasswordSource)> = [
+        env_nonempty(&var("PASSWORD")).map(|p| (var("PASSWORD"), PasswordSource::Value(p))),
+        env_nonempty(&var("PASSWORD_FILE"))
+            .map(|f| (var("PASSWORD_FILE"), PasswordSource::File(f.into()))),
+        env_nonempty(&var("PASSWORD_COMMAND"))
+            .map(|c| (var("PASSWORD_COMMAND"), PasswordSource::Command(c))),
     ]
     .into_iter()
     .flatten()
     .collect();
     let chosen = if flags.is_empty() { env } else { flags };
     if chosen.len() > 1 {
-        let names: Vec<&str> = chosen.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = chosen.iter().map(|(n, _)| n.as_str()).collect();
         return Err(crate::Usage(format!(
             "the password is given twice ({}): give one source",
             names.join(" and ")
@@ -171,7 +214,11 @@ fn password_source(g: &Global) -> Result<Option<PasswordSource>> {
 /// The password from its one source (see [`password_source`]), or the
 /// terminal (asked once, or twice with confirmation for a new one).
 pub fn password(g: &Global, new: bool) -> Result<String> {
-    match password_source(g)? {
+    password_from(password_source(g)?, new, "repository")
+}
+
+fn password_from(source: Option<PasswordSource>, new: bool, what: &str) -> Result<String> {
+    match source {
         Some(PasswordSource::Value(p)) => Ok(p),
         Some(PasswordSource::File(f)) => {
             let p = std::fs::read_to_string(&f)
@@ -180,14 +227,52 @@ pub fn password(g: &Global, new: bool) -> Result<String> {
         }
         Some(PasswordSource::Command(cmd)) => run_password_command(&cmd),
         None => ask(
-            if new {
-                "enter password for new repository: "
+            &if new {
+                format!("enter password for new {what}: ")
             } else {
-                "enter password for repository: "
+                format!("enter password for {what}: ")
             },
             new,
         ),
     }
+}
+
+/// Opens the other repository of `copy` and `init --copy-chunker-params`
+/// (its password from `--from-password-file`, `--from-password-command`,
+/// `BATON_FROM_PASSWORD`, `BATON_FROM_PASSWORD_FILE` or
+/// `BATON_FROM_PASSWORD_COMMAND`, else the terminal).
+pub fn open_from(g: &Global, from: &crate::cli::FromRepo) -> Result<Repository> {
+    let Some(location) = &from.repo else {
+        return Err(crate::Usage(
+            "give the other repository with --from-repo (or BATON_FROM_REPOSITORY)".into(),
+        )
+        .into());
+    };
+    if location.to_str().is_some_and(|l| l.starts_with("media:")) {
+        return Err(crate::Usage(
+            "--from-repo cannot be a media agent pool: copy from the pool's storage".into(),
+        )
+        .into());
+    }
+    let s = storage_at(g, location)?;
+    if !s.exists()? {
+        return Err(RepoError::NoRepository {
+            location: s.location(),
+        }
+        .into());
+    }
+    let source = password_source_of(
+        from.password_file.as_ref(),
+        from.password_command.as_deref(),
+        "--from-",
+        "BATON_FROM_",
+    )?;
+    let pw = zeroize::Zeroizing::new(password_from(source, false, "--from-repo")?);
+    let mut repo = Repository::open_with_hint(s, pw.as_bytes(), from.key_hint.as_deref())?;
+    if let Some(wait) = g.retry_lock {
+        repo.set_lock_retry(wait, Some(cancel().flag()));
+    }
+    Ok(repo)
 }
 
 fn run_password_command(cmd: &str) -> Result<String> {

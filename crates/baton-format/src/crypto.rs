@@ -59,6 +59,12 @@ impl MasterKey {
         Self::from_parts(enc, mac)
     }
 
+    /// This key's encryption key with `other`'s MAC key: a repository
+    /// sealed apart from `other`'s that names blobs as it does.
+    pub fn with_ids_of(&self, other: &MasterKey) -> MasterKey {
+        Self::from_parts(self.enc, other.mac)
+    }
+
     /// Seals `plain` bound to `ad` (its role, see [`crate::role`]):
     /// nonce || ciphertext || tag.
     pub fn encrypt(&self, ad: &[u8], plain: &[u8]) -> Vec<u8> {

@@ -1,10 +1,12 @@
 //! Maintenance of a Baton repository: `check` (structure, and with
 //! `--read-data` every byte), `repair` (index, snapshots, packs), `forget`
-//! (retention policies), `prune` (garbage collection) and `stats`. Built on the
+//! (retention policies), `prune` (garbage collection), `stats`, and `copy`
+//! (snapshots into another repository). Built on the
 //! repository core (`baton-repo`); nothing here parses arguments or draws on
 //! a terminal. Every operation takes a cancellation handle.
 
 mod check;
+mod copy;
 mod forget;
 mod prune;
 mod repair;
@@ -15,6 +17,7 @@ mod tag;
 pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
 };
+pub use copy::{AlreadyCopied, CopiedSnapshot, CopyOptions, CopyReport, copy};
 pub use forget::{
     ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,
     KeepReason, PolicyInput, SnapTime, Within, apply_policy, forget, forget_locked, plan_forget,

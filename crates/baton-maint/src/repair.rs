@@ -39,7 +39,11 @@ pub struct RepairIndexReport {
 }
 
 /// Reads a pack's header with two ranged reads (its length, then the header).
-fn read_pack_header(repo: &Repository, name: &str, size: u64) -> Result<Vec<PackEntry>, String> {
+pub(crate) fn read_pack_header(
+    repo: &Repository,
+    name: &str,
+    size: u64,
+) -> Result<Vec<PackEntry>, String> {
     if size < 4 {
         return Err(format!("only {size} bytes long"));
     }

@@ -244,6 +244,30 @@ impl Repository {
         password: &[u8],
         opts: &InitOptions,
     ) -> Result<Repository> {
+        Self::init_with_key(storage, password, opts, MasterKey::generate())
+    }
+
+    /// Creates a new repository that names blobs as `other` does (the same
+    /// MAC key, a new encryption key and password), so that `copy` between
+    /// them keeps blob ids and never reads a blob the destination holds.
+    /// `init --from-repo --copy-chunker-params` uses it with `other`'s
+    /// chunker parameters, so that deduplication carries over too.
+    pub fn init_related(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        opts: &InitOptions,
+        other: &Repository,
+    ) -> Result<Repository> {
+        let fresh = MasterKey::generate();
+        Self::init_with_key(storage, password, opts, fresh.with_ids_of(&other.key))
+    }
+
+    fn init_with_key(
+        storage: Arc<dyn Storage>,
+        password: &[u8],
+        opts: &InitOptions,
+        key: MasterKey,
+    ) -> Result<Repository> {
         if storage.exists()? {
             return Err(RepoError::AlreadyExists {
                 location: storage.location(),
@@ -276,7 +300,6 @@ impl Repository {
         };
         config.validate().map_err(RepoError::Invalid)?;
         crypto::check_kdf_floor(&opts.kdf).map_err(|e| RepoError::format("new key", e))?;
-        let key = MasterKey::generate();
         storage.create().map_err(|e| {
             if e.is_already_exists() {
                 RepoError::AlreadyExists {

@@ -23,12 +23,14 @@ mod fault;
 mod local;
 mod retry;
 mod slow;
+mod throttle;
 
 pub use error::{ErrorKind, StorageError};
 pub use fault::{FaultPlan, FaultyStorage, WriteLimits};
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
 pub use slow::SlowStorage;
+pub use throttle::ThrottledStorage;
 
 /// The kinds of objects in a repository; each lives in its own namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -20,19 +20,33 @@ pub fn run(g: &Global, a: &InitArgs) -> Result<i32> {
         }
         None => None,
     };
-    let opts = InitOptions {
+    let mut opts = InitOptions {
         compression: a.compression,
         pack_size: a.pack_size.saturating_mul(1 << 20),
         chunker,
         kdf: context::kdf(&a.kdf),
     };
-    let repo = create(g, storage, &opts)?;
+    let repo = if a.copy_chunker_params {
+        let other = context::open_from(g, &a.from)?;
+        opts.chunker = Some(other.config().chunker);
+        if storage.exists()? {
+            return Err(crate::baton::RepoError::AlreadyExists {
+                location: storage.location(),
+            }
+            .into());
+        }
+        let pw = new_password(g)?;
+        Repository::init_related(storage, pw.as_bytes(), &opts, &other)?
+    } else {
+        create(g, storage, &opts)?
+    };
     if g.json {
         super::print_json(
             "initialized",
             serde_json::json!({
                 "id": repo.config().id.to_hex(),
                 "repository": repo.storage().location(),
+                "chunker_params_from": a.copy_chunker_params.then(|| a.from.repo.as_ref().map(|p| p.display().to_string())).flatten(),
             }),
         );
     } else if !g.quiet {
@@ -52,11 +66,16 @@ pub fn create(
     storage: std::sync::Arc<dyn baton_storage::Storage>,
     opts: &InitOptions,
 ) -> Result<Repository> {
-    let pw = context::password(g, true)?;
+    let pw = new_password(g)?;
+    Ok(Repository::init(storage, pw.as_bytes(), opts)?)
+}
+
+fn new_password(g: &Global) -> Result<zeroize::Zeroizing<String>> {
+    let pw = zeroize::Zeroizing::new(context::password(g, true)?);
     if pw.is_empty() {
         bail!("an empty password is not allowed");
     }
-    Ok(Repository::init(storage, pw.as_bytes(), opts)?)
+    Ok(pw)
 }
 
 fn getrandom_seed(buf: &mut [u8]) {

@@ -5,6 +5,7 @@ mod backup;
 mod block;
 mod browse;
 mod check;
+mod copy;
 mod dataset;
 mod director;
 mod find;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::List(a) => find::list(g, &a),
         Command::Rewrite(a) => find::rewrite(g, &a),
         Command::Tag(a) => find::tag(g, &a),
+        Command::Copy(a) => copy::run(g, &a),
         Command::Mount(a) => find::mount(g, &a),
         Command::Completion(a) => {
             use clap::CommandFactory;

@@ -7,6 +7,7 @@ mod browse;
 mod check;
 mod cli;
 mod common;
+mod copy;
 mod corruption;
 mod director;
 mod errors;

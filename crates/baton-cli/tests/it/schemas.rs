@@ -33,6 +33,7 @@ const COMMANDS: &[&str] = &[
     "list",
     "rewrite",
     "tag",
+    "copy",
     "mount",
     "completion",
     "man",
