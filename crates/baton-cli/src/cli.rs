@@ -186,6 +186,13 @@ pub enum Command {
     /// Copy snapshots from another repository (--from-repo) into this one:
     /// only the blobs it lacks; resumable; the two may have different keys
     Copy(CopyArgs),
+    /// Copy snapshots to the second site (--to) and, once its copy is
+    /// there and acknowledged, delete their volume snapshots
+    Replicate(ReplicateArgs),
+    /// Fire drill: restore a snapshot of a PostgreSQL data directory, start
+    /// the server on it, run a check, report recovery time and data age,
+    /// tear it down
+    Drill(DrillArgs),
     /// Browse snapshots as a read-only file system (FUSE) until Ctrl-C or `fusermount3 -u`
     Mount(MountArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -882,6 +889,114 @@ pub struct BackupArgs {
     /// atime, so every snapshot of unchanged data would differ)
     #[arg(long)]
     pub with_atime: bool,
+    /// Read the paths from a btrfs snapshot of the subvolume holding them,
+    /// taken with the application quiesced (--quiesce-*) and released at
+    /// once; the snapshot records the original paths. Needs root.
+    #[arg(long, conflicts_with_all = ["stdin", "block"])]
+    pub volume_snapshot: bool,
+    /// Quiesce PostgreSQL at this URL around the snapshot (CHECKPOINT,
+    /// pg_backup_start; pg_backup_stop once the snapshot exists; its label
+    /// and WAL go into the snapshot)
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "volume_snapshot",
+        conflicts_with = "quiesce_command"
+    )]
+    pub quiesce_postgres: Option<String>,
+    /// Run this shell command to quiesce the application before the
+    /// snapshot (it must succeed)
+    #[arg(long, value_name = "COMMAND", requires = "volume_snapshot")]
+    pub quiesce_command: Option<String>,
+    /// Run this shell command to release the application after the snapshot
+    #[arg(long, value_name = "COMMAND", requires = "quiesce_command")]
+    pub release_command: Option<String>,
+    /// Keep the volume snapshot after the backup, until `baton replicate`
+    /// has its copy acknowledged at the second site
+    #[arg(long, requires = "volume_snapshot")]
+    pub keep_volume_snapshot: bool,
+    /// Replicate the snapshot to this repository in the background once the
+    /// backup is done (`baton replicate`; implies --keep-volume-snapshot
+    /// with --volume-snapshot); its password from BATON_REPLICA_PASSWORD,
+    /// BATON_REPLICA_PASSWORD_FILE or BATON_REPLICA_PASSWORD_COMMAND
+    #[arg(long, value_name = "REPO")]
+    pub replicate_to: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Replica {
+    /// The second site's repository (a directory or s3:URL) [env:
+    /// BATON_REPLICA_REPOSITORY]
+    #[arg(
+        id = "replica_repo",
+        long = "to",
+        env = "BATON_REPLICA_REPOSITORY",
+        value_name = "REPO"
+    )]
+    pub repo: Option<PathBuf>,
+    /// Read the second site's password from this file [env:
+    /// BATON_REPLICA_PASSWORD_FILE; BATON_REPLICA_PASSWORD holds it]
+    #[arg(
+        id = "replica_password_file",
+        long = "replica-password-file",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command for the second site's password [env:
+    /// BATON_REPLICA_PASSWORD_COMMAND]
+    #[arg(
+        id = "replica_password_command",
+        long = "replica-password-command",
+        value_name = "COMMAND"
+    )]
+    pub password_command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// The snapshot to rehearse (default: the newest matching the filters,
+    /// e.g. --tag drill)
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+    /// The PostgreSQL data directory's path in the snapshot
+    #[arg(long, value_name = "PATH")]
+    pub postgres: String,
+    /// The query that proves the data is there (run with psql -At)
+    #[arg(long, value_name = "SQL")]
+    pub check_sql: String,
+    /// What the query must print (default: anything, as long as it runs)
+    #[arg(long, value_name = "TEXT")]
+    pub expect: Option<String>,
+    /// Database and role the check connects as
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+    #[arg(long, default_value = "postgres")]
+    pub db_user: String,
+    /// Where the copy is restored and started (default: a new directory in
+    /// the temporary directory), removed afterwards
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// PostgreSQL's bin directory (default: pg_ctl on PATH, else the newest
+    /// under /usr/lib/postgresql)
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Longest wait for the server to reach consistency, in seconds
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Run this shell command when the drill fails (BATON_DRILL holds the
+    /// result as JSON)
+    #[arg(long, value_name = "COMMAND")]
+    pub notify_command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplicateArgs {
+    /// Snapshots to replicate (default: every snapshot of this repository
+    /// whose volume snapshot is waiting for its copy)
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub replica: Replica,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

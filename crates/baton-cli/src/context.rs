@@ -248,10 +248,43 @@ pub fn open_from(g: &Global, from: &crate::cli::FromRepo) -> Result<Repository> 
         )
         .into());
     };
+    let source = password_source_of(
+        from.password_file.as_ref(),
+        from.password_command.as_deref(),
+        "--from-",
+        "BATON_FROM_",
+    )?;
+    open_other(g, location, source, from.key_hint.as_deref(), "--from-repo")
+}
+
+/// Opens the second site's repository of `replicate` (its password from
+/// `--replica-password-file`, `--replica-password-command` or
+/// `BATON_REPLICA_PASSWORD[_FILE|_COMMAND]`).
+pub fn open_replica(
+    g: &Global,
+    location: &std::path::Path,
+    r: &crate::cli::Replica,
+) -> Result<Repository> {
+    let source = password_source_of(
+        r.password_file.as_ref(),
+        r.password_command.as_deref(),
+        "--replica-",
+        "BATON_REPLICA_",
+    )?;
+    open_other(g, location, source, None, "the second site")
+}
+
+fn open_other(
+    g: &Global,
+    location: &std::path::Path,
+    source: Option<PasswordSource>,
+    key_hint: Option<&str>,
+    what: &str,
+) -> Result<Repository> {
     if location.to_str().is_some_and(|l| l.starts_with("media:")) {
-        return Err(crate::Usage(
-            "--from-repo cannot be a media agent pool: copy from the pool's storage".into(),
-        )
+        return Err(crate::Usage(format!(
+            "{what} cannot be a media agent pool: give the pool's storage"
+        ))
         .into());
     }
     let s = storage_at(g, location)?;
@@ -261,14 +294,8 @@ pub fn open_from(g: &Global, from: &crate::cli::FromRepo) -> Result<Repository> 
         }
         .into());
     }
-    let source = password_source_of(
-        from.password_file.as_ref(),
-        from.password_command.as_deref(),
-        "--from-",
-        "BATON_FROM_",
-    )?;
-    let pw = zeroize::Zeroizing::new(password_from(source, false, "--from-repo")?);
-    let mut repo = Repository::open_with_hint(s, pw.as_bytes(), from.key_hint.as_deref())?;
+    let pw = zeroize::Zeroizing::new(password_from(source, false, what)?);
+    let mut repo = Repository::open_with_hint(s, pw.as_bytes(), key_hint)?;
     if let Some(wait) = g.retry_lock {
         repo.set_lock_retry(wait, Some(cancel().flag()));
     }

@@ -457,3 +457,49 @@ impl Copier<'_, '_> {
         Ok(new)
     }
 }
+
+/// Checks that every blob of the tree `root` is in `repo` (whose index is
+/// loaded): each tree and image index is read and authenticated, each data
+/// blob found in the index. The second site's proof that a copy arrived
+/// whole; returns how many blobs it holds.
+pub fn verify_complete(repo: &Repository, root: Id, cancel: &Cancel) -> Result<u64> {
+    let mut seen: HashSet<Id> = HashSet::new();
+    let mut todo = vec![(root, 0usize)];
+    let missing =
+        |id: &Id| RepoError::Damaged(format!("blob {} of the copy is not there", id.short()));
+    while let Some((id, depth)) = todo.pop() {
+        cancel.check()?;
+        if !seen.insert(id) {
+            continue;
+        }
+        if depth > baton_repo::MAX_TREE_DEPTH {
+            return Err(RepoError::Damaged(format!(
+                "tree {} is nested deeper than {} levels",
+                id.short(),
+                baton_repo::MAX_TREE_DEPTH
+            )));
+        }
+        let tree = repo.read_tree(&id)?;
+        for n in &tree.nodes {
+            for c in &n.content {
+                if seen.insert(*c) && !repo.index().contains(c) {
+                    return Err(missing(c));
+                }
+            }
+            if let (NodeKind::Dir, Some(sub)) = (n.kind, n.subtree) {
+                todo.push((sub, depth + 1));
+            }
+            if n.kind == NodeKind::Image {
+                let idx = baton_repo::image::ImageIndex::of_node(repo, n)?;
+                let mut ids = Vec::new();
+                idx.referenced(repo, &mut ids)?;
+                for c in ids {
+                    if seen.insert(c) && !repo.index().contains(&c) {
+                        return Err(missing(&c));
+                    }
+                }
+            }
+        }
+    }
+    Ok(seen.len() as u64)
+}

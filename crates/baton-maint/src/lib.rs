@@ -17,7 +17,7 @@ mod tag;
 pub use check::{
     CheckOptions, CheckReport, Problem, ProblemKind, ReadData, Severity, Subset, check,
 };
-pub use copy::{AlreadyCopied, CopiedSnapshot, CopyOptions, CopyReport, copy};
+pub use copy::{AlreadyCopied, CopiedSnapshot, CopyOptions, CopyReport, copy, verify_complete};
 pub use forget::{
     ForgetEntry, ForgetGroup, ForgetOptions, ForgetResult, GroupBy, GroupKey, KeepPolicy,
     KeepReason, PolicyInput, SnapTime, Within, apply_policy, forget, forget_locked, plan_forget,

@@ -32,6 +32,11 @@ pub enum PgError {
     Refused(String),
 }
 
+/// Formats an LSN as PostgreSQL does (`X/Y`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
 /// Parses an LSN (`X/Y`).
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
@@ -191,6 +196,16 @@ impl BackupSession {
             segment_size: segment_size.max(1 << 20) as u64,
             slot_held,
         })
+    }
+
+    /// [`BackupSession::start`] after a `CHECKPOINT`: the server's dirty
+    /// buffers are flushed first (a volume snapshot then needs little
+    /// recovery). Needs superuser or the `pg_checkpoint` role.
+    pub async fn start_after_checkpoint(url: &str, label: &str) -> Result<BackupSession, PgError> {
+        let mut conn = PgConnection::connect(url).await?;
+        sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+        conn.close().await?;
+        Self::start(url, label).await
     }
 
     /// The server's WAL position now: replayed (a standby) or written.
@@ -466,6 +481,34 @@ pub fn segment_before(lsn: u64, segment_size: u64) -> u64 {
     lsn.saturating_sub(1) / segment_size
 }
 
+/// Copies WAL segments `first..=last` from `data_dir/pg_wal` into
+/// `into/pg_wal` (replacing older copies there), with the timeline history
+/// files; each checked as [`append_wal`] checks them.
+pub fn copy_wal(
+    data_dir: &Path,
+    into: &Path,
+    range: (u64, u64),
+    segment_size: u64,
+) -> Result<(), PgError> {
+    let dest = into.join("pg_wal");
+    for (name, mut f, md) in wal_files(data_dir, range, segment_size, true)? {
+        let to = dest.join(&name);
+        let tmp = dest.join(format!(".{name}.baton"));
+        let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        std::io::copy(&mut f, &mut out).map_err(io_err(&tmp))?;
+        out.sync_all().map_err(io_err(&tmp))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::os::unix::fs::fchown(&out, Some(md.uid()), Some(md.gid()))
+                .map_err(io_err(&tmp))?;
+            out.set_permissions(md.permissions())
+                .map_err(io_err(&tmp))?;
+        }
+        std::fs::rename(&tmp, &to).map_err(io_err(&to))?;
+    }
+    Ok(())
+}
+
 /// Appends WAL segments `first..=last` from `data_dir/pg_wal` (every
 /// timeline's copy of each), and with `history` the timeline history
 /// files. Each must be there and be that segment (its first page says so:
@@ -474,11 +517,29 @@ pub fn segment_before(lsn: u64, segment_size: u64) -> u64 {
 pub fn append_wal<W: Write>(
     tar: &mut tar::Builder<W>,
     data_dir: &Path,
-    (first, last): (u64, u64),
+    range: (u64, u64),
     segment_size: u64,
     history: bool,
     counts: &mut TarCounts,
 ) -> Result<(), PgError> {
+    for (name, f, md) in wal_files(data_dir, range, segment_size, history)? {
+        if segment_of(&name, segment_size).is_some() {
+            counts.wal_segments += 1;
+        }
+        let p = data_dir.join("pg_wal").join(&name);
+        append_file(tar, &Path::new("pg_wal").join(&name), f, &md, &p)?;
+        counts.bytes += md.len();
+    }
+    Ok(())
+}
+
+/// The WAL files [`append_wal`] takes, opened and checked.
+fn wal_files(
+    data_dir: &Path,
+    (first, last): (u64, u64),
+    segment_size: u64,
+    history: bool,
+) -> Result<Vec<(String, std::fs::File, std::fs::Metadata)>, PgError> {
     let wal = data_dir.join("pg_wal");
     let mut names: Vec<String> = std::fs::read_dir(&wal)
         .map_err(io_err(&wal))?
@@ -486,6 +547,7 @@ pub fn append_wal<W: Write>(
         .collect();
     names.sort();
     let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
     for n in names {
         let seg = match segment_of(&n, segment_size) {
             Some((_, seg)) if (first..=last).contains(&seg) => Some(seg),
@@ -510,10 +572,8 @@ pub fn append_wal<W: Write>(
                 )));
             }
             seen.insert(seg);
-            counts.wal_segments += 1;
         }
-        append_file(tar, &Path::new("pg_wal").join(&n), f, &md, &p)?;
-        counts.bytes += md.len();
+        out.push((n, f, md));
     }
     if let Some(missing) = (first..=last).find(|s| !seen.contains(s)) {
         return Err(PgError::Refused(format!(
@@ -521,7 +581,7 @@ pub fn append_wal<W: Write>(
             wal.display()
         )));
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

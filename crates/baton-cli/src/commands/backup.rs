@@ -42,10 +42,31 @@ pub fn run_with_input(
             "nothing to back up: the --files-from lists are empty".into()
         ));
     }
+    let volume = if a.volume_snapshot {
+        Some(super::volume::prepare(g, a, &paths)?)
+    } else {
+        if a.keep_volume_snapshot || a.quiesce_postgres.is_some() || a.quiesce_command.is_some() {
+            anyhow::bail!(crate::Usage(
+                "quiescing and keeping apply to --volume-snapshot".into()
+            ));
+        }
+        None
+    };
+    let mut excludes = a.exclude.clone();
+    if let Some(v) = &volume {
+        // Snapshots kept for replication are not part of the data.
+        excludes.push(
+            v.taken
+                .subvolume
+                .join(baton_replication::volume::SNAPSHOT_DIR)
+                .display()
+                .to_string(),
+        );
+    }
     let opts = BackupOptions {
         paths,
         stdin_filename: a.stdin.then(|| a.stdin_filename.clone()),
-        excludes: a.exclude.clone(),
+        excludes,
         exclude_files: a.exclude_file.clone(),
         exclude_caches: a.exclude_caches,
         iexcludes: a.iexclude.clone(),
@@ -74,9 +95,34 @@ pub fn run_with_input(
         (true, None) => Some(&mut stdin),
         (false, _) => None,
     };
-    let result = crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel());
+    let result = match &volume {
+        Some(v) => super::volume::in_snapshot(v, || {
+            crate::baton::backup(&mut repo, &opts, input, &progress, context::cancel())
+        }),
+        None => Ok(crate::baton::backup(
+            &mut repo,
+            &opts,
+            input,
+            &progress,
+            context::cancel(),
+        )),
+    };
     progress.finish();
-    let result = result?;
+    let result = match (result, volume) {
+        (Ok(Ok(r)), Some(v)) => {
+            let kept = super::volume::finish(g, a, v, r.snapshot_id.map(|i| i.to_hex()))?;
+            if g.json {
+                super::print_json("volume_snapshot", kept);
+            }
+            r
+        }
+        (r, None) => r??,
+        (r, Some(v)) => {
+            // No backup to replicate: the snapshot goes.
+            let _ = baton_replication::volume::delete(&v.taken.snapshot);
+            r??
+        }
+    };
     for w in &result.warnings {
         eprintln!("warning: {}", context::escape(w));
     }

@@ -8,6 +8,7 @@ mod check;
 mod copy;
 mod dataset;
 mod director;
+mod drill;
 mod find;
 mod forget;
 mod init;
@@ -16,6 +17,7 @@ mod prune;
 mod repair;
 mod restore;
 mod select;
+mod volume;
 
 // Hidden developer commands (`baton debug ...`), used by bench/run.sh.
 mod debug;
@@ -42,6 +44,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Rewrite(a) => find::rewrite(g, &a),
         Command::Tag(a) => find::tag(g, &a),
         Command::Copy(a) => copy::run(g, &a),
+        Command::Replicate(a) => volume::replicate(g, &a),
+        Command::Drill(a) => drill::run(g, &a),
         Command::Mount(a) => find::mount(g, &a),
         Command::Completion(a) => {
             use clap::CommandFactory;

@@ -29,7 +29,7 @@ pub(crate) fn pg_bin() -> Option<PathBuf> {
 
 /// Runs a shell command (as `user` if given); panics with its output on
 /// failure.
-fn sh(user: Option<&str>, cmd: &str) -> String {
+pub(crate) fn sh(user: Option<&str>, cmd: &str) -> String {
     let mut c = match user {
         Some(u) => {
             let mut c = Command::new("runuser");
@@ -56,7 +56,7 @@ fn sh(user: Option<&str>, cmd: &str) -> String {
 }
 
 /// Undoes mounts, loop devices, FUSE mounts and servers, whatever happened.
-struct Cleanup(Vec<String>);
+pub(crate) struct Cleanup(pub(crate) Vec<String>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -66,14 +66,14 @@ impl Drop for Cleanup {
     }
 }
 
-struct Pg {
-    bin: PathBuf,
-    sockets: PathBuf,
-    port: u16,
+pub(crate) struct Pg {
+    pub(crate) bin: PathBuf,
+    pub(crate) sockets: PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Pg {
-    fn ctl(&self, data: &Path, what: &str) {
+    pub(crate) fn ctl(&self, data: &Path, what: &str) {
         sh(
             Some("postgres"),
             &format!(
@@ -86,7 +86,7 @@ impl Pg {
             ),
         );
     }
-    fn sql(&self, q: &str) -> String {
+    pub(crate) fn sql(&self, q: &str) -> String {
         sh(
             Some("postgres"),
             &format!(

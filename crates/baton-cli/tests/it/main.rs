@@ -10,6 +10,7 @@ mod common;
 mod copy;
 mod corruption;
 mod director;
+mod drill;
 mod errors;
 mod fixtures;
 mod forget;

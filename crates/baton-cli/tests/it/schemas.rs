@@ -34,6 +34,8 @@ const COMMANDS: &[&str] = &[
     "rewrite",
     "tag",
     "copy",
+    "replicate",
+    "drill",
     "mount",
     "completion",
     "man",

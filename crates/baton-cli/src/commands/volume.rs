@@ -1,0 +1,372 @@
+//! `backup --volume-snapshot` (an application-consistent btrfs snapshot the
+//! backup reads) and `baton replicate` (the copy at the second site, after
+//! whose acknowledgement the volume snapshot is deleted).
+//!
+//! The backup reads the snapshot at the original paths: it runs on a
+//! thread of its own in a private mount namespace where the snapshot is
+//! bind-mounted over its subvolume, so the snapshot records the paths the
+//! user named and the next backup finds its parent as usual. Snapshots
+//! waiting for their copy are listed in
+//! `$XDG_STATE_HOME/baton/volume-snapshots/SNAPSHOT_ID.json` (default
+//! `~/.local/state/...`).
+
+use crate::cli::{BackupArgs, Global, ReplicateArgs};
+use crate::context;
+use anyhow::{Context, Result, bail};
+use baton_replication::volume::{self, Quiesce, Taken};
+use std::path::{Path, PathBuf};
+
+/// A volume snapshot waiting for its copy at the second site.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    /// The Baton snapshot read from it.
+    pub snapshot_id: String,
+    /// The repository it is in.
+    pub repository: String,
+    pub volume: Taken,
+    /// Where it is replicated to (`--replicate-to`), if said.
+    pub replica: Option<String>,
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("baton/volume-snapshots")
+}
+
+/// The volume snapshot of a backup's paths, taken before it reads them.
+pub struct Prepared {
+    pub taken: Taken,
+}
+
+/// Takes the snapshot of the subvolume holding every one of `paths`, with
+/// the application quiesced as `a` says.
+pub fn prepare(g: &Global, a: &BackupArgs, paths: &[PathBuf]) -> Result<Prepared> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(crate::Usage(
+            "--volume-snapshot needs root (btrfs snapshots and a private mount namespace)".into()
+        ));
+    }
+    let mut subvolume: Option<PathBuf> = None;
+    for p in paths {
+        let s = volume::subvolume_of(p)?;
+        match &subvolume {
+            Some(prev) if *prev != s => bail!(crate::Usage(format!(
+                "the paths are in two subvolumes ({} and {}): one --volume-snapshot backup covers one",
+                prev.display(),
+                s.display()
+            ))),
+            _ => subvolume = Some(s),
+        }
+    }
+    let Some(subvolume) = subvolume else {
+        bail!(crate::Usage("--volume-snapshot needs paths".into()));
+    };
+    let quiesce = match (&a.quiesce_postgres, &a.quiesce_command) {
+        (Some(url), _) => Quiesce::Postgres { url: url.clone() },
+        (None, Some(cmd)) => Quiesce::Command {
+            quiesce: cmd.clone(),
+            release: a.release_command.clone(),
+        },
+        (None, None) => Quiesce::None,
+    };
+    let name = format!(
+        "{}-{}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', ""),
+        &crate::baton::random_id().to_hex()[..8]
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let taken = rt
+        .block_on(volume::take(&subvolume, &name, &quiesce))
+        .with_context(|| format!("taking a snapshot of {}", subvolume.display()))?;
+    if !g.quiet && !g.json {
+        eprintln!(
+            "volume snapshot {} of {} (quiesce: {}, held {} ms)",
+            taken.snapshot.display(),
+            subvolume.display(),
+            taken.quiesce,
+            taken.held_ms
+        );
+    }
+    Ok(Prepared { taken })
+}
+
+/// Runs `f` on a thread whose mount namespace shows the snapshot at its
+/// subvolume's place.
+pub fn in_snapshot<T: Send>(p: &Prepared, f: impl FnOnce() -> T + Send) -> Result<T> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let (snap, sub) = (&p.taken.snapshot, &p.taken.subvolume);
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .context("a private mount namespace for the backup")?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .context("making the backup's mounts private")?;
+            mount(
+                Some(snap.as_path()),
+                sub.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("mounting {} at {}", snap.display(), sub.display()))?;
+            let r = f();
+            let _ = umount2(sub.as_path(), MntFlags::MNT_DETACH);
+            Ok(r)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the backup thread panicked"))?
+    })
+}
+
+/// After the backup: keeps the snapshot for its copy (recorded as
+/// pending, and with `--replicate-to` a `baton replicate` started in the
+/// background), or deletes it.
+pub fn finish(
+    g: &Global,
+    a: &BackupArgs,
+    p: Prepared,
+    snapshot: Option<String>,
+) -> Result<serde_json::Value> {
+    let keep = (a.keep_volume_snapshot || a.replicate_to.is_some()) && snapshot.is_some();
+    let mut v = serde_json::to_value(&p.taken)?;
+    v["kept"] = keep.into();
+    if !keep {
+        volume::delete(&p.taken.snapshot)?;
+        return Ok(v);
+    }
+    let id = snapshot.expect("checked above");
+    let pending = Pending {
+        snapshot_id: id.clone(),
+        repository: context::repo_location(g).0.display().to_string(),
+        volume: p.taken,
+        replica: a.replicate_to.as_ref().map(|r| r.display().to_string()),
+    };
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{id}.json"));
+    let tmp = dir.join(format!(".{id}.json.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&pending)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(to) = &a.replicate_to {
+        // In the background: the backup is done; the copy follows.
+        let log = dir.join(format!("{id}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut c = std::process::Command::new(std::env::current_exe()?);
+        c.arg("replicate")
+            .arg("--to")
+            .arg(to)
+            .arg(&id)
+            .env("BATON_REPOSITORY", context::repo_location(g).0)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        c.spawn()
+            .context("starting `baton replicate` in the background")?;
+        v["replicating"] = log.display().to_string().into();
+    }
+    Ok(v)
+}
+
+/// `baton replicate`: for each snapshot (by default each whose volume
+/// snapshot waits), copy it to the second site, wait until the copy there
+/// is complete (every blob of its tree indexed: the second site's
+/// acknowledgement), then delete the volume snapshot.
+pub fn replicate(g: &Global, a: &ReplicateArgs) -> Result<i32> {
+    let here = context::repo_location(g).0.display().to_string();
+    let dir = state_dir();
+    let mut pending: Vec<Pending> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue;
+            }
+            match std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
+            {
+                Some(p) if p.repository == here => pending.push(p),
+                Some(_) => {}
+                None => eprintln!("warning: {} cannot be read; left alone", e.path().display()),
+            }
+        }
+    }
+    let mut src = context::open(g)?;
+    let lock = src.lock(false)?;
+    lock.abort_on_loss(context::cancel());
+    src.load_index().context("loading the index")?;
+    // What to replicate: the snapshots named, or those waiting.
+    let mut todo: Vec<(String, Option<Pending>)> = Vec::new();
+    if a.snapshots.is_empty() {
+        todo.extend(
+            pending
+                .iter()
+                .map(|p| (p.snapshot_id.clone(), Some(p.clone()))),
+        );
+    } else {
+        for r in &a.snapshots {
+            let (id, _) = src.find_snapshot(r)?;
+            let id = id.to_hex();
+            let p = pending.iter().find(|p| p.snapshot_id == id).cloned();
+            todo.push((id, p));
+        }
+    }
+    let mut results = Vec::new();
+    let mut failed = 0;
+    for (id, p) in todo {
+        let to = a.replica.repo.clone().or_else(|| {
+            p.as_ref()
+                .and_then(|p| p.replica.clone())
+                .map(PathBuf::from)
+        });
+        let Some(to) = to else {
+            bail!(crate::Usage(format!(
+                "snapshot {}: give the second site with --to (or BATON_REPLICA_REPOSITORY)",
+                &id[..8]
+            )));
+        };
+        match replicate_one(g, a, &src, &id, &to, p.as_ref()) {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                failed += 1;
+                if g.json {
+                    results.push(serde_json::json!({
+                        "snapshot": id, "replica": to.display().to_string(),
+                        "state": "failed", "error": format!("{e:#}"),
+                        "volume_snapshot_deleted": false,
+                    }));
+                } else {
+                    eprintln!(
+                        "error: snapshot {}: {e:#} (its volume snapshot stays; run `baton replicate` again)",
+                        &id[..8]
+                    );
+                }
+                if context::cancel().is_cancelled() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(lock);
+    if g.json {
+        super::print_json("replicate", serde_json::json!({ "replicated": results }));
+    }
+    Ok(if failed > 0 {
+        crate::exit::FAILED
+    } else {
+        crate::exit::OK
+    })
+}
+
+fn replicate_one(
+    g: &Global,
+    a: &ReplicateArgs,
+    src: &crate::baton::Repository,
+    id: &str,
+    to: &Path,
+    pending: Option<&Pending>,
+) -> Result<serde_json::Value> {
+    let started = std::time::Instant::now();
+    let (sid, snap) = src.find_snapshot(id)?;
+    let mut dst = context::open_replica(g, to, &a.replica)?;
+    let report = crate::baton::copy(
+        src,
+        &mut dst,
+        &[(sid, snap.clone())],
+        &crate::baton::CopyOptions::default(),
+        &crate::baton::NoProgress,
+        context::cancel(),
+    )?;
+    // The source polls until the second site holds the whole snapshot:
+    // its own snapshot naming this one, and every blob of its tree.
+    let mut ack = None;
+    let mut last_err = None;
+    for attempt in 0..10 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        context::cancel().check()?;
+        let mut fresh = context::open_replica(g, to, &a.replica)?;
+        let _lock = fresh.lock(false)?;
+        fresh.load_index()?;
+        let found = fresh
+            .list_snapshots()?
+            .into_iter()
+            .find(|(_, s)| s.original == Some(sid));
+        let Some((copy_id, copy)) = found else {
+            last_err = Some("no snapshot there names it yet".to_string());
+            continue;
+        };
+        match crate::baton::verify_complete(&fresh, copy.tree, context::cancel()) {
+            Ok(blobs) => {
+                ack = Some((copy_id, blobs));
+                break;
+            }
+            Err(e) => last_err = Some(e.to_string()),
+        }
+    }
+    let Some((copy_id, blobs)) = ack else {
+        bail!(
+            "the second site has not acknowledged the copy: {}",
+            last_err.unwrap_or_default()
+        );
+    };
+    let mut deleted = false;
+    if let Some(p) = pending {
+        volume::delete(&p.volume.snapshot)?;
+        let _ = std::fs::remove_file(state_dir().join(format!("{}.json", p.snapshot_id)));
+        deleted = true;
+    }
+    let lag_s = humantime::parse_rfc3339_weak(&snap.time)
+        .ok()
+        .or_else(|| humantime::parse_rfc3339(&snap.time).ok())
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    if !g.json && !g.quiet {
+        outln!(
+            "snapshot {} is at {} as {} ({} sent, {} blobs acknowledged){}",
+            &id[..8],
+            dst.storage().location(),
+            copy_id.short(),
+            super::bytes(report.bytes_sent),
+            blobs,
+            if deleted {
+                format!(
+                    "; volume snapshot {} deleted",
+                    pending.expect("deleted").volume.snapshot.display()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(serde_json::json!({
+        "snapshot": id,
+        "replica": dst.storage().location(),
+        "state": "acknowledged",
+        "replica_snapshot": copy_id.to_hex(),
+        "blobs_sent": report.blobs_sent,
+        "bytes_sent": report.bytes_sent,
+        "blobs_acknowledged": blobs,
+        "volume_snapshot": pending.map(|p| p.volume.snapshot.display().to_string()),
+        "volume_snapshot_deleted": deleted,
+        "lag_s": lag_s,
+        "duration_s": started.elapsed().as_secs_f64(),
+    }))
+}
