@@ -408,6 +408,11 @@ pub enum CtlCommand {
     /// List where each run of a replicated data set was backed up from,
     /// and why (the latest first)
     Decisions(CtlNodesArgs),
+    /// List fire drills with their result, recovery time (RTO) and data
+    /// age (RPO), the latest first
+    Drills(CtlNodesArgs),
+    /// List replications to second sites: state, applied sequence, lag
+    Replications(CtlNodesArgs),
     /// List the API tokens (their ids and names, never the secrets)
     ApiTokens(CtlNodesArgs),
     /// Make a new API token (shown once)
@@ -988,6 +993,21 @@ pub struct DrillArgs {
     /// result as JSON)
     #[arg(long, value_name = "COMMAND")]
     pub notify_command: Option<String>,
+    /// The drill's name in its history and at the director (default: the
+    /// tag it watches, else "drill")
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Keep watching: drill whenever the newest matching snapshot changes
+    /// (its tag set or updated), checking every --poll; with --every, also
+    /// when that long has passed since the last drill
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch looks for a new snapshot
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, requires = "watch")]
+    pub poll: std::time::Duration,
+    /// With --watch: drill at least this often (a schedule)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "watch")]
+    pub every: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug)]

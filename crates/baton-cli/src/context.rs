@@ -83,6 +83,20 @@ static MEDIA_NODE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock:
 static MEDIA: std::sync::Mutex<Option<Arc<baton_media::client::MediaStorage>>> =
     std::sync::Mutex::new(None);
 
+/// A client of the director as this enrolled node (`baton agent`, or
+/// `BATON_DIRECTOR` and `BATON_AGENT_STATE`), for reports; `None` when
+/// this machine is not one.
+pub fn node_client() -> Option<baton_director::client::Client> {
+    let (director, state) = media_node().ok()?;
+    match baton_director::client::Client::for_node(&director, &state) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("warning: cannot report to the director at {director}: {e}");
+            None
+        }
+    }
+}
+
 pub fn set_media_node(director: &str, state: &std::path::Path) {
     let _ = MEDIA_NODE.set((director.to_string(), state.to_path_buf()));
 }

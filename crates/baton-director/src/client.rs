@@ -349,6 +349,27 @@ impl Client {
         self.get("/v1/decisions")
     }
 
+    /// An agent reports a fire drill's result.
+    pub fn report_drill(&self, r: &baton_wire::DrillRecord) -> Result<baton_wire::DrillRecord> {
+        self.post("/v1/agent/drills", r)
+    }
+
+    /// An agent reports where a replication to a second site stands.
+    pub fn report_replication(
+        &self,
+        r: &baton_wire::ReplicationRecord,
+    ) -> Result<baton_wire::ReplicationRecord> {
+        self.post("/v1/agent/replications", r)
+    }
+
+    pub fn drills(&self) -> Result<baton_wire::DrillList> {
+        self.get("/v1/drills")
+    }
+
+    pub fn replications(&self) -> Result<baton_wire::ReplicationList> {
+        self.get("/v1/replications")
+    }
+
     /// A media agent's heartbeat, given up after 2 s: one stuck on a
     /// broken network must not hold back the next (its lease would lapse
     /// while the network is back).

@@ -125,6 +125,12 @@ struct Inner {
     /// same), and how many of each outcome per data set.
     deciding: tokio::sync::Mutex<()>,
     decided: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Drills reported since start, by name and result; the last RTO of each.
+    drilled: std::sync::Mutex<std::collections::BTreeMap<(String, bool), u64>>,
+    last_rto: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
+    /// The last acknowledged replication of each agent to each second
+    /// site: its sequence and lag.
+    replication_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, f64)>>,
     /// Data sets whose decision waits for a node's report, since when.
     waiting: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
@@ -280,6 +286,9 @@ impl Director {
                 handovers: AtomicU64::new(0),
                 deciding: tokio::sync::Mutex::new(()),
                 decided: std::sync::Mutex::new(Default::default()),
+                drilled: std::sync::Mutex::new(Default::default()),
+                last_rto: std::sync::Mutex::new(Default::default()),
+                replication_lag: std::sync::Mutex::new(Default::default()),
                 waiting: std::sync::Mutex::new(Default::default()),
             }),
             listener,
@@ -450,6 +459,8 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/runs", get(runs))
         .route("/v1/datasets", post(add_dataset).get(datasets))
         .route("/v1/decisions", get(decisions))
+        .route("/v1/drills", get(drills))
+        .route("/v1/replications", get(replications))
         .route("/v1/jobs/{name}/run", post(request_run))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
@@ -462,6 +473,8 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/agent/media", get(agent_media))
         .route("/v1/agent/runs", post(report_run))
         .route("/v1/agent/status", post(agent_status))
+        .route("/v1/agent/drills", post(report_drill))
+        .route("/v1/agent/replications", post(report_replication))
         .route("/v1/media/heartbeat", post(heartbeat))
         .route(
             "/v1/media/journal",
@@ -981,6 +994,40 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
             "baton_director_source_decisions_total{{dataset=\"{dataset}\",outcome=\"{outcome}\"}} {n}"
         );
     }
+    // Fire drills and replications to second sites, as agents reported them.
+    out.push_str(
+        "# HELP baton_director_drills_total Fire drills reported since the start, by drill and result.\n# TYPE baton_director_drills_total counter\n",
+    );
+    for ((name, passed), n) in inner.drilled.lock().expect("drills").iter() {
+        let _ = writeln!(
+            out,
+            "baton_director_drills_total{{drill=\"{}\",result=\"{}\"}} {n}",
+            label(name),
+            if *passed { "passed" } else { "failed" }
+        );
+    }
+    out.push_str(
+        "# HELP baton_director_drill_rto_seconds The last drill's recovery time, by drill.\n# TYPE baton_director_drill_rto_seconds gauge\n",
+    );
+    for (name, rto) in inner.last_rto.lock().expect("drills").iter() {
+        let _ = writeln!(
+            out,
+            "baton_director_drill_rto_seconds{{drill=\"{}\"}} {rto}",
+            label(name)
+        );
+    }
+    out.push_str(
+        "# HELP baton_director_replication_lag_seconds From a snapshot's time to its acknowledgement at the second site, for the last one, by agent and site.\n# TYPE baton_director_replication_lag_seconds gauge\n# HELP baton_director_replication_applied_seq Snapshots acknowledged at the second site, by agent and site.\n# TYPE baton_director_replication_applied_seq gauge\n",
+    );
+    for ((agent, replica), (seq, lag)) in inner.replication_lag.lock().expect("replications").iter()
+    {
+        let _ = writeln!(
+            out,
+            "baton_director_replication_lag_seconds{{agent=\"{a}\",replica=\"{r}\"}} {lag}\nbaton_director_replication_applied_seq{{agent=\"{a}\",replica=\"{r}\"}} {seq}",
+            a = label(agent),
+            r = label(replica)
+        );
+    }
     // Media agents: liveness and load from their heartbeats.
     let media: Vec<MediaAgentInfo> = {
         let m = inner.media.lock().expect("media agents");
@@ -1476,6 +1523,158 @@ async fn add_dataset(
 async fn datasets(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::DatasetList> {
     Ok(Json(baton_wire::DatasetList {
         datasets: inner.store.datasets().await?,
+    }))
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Bounds a reported string (512 bytes, on a character boundary).
+fn cap_string(s: &mut String) {
+    if s.len() > 512 {
+        let mut end = 512;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+fn finite(x: f64) -> f64 {
+    if x.is_finite() { x.max(0.0) } else { 0.0 }
+}
+
+/// `POST /v1/agent/drills`: a fire drill's result. A failed drill sends
+/// the `drill_failed` webhook.
+async fn report_drill(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<baton_wire::DrillRecord>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::DrillRecord> {
+    require_role(&node, Role::Agent)?;
+    let mut r = body(b)?;
+    if r.snapshot.len() != 64 || !r.snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "not a drill report: its snapshot is not an id".into(),
+        ));
+    }
+    r.agent = node.info.name.clone();
+    r.at = now();
+    for s in [
+        &mut r.name,
+        &mut r.reason,
+        &mut r.snapshot_time,
+        &mut r.started_at,
+        &mut r.finished_at,
+    ] {
+        cap_string(s);
+    }
+    for x in [
+        &mut r.rto_s,
+        &mut r.rpo_s,
+        &mut r.restore_s,
+        &mut r.recovery_s,
+    ] {
+        *x = finite(*x);
+    }
+    inner
+        .store
+        .add_report(crate::store::Reports::Drills, r.at, &r)
+        .await?;
+    *inner
+        .drilled
+        .lock()
+        .expect("drills")
+        .entry((r.name.clone(), r.passed))
+        .or_default() += 1;
+    inner
+        .last_rto
+        .lock()
+        .expect("drills")
+        .insert(r.name.clone(), r.rto_s);
+    if !r.passed {
+        inner.notify(
+            "drill_failed",
+            Some(&node.info.name),
+            format!(
+                "drill {} of snapshot {} failed: {}",
+                r.name,
+                &r.snapshot[..8],
+                r.reason
+            ),
+        );
+    }
+    Ok(Json(r))
+}
+
+/// `POST /v1/agent/replications`: where a snapshot's replication to a
+/// second site stands.
+async fn report_replication(
+    State(inner): State<Arc<Inner>>,
+    Extension(node): Extension<crate::store::Node>,
+    b: Result<Json<baton_wire::ReplicationRecord>, axum::extract::rejection::JsonRejection>,
+) -> Answer<baton_wire::ReplicationRecord> {
+    require_role(&node, Role::Agent)?;
+    let mut r = body(b)?;
+    if r.snapshot.len() != 64 || !r.snapshot.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid(
+            "not a replication report: its snapshot is not an id".into(),
+        ));
+    }
+    r.agent = node.info.name.clone();
+    r.at = now();
+    cap_string(&mut r.replica);
+    cap_string(&mut r.state);
+    if let Some(e) = &mut r.error {
+        cap_string(e);
+    }
+    if let Some(s) = &mut r.replica_snapshot {
+        cap_string(s);
+    }
+    r.lag_s = finite(r.lag_s);
+    inner
+        .store
+        .add_report(crate::store::Reports::Replications, r.at, &r)
+        .await?;
+    if r.state == "acknowledged" {
+        inner.replication_lag.lock().expect("replications").insert(
+            (r.agent.clone(), r.replica.clone()),
+            (r.applied_seq, r.lag_s),
+        );
+    } else {
+        inner.notify(
+            "replication_failed",
+            Some(&node.info.name),
+            format!(
+                "replication of snapshot {} to {} failed: {}",
+                &r.snapshot[..8],
+                r.replica,
+                r.error.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    Ok(Json(r))
+}
+
+async fn drills(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::DrillList> {
+    Ok(Json(baton_wire::DrillList {
+        drills: inner
+            .store
+            .reports(crate::store::Reports::Drills, 1000)
+            .await?,
+    }))
+}
+
+async fn replications(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::ReplicationList> {
+    Ok(Json(baton_wire::ReplicationList {
+        replications: inner
+            .store
+            .reports(crate::store::Reports::Replications, 1000)
+            .await?,
     }))
 }
 

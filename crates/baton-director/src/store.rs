@@ -71,6 +71,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS decisions (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, \
      at BIGINT NOT NULL, spec TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS decisions_dataset ON decisions (dataset, at)",
+    // Fire drills and replications to second sites, as agents reported them.
+    "CREATE TABLE IF NOT EXISTS drills (id TEXT PRIMARY KEY, at BIGINT NOT NULL, \
+     spec TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS replications (id TEXT PRIMARY KEY, at BIGINT NOT NULL, \
+     spec TEXT NOT NULL)",
     // A job's records, found without reading the whole table.
     "CREATE INDEX IF NOT EXISTS journal_job ON journal (pool, job, seq)",
     // One current certificate per node, even with two enrolments racing.
@@ -913,6 +918,45 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a report (`drills` or `replications`) as JSON.
+    pub async fn add_report<T: serde::Serialize>(
+        &self,
+        table: Reports,
+        at: i64,
+        r: &T,
+    ) -> Result<()> {
+        let spec = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = {
+            let mut b = [0u8; 16];
+            getrandom::fill(&mut b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            hex::encode(b)
+        };
+        sqlx::query(table.insert_sql())
+            .bind(id)
+            .bind(at)
+            .bind(spec)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Reports of a table, the latest first.
+    pub async fn reports<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Reports,
+        limit: i64,
+    ) -> Result<Vec<T>> {
+        let rows = sqlx::query_as::<_, (String,)>(table.select_sql())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(s,)| {
+                serde_json::from_str(&s).map_err(|_| StoreError::Corrupt(table.name().into()))
+            })
+            .collect()
+    }
+
     /// Decisions, the latest first: all, or of one data set.
     pub async fn decisions(
         &self,
@@ -1281,6 +1325,36 @@ mod tests {
             "mysql://x",
         ] {
             assert!(super::check_url(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// The tables of agents' reports.
+#[derive(Debug, Clone, Copy)]
+pub enum Reports {
+    Drills,
+    Replications,
+}
+
+impl Reports {
+    fn insert_sql(self) -> &'static str {
+        match self {
+            Reports::Drills => "INSERT INTO drills (id, at, spec) VALUES ($1, $2, $3)",
+            Reports::Replications => "INSERT INTO replications (id, at, spec) VALUES ($1, $2, $3)",
+        }
+    }
+
+    fn select_sql(self) -> &'static str {
+        match self {
+            Reports::Drills => "SELECT spec FROM drills ORDER BY at DESC, id LIMIT $1",
+            Reports::Replications => "SELECT spec FROM replications ORDER BY at DESC, id LIMIT $1",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Reports::Drills => "drills",
+            Reports::Replications => "replications",
         }
     }
 }

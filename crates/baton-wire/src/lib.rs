@@ -429,6 +429,78 @@ pub struct DecisionList {
     pub decisions: Vec<Decision>,
 }
 
+/// `POST /v1/agent/drills` (agent certificate): one fire drill's result
+/// (`baton drill` at the second site); `GET /v1/drills` (API token) lists
+/// them, the latest first. No file names or tags: the drill's name, the
+/// snapshot id and times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRecord {
+    /// Set by the director: the agent that ran it, and when it arrived
+    /// (seconds since 1970).
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub at: i64,
+    /// The drill (its policy's name).
+    pub name: String,
+    pub snapshot: String,
+    pub snapshot_time: String,
+    pub passed: bool,
+    /// Why it failed (empty when it passed).
+    pub reason: String,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Recovery time: from the drill's start to the check passing.
+    pub rto_s: f64,
+    /// Data age: the drill's start minus the snapshot's time.
+    pub rpo_s: f64,
+    pub restore_s: f64,
+    pub recovery_s: f64,
+    pub bytes_restored: u64,
+}
+
+/// `GET /v1/drills` (API token): the latest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillList {
+    pub drills: Vec<DrillRecord>,
+}
+
+/// `POST /v1/agent/replications` (agent certificate): where the
+/// replication of a snapshot to a second site stands (`baton replicate`);
+/// `GET /v1/replications` (API token) lists them, the latest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationRecord {
+    /// Set by the director, as for drills.
+    #[serde(default)]
+    pub agent: String,
+    #[serde(default)]
+    pub at: i64,
+    pub snapshot: String,
+    /// The second site (its repository's location).
+    pub replica: String,
+    /// `acknowledged` (the copy is there whole) or `failed`.
+    pub state: String,
+    /// The second site's snapshot, once acknowledged.
+    pub replica_snapshot: Option<String>,
+    /// The last snapshot acknowledged at the second site: its sequence
+    /// (acknowledgements of this source so far) and lag (seconds from the
+    /// snapshot's time to its acknowledgement).
+    pub applied_seq: u64,
+    pub lag_s: f64,
+    pub bytes_sent: u64,
+    pub error: Option<String>,
+}
+
+/// `GET /v1/replications` (API token): the latest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationList {
+    pub replications: Vec<ReplicationRecord>,
+}
+
 /// A job's part in a run of its data set, as the director decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

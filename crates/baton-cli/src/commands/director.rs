@@ -421,6 +421,58 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 }
             }
         }
+        CtlCommand::Drills(a) => {
+            let list = admin(&a.conn)?.drills()?;
+            if g.json {
+                super::print_json("drills", serde_json::to_value(&list)?);
+            } else {
+                outln!(
+                    "{:<19} {:<16} {:<14} {:<8} {:>9} {:>9}  snapshot  reason",
+                    "reported",
+                    "drill",
+                    "agent",
+                    "result",
+                    "RTO (s)",
+                    "RPO (s)"
+                );
+                for d in &list.drills {
+                    outln!(
+                        "{} {:<16} {:<14} {:<8} {:>9.1} {:>9.0}  {}  {}",
+                        date(d.at),
+                        context::escape(&d.name),
+                        context::escape(&d.agent),
+                        if d.passed { "passed" } else { "FAILED" },
+                        d.rto_s,
+                        d.rpo_s,
+                        &d.snapshot[..8.min(d.snapshot.len())],
+                        context::escape(&d.reason)
+                    );
+                }
+            }
+        }
+        CtlCommand::Replications(a) => {
+            let list = admin(&a.conn)?.replications()?;
+            if g.json {
+                super::print_json("replications", serde_json::to_value(&list)?);
+            } else {
+                for r in &list.replications {
+                    outln!(
+                        "{} {:<14} {} -> {} {:<12} seq {} lag {:.0} s{}",
+                        date(r.at),
+                        context::escape(&r.agent),
+                        &r.snapshot[..8.min(r.snapshot.len())],
+                        context::escape(&r.replica),
+                        r.state,
+                        r.applied_seq,
+                        r.lag_s,
+                        r.error
+                            .as_deref()
+                            .map(|e| format!(": {}", context::escape(e)))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
         CtlCommand::ApiTokens(a) => {
             let list = admin(&a.conn)?.api_tokens()?;
             if g.json {

@@ -17,6 +17,8 @@ use std::time::{Instant, SystemTime};
 /// The result of one drill.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DrillResult {
+    /// The drill (`--name`, else the tag it watches).
+    pub name: String,
     pub snapshot: String,
     pub snapshot_time: String,
     pub tags: Vec<String>,
@@ -38,15 +40,123 @@ pub struct DrillResult {
 }
 
 pub fn run(g: &Global, a: &DrillArgs) -> Result<i32> {
-    let (repo, lock) = context::open_indexed(g)?;
-    let (id, snapshot) = match &a.snapshot {
-        Some(r) => super::select::find(&repo, r, &a.filter)?,
-        None => super::select::find(&repo, "latest", &a.filter)?,
+    if !a.watch {
+        let (repo, lock) = context::open_indexed(g)?;
+        let (id, snapshot) = match &a.snapshot {
+            Some(r) => super::select::find(&repo, r, &a.filter)?,
+            None => super::select::find(&repo, "latest", &a.filter)?,
+        };
+        let r = drill(&repo, id, &snapshot, a);
+        drop(lock);
+        return finish(g, a, r?);
+    }
+    // The drill policy: watch the tag (a new newest snapshot is the tag set
+    // or updated) and, with --every, a schedule. The last snapshot drilled
+    // and when come from this machine's history, so a restart does not
+    // drill again what was drilled.
+    let name = drill_name(a);
+    let mut last: Option<(String, SystemTime)> = history()
+        .into_iter()
+        .rev()
+        .find(|r| r.0 == name)
+        .map(|r| (r.1, r.2));
+    let mut code = crate::exit::OK;
+    loop {
+        context::cancel().check()?;
+        let (repo, lock) = context::open_indexed(g)?;
+        let newest = match &a.snapshot {
+            Some(r) => super::select::find(&repo, r, &a.filter),
+            None => super::select::find(&repo, "latest", &a.filter),
+        };
+        match newest {
+            Ok((id, snapshot)) => {
+                let changed = last.as_ref().is_none_or(|(l, _)| *l != id.to_hex());
+                let due = a.every.is_some_and(|every| {
+                    last.as_ref()
+                        .is_none_or(|(_, at)| at.elapsed().unwrap_or_default() >= every)
+                });
+                if changed || due {
+                    let r = drill(&repo, id, &snapshot, a);
+                    drop(lock);
+                    code = finish(g, a, r?)?;
+                    last = Some((id.to_hex(), SystemTime::now()));
+                } else {
+                    drop(lock);
+                }
+            }
+            Err(e) => {
+                drop(lock);
+                if !g.quiet {
+                    eprintln!("drill {name}: no snapshot to drill yet ({e:#})");
+                }
+            }
+        }
+        let until = std::time::Instant::now() + a.poll;
+        while std::time::Instant::now() < until {
+            if context::cancel().is_cancelled() {
+                return Ok(code);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+fn drill_name(a: &DrillArgs) -> String {
+    a.name
+        .clone()
+        .or_else(|| a.filter.tag.first().cloned())
+        .unwrap_or_else(|| "drill".into())
+}
+
+/// The drills this machine ran: (name, snapshot, when it finished).
+fn history() -> Vec<(String, String, SystemTime)> {
+    let Ok(text) = std::fs::read_to_string(state_dir().join("drills.jsonl")) else {
+        return Vec::new();
     };
-    let r = drill(&repo, id, &snapshot, a);
-    drop(lock);
-    let result = r?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<DrillResult>(l).ok())
+        .filter_map(|r| {
+            let at = humantime::parse_rfc3339_weak(&r.finished_at)
+                .or_else(|_| humantime::parse_rfc3339(&r.finished_at))
+                .ok()?;
+            Some((r.name, r.snapshot, at))
+        })
+        .collect()
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("baton")
+}
+
+/// Records, reports and prints one drill's result; notifies a failure.
+fn finish(g: &Global, a: &DrillArgs, mut result: DrillResult) -> Result<i32> {
+    result.name = drill_name(a);
     record(&result);
+    if let Some(c) = context::node_client() {
+        let rec = baton_wire::DrillRecord {
+            agent: String::new(),
+            at: 0,
+            name: result.name.clone(),
+            snapshot: result.snapshot.clone(),
+            snapshot_time: result.snapshot_time.clone(),
+            passed: result.passed,
+            reason: result.reason.clone(),
+            started_at: result.started_at.clone(),
+            finished_at: result.finished_at.clone(),
+            rto_s: result.rto_s,
+            rpo_s: result.rpo_s,
+            restore_s: result.restore_s,
+            recovery_s: result.recovery_s,
+            bytes_restored: result.bytes_restored,
+        };
+        if let Err(e) = c.report_drill(&rec) {
+            eprintln!("warning: the drill's result did not reach the director: {e}");
+        }
+    }
     if g.json {
         super::print_json("drill", serde_json::to_value(&result)?);
     } else if !g.quiet {
@@ -88,11 +198,7 @@ pub fn run(g: &Global, a: &DrillArgs) -> Result<i32> {
 /// Appends the result to `$XDG_STATE_HOME/baton/drills.jsonl` (this
 /// machine's drill history; the director keeps the fleet's).
 fn record(r: &DrillResult) {
-    let dir = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("baton");
+    let dir = state_dir();
     let _ = std::fs::create_dir_all(&dir);
     if let (Ok(mut f), Ok(line)) = (
         std::fs::OpenOptions::new()
@@ -177,6 +283,7 @@ fn drill(
         .or_else(|_| humantime::parse_rfc3339(&snapshot.time))
         .ok();
     let mut result = DrillResult {
+        name: drill_name(a),
         snapshot: id.to_hex(),
         snapshot_time: snapshot.time.clone(),
         tags: snapshot.tags.clone(),

@@ -241,7 +241,9 @@ pub fn replicate(g: &Global, a: &ReplicateArgs) -> Result<i32> {
                 &id[..8]
             )));
         };
-        match replicate_one(g, a, &src, &id, &to, p.as_ref()) {
+        let outcome = replicate_one(g, a, &src, &id, &to, p.as_ref());
+        report(&id, &to, &outcome);
+        match outcome {
             Ok(v) => results.push(v),
             Err(e) => {
                 failed += 1;
@@ -356,10 +358,12 @@ fn replicate_one(
             }
         );
     }
+    let applied_seq = next_seq(&src.storage().location(), &dst.storage().location());
     Ok(serde_json::json!({
         "snapshot": id,
         "replica": dst.storage().location(),
         "state": "acknowledged",
+        "applied_seq": applied_seq,
         "replica_snapshot": copy_id.to_hex(),
         "blobs_sent": report.blobs_sent,
         "bytes_sent": report.bytes_sent,
@@ -369,4 +373,61 @@ fn replicate_one(
         "lag_s": lag_s,
         "duration_s": started.elapsed().as_secs_f64(),
     }))
+}
+
+/// Counts acknowledged snapshots per (repository, second site) on this
+/// machine: the replication's applied sequence.
+fn next_seq(repository: &str, replica: &str) -> u64 {
+    // FNV-1a of the pair: a stable file name (not a secret).
+    let key = format!("{repository}\n{replica}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let path = state_dir().join(format!("seq-{key:016x}"));
+    let n = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let _ = std::fs::create_dir_all(state_dir());
+    let _ = std::fs::write(&path, n.to_string());
+    n
+}
+
+/// Tells the director (when this machine is an enrolled agent) where the
+/// replication of `id` stands.
+fn report(id: &str, to: &Path, outcome: &Result<serde_json::Value>) {
+    let Some(c) = context::node_client() else {
+        return;
+    };
+    let rec = match outcome {
+        Ok(v) => baton_wire::ReplicationRecord {
+            agent: String::new(),
+            at: 0,
+            snapshot: id.to_string(),
+            replica: v["replica"].as_str().unwrap_or_default().to_string(),
+            state: "acknowledged".into(),
+            replica_snapshot: v["replica_snapshot"].as_str().map(str::to_string),
+            applied_seq: v["applied_seq"].as_u64().unwrap_or(0),
+            lag_s: v["lag_s"].as_f64().unwrap_or(0.0),
+            bytes_sent: v["bytes_sent"].as_u64().unwrap_or(0),
+            error: None,
+        },
+        Err(e) => baton_wire::ReplicationRecord {
+            agent: String::new(),
+            at: 0,
+            snapshot: id.to_string(),
+            replica: to.display().to_string(),
+            state: "failed".into(),
+            replica_snapshot: None,
+            applied_seq: 0,
+            lag_s: 0.0,
+            bytes_sent: 0,
+            error: Some(format!("{e:#}")),
+        },
+    };
+    if let Err(e) = c.report_replication(&rec) {
+        eprintln!("warning: the replication's state did not reach the director: {e}");
+    }
 }

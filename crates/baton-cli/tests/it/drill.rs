@@ -43,19 +43,34 @@ fn tools_present() -> bool {
     ok
 }
 
-/// `baton` on the second site's repository.
-fn site2(env: &Env, site: &Path) -> assert_cmd::Command {
+/// `baton` on the second site's repository, as its agent `node`.
+fn site2(
+    env: &Env,
+    site: &Path,
+    d: &crate::director::Director,
+    node: &Path,
+) -> assert_cmd::Command {
     let mut c = env.cmd();
     c.env("BATON_REPOSITORY", site)
-        .env("BATON_PASSWORD", SITE2_PASSWORD);
+        .env("BATON_PASSWORD", SITE2_PASSWORD)
+        .env("BATON_DIRECTOR", &d.url)
+        .env("BATON_AGENT_STATE", node)
+        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin");
     c
 }
 
-/// `baton` on the source, replicating to `site`.
-fn source(env: &Env, site: &Path) -> std::process::Command {
+/// `baton` on the source, replicating to `site`, as its agent `node`.
+fn source(
+    env: &Env,
+    site: &Path,
+    d: &crate::director::Director,
+    node: &Path,
+) -> std::process::Command {
     let mut c = env.std_cmd();
     c.env("BATON_REPLICA_PASSWORD", SITE2_PASSWORD)
         .env("BATON_REPLICA_REPOSITORY", site)
+        .env("BATON_DIRECTOR", &d.url)
+        .env("BATON_AGENT_STATE", node)
         .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin");
     c
 }
@@ -78,6 +93,13 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     let d = env.dir.path();
     sh(None, &format!("chmod 755 {}", d.display()));
     let mut cleanup = Cleanup(Vec::new());
+    // A director: the first site's agent reports its replications, the
+    // second site's its drills; failures reach the webhook.
+    let (hook, events) = crate::director::receiver();
+    let director =
+        crate::director::Director::start(&env, &env.path("director"), None, &["--webhook", &hook]);
+    let site1_node = director.enrolled(&env, "agent", "site-1");
+    let site2_node = director.enrolled(&env, "agent", "site-2");
 
     // 1. btrfs on a loop file; a subvolume holding a PostgreSQL cluster.
     let img = env.path("vol.img");
@@ -185,17 +207,19 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
         sockets.display()
     );
     let site = env.path("site2");
-    let b = run(assert_cmd::Command::from_std(source(&env, &site)).args([
-        "backup",
-        "--json",
-        "--volume-snapshot",
-        "--quiesce-postgres",
-        &url,
-        "--keep-volume-snapshot",
-        "--tag",
-        "drill",
-        data.to_str().unwrap(),
-    ]))
+    let b = run(
+        assert_cmd::Command::from_std(source(&env, &site, &director, &site1_node)).args([
+            "backup",
+            "--json",
+            "--volume-snapshot",
+            "--quiesce-postgres",
+            &url,
+            "--keep-volume-snapshot",
+            "--tag",
+            "drill",
+            data.to_str().unwrap(),
+        ]),
+    )
     .ok();
     let taken = lines(&b.stdout, "volume_snapshot");
     let summary = lines(&b.stdout, "summary");
@@ -242,7 +266,7 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     // 4. Replication to the second site, killed midway: the volume
     //    snapshot stays; run again, it resumes, is acknowledged, and only
     //    then is the volume snapshot deleted.
-    run(site2(&env, &site).args([
+    run(site2(&env, &site, &director, &site2_node).args([
         "init",
         "--kdf-memory",
         "8192",
@@ -252,7 +276,7 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
         "1",
     ]))
     .ok();
-    let mut child = source(&env, &site)
+    let mut child = source(&env, &site, &director, &site1_node)
         .args(["replicate", "--limit-upload", "8192"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -282,9 +306,12 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
         snapshot_dir.exists(),
         "the volume snapshot went before the copy arrived"
     );
-    let r = run(assert_cmd::Command::from_std(source(&env, &site)).args(["replicate", "--json"]))
-        .ok()
-        .json();
+    let r = run(
+        assert_cmd::Command::from_std(source(&env, &site, &director, &site1_node))
+            .args(["replicate", "--json"]),
+    )
+    .ok()
+    .json();
     let rep = &r["replicated"][0];
     assert_eq!(rep["state"], "acknowledged", "{r}");
     assert_eq!(rep["volume_snapshot_deleted"], true, "{r}");
@@ -294,16 +321,18 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     );
     assert!(!snapshot_dir.exists(), "the volume snapshot is still there");
     // Nothing left waiting.
-    let again =
-        run(assert_cmd::Command::from_std(source(&env, &site)).args(["replicate", "--json"]))
-            .ok()
-            .json();
+    let again = run(
+        assert_cmd::Command::from_std(source(&env, &site, &director, &site1_node))
+            .args(["replicate", "--json"]),
+    )
+    .ok()
+    .json();
     assert_eq!(again["replicated"].as_array().unwrap().len(), 0, "{again}");
 
     // 5. The fire drill at the second site: PostgreSQL recovers on the copy
     //    and holds every transaction committed before the quiesce.
     let work = env.path("drills");
-    let drill = run(site2(&env, &site)
+    let drill = run(site2(&env, &site, &director, &site2_node)
         .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
         .args([
             "drill",
@@ -354,7 +383,7 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     sh(None, &format!("chmod u+w {}", pack.display()));
     std::fs::write(&pack, &bytes).unwrap();
     let note = env.path("notified.json");
-    let failed = run(site2(&env, &site)
+    let failed = run(site2(&env, &site, &director, &site2_node)
         .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
         .args([
             "drill",
@@ -380,6 +409,43 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
         serde_json::from_str(&std::fs::read_to_string(&note).unwrap()).unwrap();
     assert_eq!(notified["passed"], false);
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+
+    // 7. The director holds the drill history with RTO and RPO, the
+    //    replication's state, and sent the failure to the webhook.
+    let drills = director.ctl(&env, &["drills", "--json"]).ok().json();
+    let list = drills["drills"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{drills}");
+    assert_eq!(
+        (list[0]["passed"].clone(), list[1]["passed"].clone()),
+        (false.into(), true.into())
+    );
+    assert_eq!(list[1]["agent"], "site-2");
+    assert_eq!(list[1]["name"], "drill");
+    assert!(list[1]["rto_s"].as_f64().unwrap() > 0.0);
+    let reps = director.ctl(&env, &["replications", "--json"]).ok().json();
+    let acked: Vec<&serde_json::Value> = reps["replications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "acknowledged")
+        .collect();
+    assert_eq!(acked.len(), 1, "{reps}");
+    assert_eq!(acked[0]["applied_seq"], 1);
+    assert_eq!(acked[0]["agent"], "site-1");
+    let metrics = director.ctl(&env, &["drills"]).ok();
+    assert!(metrics.stdout.contains("FAILED"), "{}", metrics.stdout);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok((_, body)) = events.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            got.push(v["event"].as_str().unwrap().to_string());
+            if got.iter().any(|e| e == "drill_failed") {
+                break;
+            }
+        }
+    }
+    assert!(got.iter().any(|e| e == "drill_failed"), "{got:?}");
     let _ = PASSWORD;
     drop(cleanup);
 }
