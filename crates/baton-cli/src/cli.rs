@@ -909,6 +909,10 @@ pub struct BackupArgs {
         conflicts_with = "quiesce_command"
     )]
     pub quiesce_postgres: Option<String>,
+    /// Freeze the file system mounted here around the snapshot (fsfreeze):
+    /// one whose image file is in the subvolume (a loop device, a VM disk)
+    #[arg(long, value_name = "MOUNTPOINT", requires = "volume_snapshot", conflicts_with_all = ["quiesce_postgres", "quiesce_command"])]
+    pub quiesce_fsfreeze: Option<PathBuf>,
     /// Run this shell command to quiesce the application before the
     /// snapshot (it must succeed)
     #[arg(long, value_name = "COMMAND", requires = "volume_snapshot")]

@@ -9,10 +9,11 @@
 //! itself, under `.baton-snapshots/` (a snapshot holds no nested
 //! subvolume, so snapshots never contain each other). LVM is not offered
 //! (no device-mapper on the machines we test on) and an XFS reflink copy
-//! of a tree is not a point in time; `fsfreeze` cannot be combined with a
-//! btrfs snapshot (the snapshot waits for the frozen file system for ever):
-//! a btrfs snapshot flushes the subvolume's dirty data and is atomic by
-//! itself.
+//! of a tree is not a point in time. `fsfreeze` of the btrfs itself cannot
+//! be combined with its snapshot (the snapshot waits for the frozen file
+//! system for ever): a btrfs snapshot flushes the subvolume's dirty data and
+//! is atomic by itself; `fsfreeze` quiesces a file system that lives in an
+//! image file on the subvolume (a loop device, a VM's disk).
 //!
 //! Quiescing PostgreSQL: `CHECKPOINT` (its buffers flushed), then
 //! `pg_backup_start` (fast), the snapshot (writable at first), then
@@ -55,6 +56,13 @@ pub enum Quiesce {
     None,
     /// PostgreSQL at this URL: `CHECKPOINT` + `pg_backup_start`.
     Postgres { url: String },
+    /// `fsfreeze` of the file system mounted at `mount` (not btrfs: a
+    /// btrfs snapshot waits for a frozen btrfs for ever): for an
+    /// application whose file system lives in an image file on the
+    /// subvolume (a loop device, a VM disk). Frozen, it has written
+    /// everything to its device; the subvolume's snapshot then holds a
+    /// consistent image; it is thawed at once, whatever happened.
+    Fsfreeze { mount: PathBuf },
     /// Shell commands: `quiesce` before the snapshot (must succeed),
     /// `release` after it (always run once `quiesce` ran).
     Command {
@@ -68,6 +76,7 @@ impl Quiesce {
         match self {
             Quiesce::None => "none",
             Quiesce::Postgres { .. } => "postgres",
+            Quiesce::Fsfreeze { .. } => "fsfreeze",
             Quiesce::Command { .. } => "command",
         }
     }
@@ -194,6 +203,21 @@ pub async fn take(subvolume: &Path, name: &str, quiesce: &Quiesce) -> Result<Tak
     match quiesce {
         Quiesce::None => {
             create(subvolume, &snapshot, true)?;
+        }
+        Quiesce::Fsfreeze { mount } => {
+            let fs = nix::sys::statfs::statfs(mount.as_path())
+                .map_err(|e| VolumeError::Io(mount.display().to_string(), e.into()))?;
+            if fs.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC {
+                return Err(VolumeError::Unsupported(format!(
+                    "{} is btrfs: freezing it would block the snapshot for ever (a btrfs snapshot is atomic by itself: leave out --quiesce-fsfreeze)",
+                    mount.display()
+                )));
+            }
+            run(Command::new("fsfreeze").arg("-f").arg(mount))?;
+            let made = create(subvolume, &snapshot, true);
+            let thawed = run(Command::new("fsfreeze").arg("-u").arg(mount)).map(|_| ());
+            made?;
+            thawed?;
         }
         Quiesce::Command { quiesce, release } => {
             run(Command::new("sh").arg("-c").arg(quiesce))?;

@@ -45,7 +45,11 @@ pub fn run_with_input(
     let volume = if a.volume_snapshot {
         Some(super::volume::prepare(g, a, &paths)?)
     } else {
-        if a.keep_volume_snapshot || a.quiesce_postgres.is_some() || a.quiesce_command.is_some() {
+        if a.keep_volume_snapshot
+            || a.quiesce_postgres.is_some()
+            || a.quiesce_command.is_some()
+            || a.quiesce_fsfreeze.is_some()
+        {
             anyhow::bail!(crate::Usage(
                 "quiescing and keeping apply to --volume-snapshot".into()
             ));

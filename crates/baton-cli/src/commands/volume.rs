@@ -64,13 +64,16 @@ pub fn prepare(g: &Global, a: &BackupArgs, paths: &[PathBuf]) -> Result<Prepared
     let Some(subvolume) = subvolume else {
         bail!(crate::Usage("--volume-snapshot needs paths".into()));
     };
-    let quiesce = match (&a.quiesce_postgres, &a.quiesce_command) {
-        (Some(url), _) => Quiesce::Postgres { url: url.clone() },
-        (None, Some(cmd)) => Quiesce::Command {
+    let quiesce = match (&a.quiesce_postgres, &a.quiesce_command, &a.quiesce_fsfreeze) {
+        (Some(url), _, _) => Quiesce::Postgres { url: url.clone() },
+        (None, Some(cmd), _) => Quiesce::Command {
             quiesce: cmd.clone(),
             release: a.release_command.clone(),
         },
-        (None, None) => Quiesce::None,
+        (None, None, Some(mount)) => Quiesce::Fsfreeze {
+            mount: mount.clone(),
+        },
+        (None, None, None) => Quiesce::None,
     };
     let name = format!(
         "{}-{}",

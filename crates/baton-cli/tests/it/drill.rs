@@ -449,3 +449,107 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     let _ = PASSWORD;
     drop(cleanup);
 }
+
+/// `--quiesce-fsfreeze`: an ext4 file system in an image file on the btrfs
+/// subvolume, written to while the backup starts, is frozen around the
+/// subvolume's snapshot and thawed at once; the image backed up is clean
+/// (e2fsck finds nothing to repair, no journal to replay). Freezing the
+/// btrfs itself is refused (its snapshot would wait for ever).
+#[test]
+fn a_frozen_file_system_image_is_backed_up_clean() {
+    if !tools_present() {
+        return;
+    }
+    let env = Env::new();
+    let mut cleanup = Cleanup(Vec::new());
+    let img = env.path("vol.img");
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        None,
+        &format!(
+            "truncate -s 1G {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
+            i = img.display(),
+            m = mnt.display()
+        ),
+    );
+    cleanup.0.push(format!("umount -l {}", mnt.display()));
+    let vol = mnt.join("vol");
+    sh(None, &format!("btrfs subvolume create {}", vol.display()));
+    let disk = vol.join("disk.img");
+    let inner = env.path("inner");
+    std::fs::create_dir(&inner).unwrap();
+    sh(
+        None,
+        &format!(
+            "mkfs.ext4 -q -F {d} 96M && mount -o loop {d} {i}",
+            d = disk.display(),
+            i = inner.display()
+        ),
+    );
+    cleanup.0.push(format!(
+        "fsfreeze -u {} ; umount -l {}",
+        inner.display(),
+        inner.display()
+    ));
+    // A writer on the inner file system while the backup runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, inner) = (stop.clone(), inner.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ =
+                    std::fs::write(inner.join(format!("f{}", n % 200)), vec![n as u8; 64 << 10]);
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let b = env
+        .run(&[
+            "backup",
+            "--json",
+            "--volume-snapshot",
+            "--quiesce-fsfreeze",
+            inner.to_str().unwrap(),
+            disk.to_str().unwrap(),
+        ])
+        .ok();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    let taken = lines(&b.stdout, "volume_snapshot");
+    assert_eq!(taken["quiesce"], "fsfreeze", "{taken}");
+    assert_eq!(taken["kept"], false, "{taken}");
+    assert!(writes > 10, "the writer wrote {writes} files");
+    // Thawed: the inner file system takes writes again.
+    std::fs::write(inner.join("after"), b"thawed").unwrap();
+    // The image restored is a clean file system.
+    let out = env.path("restored");
+    env.restore("latest", &out, &[]).ok();
+    let restored = out.join(disk.strip_prefix("/").unwrap());
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&restored)
+        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // Freezing the btrfs that is snapshotted is refused, not a hang.
+    let refused = env.run(&[
+        "backup",
+        "--volume-snapshot",
+        "--quiesce-fsfreeze",
+        mnt.to_str().unwrap(),
+        disk.to_str().unwrap(),
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("is btrfs"), "{}", refused.stderr);
+    drop(cleanup);
+}
