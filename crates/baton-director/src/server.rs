@@ -126,8 +126,8 @@ struct Inner {
     deciding: tokio::sync::Mutex<()>,
     decided: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
     /// Drills reported since start, by name and result; the last RTO of each.
-    drilled: std::sync::Mutex<std::collections::BTreeMap<(String, bool), u64>>,
-    last_rto: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
+    drilled: std::sync::Mutex<std::collections::BTreeMap<(String, String, bool), u64>>,
+    last_rto: std::sync::Mutex<std::collections::BTreeMap<(String, String), f64>>,
     /// The last acknowledged replication of each agent to each second
     /// site: its sequence and lag.
     replication_lag: std::sync::Mutex<std::collections::BTreeMap<(String, String), (u64, f64)>>,
@@ -998,10 +998,11 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
     out.push_str(
         "# HELP baton_director_drills_total Fire drills reported since the start, by drill and result.\n# TYPE baton_director_drills_total counter\n",
     );
-    for ((name, passed), n) in inner.drilled.lock().expect("drills").iter() {
+    for ((agent, name, passed), n) in inner.drilled.lock().expect("drills").iter() {
         let _ = writeln!(
             out,
-            "baton_director_drills_total{{drill=\"{}\",result=\"{}\"}} {n}",
+            "baton_director_drills_total{{agent=\"{}\",drill=\"{}\",result=\"{}\"}} {n}",
+            label(agent),
             label(name),
             if *passed { "passed" } else { "failed" }
         );
@@ -1009,10 +1010,11 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Result<String, Fail> {
     out.push_str(
         "# HELP baton_director_drill_rto_seconds The last drill's recovery time, by drill.\n# TYPE baton_director_drill_rto_seconds gauge\n",
     );
-    for (name, rto) in inner.last_rto.lock().expect("drills").iter() {
+    for ((agent, name), rto) in inner.last_rto.lock().expect("drills").iter() {
         let _ = writeln!(
             out,
-            "baton_director_drill_rto_seconds{{drill=\"{}\"}} {rto}",
+            "baton_director_drill_rto_seconds{{agent=\"{}\",drill=\"{}\"}} {rto}",
+            label(agent),
             label(name)
         );
     }
@@ -1526,6 +1528,9 @@ async fn datasets(State(inner): State<Arc<Inner>>) -> Answer<baton_wire::Dataset
     }))
 }
 
+/// Series of one metric that agents' reports may add, at most.
+const METRIC_SERIES_MAX: usize = 1000;
+
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -1585,17 +1590,20 @@ async fn report_drill(
         .store
         .add_report(crate::store::Reports::Drills, r.at, &r)
         .await?;
-    *inner
-        .drilled
-        .lock()
-        .expect("drills")
-        .entry((r.name.clone(), r.passed))
-        .or_default() += 1;
-    inner
-        .last_rto
-        .lock()
-        .expect("drills")
-        .insert(r.name.clone(), r.rto_s);
+    // Metrics by agent and drill, bounded: an agent cannot grow them
+    // without end by naming drills anew.
+    {
+        let mut drilled = inner.drilled.lock().expect("drills");
+        let key = (r.agent.clone(), r.name.clone(), r.passed);
+        if drilled.contains_key(&key) || drilled.len() < METRIC_SERIES_MAX {
+            *drilled.entry(key).or_default() += 1;
+        }
+        let mut rto = inner.last_rto.lock().expect("drills");
+        let key = (r.agent.clone(), r.name.clone());
+        if rto.contains_key(&key) || rto.len() < METRIC_SERIES_MAX {
+            rto.insert(key, r.rto_s);
+        }
+    }
     if !r.passed {
         inner.notify(
             "drill_failed",
@@ -1641,10 +1649,11 @@ async fn report_replication(
         .add_report(crate::store::Reports::Replications, r.at, &r)
         .await?;
     if r.state == "acknowledged" {
-        inner.replication_lag.lock().expect("replications").insert(
-            (r.agent.clone(), r.replica.clone()),
-            (r.applied_seq, r.lag_s),
-        );
+        let mut lag = inner.replication_lag.lock().expect("replications");
+        let key = (r.agent.clone(), r.replica.clone());
+        if lag.contains_key(&key) || lag.len() < METRIC_SERIES_MAX {
+            lag.insert(key, (r.applied_seq, r.lag_s));
+        }
     } else {
         inner.notify(
             "replication_failed",

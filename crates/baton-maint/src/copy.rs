@@ -211,6 +211,9 @@ pub fn copy(
         let mut s = (*snap).clone();
         s.tree = root;
         s.original = Some(entry.source);
+        // Ids of the source repository mean nothing here.
+        s.parent = None;
+        s.job = None;
         let (id, _) = dst.save_snapshot(&s)?;
         entry.copy = Some(id);
     }

@@ -491,10 +491,30 @@ pub fn copy_wal(
     segment_size: u64,
 ) -> Result<(), PgError> {
     let dest = into.join("pg_wal");
+    // A pg_wal elsewhere (a symbolic link) would be written through.
+    if !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+        return Err(PgError::Refused(format!(
+            "{} is not a directory (WAL on another disk is not taken yet)",
+            dest.display()
+        )));
+    }
     for (name, mut f, md) in wal_files(data_dir, range, segment_size, true)? {
         let to = dest.join(&name);
         let tmp = dest.join(format!(".{name}.baton"));
-        let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&tmp)(e)),
+            _ => {}
+        }
+        let mut out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?
+        };
         std::io::copy(&mut f, &mut out).map_err(io_err(&tmp))?;
         out.sync_all().map_err(io_err(&tmp))?;
         {

@@ -120,7 +120,20 @@ pub fn run_with_input(
             }
             r
         }
-        (r, None) => r??,
+        (r, None) => {
+            let r = r??;
+            if let (Some(to), Some(id)) = (&a.replicate_to, r.snapshot_id) {
+                let log = super::volume::spawn_replicate(g, to, &id.to_hex())?;
+                if !g.quiet && !g.json {
+                    eprintln!(
+                        "replicating to {} in the background (log: {})",
+                        to.display(),
+                        log.display()
+                    );
+                }
+            }
+            r
+        }
         (r, Some(v)) => {
             // No backup to replicate: the snapshot goes.
             let _ = baton_replication::volume::delete(&v.taken.snapshot);

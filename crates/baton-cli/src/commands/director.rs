@@ -462,7 +462,7 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                         context::escape(&r.agent),
                         &r.snapshot[..8.min(r.snapshot.len())],
                         context::escape(&r.replica),
-                        r.state,
+                        context::escape(&r.state),
                         r.applied_seq,
                         r.lag_s,
                         r.error

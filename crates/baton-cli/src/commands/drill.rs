@@ -237,9 +237,10 @@ fn pg_bin(a: &DrillArgs) -> Result<PathBuf> {
         .context("no PostgreSQL found (give --pg-bin)")
 }
 
-/// A command run as the data directory's owner (PostgreSQL refuses root).
+/// A command run as the data directory's owner (PostgreSQL refuses root),
+/// with a clean environment (no passwords of ours reach it).
 fn as_owner(program: &Path, owner: (u32, u32)) -> Command {
-    if nix::unistd::geteuid().is_root() {
+    let mut c = if nix::unistd::geteuid().is_root() {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={}", owner.0))
             .arg(format!("--regid={}", owner.1))
@@ -248,7 +249,39 @@ fn as_owner(program: &Path, owner: (u32, u32)) -> Command {
         c
     } else {
         Command::new(program)
+    };
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .env("PGCONNECT_TIMEOUT", "30");
+    c
+}
+
+/// What a snapshot may not bring into a drill: device nodes, FIFOs and
+/// sockets are removed, setuid and setgid bits cleared, and everything
+/// made the server's owner's (the restore keeps owners as stored).
+fn tame(dir: &Path, owner: (u32, u32)) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p)?;
+        let ft = md.file_type();
+        if ft.is_block_device() || ft.is_char_device() || ft.is_fifo() || ft.is_socket() {
+            std::fs::remove_file(&p)?;
+            continue;
+        }
+        if md.uid() != owner.0 || md.gid() != owner.1 {
+            std::os::unix::fs::lchown(&p, Some(owner.0), Some(owner.1))?;
+        }
+        if !ft.is_symlink() && md.mode() & 0o6000 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(md.mode() & 0o1777))?;
+        }
+        if ft.is_dir() {
+            tame(&p, owner)?;
+        }
     }
+    Ok(())
 }
 
 /// Stops the server and removes the scratch directory, whatever happened.
@@ -348,9 +381,9 @@ fn drill(
             let m = std::fs::metadata(data.join("PG_VERSION")).map_err(|e| e.to_string())?;
             (m.uid(), m.gid())
         };
-        if owner.0 == 0 {
+        if owner.0 == 0 || owner.1 == 0 {
             return Err(
-                "the restored data directory belongs to root, which PostgreSQL refuses to run as"
+                "the restored data directory belongs to root (user or group), which a drill does not run as"
                     .into(),
             );
         }
@@ -359,11 +392,24 @@ fn drill(
             Some(nix::unistd::Uid::from_raw(owner.0)),
             Some(nix::unistd::Gid::from_raw(owner.1)),
         );
-        // The scratch directory's parents must let the owner in.
+        tame(&data, owner).map_err(|e| format!("preparing the restored copy: {e}"))?;
+        // A data directory kept as Debian does has no configuration file.
+        let conf = data.join("postgresql.conf");
+        if std::fs::symlink_metadata(&conf).is_err() {
+            std::fs::write(&conf, b"").map_err(|e| e.to_string())?;
+            let _ = std::os::unix::fs::lchown(&conf, Some(owner.0), Some(owner.1));
+        }
+        // The owner may pass through the scratch directory, not list it.
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
             let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
+        }
+        if sock_unsafe(&dir) {
+            return Err(format!(
+                "the work directory {} has a quote or space in its path",
+                dir.display()
+            ));
         }
         let sock = dir.join("sock");
         std::fs::create_dir(&sock).map_err(|e| e.to_string())?;
@@ -390,8 +436,10 @@ fn drill(
             .args(["-w", "-t"])
             .arg(a.timeout.to_string())
             .arg("-o")
+            // Whatever the copy's configuration says: no TCP, no archiving,
+            // no connection to a primary, no preloaded libraries.
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses='' -c archive_mode=off",
+                "-p {port} -k '{}' -c listen_addresses='' -c archive_mode=off -c primary_conninfo='' -c restore_command='' -c shared_preload_libraries='' -c ssl=off -c logging_collector=off",
                 sock.display()
             ))
             .arg("start")
@@ -423,7 +471,7 @@ fn drill(
             .arg(&a.db_user)
             .arg("-d")
             .arg(&a.database)
-            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c"])
+            .args(["-w", "-v", "ON_ERROR_STOP=1", "-At", "-c"])
             .arg(&a.check_sql)
             .output()
             .map_err(|e| format!("running psql: {e}"))?;
@@ -462,4 +510,11 @@ fn drill(
 fn last_lines(log: &str, stderr: &str) -> String {
     let lines: Vec<&str> = log.lines().chain(stderr.lines()).collect();
     lines[lines.len().saturating_sub(4)..].join(" | ")
+}
+
+/// Whether a path cannot be passed to pg_ctl's `-o` (run by a shell) as is.
+fn sock_unsafe(p: &Path) -> bool {
+    p.to_string_lossy()
+        .chars()
+        .any(|c| c == '\'' || c == '\\' || c.is_whitespace() || c.is_control())
 }

@@ -39,6 +39,8 @@ fn state_dir() -> PathBuf {
 /// The volume snapshot of a backup's paths, taken before it reads them.
 pub struct Prepared {
     pub taken: Taken,
+    /// Each backup path, and its place in the snapshot.
+    binds: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Takes the snapshot of the subvolume holding every one of `paths`, with
@@ -50,7 +52,10 @@ pub fn prepare(g: &Global, a: &BackupArgs, paths: &[PathBuf]) -> Result<Prepared
         ));
     }
     let mut subvolume: Option<PathBuf> = None;
+    let mut sources = Vec::new();
     for p in paths {
+        let abs = std::fs::canonicalize(p).with_context(|| format!("{}", p.display()))?;
+        sources.push(abs);
         let s = volume::subvolume_of(p)?;
         match &subvolume {
             Some(prev) if *prev != s => bail!(crate::Usage(format!(
@@ -97,14 +102,23 @@ pub fn prepare(g: &Global, a: &BackupArgs, paths: &[PathBuf]) -> Result<Prepared
             taken.held_ms
         );
     }
-    Ok(Prepared { taken })
+    let binds = sources
+        .into_iter()
+        .map(|p| {
+            let rel = p
+                .strip_prefix(&subvolume)
+                .unwrap_or(Path::new(""))
+                .to_path_buf();
+            (taken.snapshot.join(rel), p)
+        })
+        .collect();
+    Ok(Prepared { taken, binds })
 }
 
-/// Runs `f` on a thread whose mount namespace shows the snapshot at its
-/// subvolume's place.
+/// Runs `f` on a thread whose mount namespace shows each backup path's
+/// copy in the snapshot at its place (nothing else is covered).
 pub fn in_snapshot<T: Send>(p: &Prepared, f: impl FnOnce() -> T + Send) -> Result<T> {
     use nix::mount::{MntFlags, MsFlags, mount, umount2};
-    let (snap, sub) = (&p.taken.snapshot, &p.taken.subvolume);
     std::thread::scope(|s| {
         s.spawn(|| -> Result<T> {
             nix::sched::unshare(
@@ -119,16 +133,20 @@ pub fn in_snapshot<T: Send>(p: &Prepared, f: impl FnOnce() -> T + Send) -> Resul
                 None::<&str>,
             )
             .context("making the backup's mounts private")?;
-            mount(
-                Some(snap.as_path()),
-                sub.as_path(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .with_context(|| format!("mounting {} at {}", snap.display(), sub.display()))?;
+            for (snap, at) in &p.binds {
+                mount(
+                    Some(snap.as_path()),
+                    at.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .with_context(|| format!("mounting {} at {}", snap.display(), at.display()))?;
+            }
             let r = f();
-            let _ = umount2(sub.as_path(), MntFlags::MNT_DETACH);
+            for (_, at) in p.binds.iter().rev() {
+                let _ = umount2(at.as_path(), MntFlags::MNT_DETACH);
+            }
             Ok(r)
         })
         .join()
@@ -167,23 +185,40 @@ pub fn finish(
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
     if let Some(to) = &a.replicate_to {
-        // In the background: the backup is done; the copy follows.
-        let log = dir.join(format!("{id}.log"));
-        let out = std::fs::File::create(&log)?;
-        let mut c = std::process::Command::new(std::env::current_exe()?);
-        c.arg("replicate")
-            .arg("--to")
-            .arg(to)
-            .arg(&id)
-            .env("BATON_REPOSITORY", context::repo_location(g).0)
-            .stdin(std::process::Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        c.spawn()
-            .context("starting `baton replicate` in the background")?;
-        v["replicating"] = log.display().to_string().into();
+        v["replicating"] = spawn_replicate(g, to, &id)?.display().to_string().into();
     }
     Ok(v)
+}
+
+/// Starts `baton replicate --to TO ID` in the background (the backup is
+/// done; the copy follows), with this run's repository, password source
+/// and bandwidth limits; returns its log.
+pub fn spawn_replicate(g: &Global, to: &Path, id: &str) -> Result<PathBuf> {
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join(format!("{id}.log"));
+    let out = std::fs::File::create(&log)?;
+    let mut c = std::process::Command::new(std::env::current_exe()?);
+    c.arg("replicate").arg("--to").arg(to).arg(id);
+    if let Some(f) = &g.password_file {
+        c.arg("--password-file").arg(f);
+    }
+    if let Some(cmd) = &g.password_command {
+        c.arg("--password-command").arg(cmd);
+    }
+    if let Some(k) = g.limit_upload {
+        c.arg("--limit-upload").arg(k.to_string());
+    }
+    if let Some(k) = g.limit_download {
+        c.arg("--limit-download").arg(k.to_string());
+    }
+    c.env("BATON_REPOSITORY", context::repo_location(g).0)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    c.spawn()
+        .context("starting `baton replicate` in the background")?;
+    Ok(log)
 }
 
 /// `baton replicate`: for each snapshot (by default each whose volume
@@ -200,10 +235,24 @@ pub fn replicate(g: &Global, a: &ReplicateArgs) -> Result<i32> {
             if !name.ends_with(".json") || name.starts_with('.') {
                 continue;
             }
+            // Only this user's own state files, naming a snapshot id.
+            let mine = {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::symlink_metadata(e.path()).is_ok_and(|m| {
+                    m.is_file()
+                        && m.uid() == nix::unistd::geteuid().as_raw()
+                        && m.mode() & 0o022 == 0
+                })
+            };
             match std::fs::read(e.path())
                 .ok()
+                .filter(|_| mine)
                 .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
-            {
+                .filter(|p| {
+                    p.snapshot_id.len() == 64
+                        && p.snapshot_id.bytes().all(|b| b.is_ascii_hexdigit())
+                        && name == format!("{}.json", p.snapshot_id)
+                }) {
                 Some(p) if p.repository == here => pending.push(p),
                 Some(_) => {}
                 None => eprintln!("warning: {} cannot be read; left alone", e.path().display()),
@@ -298,6 +347,8 @@ fn replicate_one(
         &crate::baton::NoProgress,
         context::cancel(),
     )?;
+    let made = report.copied.first().and_then(|c| c.copy);
+    let found_before = report.already_copied.first().map(|c| c.copy);
     // The source polls until the second site holds the whole snapshot:
     // its own snapshot naming this one, and every blob of its tree.
     let mut ack = None;
@@ -310,12 +361,15 @@ fn replicate_one(
         let mut fresh = context::open_replica(g, to, &a.replica)?;
         let _lock = fresh.lock(false)?;
         fresh.load_index()?;
-        let found = fresh
-            .list_snapshots()?
-            .into_iter()
-            .find(|(_, s)| s.original == Some(sid));
+        // The copy this run made or found; a copy changed since (repaired
+        // without lost files, rewritten) does not count.
+        let found = fresh.list_snapshots()?.into_iter().find(|(id, s)| {
+            s.original == Some(sid)
+                && (made == Some(*id)
+                    || (found_before == Some(*id) && same_content(&snap, s, report.same_ids)))
+        });
         let Some((copy_id, copy)) = found else {
-            last_err = Some("no snapshot there names it yet".to_string());
+            last_err = Some("no complete copy of it is there yet".to_string());
             continue;
         };
         match crate::baton::verify_complete(&fresh, copy.tree, context::cancel()) {
@@ -433,4 +487,20 @@ fn report(id: &str, to: &Path, outcome: &Result<serde_json::Value>) {
     if let Err(e) = c.report_replication(&rec) {
         eprintln!("warning: the replication's state did not reach the director: {e}");
     }
+}
+
+/// Whether `copy` (found at the second site) still is a whole copy of
+/// `source`: with shared blob ids the same tree; else the same time and
+/// paths, and not a repaired copy.
+fn same_content(
+    source: &baton_types::Snapshot,
+    copy: &baton_types::Snapshot,
+    same_ids: bool,
+) -> bool {
+    if same_ids {
+        return copy.tree == source.tree;
+    }
+    copy.time == source.time
+        && copy.paths == source.paths
+        && !copy.tags.iter().any(|t| t == "repaired")
 }
