@@ -986,8 +986,8 @@ pub struct DrillArgs {
     /// the temporary directory), removed afterwards
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
-    /// PostgreSQL's bin directory (default: pg_ctl on PATH, else the newest
-    /// under /usr/lib/postgresql)
+    /// PostgreSQL's bin directory (default: the first on PATH with pg_ctl
+    /// and psql, else the newest under /usr/lib/postgresql)
     #[arg(long, value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
     /// Longest wait for the server to reach consistency, in seconds

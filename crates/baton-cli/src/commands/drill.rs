@@ -219,7 +219,7 @@ fn pg_bin(a: &DrillArgs) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
-        .find(|d| d.join("pg_ctl").is_file())
+        .find(|d| d.join("pg_ctl").is_file() && d.join("psql").is_file())
     {
         return Ok(p);
     }

@@ -127,20 +127,7 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
         sockets: sockets.clone(),
         port,
     };
-    sh(
-        Some("postgres"),
-        &format!(
-            "{}/initdb -D {} -U postgres --auth=trust -E UTF8 --locale=C >/dev/null",
-            bin.display(),
-            data.display()
-        ),
-    );
-    cleanup.0.push(format!(
-        "runuser -u postgres -- {}/pg_ctl -D {} -m immediate stop",
-        bin.display(),
-        data.display()
-    ));
-    pg.ctl(&data, "start");
+    pg.init_and_start(&data, &mut cleanup);
     pg.sql("CREATE TABLE marks(id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())");
     let pgbench = if bin.join("pgbench").exists() {
         bin.join("pgbench").display().to_string()
@@ -332,9 +319,8 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     // 5. The fire drill at the second site: PostgreSQL recovers on the copy
     //    and holds every transaction committed before the quiesce.
     let work = env.path("drills");
-    let drill = run(site2(&env, &site, &director, &site2_node)
-        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
-        .args([
+    let drill_args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
             "drill",
             "--json",
             "--tag",
@@ -347,7 +333,14 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
             &n.to_string(),
             "--work-dir",
             work.to_str().unwrap(),
-        ]));
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let drill = run(site2(&env, &site, &director, &site2_node).args(drill_args(&[])));
     assert_eq!(drill.code, 0, "{}{}", drill.stdout, drill.stderr);
     let result = drill.json();
     assert_eq!(result["passed"], true, "{result}");
@@ -383,24 +376,10 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     sh(None, &format!("chmod u+w {}", pack.display()));
     std::fs::write(&pack, &bytes).unwrap();
     let note = env.path("notified.json");
-    let failed = run(site2(&env, &site, &director, &site2_node)
-        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
-        .args([
-            "drill",
-            "--json",
-            "--tag",
-            "drill",
-            "--postgres",
-            data.to_str().unwrap(),
-            "--check-sql",
-            &format!("SELECT count(*) FROM marks WHERE id <= {n}"),
-            "--expect",
-            &n.to_string(),
-            "--work-dir",
-            work.to_str().unwrap(),
-            "--notify-command",
-            &format!("printf '%s' \"$BATON_DRILL\" > {}", note.display()),
-        ]));
+    let notify = format!("printf '%s' \"$BATON_DRILL\" > {}", note.display());
+    let failed =
+        run(site2(&env, &site, &director, &site2_node)
+            .args(drill_args(&["--notify-command", &notify])));
     assert_eq!(failed.code, 1, "{}{}", failed.stdout, failed.stderr);
     let result = failed.json();
     assert_eq!(result["passed"], false, "{result}");

@@ -86,6 +86,25 @@ impl Pg {
             ),
         );
     }
+    /// A new cluster in `data` (owned by postgres), started; `cleanup`
+    /// stops it whatever happens.
+    pub(crate) fn init_and_start(&self, data: &Path, cleanup: &mut Cleanup) {
+        sh(
+            Some("postgres"),
+            &format!(
+                "{}/initdb -D {} -U postgres --auth=trust -E UTF8 --locale=C >/dev/null",
+                self.bin.display(),
+                data.display()
+            ),
+        );
+        cleanup.0.push(format!(
+            "runuser -u postgres -- {}/pg_ctl -D {} -m immediate stop",
+            self.bin.display(),
+            data.display()
+        ));
+        self.ctl(data, "start");
+    }
+
     pub(crate) fn sql(&self, q: &str) -> String {
         sh(
             Some("postgres"),
@@ -135,20 +154,7 @@ fn postgres_runs_on_an_instant_restore_and_keeps_its_writes() {
     let data = root.join("pgdata");
     std::fs::create_dir_all(&root).unwrap();
     sh(None, &format!("chown postgres: {}", root.display()));
-    sh(
-        Some("postgres"),
-        &format!(
-            "{}/initdb -D {} -U postgres --auth=trust -E UTF8 --locale=C >/dev/null",
-            bin.display(),
-            data.display()
-        ),
-    );
-    cleanup.0.push(format!(
-        "runuser -u postgres -- {}/pg_ctl -D {} -m immediate stop",
-        bin.display(),
-        data.display()
-    ));
-    pg.ctl(&data, "start");
+    pg.init_and_start(&data, &mut cleanup);
     pg.sql("CREATE TABLE t(id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1,1000) g;");
     pg.ctl(&data, "stop");
     let img = env.path("pg.img");
