@@ -83,6 +83,22 @@ static MEDIA_NODE: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock:
 static MEDIA: std::sync::Mutex<Option<Arc<baton_media::client::MediaStorage>>> =
     std::sync::Mutex::new(None);
 
+/// Where Baton keeps this machine's state (volume snapshots waiting for
+/// their copy, drill history): `$XDG_STATE_HOME/baton`, else
+/// `~/.local/state/baton`, else (no home, as under systemd)
+/// `/var/lib/baton`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        })
+        .map_or_else(|| PathBuf::from("/var/lib/baton"), |d| d.join("baton"))
+}
+
 /// A client of the director as this enrolled node (`baton agent`, or
 /// `BATON_DIRECTOR` and `BATON_AGENT_STATE`), for reports; `None` when
 /// this machine is not one.

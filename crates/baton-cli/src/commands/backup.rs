@@ -136,7 +136,7 @@ pub fn run_with_input(
         }
         (r, Some(v)) => {
             // No backup to replicate: the snapshot goes.
-            let _ = baton_replication::volume::delete(&v.taken.snapshot);
+            super::volume::discard(v);
             r??
         }
     };

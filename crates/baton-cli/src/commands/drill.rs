@@ -78,8 +78,16 @@ pub fn run(g: &Global, a: &DrillArgs) -> Result<i32> {
                 if changed || due {
                     let r = drill(&repo, id, &snapshot, a);
                     drop(lock);
-                    code = finish(g, a, r?)?;
-                    last = Some((id.to_hex(), SystemTime::now()));
+                    // A drill that could not run at all (not one that
+                    // failed) is said, and tried again at the next poll.
+                    match r {
+                        Ok(result) => {
+                            code = finish(g, a, result)?;
+                            last = Some((id.to_hex(), SystemTime::now()));
+                        }
+                        Err(e) if context::cancel().is_cancelled() => return Err(e),
+                        Err(e) => eprintln!("drill {name}: could not run: {e:#}"),
+                    }
                 } else {
                     drop(lock);
                 }
@@ -125,11 +133,7 @@ fn history() -> Vec<(String, String, SystemTime)> {
 }
 
 fn state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("baton")
+    context::state_dir()
 }
 
 /// Records, reports and prints one drill's result; notifies a failure.
@@ -253,7 +257,8 @@ fn as_owner(program: &Path, owner: (u32, u32)) -> Command {
     c.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LC_ALL", "C")
-        .env("PGCONNECT_TIMEOUT", "30");
+        .env("PGCONNECT_TIMEOUT", "30")
+        .env("PGOPTIONS", "-c statement_timeout=600s");
     c
 }
 

@@ -29,11 +29,57 @@ pub struct Pending {
 }
 
 fn state_dir() -> PathBuf {
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("baton/volume-snapshots")
+    context::state_dir().join("volume-snapshots")
+}
+
+/// A snapshot being taken or read by a running backup
+/// (`taking-NAME.json`): if that process is gone, nothing else will delete
+/// the snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Taking {
+    pid: u32,
+    snapshot: PathBuf,
+}
+
+fn taking_path(name: &str) -> PathBuf {
+    state_dir().join(format!("taking-{name}.json"))
+}
+
+/// Deletes the snapshots of backups that were killed between taking them
+/// and recording or deleting them.
+fn sweep_orphans() {
+    let Ok(rd) = std::fs::read_dir(state_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("taking-") || !name.ends_with(".json") {
+            continue;
+        }
+        let Some(t) = std::fs::read(e.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Taking>(&b).ok())
+        else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(t.pid as i32), None).is_ok();
+        if alive {
+            continue;
+        }
+        match volume::delete(&t.snapshot) {
+            Ok(()) => {
+                eprintln!(
+                    "deleted volume snapshot {} left by a backup that was killed",
+                    t.snapshot.display()
+                );
+                let _ = std::fs::remove_file(e.path());
+            }
+            Err(err) => eprintln!(
+                "warning: volume snapshot {} left by a killed backup stays: {err}",
+                t.snapshot.display()
+            ),
+        }
+    }
 }
 
 /// The volume snapshot of a backup's paths, taken before it reads them.
@@ -87,12 +133,32 @@ pub fn prepare(g: &Global, a: &BackupArgs, paths: &[PathBuf]) -> Result<Prepared
             .replace(':', ""),
         &crate::baton::random_id().to_hex()[..8]
     );
+    sweep_orphans();
+    // Recorded before it exists: a kill from here on leaves a record the
+    // next backup or replicate finds.
+    std::fs::create_dir_all(state_dir())
+        .with_context(|| format!("creating {}", state_dir().display()))?;
+    std::fs::write(
+        taking_path(&name),
+        serde_json::to_vec(&Taking {
+            pid: std::process::id(),
+            snapshot: subvolume.join(volume::SNAPSHOT_DIR).join(&name),
+        })?,
+    )
+    .with_context(|| format!("writing {}", taking_path(&name).display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let taken = rt
         .block_on(volume::take(&subvolume, &name, &quiesce))
-        .with_context(|| format!("taking a snapshot of {}", subvolume.display()))?;
+        .with_context(|| format!("taking a snapshot of {}", subvolume.display()));
+    let taken = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(taking_path(&name));
+            return Err(e);
+        }
+    };
     if !g.quiet && !g.json {
         eprintln!(
             "volume snapshot {} of {} (quiesce: {}, held {} ms)",
@@ -154,6 +220,15 @@ pub fn in_snapshot<T: Send>(p: &Prepared, f: impl FnOnce() -> T + Send) -> Resul
     })
 }
 
+/// After a backup that failed: the snapshot goes (there is nothing to
+/// replicate), and its record.
+pub fn discard(p: Prepared) {
+    let _ = volume::delete(&p.taken.snapshot);
+    if let Some(n) = p.taken.snapshot.file_name() {
+        let _ = std::fs::remove_file(taking_path(&n.to_string_lossy()));
+    }
+}
+
 /// After the backup: keeps the snapshot for its copy (recorded as
 /// pending, and with `--replicate-to` a `baton replicate` started in the
 /// background), or deletes it.
@@ -166,8 +241,16 @@ pub fn finish(
     let keep = (a.keep_volume_snapshot || a.replicate_to.is_some()) && snapshot.is_some();
     let mut v = serde_json::to_value(&p.taken)?;
     v["kept"] = keep.into();
+    let taking = p
+        .taken
+        .snapshot
+        .file_name()
+        .map(|n| taking_path(&n.to_string_lossy()));
     if !keep {
         volume::delete(&p.taken.snapshot)?;
+        if let Some(t) = &taking {
+            let _ = std::fs::remove_file(t);
+        }
         return Ok(v);
     }
     let id = snapshot.expect("checked above");
@@ -184,6 +267,10 @@ pub fn finish(
     std::fs::write(&tmp, serde_json::to_vec_pretty(&pending)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    // Waiting for its copy now, not orphaned.
+    if let Some(t) = &taking {
+        let _ = std::fs::remove_file(t);
+    }
     if let Some(to) = &a.replicate_to {
         v["replicating"] = spawn_replicate(g, to, &id)?.display().to_string().into();
     }
@@ -226,6 +313,7 @@ pub fn spawn_replicate(g: &Global, to: &Path, id: &str) -> Result<PathBuf> {
 /// is complete (every blob of its tree indexed: the second site's
 /// acknowledgement), then delete the volume snapshot.
 pub fn replicate(g: &Global, a: &ReplicateArgs) -> Result<i32> {
+    sweep_orphans();
     let here = context::repo_location(g).0.display().to_string();
     let dir = state_dir();
     let mut pending: Vec<Pending> = Vec::new();

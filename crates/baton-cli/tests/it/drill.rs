@@ -520,6 +520,32 @@ fn a_frozen_file_system_image_is_backed_up_clean() {
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
     );
+    // A backup killed after its snapshot leaves a record; the next backup
+    // deletes what that process left.
+    let orphan = vol.join(".baton-snapshots/orphan");
+    sh(
+        None,
+        &format!(
+            "btrfs subvolume snapshot -r {} {}",
+            vol.display(),
+            orphan.display()
+        ),
+    );
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    let records = env.path(".local/state/baton/volume-snapshots");
+    std::fs::write(
+        records.join("taking-orphan.json"),
+        serde_json::json!({"pid": dead, "snapshot": orphan}).to_string(),
+    )
+    .unwrap();
+    env.run(&["backup", "--volume-snapshot", disk.to_str().unwrap()])
+        .ok();
+    assert!(!orphan.exists(), "the orphaned snapshot is still there");
+    assert!(!records.join("taking-orphan.json").exists());
     // Freezing the btrfs that is snapshotted is refused, not a hang.
     let refused = env.run(&[
         "backup",
