@@ -482,6 +482,19 @@ pub struct CtlJobAddArgs {
     /// `postgres://USER@HOST:PORT/DB`)
     #[arg(long, value_name = "URL", requires = "dataset")]
     pub dataset_connect: Option<String>,
+    /// Back the paths up from a btrfs snapshot of their subvolume (the
+    /// agent runs as root)
+    #[arg(long)]
+    pub volume_snapshot: bool,
+    /// Quiesce the application around the snapshot: `postgres:URL` or
+    /// `fsfreeze:MOUNTPOINT`
+    #[arg(long, value_name = "KIND:ARG", requires = "volume_snapshot")]
+    pub quiesce: Option<String>,
+    /// Replicate each snapshot to this second site (a directory or s3:URL
+    /// as the agent sees it; its password in the agent's
+    /// BATON_REPLICA_PASSWORD_FILE)
+    #[arg(long, value_name = "REPO")]
+    pub replicate_to: Option<String>,
     /// When: `every N{m,h,d}` or `daily HH:MM` (UTC)
     #[arg(long)]
     pub schedule: String,

@@ -113,6 +113,11 @@ pub fn node_client() -> Option<baton_director::client::Client> {
     }
 }
 
+/// The director and state directory of this enrolled node, if it is one.
+pub fn node() -> Option<(String, PathBuf)> {
+    media_node().ok()
+}
+
 pub fn set_media_node(director: &str, state: &std::path::Path) {
     let _ = MEDIA_NODE.set((director.to_string(), state.to_path_buf()));
 }

@@ -1183,6 +1183,39 @@ fn check_job(job: &JobSpec) -> Result<(), String> {
             return Err("a job's data set needs --dataset-connect, and the other way round".into());
         }
     }
+    if let Some(q) = &job.quiesce {
+        if !job.volume_snapshot {
+            return Err("--quiesce needs --volume-snapshot".into());
+        }
+        let ok = q.len() <= 4096
+            && !q.chars().any(char::is_control)
+            && match q.split_once(':') {
+                Some(("postgres", url)) => {
+                    url.starts_with("postgres")
+                        && !url.contains("password=")
+                        && !url
+                            .split_once("://")
+                            .and_then(|(_, rest)| rest.split('/').next())
+                            .and_then(|auth| auth.rsplit_once('@'))
+                            .is_some_and(|(u, _)| u.contains(':'))
+                }
+                Some(("fsfreeze", mount)) => mount.starts_with('/') && !mount.contains(".."),
+                _ => false,
+            };
+        if !ok {
+            return Err(
+                "--quiesce is postgres:URL (no password in it) or fsfreeze:/MOUNTPOINT".into(),
+            );
+        }
+    }
+    if let Some(r) = &job.replicate_to
+        && (r.is_empty()
+            || r.len() > 1024
+            || r.chars().any(char::is_control)
+            || r.starts_with("media:"))
+    {
+        return Err("--replicate-to is a directory or s3:URL".into());
+    }
     for p in &job.paths {
         if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
             return Err(format!("{p:?}: a job's paths are absolute, without `..`"));

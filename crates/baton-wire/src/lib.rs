@@ -272,6 +272,19 @@ pub struct JobSpec {
     /// as `postgres://postgres@localhost/postgres?host=/run/postgresql`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_connect: Option<String>,
+    /// Read the paths from a btrfs snapshot of their subvolume (`backup
+    /// --volume-snapshot`), with the application quiesced as `quiesce`
+    /// says: `postgres:URL` or `fsfreeze:MOUNTPOINT` (no shell commands:
+    /// the director does not run code on agents).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub volume_snapshot: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<String>,
+    /// A second site the agent replicates each snapshot to, in the
+    /// background (`backup --replicate-to`; its password from the agent's
+    /// `BATON_REPLICA_PASSWORD_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicate_to: Option<String>,
 }
 
 /// Where a replicated data set is backed up from.

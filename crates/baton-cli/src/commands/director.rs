@@ -206,6 +206,9 @@ pub fn ctl(g: &Global, c: CtlCommand) -> Result<i32> {
                 tags: a.tags.clone(),
                 dataset: a.dataset.clone(),
                 dataset_connect: a.dataset_connect.clone(),
+                volume_snapshot: a.volume_snapshot,
+                quiesce: a.quiesce.clone(),
+                replicate_to: a.replicate_to.clone(),
             };
             if let Err(e) = baton_wire::parse_schedule(&job.schedule) {
                 return Err(crate::Usage(e).into());
@@ -888,6 +891,24 @@ fn run_backup(g: &Global, job: &baton_wire::JobSpec) -> Result<i32> {
     for t in &job.tags {
         argv.push("--tag".into());
         argv.push(t.clone());
+    }
+    if job.volume_snapshot {
+        argv.push("--volume-snapshot".into());
+        match job.quiesce.as_deref().and_then(|q| q.split_once(':')) {
+            Some(("postgres", url)) => {
+                argv.push("--quiesce-postgres".into());
+                argv.push(url.into());
+            }
+            Some(("fsfreeze", mount)) => {
+                argv.push("--quiesce-fsfreeze".into());
+                argv.push(mount.into());
+            }
+            _ => {}
+        }
+    }
+    if let Some(r) = &job.replicate_to {
+        argv.push("--replicate-to".into());
+        argv.push(r.clone());
     }
     argv.push("--".into());
     argv.extend(job.paths.iter().cloned());

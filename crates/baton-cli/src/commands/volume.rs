@@ -299,6 +299,11 @@ pub fn spawn_replicate(g: &Global, to: &Path, id: &str) -> Result<PathBuf> {
     if let Some(k) = g.limit_download {
         c.arg("--limit-download").arg(k.to_string());
     }
+    // An agent's pool is reached as the agent.
+    if let Some((director, state)) = context::node() {
+        c.env("BATON_DIRECTOR", director)
+            .env("BATON_AGENT_STATE", state);
+    }
     c.env("BATON_REPOSITORY", context::repo_location(g).0)
         .stdin(std::process::Stdio::null())
         .stdout(out.try_clone()?)

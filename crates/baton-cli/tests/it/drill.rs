@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 const SITE2_PASSWORD: &str = "the second site's own password";
 
-fn tools_present() -> bool {
+pub(crate) fn tools_present() -> bool {
     let have = |t: &str| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {t}")])

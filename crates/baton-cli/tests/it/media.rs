@@ -1422,3 +1422,113 @@ fn node_certificates_are_renewed_before_they_expire() {
         "{metrics}"
     );
 }
+
+/// A job the director defines with `--volume-snapshot --replicate-to`:
+/// the agent backs its paths up through the pool from a btrfs snapshot,
+/// replicates the snapshot to the second site in the background (reading
+/// the pool as the agent, through the media agent), and once that site
+/// holds it whole the volume snapshot is deleted and the director knows.
+#[test]
+fn a_job_with_a_volume_snapshot_is_replicated_to_a_second_site() {
+    if !crate::drill::tools_present() {
+        return;
+    }
+    let s = setup(&[&[]]);
+    let env = &s.env;
+    let cleanup = crate::instant_pg::Cleanup(vec![]);
+    let mut cleanup = cleanup;
+    let img = env.path("vol.img");
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    crate::instant_pg::sh(
+        None,
+        &format!(
+            "truncate -s 1G {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m} && btrfs subvolume create {m}/vol",
+            i = img.display(),
+            m = mnt.display()
+        ),
+    );
+    cleanup.0.push(format!("umount -l {}", mnt.display()));
+    let data = mnt.join("vol/data");
+    random_files(&data, 20, 8, 77);
+    let site = env.path("site2");
+    let mut init = env.cmd();
+    init.env("BATON_REPOSITORY", &site)
+        .env("BATON_PASSWORD", "site two")
+        .args(["init", "--kdf-memory", "8192", "--kdf-iterations", "1"]);
+    run(&mut init).ok();
+    add_job(
+        env,
+        &s.d,
+        ("vol", "web-1", "p1"),
+        data.to_str().unwrap(),
+        &[
+            "--volume-snapshot",
+            "--replicate-to",
+            site.to_str().unwrap(),
+        ],
+    );
+    let out = backup_cmd(env, &s.d, &s.web, "vol")
+        .env("BATON_REPLICA_PASSWORD", "site two")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agent backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps = mnt.join("vol/.baton-snapshots");
+    // The background replication: the second site gets the snapshot, then
+    // the volume snapshot goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let left = std::fs::read_dir(&snaps).map_or(0, |r| r.count());
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the volume snapshot is still there; replicate's log: {}",
+            std::fs::read_dir(env.path(".local/state/baton/volume-snapshots"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<String>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut restore = env.cmd();
+    let target = env.path("from-site2");
+    restore
+        .env("BATON_REPOSITORY", &site)
+        .env("BATON_PASSWORD", "site two")
+        .args(["restore", "latest", "--target", target.to_str().unwrap()]);
+    run(&mut restore).ok();
+    same_tree(&data, &target.join(data.strip_prefix("/").unwrap()));
+    let reps = s.d.ctl(env, &["replications", "--json"]).ok().json();
+    assert_eq!(reps["replications"][0]["state"], "acknowledged", "{reps}");
+    assert_eq!(reps["replications"][0]["agent"], "web-1", "{reps}");
+    // A job cannot make agents run shell commands.
+    let r = s.d.ctl(
+        env,
+        &[
+            "job-add",
+            "--name",
+            "bad",
+            "--agent",
+            "web-1",
+            "--pool",
+            "p1",
+            "--schedule",
+            "every 1h",
+            "--path",
+            "/srv",
+            "--volume-snapshot",
+            "--quiesce",
+            "command:rm -rf /",
+        ],
+    );
+    assert_ne!(r.code, 0);
+    drop(cleanup);
+}
