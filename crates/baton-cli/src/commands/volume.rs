@@ -3,12 +3,11 @@
 //! whose acknowledgement the volume snapshot is deleted).
 //!
 //! The backup reads the snapshot at the original paths: it runs on a
-//! thread of its own in a private mount namespace where the snapshot is
-//! bind-mounted over its subvolume, so the snapshot records the paths the
-//! user named and the next backup finds its parent as usual. Snapshots
-//! waiting for their copy are listed in
-//! `$XDG_STATE_HOME/baton/volume-snapshots/SNAPSHOT_ID.json` (default
-//! `~/.local/state/...`).
+//! thread of its own in a private mount namespace where each backup path's
+//! copy in the snapshot is bind-mounted over the path, so the snapshot
+//! records the paths the user named and the next backup finds its parent
+//! as usual. Snapshots waiting for their copy are listed in
+//! `STATE/volume-snapshots/SNAPSHOT_ID.json` (STATE: `context::state_dir`).
 
 use crate::cli::{BackupArgs, Global, ReplicateArgs};
 use crate::context;
