@@ -926,10 +926,15 @@ impl Store {
         r: &T,
     ) -> Result<()> {
         let spec = serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Ordered by arrival within a second too: the time in nanoseconds,
+        // then random bits against two reports in the same nanosecond.
         let id = {
-            let mut b = [0u8; 16];
+            let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            hex::encode(b)
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{nanos:024}-{}", hex::encode(b))
         };
         sqlx::query(table.insert_sql())
             .bind(id)
@@ -1346,8 +1351,10 @@ impl Reports {
 
     fn select_sql(self) -> &'static str {
         match self {
-            Reports::Drills => "SELECT spec FROM drills ORDER BY at DESC, id LIMIT $1",
-            Reports::Replications => "SELECT spec FROM replications ORDER BY at DESC, id LIMIT $1",
+            Reports::Drills => "SELECT spec FROM drills ORDER BY at DESC, id DESC LIMIT $1",
+            Reports::Replications => {
+                "SELECT spec FROM replications ORDER BY at DESC, id DESC LIMIT $1"
+            }
         }
     }
 

@@ -394,9 +394,11 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     let drills = director.ctl(&env, &["drills", "--json"]).ok().json();
     let list = drills["drills"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{drills}");
+    // The latest first: the failed drill, then the one that passed.
     assert_eq!(
         (list[0]["passed"].clone(), list[1]["passed"].clone()),
-        (false.into(), true.into())
+        (false.into(), true.into()),
+        "{drills}"
     );
     assert_eq!(list[1]["agent"], "site-2");
     assert_eq!(list[1]["name"], "drill");
