@@ -450,7 +450,9 @@ fn replicate_one(
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         context::cancel().check()?;
-        let mut fresh = context::open_replica(g, to, &a.replica)?;
+        // The index read again from the second site's storage (a reload
+        // starts from nothing), without opening its key again.
+        let fresh = &mut dst;
         let _lock = fresh.lock(false)?;
         fresh.load_index()?;
         // The copy this run made or found; a copy changed since (repaired
@@ -464,7 +466,7 @@ fn replicate_one(
             last_err = Some("no complete copy of it is there yet".to_string());
             continue;
         };
-        match crate::baton::verify_complete(&fresh, copy.tree, context::cancel()) {
+        match crate::baton::verify_complete(fresh, copy.tree, context::cancel()) {
             Ok(blobs) => {
                 ack = Some((copy_id, blobs));
                 break;

@@ -83,6 +83,26 @@ fn lines(stdout: &str, message: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no {message} in {stdout}"))
 }
 
+/// A btrfs file system of `size` on a loop file, mounted at `mnt` (made),
+/// with a subvolume `vol`; `cleanup` unmounts it. Returns the subvolume.
+pub(crate) fn btrfs_volume(env: &Env, size: &str, cleanup: &mut Cleanup) -> std::path::PathBuf {
+    let img = env.path("vol.img");
+    let mnt = env.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(
+        None,
+        &format!(
+            "truncate -s {size} {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
+            i = img.display(),
+            m = mnt.display()
+        ),
+    );
+    cleanup.0.push(format!("umount -l {}", mnt.display()));
+    let vol = mnt.join("vol");
+    sh(None, &format!("btrfs subvolume create {}", vol.display()));
+    vol
+}
+
 #[test]
 fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     if !tools_present() {
@@ -102,20 +122,7 @@ fn a_quiesced_postgres_snapshot_is_replicated_and_proven_by_a_drill() {
     let site2_node = director.enrolled(&env, "agent", "site-2");
 
     // 1. btrfs on a loop file; a subvolume holding a PostgreSQL cluster.
-    let img = env.path("vol.img");
-    let mnt = env.path("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(
-        None,
-        &format!(
-            "truncate -s 2G {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
-            i = img.display(),
-            m = mnt.display()
-        ),
-    );
-    cleanup.0.push(format!("umount -l {}", mnt.display()));
-    let vol = mnt.join("vol");
-    sh(None, &format!("btrfs subvolume create {}", vol.display()));
+    let vol = btrfs_volume(&env, "2G", &mut cleanup);
     sh(None, &format!("chown postgres: {}", vol.display()));
     let data = vol.join("pgdata");
     let sockets = env.path("pgsock");
@@ -443,20 +450,8 @@ fn a_frozen_file_system_image_is_backed_up_clean() {
     }
     let env = Env::new();
     let mut cleanup = Cleanup(Vec::new());
-    let img = env.path("vol.img");
-    let mnt = env.path("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(
-        None,
-        &format!(
-            "truncate -s 1G {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m}",
-            i = img.display(),
-            m = mnt.display()
-        ),
-    );
-    cleanup.0.push(format!("umount -l {}", mnt.display()));
-    let vol = mnt.join("vol");
-    sh(None, &format!("btrfs subvolume create {}", vol.display()));
+    let vol = btrfs_volume(&env, "1G", &mut cleanup);
+    let mnt = vol.parent().unwrap().to_path_buf();
     let disk = vol.join("disk.img");
     let inner = env.path("inner");
     std::fs::create_dir(&inner).unwrap();

@@ -1435,21 +1435,9 @@ fn a_job_with_a_volume_snapshot_is_replicated_to_a_second_site() {
     }
     let s = setup(&[&[]]);
     let env = &s.env;
-    let cleanup = crate::instant_pg::Cleanup(vec![]);
-    let mut cleanup = cleanup;
-    let img = env.path("vol.img");
-    let mnt = env.path("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    crate::instant_pg::sh(
-        None,
-        &format!(
-            "truncate -s 1G {i} && mkfs.btrfs -q {i} && mount -o loop {i} {m} && btrfs subvolume create {m}/vol",
-            i = img.display(),
-            m = mnt.display()
-        ),
-    );
-    cleanup.0.push(format!("umount -l {}", mnt.display()));
-    let data = mnt.join("vol/data");
+    let mut cleanup = crate::instant_pg::Cleanup(vec![]);
+    let vol = crate::drill::btrfs_volume(env, "1G", &mut cleanup);
+    let data = vol.join("data");
     random_files(&data, 20, 8, 77);
     let site = env.path("site2");
     let mut init = env.cmd();
@@ -1477,7 +1465,7 @@ fn a_job_with_a_volume_snapshot_is_replicated_to_a_second_site() {
         "agent backup failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let snaps = mnt.join("vol/.baton-snapshots");
+    let snaps = vol.join(".baton-snapshots");
     // The background replication: the second site gets the snapshot, then
     // the volume snapshot goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
