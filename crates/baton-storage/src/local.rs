@@ -366,7 +366,11 @@ impl Storage for LocalStorage {
                 };
                 for e in entries {
                     let e = e.map_err(err)?;
-                    if e.file_type().map_err(err)?.is_dir() {
+                    let is_dir = match e.file_type() {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        r => r.map_err(err)?.is_dir(),
+                    };
+                    if is_dir {
                         let prefix = match kind {
                             ObjectKind::Journal => format!("{}/", e.file_name().to_string_lossy()),
                             _ => String::new(),
@@ -392,7 +396,12 @@ impl Storage for LocalStorage {
                 if name.starts_with('.') {
                     continue;
                 }
-                let m = e.metadata().map_err(err)?;
+                // An object deleted since the directory was read (a lock
+                // another process released) is not listed, not an error.
+                let m = match e.metadata() {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    r => r.map_err(err)?,
+                };
                 if m.is_file() {
                     out.push(ObjectInfo {
                         name: format!("{prefix}{name}"),

@@ -230,7 +230,15 @@ fn postgres_runs_on_an_instant_restore_and_keeps_its_writes() {
     pg.ctl(&live, "stop -m fast");
     sh(None, &format!("umount {}", mnt.display()));
     sh(None, &format!("losetup -d {loopdev}"));
-    sh(None, &format!("fusermount3 -u {}", fuse.display()));
+    // The loop device lets go of the export's file shortly after
+    // `losetup -d`: the unmount is tried again while it says busy.
+    sh(
+        None,
+        &format!(
+            "for i in $(seq 50); do fusermount3 -u {f} 2>/dev/null && exit 0; sleep 0.2; done; fusermount3 -u {f}",
+            f = fuse.display()
+        ),
+    );
     let _ = nbdfuse.wait();
 
     // 4. The restore finishes: merged, verified, overlay gone.
